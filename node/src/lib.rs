@@ -1,0 +1,5 @@
+//! Backup and recovery for PostgreSQL, compatible with Barman's commands, options
+//! and on-disk formats. The folders are the rooms of DESIGN.md; a room calls only
+//! the rooms below it.
+
+pub mod wal;
