@@ -3,3 +3,4 @@
 //! the rooms below it.
 
 pub mod wal;
+pub mod postgres;

@@ -1,0 +1,1 @@
+//! PostgreSQL connections: conninfo handling and the SQL the other rooms need.
