@@ -2,5 +2,6 @@
 //! and on-disk formats. The folders are the rooms of DESIGN.md; a room calls only
 //! the rooms below it.
 
-pub mod wal;
+pub mod config;
 pub mod postgres;
+pub mod wal;

@@ -1,0 +1,455 @@
+//! Configuration as Barman reads it: `barman.conf`, included `*.conf` files,
+//! `[barman]` defaults inherited by servers, models, and the checks that disable
+//! a server whose configuration cannot work.
+
+pub mod ini;
+pub mod options;
+mod resolve;
+pub mod types;
+mod validate;
+
+use ini::{Ini, Origin};
+use options::{GLOBAL_OPTIONS, ModelOverrides, SERVER_OPTIONS, Scope, ServerOptions};
+use resolve::Resolver;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// Files tried, in order, when neither `-c` nor `BARMAN_CONFIG_FILE` is given.
+pub const DEFAULT_CONFIG_FILES: &[&str] = &["~/.barman.conf", "/etc/barman.conf", "/etc/barman/barman.conf"];
+
+/// A configuration problem that does not stop Barman: printed as a warning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigWarning {
+    pub origin: Option<Origin>,
+    pub message: String,
+}
+
+impl ConfigWarning {
+    pub fn at(origin: &Origin, message: String) -> Self {
+        ConfigWarning { origin: Some(origin.clone()), message }
+    }
+    pub fn general(message: String) -> Self {
+        ConfigWarning { origin: None, message }
+    }
+}
+
+impl fmt::Display for ConfigWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.origin {
+            Some(o) => write!(f, "{o}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+/// A configuration problem that stops every command.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file '{0}' does not exist; give an existing file with -c or BARMAN_CONFIG_FILE")]
+    NotFound(String),
+    #[error(
+        "could not find any configuration file at the default locations ({}); give one with -c or BARMAN_CONFIG_FILE",
+        DEFAULT_CONFIG_FILES.join(", ")
+    )]
+    NoDefault,
+    #[error("{0}")]
+    Ini(#[from] ini::IniError),
+    #[error("{file}: option \"barman_home\" is required in the [barman] section; add the directory of the catalog")]
+    MissingHome { file: String },
+    #[error("{origin}: the reserved word '{name}' cannot name a server; rename the section")]
+    ReservedName { name: String, origin: String },
+    #[error(
+        "{file}: the configuration file contains a not empty [barman] section; only the main file may change [barman]"
+    )]
+    IncludeChangesGlobal { file: String },
+}
+
+/// The `[barman]` section.
+#[derive(Debug, Clone)]
+pub struct GlobalConfig {
+    pub barman_home: PathBuf,
+    pub barman_user: String,
+    pub lock_directory: PathBuf,
+    pub lock_directory_cleanup: bool,
+    pub config_changes_queue: PathBuf,
+    pub configuration_files_directory: Option<PathBuf>,
+    pub log_file: Option<PathBuf>,
+    pub log_level: String,
+}
+
+/// A server after inheritance, defaults, models and validation.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub name: String,
+    pub opts: ServerOptions,
+    /// Why the server is disabled; empty when it is not.
+    pub msg_list: Vec<String>,
+    pub active_model: Option<String>,
+    /// Where each option set by the user comes from.
+    pub sources: HashMap<&'static str, Origin>,
+    /// Passive node (fed by another Barman through `primary_ssh_command`).
+    pub passive: bool,
+}
+
+impl ServerConfig {
+    pub fn disabled(&self) -> bool {
+        self.opts.disabled
+    }
+    pub fn active(&self) -> bool {
+        self.opts.active
+    }
+    /// Records a configuration error and disables the server.
+    pub fn disable(&mut self, msg: impl Into<String>) {
+        self.msg_list.push(msg.into());
+        self.opts.disabled = true;
+    }
+    fn dir(&self, v: &Option<String>) -> PathBuf {
+        PathBuf::from(v.as_deref().unwrap_or("None"))
+    }
+    pub fn backup_directory(&self) -> PathBuf {
+        self.dir(&self.opts.backup_directory)
+    }
+    pub fn basebackups_directory(&self) -> PathBuf {
+        self.dir(&self.opts.basebackups_directory)
+    }
+    pub fn wals_directory(&self) -> PathBuf {
+        self.dir(&self.opts.wals_directory)
+    }
+    pub fn incoming_wals_directory(&self) -> PathBuf {
+        self.dir(&self.opts.incoming_wals_directory)
+    }
+    pub fn streaming_wals_directory(&self) -> PathBuf {
+        self.dir(&self.opts.streaming_wals_directory)
+    }
+    pub fn errors_directory(&self) -> PathBuf {
+        self.dir(&self.opts.errors_directory)
+    }
+    pub fn xlogdb_directory(&self) -> PathBuf {
+        self.dir(&self.opts.xlogdb_directory)
+    }
+    /// `PATH` for external programs: `path_prefix` first, then ours.
+    pub fn path_env(&self) -> Option<std::ffi::OsString> {
+        let prefix = self.opts.path_prefix.as_deref()?;
+        let mut p = std::ffi::OsString::from(prefix);
+        if let Some(cur) = std::env::var_os("PATH") {
+            p.push(":");
+            p.push(cur);
+        }
+        Some(p)
+    }
+    /// The source file of an option's value, or `default`.
+    pub fn source_of(&self, key: &str) -> String {
+        self.sources.get(key).map_or("default".to_string(), |o| o.file.display().to_string())
+    }
+}
+
+/// A model: a set of overrides a server of the same cluster can switch to.
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    pub name: String,
+    pub cluster: Option<String>,
+    pub overrides: ModelOverrides,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The main configuration file.
+    pub file: PathBuf,
+    pub global: GlobalConfig,
+    pub servers: BTreeMap<String, ServerConfig>,
+    pub models: BTreeMap<String, ModelConfig>,
+    pub warnings: Vec<ConfigWarning>,
+    /// Errors between servers (conflicting paths): most commands stop on them.
+    pub global_errors: Vec<String>,
+    ini: Ini,
+}
+
+/// The main file read, before privileges are dropped and includes are read.
+pub struct MainConfig {
+    file: PathBuf,
+    ini: Ini,
+}
+
+fn expand_user(p: &str) -> PathBuf {
+    if let Some(rest) = p.strip_prefix("~/")
+        && let Some(home) = std::env::var_os("HOME")
+    {
+        return Path::new(&home).join(rest);
+    }
+    PathBuf::from(p)
+}
+
+impl MainConfig {
+    /// Reads `-c FILE`, else `$BARMAN_CONFIG_FILE`, else the first default file.
+    pub fn read(explicit: Option<&Path>) -> Result<MainConfig, ConfigError> {
+        let chosen = match explicit {
+            Some(p) => Some(p.to_path_buf()),
+            None => std::env::var_os("BARMAN_CONFIG_FILE").map(PathBuf::from),
+        };
+        let file = match chosen {
+            Some(p) => {
+                let p = expand_user(&p.to_string_lossy());
+                if !p.exists() {
+                    return Err(ConfigError::NotFound(p.display().to_string()));
+                }
+                p
+            }
+            None => DEFAULT_CONFIG_FILES
+                .iter()
+                .map(|p| expand_user(p))
+                .find(|p| p.exists())
+                .ok_or(ConfigError::NoDefault)?,
+        };
+        let mut ini = Ini::default();
+        ini.read_file(&file)?;
+        Ok(MainConfig { file, ini })
+    }
+
+    /// Parses a configuration given as text (tests, tools).
+    pub fn from_str(text: &str, file: &Path) -> Result<MainConfig, ConfigError> {
+        let mut ini = Ini::default();
+        ini.read_str(text, file)?;
+        Ok(MainConfig { file: file.to_path_buf(), ini })
+    }
+
+    fn global(&self, key: &str) -> Option<String> {
+        self.ini.section("barman").and_then(|s| s.get(key)).map(|v| ini::strip_quotes(&v.value).to_string())
+    }
+
+    /// `barman_user` (default `barman`): the user commands switch to.
+    pub fn barman_user(&self) -> String {
+        self.global("barman_user").filter(|u| !u.is_empty()).unwrap_or_else(|| "barman".to_string())
+    }
+
+    /// Reads the included files and builds every server.
+    pub fn finish(mut self) -> Result<Config, ConfigError> {
+        let mut warnings = Vec::new();
+        let home = self
+            .global("barman_home")
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| ConfigError::MissingHome { file: self.file.display().to_string() })?;
+        let snapshot = global_snapshot(&self.ini);
+        if let Some(dir) = self.global("configuration_files_directory").filter(|d| !d.is_empty()) {
+            let dir = expand_user(&dir);
+            if dir.is_dir() {
+                let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+                    .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+                    .unwrap_or_default();
+                files.retain(|p| p.extension().is_some_and(|e| e == "conf"));
+                files.sort();
+                for f in files {
+                    self.include(&f, &snapshot, &mut warnings)?;
+                }
+            } else {
+                warnings.push(ConfigWarning::general(format!(
+                    "ignoring the \"configuration_files_directory\" option as \"{}\" is not a directory",
+                    dir.display()
+                )));
+            }
+        }
+        let auto = Path::new(&home).join(".barman.auto.conf");
+        if auto.exists() {
+            self.include(&auto, &snapshot, &mut warnings)?;
+        }
+        Config::build(self.file, self.ini, warnings)
+    }
+
+    fn include(
+        &mut self,
+        f: &Path,
+        snapshot: &[(String, String)],
+        warnings: &mut Vec<ConfigWarning>,
+    ) -> Result<(), ConfigError> {
+        if !f.is_file() {
+            warnings
+                .push(ConfigWarning::general(format!("discarding configuration file {} (not a file)", f.display())));
+            return Ok(());
+        }
+        self.ini.read_file(f)?;
+        if global_snapshot(&self.ini) != snapshot {
+            return Err(ConfigError::IncludeChangesGlobal { file: f.display().to_string() });
+        }
+        Ok(())
+    }
+}
+
+fn global_snapshot(ini: &Ini) -> Vec<(String, String)> {
+    ini.section("barman")
+        .map(|s| s.options.iter().map(|(k, v)| (k.clone(), v.value.clone())).collect())
+        .unwrap_or_default()
+}
+
+fn parse_bool_text(v: &str) -> Option<bool> {
+    match <bool as types::OptType>::parse(v) {
+        types::Parsed::Set(b) => Some(b),
+        _ => None,
+    }
+}
+
+impl Config {
+    /// Reads and builds a configuration from text in one step (tests, tools).
+    pub fn from_text(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        MainConfig::from_str(text, file)?.finish()
+    }
+
+    fn build(file: PathBuf, ini: Ini, mut warnings: Vec<ConfigWarning>) -> Result<Config, ConfigError> {
+        let g = |k: &str| ini.section("barman").and_then(|s| s.get(k)).map(|v| ini::strip_quotes(&v.value).to_string());
+        let barman_home = g("barman_home").unwrap_or_default();
+        let lock_directory_cleanup = match g("lock_directory_cleanup").filter(|v| !v.is_empty()) {
+            None => true,
+            Some(v) => parse_bool_text(&v).unwrap_or_else(|| {
+                warnings.push(ConfigWarning::general(format!(
+                    "[barman] lock_directory_cleanup = '{v}' is not a boolean; using true"
+                )));
+                true
+            }),
+        };
+        let global = GlobalConfig {
+            barman_home: PathBuf::from(&barman_home),
+            barman_user: g("barman_user").filter(|u| !u.is_empty()).unwrap_or_else(|| "barman".into()),
+            lock_directory: g("barman_lock_directory")
+                .filter(|v| !v.is_empty())
+                .map_or_else(|| PathBuf::from(&barman_home), PathBuf::from),
+            lock_directory_cleanup,
+            config_changes_queue: g("config_changes_queue")
+                .filter(|v| !v.is_empty())
+                .map_or_else(|| Path::new(&barman_home).join("cfg_changes.queue"), PathBuf::from),
+            configuration_files_directory: g("configuration_files_directory")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
+            log_file: g("log_file").filter(|v| !v.is_empty()).map(PathBuf::from),
+            log_level: g("log_level").filter(|v| !v.is_empty()).unwrap_or_else(|| "INFO".into()),
+        };
+        warn_unknown_keys(&ini, "barman", true, &mut warnings);
+
+        let mut servers = BTreeMap::new();
+        let mut models = BTreeMap::new();
+        for name in &ini.order {
+            if name == "barman" {
+                continue;
+            }
+            let origin = ini.section(name).and_then(|s| s.origin.clone());
+            if name == "all" {
+                return Err(ConfigError::ReservedName {
+                    name: name.clone(),
+                    origin: origin.map_or_else(|| file.display().to_string(), |o| o.to_string()),
+                });
+            }
+            let is_model = ini.raw(name, "model").and_then(|v| parse_bool_text(&v.value)).unwrap_or(false);
+            let builtins = vec![("name", name.clone()), ("barman_home", barman_home.clone())];
+            if is_model {
+                let mut r = Resolver::new(&ini, name, builtins, false);
+                let overrides = ModelOverrides::resolve(&mut r);
+                warnings.append(&mut r.warnings);
+                warn_unknown_keys(&ini, name, false, &mut warnings);
+                let cluster = overrides.cluster.clone().flatten();
+                if cluster.is_none() {
+                    warnings.push(ConfigWarning::general(format!(
+                        "model [{name}] has no 'cluster' option; it cannot be applied to any server"
+                    )));
+                }
+                models.insert(name.clone(), ModelConfig { name: name.clone(), cluster, overrides });
+                continue;
+            }
+            let mut r = Resolver::new(&ini, name, builtins, true);
+            let opts = ServerOptions::resolve(&mut r);
+            warnings.append(&mut r.warnings);
+            warn_unknown_keys(&ini, name, false, &mut warnings);
+            let passive = opts.primary_ssh_command.is_some();
+            let sc = ServerConfig {
+                name: name.clone(),
+                opts,
+                msg_list: Vec::new(),
+                active_model: None,
+                sources: r.sources,
+                passive,
+            };
+            servers.insert(name.clone(), sc);
+        }
+        let mut cfg = Config { file, global, servers, models, warnings, global_errors: Vec::new(), ini };
+        cfg.apply_active_models();
+        validate::check_paths(&mut cfg);
+        let names: Vec<String> = cfg.servers.keys().cloned().collect();
+        for n in names {
+            if let Some(s) = cfg.servers.get_mut(&n) {
+                validate::validate_server(s, &mut cfg.warnings);
+            }
+        }
+        Ok(cfg)
+    }
+
+    fn apply_active_models(&mut self) {
+        for s in self.servers.values_mut() {
+            let f = s.backup_directory().join(".active-model.auto");
+            let Ok(text) = std::fs::read_to_string(&f) else { continue };
+            let model = text.trim().to_string();
+            if model.is_empty() {
+                continue;
+            }
+            match self.models.get(&model) {
+                None => s.disable(format!(
+                    "Model '{model}' is set as the active model for the server '{}' but the model does not exist.",
+                    s.name
+                )),
+                Some(m) if m.cluster != s.opts.cluster => {
+                    self.warnings.push(ConfigWarning::general(format!(
+                        "model '{model}' has 'cluster={}', which is not compatible with 'cluster={}' from server '{}'; not applied",
+                        m.cluster.as_deref().unwrap_or("None"),
+                        s.opts.cluster.as_deref().unwrap_or("None"),
+                        s.name
+                    )));
+                }
+                Some(m) => {
+                    s.opts.apply(&m.overrides);
+                    s.active_model = Some(model);
+                }
+            }
+        }
+    }
+
+    pub fn server(&self, name: &str) -> Option<&ServerConfig> {
+        self.servers.get(name)
+    }
+
+    /// Raw `[barman]` options as written, for `diagnose`.
+    pub fn global_raw(&self) -> Vec<(String, String)> {
+        global_snapshot(&self.ini)
+    }
+}
+
+/// Warns about options the table does not know, or that have no effect where written.
+fn warn_unknown_keys(ini: &Ini, section: &str, global: bool, warnings: &mut Vec<ConfigWarning>) {
+    let Some(sect) = ini.section(section) else { return };
+    for (key, v) in &sect.options {
+        let known_server = SERVER_OPTIONS.iter().find(|s| s.name == key.as_str());
+        let known_global = GLOBAL_OPTIONS.iter().any(|s| s.name == key.as_str());
+        let msg = if global {
+            match known_server {
+                None if !known_global => {
+                    Some(format!("unknown option '{key}' in [barman]; it is ignored (check the spelling)"))
+                }
+                Some(s) if s.scope == Scope::Server && s.name != "disabled" => {
+                    Some(format!("option '{key}' in [barman] applies only to server sections; it is ignored"))
+                }
+                _ if key == "log_format" => Some("option 'log_format' is accepted but has no effect".to_string()),
+                _ => None,
+            }
+        } else if known_global && known_server.is_none() {
+            Some(format!("option '{key}' in [{section}] belongs to [barman]; it is ignored"))
+        } else if key == "disabled" {
+            Some("option 'disabled' is set by configuration errors, not by users; it is ignored".to_string())
+        } else if known_server.is_none() && key != "model" {
+            Some(format!("unknown option '{key}' in [{section}]; it is ignored (check the spelling)"))
+        } else {
+            None
+        };
+        if let Some(m) = msg {
+            warnings.push(ConfigWarning::at(&v.origin, m));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,227 @@
+//! The checks that disable a server whose configuration cannot work (Barman's
+//! server initialisation), path conflicts, and the features this version does
+//! not implement: those disable the server instead of being silently ignored.
+
+use super::types::BackupMethod;
+use super::{Config, ConfigWarning, ServerConfig};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// Two directory options resolving to the same place: within a server the server
+/// is disabled; across servers it is a global error.
+pub(super) fn check_paths(cfg: &mut Config) {
+    let mut seen: BTreeMap<PathBuf, (&'static str, String)> = BTreeMap::new();
+    let mut global = Vec::new();
+    let mut local: Vec<(String, String)> = Vec::new();
+    for (name, s) in &cfg.servers {
+        let mut paths: Vec<(&'static str, Option<String>)> = vec![
+            ("backup_directory", s.opts.backup_directory.clone()),
+            ("basebackups_directory", s.opts.basebackups_directory.clone()),
+            ("errors_directory", s.opts.errors_directory.clone()),
+            ("incoming_wals_directory", s.opts.incoming_wals_directory.clone()),
+            ("streaming_wals_directory", s.opts.streaming_wals_directory.clone()),
+            ("wals_directory", s.opts.wals_directory.clone()),
+        ];
+        paths.sort_by_key(|(l, _)| *l);
+        for (label, path) in paths {
+            let path = path.unwrap_or_else(|| "None".to_string());
+            let real = realpath(&path);
+            let shown = if real.to_string_lossy() == path {
+                format!("{label}={path}")
+            } else {
+                format!("{label}={path} (symlink to: {})", real.display())
+            };
+            match seen.get(&real) {
+                None => {
+                    seen.insert(real, (label, name.clone()));
+                }
+                Some((other_label, other)) if other == name => {
+                    local.push((
+                        name.clone(),
+                        format!("Conflicting path: {shown} conflicts with '{other_label}' for server '{other}'"),
+                    ));
+                }
+                Some((other_label, other)) => {
+                    let (a, b) = shown.split_once('=').unwrap_or((&shown, ""));
+                    global.push(format!(
+                        "Conflicting path: {a}={b} for server '{name}' conflicts with '{other_label}' for server '{other}'"
+                    ));
+                }
+            }
+        }
+    }
+    for (name, msg) in local {
+        if let Some(s) = cfg.servers.get_mut(&name) {
+            s.disable(msg);
+        }
+    }
+    cfg.global_errors = global;
+}
+
+/// `os.path.realpath`: resolves what exists, keeps the rest as written.
+fn realpath(p: &str) -> PathBuf {
+    let path = PathBuf::from(p);
+    let abs = if path.is_absolute() { path } else { std::env::current_dir().unwrap_or_default().join(path) };
+    let mut existing = abs.clone();
+    let mut tail = Vec::new();
+    loop {
+        if let Ok(r) = existing.canonicalize() {
+            let mut out = r;
+            for t in tail.iter().rev() {
+                out.push(t);
+            }
+            return out;
+        }
+        match (existing.file_name().map(|f| f.to_os_string()), existing.parent().map(|p| p.to_path_buf())) {
+            (Some(f), Some(parent)) => {
+                tail.push(f);
+                existing = parent;
+            }
+            _ => return abs,
+        }
+    }
+}
+
+/// Barman's own test of a conninfo: every whitespace-separated word is `key=value`.
+fn barman_valid_conninfo(ci: &str) -> bool {
+    ci.split_whitespace().all(|w| w.contains('='))
+}
+
+fn check_conninfo(s: &mut ServerConfig, what: &str, label: &str, value: Option<String>) {
+    match value {
+        None => {
+            let msg = format!("{label}: Missing '{what}' parameter for server '{}'", s.name);
+            s.disable(msg);
+        }
+        Some(ci) if !barman_valid_conninfo(&ci) => {
+            s.disable(format!("{label}: Cannot connect to postgres: \"{ci}\" is not a valid connection string"));
+        }
+        Some(_) => {}
+    }
+}
+
+/// Barman's per-server initialisation checks, then ours for unsupported features.
+pub(super) fn validate_server(s: &mut ServerConfig, warnings: &mut Vec<ConfigWarning>) {
+    let name = s.name.clone();
+    if !s.passive {
+        check_conninfo(s, "conninfo", "PostgreSQL connection", s.opts.conninfo.clone());
+        if s.opts.backup_method == BackupMethod::Postgres || s.opts.streaming_archiver {
+            check_conninfo(s, "streaming_conninfo", "Streaming connection", s.opts.streaming_conninfo.clone());
+        }
+        if !s.opts.archiver && s.opts.streaming_archiver && s.opts.slot_name.is_none() {
+            s.disable("Streaming-only archiver requires 'streaming_conninfo' and 'slot_name' options to be properly configured");
+        }
+        if !s.opts.archiver && !s.opts.streaming_archiver {
+            warnings.push(ConfigWarning::general(format!(
+                "No archiver enabled for server '{name}'. Please turn on 'archiver', 'streaming_archiver' or both"
+            )));
+            warnings.push(ConfigWarning::general("Forcing 'archiver = on'".to_string()));
+            s.opts.archiver = true;
+        }
+    }
+    backup_method_checks(s, warnings);
+    unsupported_features(s);
+}
+
+fn backup_method_checks(s: &mut ServerConfig, warnings: &mut Vec<ConfigWarning>) {
+    let name = s.name.clone();
+    if s.passive {
+        if s.opts.primary_ssh_command.as_deref().is_none_or(|c| c.split_whitespace().next().is_none()) {
+            s.disable(format!("Invalid primary_ssh_command in barman configuration for server {name}"));
+        }
+        return;
+    }
+    let has_ssh = s.opts.ssh_command.as_deref().is_some_and(|c| c.split_whitespace().next().is_some());
+    match s.opts.backup_method {
+        BackupMethod::Rsync | BackupMethod::LocalRsync => {
+            let local = s.opts.backup_method == BackupMethod::LocalRsync;
+            if !local && !has_ssh {
+                s.disable(format!("Missing or invalid ssh_command in barman configuration for server {name}"));
+                return;
+            }
+            if local && has_ssh {
+                s.disable(format!(
+                    "Local copy requires ssh_command in barman configuration to be empty for server {name}"
+                ));
+                return;
+            }
+            let o = &mut s.opts.backup_options.0;
+            if !o.contains("concurrent_backup") && !o.contains("exclusive_backup") {
+                o.insert("concurrent_backup".to_string());
+                warnings.push(ConfigWarning::general(format!(
+                    "No backup strategy set for server '{name}' (using default 'concurrent_backup')."
+                )));
+            }
+        }
+        BackupMethod::Postgres => {
+            let o = &mut s.opts.backup_options.0;
+            if o.remove("exclusive_backup") {
+                warnings.push(ConfigWarning::general(
+                    "'exclusive_backup' is not a valid backup_option using postgres backup_method. Overriding with 'concurrent_backup'."
+                        .to_string(),
+                ));
+            }
+            o.insert("concurrent_backup".to_string());
+            if s.opts.tablespace_bandwidth_limit.is_some() {
+                s.disable("tablespace_bandwidth_limit option is not supported by postgres backup_method");
+            }
+            if matches!(s.opts.reuse_backup, Some(super::types::ReuseBackup::Copy | super::types::ReuseBackup::Link)) {
+                s.disable("reuse_backup option is not supported by postgres backup_method");
+            }
+            if s.opts.network_compression {
+                s.disable("network_compression option is not supported by postgres backup_method");
+            }
+        }
+        BackupMethod::Snapshot => {}
+    }
+}
+
+/// Features this version does not implement: a server asking for one is disabled
+/// with a message naming it, so nothing is silently done differently.
+fn unsupported_features(s: &mut ServerConfig) {
+    let mut msgs = Vec::new();
+    if s.opts.backup_method == BackupMethod::Snapshot {
+        msgs.push("backup_method = snapshot (cloud disk snapshots) is not supported by this version".to_string());
+    }
+    let snapshot_opts: [(&str, bool); 13] = [
+        ("snapshot_disks", s.opts.snapshot_disks.is_some()),
+        ("snapshot_instance", s.opts.snapshot_instance.is_some()),
+        ("snapshot_provider", s.opts.snapshot_provider.is_some()),
+        ("snapshot_zone", s.opts.snapshot_zone.is_some()),
+        ("snapshot_gcp_project", s.opts.snapshot_gcp_project.is_some()),
+        ("gcp_project", s.opts.gcp_project.is_some()),
+        ("gcp_zone", s.opts.gcp_zone.is_some()),
+        ("aws_profile", s.opts.aws_profile.is_some()),
+        ("aws_region", s.opts.aws_region.is_some()),
+        ("aws_snapshot_lock_mode", s.opts.aws_snapshot_lock_mode.is_some()),
+        ("azure_credential", s.opts.azure_credential.is_some()),
+        ("azure_resource_group", s.opts.azure_resource_group.is_some()),
+        ("azure_subscription_id", s.opts.azure_subscription_id.is_some()),
+    ];
+    for (opt, set) in snapshot_opts {
+        if set {
+            msgs.push(format!("option '{opt}' configures snapshot backups, which this version does not support"));
+        }
+    }
+    if s.opts.encryption.is_some() {
+        msgs.push(
+            "encryption = gpg is not supported by this version: WAL files would be stored unencrypted; remove the option or use Barman"
+                .to_string(),
+        );
+    }
+    if s.opts.encryption_key_id.is_some() || s.opts.encryption_passphrase_command.is_some() {
+        msgs.push(
+            "encryption_key_id / encryption_passphrase_command: GPG encryption is not supported by this version"
+                .to_string(),
+        );
+    }
+    if s.passive {
+        msgs.push(
+            "primary_ssh_command (passive node fed by a Barman primary) is not supported by this version yet"
+                .to_string(),
+        );
+    }
+    for m in msgs {
+        s.disable(m);
+    }
+}
