@@ -1,0 +1,164 @@
+//! The one durable-write path: temporary name in the same directory, write, fsync
+//! the file, rename, fsync the directory. Nothing is acknowledged before that, and
+//! nothing half-written ever stands under a final name.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// The temporary name used next to `final_path`: hidden (a leading dot) and
+/// ending in `.tmp`, so every directory scan of Barman and ours skips it.
+pub fn temp_path_for(final_path: &Path) -> PathBuf {
+    let name = final_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    final_path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+}
+
+pub fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// A file being written under a temporary name; `commit` makes it durable under
+/// its final name. Dropped without commit, the temporary file is removed.
+pub struct DurableFile {
+    file: Option<File>,
+    tmp: PathBuf,
+    dst: PathBuf,
+}
+
+impl DurableFile {
+    /// Starts writing `dst` (mode 0600 while in progress; `commit` applies `mode`).
+    pub fn create(dst: &Path) -> io::Result<DurableFile> {
+        let tmp = temp_path_for(dst);
+        let file = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        Ok(DurableFile { file: Some(file), tmp, dst: dst.to_path_buf() })
+    }
+
+    /// The open file, e.g. to seek or read back what was written.
+    pub fn file(&mut self) -> io::Result<&mut File> {
+        self.file.as_mut().ok_or_else(|| io::Error::other("durable file already committed"))
+    }
+
+    pub fn temp_path(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// fsync, set permissions and mtime, rename into place, fsync the directory.
+    pub fn commit_with(mut self, mode: u32, mtime: Option<std::time::SystemTime>) -> io::Result<()> {
+        let file = self.file.take().ok_or_else(|| io::Error::other("durable file already committed"))?;
+        if let Some(t) = mtime {
+            file.set_times(fs::FileTimes::new().set_modified(t).set_accessed(t))?;
+        }
+        file.sync_all()?;
+        drop(file);
+        fs::set_permissions(&self.tmp, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+        fs::rename(&self.tmp, &self.dst)?;
+        if let Some(dir) = self.dst.parent() {
+            fsync_dir(dir)?;
+        }
+        Ok(())
+    }
+
+    pub fn commit(self) -> io::Result<()> {
+        self.commit_with(0o600, None)
+    }
+}
+
+impl Write for DurableFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file()?.write(buf)
+    }
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.file()?.write_all(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file()?.flush()
+    }
+}
+
+impl Drop for DurableFile {
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Writes `bytes` durably to `dst`.
+pub fn write_file(dst: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let mut f = DurableFile::create(dst)?;
+    f.write_all(bytes)?;
+    f.commit_with(mode, None)
+}
+
+/// Renames durably: the file is fsynced, then renamed, then both directories are.
+pub fn rename(src: &Path, dst: &Path) -> io::Result<()> {
+    File::open(src)?.sync_all()?;
+    fs::rename(src, dst)?;
+    if let Some(d) = dst.parent() {
+        fsync_dir(d)?;
+    }
+    if let (Some(s), Some(d)) = (src.parent(), dst.parent())
+        && s != d
+    {
+        fsync_dir(s)?;
+    }
+    Ok(())
+}
+
+/// Creates a directory and its parents (mode 0700 for the ones we make), fsyncing
+/// each parent so the new entries survive a crash.
+pub fn create_dir_all(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        create_dir_all(parent)?;
+    }
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    if let Some(parent) = dir.parent() {
+        fsync_dir(parent)?;
+    }
+    Ok(())
+}
+
+use std::os::unix::fs::DirBuilderExt;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_publishes_and_drop_cleans_up() {
+        let d = tempfile::tempdir().unwrap();
+        let dst = d.path().join("000000010000000000000001");
+        let mut f = DurableFile::create(&dst).unwrap();
+        f.write_all(b"abc").unwrap();
+        let tmp = f.temp_path().to_path_buf();
+        assert!(tmp.file_name().unwrap().to_string_lossy().starts_with('.'));
+        assert!(!dst.exists(), "nothing under the final name before commit");
+        f.commit_with(0o640, None).unwrap();
+        assert_eq!(fs::read(&dst).unwrap(), b"abc");
+        assert!(!tmp.exists());
+
+        let dst2 = d.path().join("x");
+        let mut g = DurableFile::create(&dst2).unwrap();
+        g.write_all(b"half").unwrap();
+        let tmp2 = g.temp_path().to_path_buf();
+        drop(g);
+        assert!(!tmp2.exists() && !dst2.exists());
+    }
+
+    #[test]
+    fn create_dir_all_is_idempotent() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("a/b/c");
+        create_dir_all(&p).unwrap();
+        create_dir_all(&p).unwrap();
+        assert!(p.is_dir());
+    }
+}

@@ -1,0 +1,11 @@
+//! The catalog room: Barman's on-disk layout, durable writes, lock files,
+//! `xlog.db`, `identity.json` and the errors directory.
+
+pub mod durable;
+pub mod identity;
+pub mod layout;
+pub mod lock;
+pub mod rejects;
+pub mod xlogdb;
+
+pub use layout::ServerLayout;
