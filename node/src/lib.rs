@@ -4,5 +4,6 @@
 
 pub mod catalog;
 pub mod config;
+pub mod hooks;
 pub mod postgres;
 pub mod wal;
