@@ -2,6 +2,7 @@
 //! and on-disk formats. The folders are the rooms of DESIGN.md; a room calls only
 //! the rooms below it.
 
+pub mod archive;
 pub mod catalog;
 pub mod config;
 pub mod hooks;

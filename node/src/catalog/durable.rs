@@ -30,7 +30,7 @@ impl DurableFile {
     /// Starts writing `dst` (mode 0600 while in progress; `commit` applies `mode`).
     pub fn create(dst: &Path) -> io::Result<DurableFile> {
         let tmp = temp_path_for(dst);
-        let file = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
         Ok(DurableFile { file: Some(file), tmp, dst: dst.to_path_buf() })
     }
 

@@ -1,0 +1,349 @@
+//! `put-wal`: receives WAL files from `barman-wal-archive` as a tar stream on
+//! stdin, verifies their checksums and content, and stores them durably in
+//! `incoming/`. Exit 0 only once every file is safe on disk.
+
+use super::validate::{self, ValidateError};
+use super::wire::{Hasher, SumAlgo, digest_of, parse_sums};
+use crate::catalog::durable::{self, DurableFile};
+use crate::catalog::rejects::{RejectReason, move_to_errors};
+use crate::wal::WalFileName;
+use crate::wal::compression::Codecs;
+use crate::wal::header::Expected;
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PutWalError {
+    #[error("Unsupported file type '{kind}' for file '{name}' in put-wal for server '{server}'")]
+    FileType { kind: String, name: String, server: String },
+    #[error("Unsupported filename '{name}' in put-wal for server '{server}'")]
+    FileName { name: String, server: String },
+    #[error("'{name}' is not a valid wal file name in put-wal for server '{server}'")]
+    NotWal { name: String, server: String },
+    #[error("Checksum without corresponding file '{name}' in put-wal for server '{server}'")]
+    OrphanChecksum { name: String, server: String },
+    #[error("Bad file checksum '{got}' (should be {want}) for file '{name}' in put-wal for server '{server}'")]
+    BadChecksum { got: String, want: String, name: String, server: String },
+    #[error("Missing checksum for file '{name}' in put-wal for server '{server}'")]
+    MissingChecksum { name: String, server: String },
+    #[error("rejected '{name}' in put-wal for server '{server}': {why}")]
+    Invalid { name: String, server: String, why: String },
+    #[error("malformed tar stream in put-wal for server '{server}': {why}")]
+    BadStream { server: String, why: String },
+    #[error("cannot store '{name}' in {dir} for server '{server}': {source}")]
+    Io { name: String, dir: String, server: String, source: io::Error },
+}
+
+/// What put-wal did with each file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stored {
+    New(String),
+    /// Same name and checksum already in incoming/: nothing to do.
+    SameAsIncoming(String),
+    /// Same name, other content: set aside in errors/ (Barman still exits 0).
+    Duplicate {
+        name: String,
+        kept: PathBuf,
+        incoming_sum: String,
+        new_sum: String,
+    },
+}
+
+pub struct PutWal<'a> {
+    pub server: &'a str,
+    pub incoming_dir: &'a Path,
+    pub errors_dir: &'a Path,
+    pub codecs: &'a Codecs,
+    /// What is known of the cluster (identity.json); may be empty.
+    pub expected: Expected,
+}
+
+struct Received {
+    name: WalFileName,
+    file: DurableFile,
+    digest_sha256: String,
+    mtime: Option<SystemTime>,
+}
+
+fn pax_mtime(entry: &mut tar::Entry<'_, impl Read>) -> Option<f64> {
+    let exts = entry.pax_extensions().ok()??;
+    for e in exts.flatten() {
+        if e.key() == Ok("mtime") {
+            return e.value().ok()?.parse().ok();
+        }
+    }
+    None
+}
+
+fn to_system_time(secs: f64) -> Option<SystemTime> {
+    if !secs.is_finite() || secs < 0.0 {
+        return None;
+    }
+    Some(UNIX_EPOCH + Duration::from_secs_f64(secs))
+}
+
+impl PutWal<'_> {
+    fn io(&self, name: &str, dir: &Path) -> impl FnOnce(io::Error) -> PutWalError + '_ {
+        let (name, dir) = (name.to_string(), dir.display().to_string());
+        move |source| PutWalError::Io { name, dir, server: self.server.to_string(), source }
+    }
+
+    /// Reads the whole stream and stores what it holds.
+    pub fn receive(&self, input: &mut dyn Read) -> Result<Vec<Stored>, PutWalError> {
+        let server = self.server.to_string();
+        let bad_stream = |why: String| PutWalError::BadStream { server: server.clone(), why };
+        durable::create_dir_all(self.incoming_dir).map_err(self.io("", self.incoming_dir))?;
+        let mut archive = tar::Archive::new(input);
+        let mut received: BTreeMap<String, Received> = BTreeMap::new();
+        let mut sums: Option<(SumAlgo, Vec<(String, String)>)> = None;
+        let mut saw_any = false;
+        for entry in archive.entries().map_err(|e| bad_stream(e.to_string()))? {
+            let mut entry = entry.map_err(|e| bad_stream(e.to_string()))?;
+            saw_any = true;
+            let raw = entry.path_bytes().into_owned();
+            let full = String::from_utf8_lossy(&raw).into_owned();
+            let name = full.strip_prefix("./").unwrap_or(&full).to_string();
+            let kind = entry.header().entry_type();
+            if !kind.is_file() {
+                return Err(PutWalError::FileType { kind: format!("{}", kind.as_byte() as char), name, server });
+            }
+            if name.contains('/') || name.is_empty() || name == "." || name == ".." {
+                return Err(PutWalError::FileName { name, server });
+            }
+            if name == "SHA256SUMS" || name == "MD5SUMS" {
+                let mut body = String::new();
+                entry.read_to_string(&mut body).map_err(|e| bad_stream(e.to_string()))?;
+                let (lines, bad) = parse_sums(&body);
+                for b in bad {
+                    tracing::warn!(server = %self.server, "Bad checksum line '{b}' found in put-wal for server '{}'", self.server);
+                }
+                let algo = if name == "MD5SUMS" || sums.as_ref().is_some_and(|(a, _)| *a == SumAlgo::Md5) {
+                    SumAlgo::Md5
+                } else {
+                    SumAlgo::Sha256
+                };
+                let mut all = sums.take().map(|(_, l)| l).unwrap_or_default();
+                all.extend(lines);
+                sums = Some((algo, all));
+                continue;
+            }
+            let wal: WalFileName =
+                name.parse().map_err(|_| PutWalError::NotWal { name: name.clone(), server: server.clone() })?;
+            let mtime = pax_mtime(&mut entry)
+                .or_else(|| entry.header().mtime().ok().map(|m| m as f64))
+                .and_then(to_system_time);
+            let dst = self.incoming_dir.join(&name);
+            let mut file = DurableFile::create(&dst).map_err(self.io(&name, self.incoming_dir))?;
+            // The default algorithm is computed while the data streams in; MD5 (rare,
+            // older clients) is computed from the file afterwards.
+            let mut sha = Hasher::new(SumAlgo::Sha256);
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = entry.read(&mut buf).map_err(|e| bad_stream(format!("reading '{name}': {e}")))?;
+                if n == 0 {
+                    break;
+                }
+                sha.update(&buf[..n]);
+                file.write_all(&buf[..n]).map_err(self.io(&name, self.incoming_dir))?;
+            }
+            received.insert(name, Received { name: wal, file, digest_sha256: sha.hex(), mtime });
+        }
+        if !saw_any {
+            return Err(bad_stream("empty input (no tar members)".into()));
+        }
+        let (algo, lines) = sums.unwrap_or((SumAlgo::Sha256, Vec::new()));
+        let mut digests: BTreeMap<String, String> = BTreeMap::new();
+        for (name, r) in received.iter_mut() {
+            let d = match algo {
+                SumAlgo::Sha256 => r.digest_sha256.clone(),
+                SumAlgo::Md5 => {
+                    let f = r.file.file().map_err(self.io(name, self.incoming_dir))?;
+                    std::io::Seek::seek(f, io::SeekFrom::Start(0)).map_err(self.io(name, self.incoming_dir))?;
+                    digest_of(SumAlgo::Md5, f).map_err(self.io(name, self.incoming_dir))?
+                }
+            };
+            digests.insert(name.clone(), d);
+        }
+        // Every checksum must match a file before anything is published.
+        let mut want: BTreeMap<String, String> = BTreeMap::new();
+        for (name, sum) in lines {
+            let Some(got) = digests.get(&name) else {
+                return Err(PutWalError::OrphanChecksum { name, server });
+            };
+            if *got != sum {
+                return Err(PutWalError::BadChecksum { got: got.clone(), want: sum, name, server });
+            }
+            want.insert(name, sum);
+        }
+        for name in received.keys() {
+            if !want.contains_key(name) {
+                return Err(PutWalError::MissingChecksum { name: name.clone(), server });
+            }
+        }
+        // Content checks, also before anything is published.
+        for (name, r) in received.iter_mut() {
+            let tmp = r.file.temp_path().to_path_buf();
+            r.file.flush().map_err(self.io(name, self.incoming_dir))?;
+            match validate::check_file(&tmp, &r.name, self.codecs, &self.expected) {
+                Ok(_) => {}
+                Err(ValidateError::Invalid(why)) => {
+                    return Err(PutWalError::Invalid { name: name.clone(), server, why: why.to_string() });
+                }
+                Err(ValidateError::Io(e)) => return Err(self.io(name, self.incoming_dir)(e)),
+            }
+        }
+        let mut out = Vec::new();
+        for (name, mut r) in received {
+            let dst = self.incoming_dir.join(&name);
+            let digest = &digests[&name];
+            if dst.exists() {
+                let existing = std::fs::File::open(&dst)
+                    .and_then(|mut f| digest_of(algo, &mut f))
+                    .map_err(self.io(&name, self.incoming_dir))?;
+                if existing == *digest {
+                    out.push(Stored::SameAsIncoming(name));
+                    continue; // dropping the DurableFile removes the temporary file
+                }
+                // Keep the new bytes, durably, in errors/.
+                let tmp = r.file.temp_path().to_path_buf();
+                r.file.file().and_then(|f| f.sync_all()).map_err(self.io(&name, self.incoming_dir))?;
+                let kept = move_to_errors(self.errors_dir, &tmp, &name, RejectReason::Duplicate)
+                    .map_err(self.io(&name, self.errors_dir))?;
+                out.push(Stored::Duplicate { name, kept, incoming_sum: existing, new_sum: digest.clone() });
+                continue;
+            }
+            r.file.commit_with(0o600, r.mtime).map_err(self.io(&name, self.incoming_dir))?;
+            out.push(Stored::New(name));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::wire::{MemberInfo, TarWriter};
+    use super::*;
+    use crate::wal::SystemId;
+
+    const SYS: u64 = 99;
+
+    fn seg(pageaddr: u64) -> Vec<u8> {
+        let mut v = crate::wal::header::synthetic_header(0xD110, 1, pageaddr, SYS, 16 << 20);
+        v.resize(16 << 20, 0);
+        v
+    }
+
+    fn stream(files: &[(&str, &[u8])], algo: SumAlgo) -> Vec<u8> {
+        let mut w = TarWriter::new(Vec::new(), algo);
+        for (n, d) in files {
+            let info = MemberInfo {
+                name: n.to_string(),
+                mode: 0o600,
+                uid: 0,
+                gid: 0,
+                uname: String::new(),
+                gname: String::new(),
+                mtime: 1700000000.5,
+                size: d.len() as u64,
+            };
+            w.append(&info, &mut &d[..]).unwrap();
+        }
+        w.finish().unwrap()
+    }
+
+    struct Env {
+        _d: tempfile::TempDir,
+        incoming: PathBuf,
+        errors: PathBuf,
+        codecs: Codecs,
+    }
+
+    fn env() -> Env {
+        let d = tempfile::tempdir().unwrap();
+        Env { incoming: d.path().join("incoming"), errors: d.path().join("errors"), codecs: Codecs::default(), _d: d }
+    }
+
+    impl Env {
+        fn put(&self, bytes: &[u8]) -> Result<Vec<Stored>, PutWalError> {
+            let p = PutWal {
+                server: "pg",
+                incoming_dir: &self.incoming,
+                errors_dir: &self.errors,
+                codecs: &self.codecs,
+                expected: Expected { sysid: Some(SystemId(SYS)), major: Some(15), seg_size: None },
+            };
+            p.receive(&mut &bytes[..])
+        }
+        fn listing(&self) -> Vec<String> {
+            let mut v: Vec<String> = std::fs::read_dir(&self.incoming)
+                .map(|r| r.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
+                .unwrap_or_default();
+            v.sort();
+            v
+        }
+    }
+
+    #[test]
+    fn stores_and_keeps_mtime() {
+        let e = env();
+        let s = stream(&[("000000010000000000000002", &seg(0x0200_0000))], SumAlgo::Sha256);
+        assert_eq!(e.put(&s).unwrap(), vec![Stored::New("000000010000000000000002".into())]);
+        assert_eq!(e.listing(), ["000000010000000000000002"]);
+        let m = std::fs::metadata(e.incoming.join("000000010000000000000002")).unwrap();
+        assert_eq!(crate::catalog::xlogdb::mtime_float(&m), 1700000000.5);
+        // Same again: silently skipped.
+        assert_eq!(e.put(&s).unwrap(), vec![Stored::SameAsIncoming("000000010000000000000002".into())]);
+        assert_eq!(e.listing(), ["000000010000000000000002"], "no temporary file left");
+    }
+
+    #[test]
+    fn md5_streams_work() {
+        let e = env();
+        let s = stream(&[("000000010000000000000002", &seg(0x0200_0000))], SumAlgo::Md5);
+        assert!(matches!(e.put(&s).unwrap()[0], Stored::New(_)));
+    }
+
+    #[test]
+    fn different_duplicate_goes_to_errors_and_succeeds() {
+        let e = env();
+        e.put(&stream(&[("000000010000000000000002", &seg(0x0200_0000))], SumAlgo::Sha256)).unwrap();
+        let mut other = seg(0x0200_0000);
+        other[5000] = 1;
+        let r = e.put(&stream(&[("000000010000000000000002", &other)], SumAlgo::Sha256)).unwrap();
+        assert!(matches!(&r[0], Stored::Duplicate { .. }));
+        assert_eq!(std::fs::read_dir(&e.errors).unwrap().count(), 1);
+        assert_eq!(
+            std::fs::read(e.incoming.join("000000010000000000000002")).unwrap(),
+            seg(0x0200_0000),
+            "first copy untouched"
+        );
+    }
+
+    #[test]
+    fn every_bad_input_is_refused_without_leaving_files() {
+        let e = env();
+        let good = seg(0x0200_0000);
+        let mut renamed = stream(&[("000000010000000000000003", &good)], SumAlgo::Sha256);
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (stream(&[("../000000010000000000000002", &good)], SumAlgo::Sha256), "Unsupported filename"),
+            (stream(&[("/etc/000000010000000000000002", &good)], SumAlgo::Sha256), "Unsupported filename"),
+            (stream(&[("..", &good)], SumAlgo::Sha256), "Unsupported filename"),
+            (stream(&[("backup_label", b"x")], SumAlgo::Sha256), "not a valid wal file name"),
+            (stream(&[("000000010000000000000002", &good[..8192])], SumAlgo::Sha256), "truncated"),
+            (std::mem::take(&mut renamed), "xlp_pageaddr"),
+            (Vec::new(), "empty input"),
+            (vec![1u8; 1000], "malformed tar"),
+        ];
+        for (bytes, want) in cases {
+            let err = e.put(&bytes).unwrap_err().to_string();
+            assert!(err.contains(want), "{err} lacks {want}");
+        }
+        // A corrupted byte after the checksum was computed.
+        let mut s = stream(&[("000000010000000000000002", &good)], SumAlgo::Sha256);
+        s[2048 + 100] ^= 0xFF;
+        assert!(e.put(&s).unwrap_err().to_string().starts_with("Bad file checksum"));
+        assert!(e.listing().is_empty(), "{:?}", e.listing());
+    }
+}

@@ -1,0 +1,313 @@
+//! The put-wal wire format: a POSIX tar stream (PAX headers carry float mtimes)
+//! holding WAL files and then a `SHA256SUMS` or `MD5SUMS` member. Written the way
+//! Barman's client writes it (Python's tarfile, PAX format); read with the `tar`
+//! crate, which accepts every PAX/GNU variant.
+
+use crate::catalog::xlogdb::py_float;
+use md5::Md5;
+use sha2::{Digest, Sha256};
+use std::io::{self, Read, Write};
+
+const BLOCK: usize = 512;
+const RECORD: usize = 20 * BLOCK;
+
+/// The checksum algorithm of a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SumAlgo {
+    Sha256,
+    Md5,
+}
+
+impl SumAlgo {
+    pub fn file_name(self) -> &'static str {
+        match self {
+            SumAlgo::Sha256 => "SHA256SUMS",
+            SumAlgo::Md5 => "MD5SUMS",
+        }
+    }
+}
+
+/// A running digest of either algorithm.
+pub enum Hasher {
+    Sha256(Box<Sha256>),
+    Md5(Box<Md5>),
+}
+
+impl Hasher {
+    pub fn new(a: SumAlgo) -> Self {
+        match a {
+            SumAlgo::Sha256 => Hasher::Sha256(Box::default()),
+            SumAlgo::Md5 => Hasher::Md5(Box::default()),
+        }
+    }
+    pub fn update(&mut self, b: &[u8]) {
+        match self {
+            Hasher::Sha256(h) => h.update(b),
+            Hasher::Md5(h) => h.update(b),
+        }
+    }
+    pub fn hex(self) -> String {
+        match self {
+            Hasher::Sha256(h) => hex::encode(h.finalize()),
+            Hasher::Md5(h) => hex::encode(h.finalize()),
+        }
+    }
+}
+
+/// Hex digest of a whole reader.
+pub fn digest_of(a: SumAlgo, r: &mut dyn Read) -> io::Result<String> {
+    let mut h = Hasher::new(a);
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            return Ok(h.hex());
+        }
+        h.update(&buf[..n]);
+    }
+}
+
+/// Metadata of a member, as Python's `gettarinfo` records it.
+#[derive(Debug, Clone)]
+pub struct MemberInfo {
+    pub name: String,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub uname: String,
+    pub gname: String,
+    /// Seconds since the epoch; a fractional value goes into a PAX header.
+    pub mtime: f64,
+    pub size: u64,
+}
+
+fn octal(field: &mut [u8], v: u64) {
+    let digits = field.len() - 1;
+    let s = format!("{v:0digits$o}");
+    let b = s.as_bytes();
+    let start = b.len().saturating_sub(digits);
+    field[..digits].copy_from_slice(&b[start..]);
+    field[digits] = 0;
+}
+
+fn text(field: &mut [u8], s: &str) {
+    let b = s.as_bytes();
+    let n = b.len().min(field.len());
+    field[..n].copy_from_slice(&b[..n]);
+}
+
+/// A ustar header block as Python's `_create_header` builds it.
+fn header(
+    name: &str,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    size: u64,
+    mtime: u64,
+    kind: u8,
+    uname: &str,
+    gname: &str,
+) -> [u8; BLOCK] {
+    let mut h = [0u8; BLOCK];
+    text(&mut h[0..100], name);
+    octal(&mut h[100..108], u64::from(mode & 0o7777));
+    octal(&mut h[108..116], u64::from(uid));
+    octal(&mut h[116..124], u64::from(gid));
+    octal(&mut h[124..136], size);
+    octal(&mut h[136..148], mtime);
+    h[148..156].copy_from_slice(b"        ");
+    h[156] = kind;
+    h[257..265].copy_from_slice(b"ustar\x0000");
+    text(&mut h[265..297], uname);
+    text(&mut h[297..329], gname);
+    octal(&mut h[329..337], 0);
+    octal(&mut h[337..345], 0);
+    let sum: u32 = h.iter().map(|b| u32::from(*b)).sum();
+    let s = format!("{sum:06o}\0");
+    h[148..155].copy_from_slice(s.as_bytes());
+    h
+}
+
+/// A PAX record `"<len> key=value\n"`, the length counting itself.
+fn pax_record(key: &str, value: &str) -> String {
+    let body = format!(" {key}={value}\n");
+    let mut len = body.len() + 1;
+    while format!("{len}").len() + body.len() != len {
+        len = format!("{len}").len() + body.len();
+    }
+    format!("{len}{body}")
+}
+
+/// Writes a put-wal stream, checksumming members as they pass.
+pub struct TarWriter<W: Write> {
+    out: W,
+    written: u64,
+    algo: SumAlgo,
+    sums: Vec<(String, String)>,
+}
+
+impl<W: Write> TarWriter<W> {
+    pub fn new(out: W, algo: SumAlgo) -> Self {
+        TarWriter { out, written: 0, algo, sums: Vec::new() }
+    }
+
+    fn put(&mut self, b: &[u8]) -> io::Result<()> {
+        self.out.write_all(b)?;
+        self.written += b.len() as u64;
+        Ok(())
+    }
+
+    fn pad(&mut self) -> io::Result<()> {
+        let rem = (self.written % BLOCK as u64) as usize;
+        if rem != 0 {
+            self.put(&[0u8; BLOCK][..BLOCK - rem])?;
+        }
+        Ok(())
+    }
+
+    /// Appends a member whose content is exactly `info.size` bytes of `data`;
+    /// returns its hex digest.
+    pub fn append(&mut self, info: &MemberInfo, data: &mut dyn Read) -> io::Result<String> {
+        let rounded = info.mtime.round();
+        if info.mtime.fract() != 0.0 {
+            let rec = pax_record("mtime", &py_float(info.mtime));
+            let h = header("././@PaxHeader", 0, 0, 0, rec.len() as u64, 0, b'x', "", "");
+            self.put(&h)?;
+            self.put(rec.as_bytes())?;
+            self.pad()?;
+        }
+        let h = header(
+            &info.name,
+            info.mode,
+            info.uid,
+            info.gid,
+            info.size,
+            rounded.max(0.0) as u64,
+            b'0',
+            &info.uname,
+            &info.gname,
+        );
+        self.put(&h)?;
+        let mut hasher = Hasher::new(self.algo);
+        let mut left = info.size;
+        let mut buf = vec![0u8; 1 << 16];
+        while left > 0 {
+            let want = buf.len().min(left as usize);
+            let n = data.read(&mut buf[..want])?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("{} shrank while being sent", info.name),
+                ));
+            }
+            hasher.update(&buf[..n]);
+            self.put(&buf[..n])?;
+            left -= n as u64;
+        }
+        self.pad()?;
+        let digest = hasher.hex();
+        self.sums.push((info.name.clone(), digest.clone()));
+        Ok(digest)
+    }
+
+    /// Appends the checksum member and the end-of-archive blocks.
+    pub fn finish(mut self) -> io::Result<W> {
+        let body: String = self.sums.iter().map(|(n, d)| format!("{d} *{n}\n")).collect();
+        let h = header(self.algo.file_name(), 0o644, 0, 0, body.len() as u64, 0, b'0', "", "");
+        self.put(&h)?;
+        self.put(body.as_bytes())?;
+        self.pad()?;
+        self.put(&[0u8; 2 * BLOCK])?;
+        let rem = (self.written % RECORD as u64) as usize;
+        if rem != 0 {
+            self.put(&vec![0u8; RECORD - rem])?;
+        }
+        self.out.flush()?;
+        Ok(self.out)
+    }
+}
+
+/// Parses a checksum file: `<hex> *<name>` or `<hex>  <name>` per line; a leading
+/// `./` is stripped. Bad lines are returned for a warning.
+pub fn parse_sums(body: &str) -> (Vec<(String, String)>, Vec<String>) {
+    let mut ok = Vec::new();
+    let mut bad = Vec::new();
+    for line in body.lines() {
+        let line = line.trim_end();
+        if line.is_empty() {
+            continue;
+        }
+        let split = [" *", "  "].iter().filter_map(|sep| line.find(sep)).min();
+        match split {
+            Some(i) => {
+                let name = &line[i + 2..];
+                let name = name.strip_prefix("./").unwrap_or(name);
+                ok.push((name.to_string(), line[..i].to_ascii_lowercase()));
+            }
+            None => bad.push(line.to_string()),
+        }
+    }
+    (ok, bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(name: &str, size: u64, mtime: f64) -> MemberInfo {
+        MemberInfo {
+            name: name.into(),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            uname: "root".into(),
+            gname: "root".into(),
+            mtime,
+            size,
+        }
+    }
+
+    #[test]
+    fn pax_records_count_their_own_length() {
+        assert_eq!(pax_record("mtime", "1795255200.25"), "23 mtime=1795255200.25\n");
+        let r = pax_record("path", &"x".repeat(95));
+        assert_eq!(r.len(), r.split(' ').next().unwrap().parse::<usize>().unwrap());
+    }
+
+    #[test]
+    fn written_streams_read_back_with_checksums() {
+        let data = vec![7u8; 100_000];
+        let mut w = TarWriter::new(Vec::new(), SumAlgo::Sha256);
+        let d = w.append(&info("000000010000000000000001", data.len() as u64, 1795255200.25), &mut &data[..]).unwrap();
+        let bytes = w.finish().unwrap();
+        assert_eq!(bytes.len() % RECORD, 0);
+        let mut a = tar::Archive::new(&bytes[..]);
+        let mut seen = Vec::new();
+        for e in a.entries().unwrap() {
+            let mut e = e.unwrap();
+            let name = e.path().unwrap().to_string_lossy().into_owned();
+            let mtime = e
+                .pax_extensions()
+                .unwrap()
+                .and_then(|mut p| p.find(|x| x.as_ref().is_ok_and(|x| x.key() == Ok("mtime"))))
+                .map(|x| x.unwrap().value().unwrap().to_string());
+            let mut body = Vec::new();
+            e.read_to_end(&mut body).unwrap();
+            seen.push((name, body.len(), mtime));
+            if seen.len() == 2 {
+                let (sums, bad) = parse_sums(std::str::from_utf8(&body).unwrap());
+                assert!(bad.is_empty());
+                assert_eq!(sums, vec![("000000010000000000000001".to_string(), d.clone())]);
+            }
+        }
+        assert_eq!(seen[0], ("000000010000000000000001".to_string(), 100_000, Some("1795255200.25".to_string())));
+        assert_eq!(seen[1].0, "SHA256SUMS");
+    }
+
+    #[test]
+    fn sums_lines() {
+        let (ok, bad) = parse_sums("ABC *./x\ndef  y z\nnonsense\n");
+        assert_eq!(ok, vec![("x".into(), "abc".into()), ("y z".into(), "def".into())]);
+        assert_eq!(bad, vec!["nonsense".to_string()]);
+    }
+}
