@@ -1,6 +1,7 @@
 //! The archive room: put-wal, archive-wal and get-wal, and the wire format they
 //! share with the `barman-wal-archive` / `barman-wal-restore` clients.
 
+pub mod archive_wal;
 pub mod get_wal;
 pub mod put_wal;
 pub mod validate;
