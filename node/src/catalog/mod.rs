@@ -5,6 +5,7 @@ pub mod durable;
 pub mod identity;
 pub mod layout;
 pub mod lock;
+pub mod pyjson;
 pub mod rejects;
 pub mod xlogdb;
 

@@ -1,0 +1,437 @@
+//! The SQL connection against a real PostgreSQL 15: identity, versions, WAL
+//! switch semantics, archiver statistics, privileges, standbys, password
+//! authentication and TLS.
+
+use barman::postgres::{Conninfo, LibpqEnv, PgConnection, PgError, PostgresStatus, SlotType};
+use barman::wal::SystemId;
+use cluster_tests::pg::{PgCluster, PgOptions, conf_quote};
+use cluster_tests::util::{TestDir, chown_to_pg_user, free_port};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// An environment with no PG* variables and no home: what a test connects with
+/// must come from its conninfo.
+fn env() -> LibpqEnv {
+    LibpqEnv::isolated().with_os_user("postgres")
+}
+
+async fn connect(ci: &str) -> Result<PgConnection, PgError> {
+    PgConnection::connect_with_env(&Conninfo::parse(ci).expect("conninfo parses"), Some("barman"), &env()).await
+}
+
+fn start(dir: &TestDir, opts: PgOptions) -> PgCluster {
+    PgCluster::start(dir.path(), opts).expect("PostgreSQL starts")
+}
+
+fn conf(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+/// Polls `f` every 100 ms for up to 20 s.
+async fn eventually<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn identity_versions_and_settings() {
+    let dir = TestDir::new().unwrap();
+    let pg = start(&dir, PgOptions::default());
+    let c = connect(&pg.conninfo()).await.unwrap();
+
+    assert_eq!(c.system_identifier().await.unwrap(), SystemId(pg.system_identifier().unwrap()));
+    let v = c.server_version_num();
+    assert!((150000..160000).contains(&v), "{v}");
+    assert_eq!(c.server_version_text(), format!("15.{}", v % 100));
+    assert_eq!(c.server_major_version(), "15");
+    assert_eq!(c.reported_version().await.unwrap(), c.server_version_text());
+    assert!(!c.is_in_recovery().await.unwrap());
+    assert!(c.is_superuser().await.unwrap());
+    assert!(c.has_backup_privileges().await.unwrap());
+    assert!(c.has_monitoring_privileges().await.unwrap());
+    assert!(c.has_checkpoint_privileges().await.unwrap());
+    c.checkpoint().await.unwrap();
+
+    assert_eq!(c.setting("wal_level").await.unwrap().as_deref(), Some("replica"));
+    assert_eq!(c.setting("no_such_setting").await.unwrap(), None);
+    assert_eq!(c.wal_segment_size().await.unwrap().bytes(), 16 << 20);
+    let data_dir = fs::canonicalize(pg.data_dir()).unwrap();
+    assert_eq!(fs::canonicalize(c.data_directory().await.unwrap()).unwrap(), data_dir);
+    assert!(c.synchronous_standby_names().await.unwrap().is_empty());
+    assert!(c.configuration_files().await.unwrap().config_file.unwrap().ends_with("postgresql.conf"));
+
+    // Barman's session name, unless the conninfo names the application.
+    assert_eq!(app(&c).await, "barman");
+    let named = connect(&format!("{} application_name=mine", pg.conninfo())).await.unwrap();
+    assert_eq!(app(&named).await, "mine");
+
+    // Position and file agree on a primary.
+    let info = c.current_xlog_info().await.unwrap();
+    let (file, offset) = c.current_wal_file().await.unwrap();
+    assert_eq!(info.file_name.as_ref(), Some(&file));
+    assert_eq!(info.file_offset, Some(offset));
+    assert!(c.current_lsn().await.unwrap() >= info.location);
+
+    // Slots: absent, then a fresh physical one with no restart LSN yet.
+    assert_eq!(c.replication_slot("barman").await.unwrap(), None);
+    pg.psql("SELECT pg_create_physical_replication_slot('barman')").unwrap();
+    let slot = c.replication_slot("barman").await.unwrap().unwrap();
+    assert_eq!(
+        (slot.name.as_str(), &slot.slot_type, slot.active, slot.restart_lsn),
+        ("barman", &SlotType::Physical, false, None)
+    );
+
+    let rp = c.create_restore_point("before-test").await.unwrap().unwrap();
+    assert!(rp >= info.location);
+}
+
+#[tokio::test]
+async fn switch_wal_closes_a_segment_once() {
+    let dir = TestDir::new().unwrap();
+    let pg = start(&dir, PgOptions::default());
+    let c = connect(&pg.conninfo()).await.unwrap();
+
+    c.client().batch_execute("CREATE TABLE t AS SELECT generate_series(1, 1000)").await.unwrap();
+    let (before, _) = c.current_wal_file().await.unwrap();
+    let closed = c.switch_wal().await.unwrap().expect("a segment was closed");
+    assert_eq!(closed, before);
+    // Nothing written since: Barman's switch_wal reports that nothing was switched.
+    assert_eq!(c.switch_wal().await.unwrap(), None);
+    // Writing again makes the next switch close the following segment.
+    c.client().batch_execute("INSERT INTO t SELECT generate_series(1, 10)").await.unwrap();
+    let next = c.switch_wal().await.unwrap().expect("a second segment was closed");
+    assert!(next > closed, "{next} after {closed}");
+}
+
+#[tokio::test]
+async fn archiver_stats_follow_the_archiver() {
+    let dir = TestDir::new().unwrap();
+    let pg = start(
+        &dir,
+        PgOptions { conf: conf(&[("archive_mode", "on"), ("archive_command", "'/bin/false'")]), ..Default::default() },
+    );
+    let c = connect(&pg.conninfo()).await.unwrap();
+    let s = c.archiver_stats().await.unwrap().unwrap();
+    assert_eq!((s.archived_count, s.failed_count), (0, 0));
+    assert!(s.stats_reset.is_some());
+    // archive_mode=on and no failure yet.
+    assert!(s.is_archiving);
+
+    c.client().batch_execute("CREATE TABLE t AS SELECT generate_series(1, 1000)").await.unwrap();
+    let closed = c.switch_wal().await.unwrap().unwrap();
+    let failed =
+        eventually("a failed archive", async || c.archiver_stats().await.unwrap().filter(|s| s.failed_count > 0)).await;
+    assert_eq!(failed.last_failed_wal.as_ref(), Some(&closed));
+    assert!(failed.last_failed_time.is_some());
+    assert!(!failed.is_archiving);
+
+    pg.set_conf("archive_command", "'/bin/true'").unwrap();
+    let ok = eventually("a successful archive", async || {
+        c.archiver_stats().await.unwrap().filter(|s| s.last_archived_wal.as_ref() == Some(&closed))
+    })
+    .await;
+    assert!(ok.archived_count >= 1);
+    assert!(ok.is_archiving);
+    assert!(ok.last_archived_time >= ok.last_failed_time);
+    assert!(ok.current_archived_wals_per_second.is_some_and(|r| r > 0.0));
+}
+
+#[tokio::test]
+async fn segment_size_is_read_from_the_server() {
+    let dir = TestDir::new().unwrap();
+    let pg = start(&dir, PgOptions { wal_segsize_mb: Some(1), data_checksums: true, ..Default::default() });
+    let c = connect(&pg.conninfo()).await.unwrap();
+    assert_eq!(c.wal_segment_size().await.unwrap().bytes(), 1 << 20);
+    assert_eq!(c.setting("data_checksums").await.unwrap().as_deref(), Some("on"));
+}
+
+#[tokio::test]
+async fn remote_status_gathers_everything_or_degrades() {
+    let dir = TestDir::new().unwrap();
+    let pg = start(
+        &dir,
+        PgOptions { conf: conf(&[("archive_mode", "on"), ("archive_command", "'/bin/true'")]), ..Default::default() },
+    );
+    pg.psql("SELECT pg_create_physical_replication_slot('barman')").unwrap();
+    let ci = Conninfo::parse(&pg.conninfo()).unwrap();
+    let c = PgConnection::connect_with_env(&ci, Some("barman"), &env()).await.unwrap();
+    let s = PostgresStatus::gather(&c, Some("barman")).await;
+    assert!(s.is_connected());
+    assert_eq!(s.server_major_version.as_deref(), Some("15"));
+    assert_eq!(s.server_txt_version, Some(c.server_version_text()));
+    assert_eq!(s.version_supported, Some(true));
+    assert_eq!((s.is_superuser, s.has_backup_privileges, s.is_in_recovery), (Some(true), Some(true), Some(false)));
+    assert_eq!(s.wal_level.as_deref(), Some("replica"));
+    assert_eq!(s.archive_mode.as_deref(), Some("on"));
+    assert_eq!(s.archive_command.as_deref(), Some("/bin/true"));
+    assert!(s.archiver.is_some());
+    assert!(s.current_lsn.is_some() && s.current_xlog.is_some());
+    assert!(s.current_size.is_some_and(|b| b > 0));
+    assert_eq!(s.archive_timeout, Some(0));
+    assert_eq!(s.checkpoint_timeout, Some(300));
+    assert_eq!(s.wal_segment_size.map(|w| w.bytes()), Some(16 << 20));
+    assert_eq!(s.system_identifier, Some(SystemId(pg.system_identifier().unwrap())));
+    assert_eq!(s.replication_slot.map(|sl| sl.name), Some("barman".to_string()));
+    assert_eq!(s.wal_keep.as_deref(), Some("0"));
+    assert!(s.data_directory.is_some());
+
+    // A user without privileges: the privileged fields degrade, the rest stays.
+    pg.psql("CREATE ROLE plain LOGIN").unwrap();
+    let plain = connect(&format!("{} user=plain", pg.conninfo())).await.unwrap();
+    assert!(!plain.is_superuser().await.unwrap());
+    assert!(!plain.has_backup_privileges().await.unwrap());
+    assert!(!plain.has_monitoring_privileges().await.unwrap());
+    assert!(matches!(plain.data_directory().await, Err(PgError::Query { .. })));
+    assert!(matches!(plain.switch_wal().await, Err(PgError::MissingPrivileges { ref user, .. }) if user == "plain"));
+    assert!(matches!(plain.checkpoint().await, Err(PgError::MissingPrivileges { .. })));
+    let s = PostgresStatus::gather(&plain, None).await;
+    assert_eq!((s.is_superuser, s.has_backup_privileges), (Some(false), Some(false)));
+    assert_eq!(s.data_directory, None);
+    assert_eq!(s.wal_level.as_deref(), Some("replica"));
+    assert!(s.system_identifier.is_some());
+
+    // The grants Barman documents for a non-superuser backup user.
+    pg.psql(
+        "GRANT pg_monitor TO plain;
+         GRANT EXECUTE ON FUNCTION pg_backup_start(text, boolean) TO plain;
+         GRANT EXECUTE ON FUNCTION pg_backup_stop(boolean) TO plain;
+         GRANT EXECUTE ON FUNCTION pg_switch_wal() TO plain;
+         GRANT EXECUTE ON FUNCTION pg_create_restore_point(text) TO plain;",
+    )
+    .unwrap();
+    assert!(plain.has_backup_privileges().await.unwrap());
+    assert!(plain.has_monitoring_privileges().await.unwrap());
+    // PostgreSQL 15 lets nobody but the owner create in public: write WAL as postgres.
+    pg.psql("CREATE TABLE t AS SELECT 1 AS x").unwrap();
+    assert!(plain.switch_wal().await.unwrap().is_some());
+
+    // No server: only the connection error.
+    let port = free_port().unwrap();
+    let closed = Conninfo::parse(&format!("host=127.0.0.1 port={port} user=postgres")).unwrap();
+    let s = PostgresStatus::fetch(&closed, Some("barman"), None).await;
+    assert!(!s.is_connected());
+    assert!(s.connection_error.unwrap().contains(&format!("port {port}")));
+    assert_eq!(s.server_version_num, None);
+}
+
+#[tokio::test]
+async fn standby_answers_as_a_standby() {
+    let dir = TestDir::new().unwrap();
+    let pg = start(&dir, PgOptions::default());
+    let standby = pg.make_standby(dir.path(), "false", true).unwrap();
+    let lsn = pg.current_lsn().unwrap();
+    standby.wait_replay(&lsn, Duration::from_secs(30)).unwrap();
+    let c = connect(&standby.conninfo()).await.unwrap();
+
+    assert!(c.is_in_recovery().await.unwrap());
+    assert_eq!(c.system_identifier().await.unwrap(), SystemId(pg.system_identifier().unwrap()));
+    let info = c.current_xlog_info().await.unwrap();
+    assert!(info.location >= lsn.parse().unwrap());
+    assert_eq!((info.file_name, info.file_offset), (None, None));
+    assert!(matches!(c.current_wal_file().await, Err(PgError::InRecovery { .. })));
+    assert!(matches!(c.switch_wal().await, Err(PgError::InRecovery { .. })));
+    assert_eq!(c.create_restore_point("nope").await.unwrap(), None);
+    let s = PostgresStatus::gather(&c, None).await;
+    assert_eq!(s.is_in_recovery, Some(true));
+    assert!(s.current_lsn.is_some());
+    assert_eq!(s.current_xlog, None);
+}
+
+#[tokio::test]
+async fn scram_password_authentication() {
+    let password = "s3cr3t 'pw'\\x";
+    let dir = TestDir::new().unwrap();
+    let pg = start(&dir, PgOptions { password: Some(password.to_string()), ..Default::default() });
+    let base = Conninfo::parse(&pg.conninfo()).unwrap();
+
+    let good = base.clone().with("password", password);
+    let c = PgConnection::connect_with_env(&good, None, &env()).await.unwrap();
+    assert_eq!(c.system_identifier().await.unwrap(), SystemId(pg.system_identifier().unwrap()));
+    // Round trip through the quoted string form too.
+    let text = good.to_conninfo_string();
+    assert!(connect(&text).await.is_ok(), "{}", good.masked());
+
+    let wrong_pw = "wrong-Pa55word";
+    let bad = base.clone().with("password", wrong_pw);
+    let e = PgConnection::connect_with_env(&bad, None, &env()).await.unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, PgError::Connect { .. }), "{msg}");
+    assert!(msg.contains("password authentication failed for user \"postgres\""), "{msg}");
+    assert!(msg.contains(&format!("port {}", pg.port())), "{msg}");
+    assert!(!msg.contains('\n'));
+    for shown in [msg.clone(), format!("{e:?}")] {
+        assert!(!shown.contains(wrong_pw) && !shown.contains(password), "{shown}");
+    }
+
+    let e = PgConnection::connect_with_env(&base, None, &env()).await.unwrap_err();
+    assert!(e.to_string().ends_with("fe_sendauth: no password supplied"), "{e}");
+
+    // The password file, with libpq's escapes for ':' and '\'.
+    let pgpass = dir.path().join("pgpass");
+    let escaped = password.replace('\\', "\\\\").replace(':', "\\:");
+    fs::write(&pgpass, format!("127.0.0.1:{}:*:postgres:{escaped}\n", pg.port())).unwrap();
+    fs::set_permissions(&pgpass, fs::Permissions::from_mode(0o600)).unwrap();
+    let via_file = env().with_var("PGPASSFILE", pgpass.to_str().unwrap());
+    PgConnection::connect_with_env(&base, None, &via_file).await.unwrap();
+    fs::write(&pgpass, format!("*:*:*:*:{wrong_pw}\n")).unwrap();
+    let e = PgConnection::connect_with_env(&base, None, &via_file).await.unwrap_err();
+    assert!(e.to_string().contains("password retrieved from file"), "{e}");
+    assert!(!e.to_string().contains(wrong_pw));
+}
+
+#[tokio::test]
+async fn closed_port_fails_fast() {
+    let port = free_port().unwrap();
+    let started = Instant::now();
+    let e = connect(&format!("host=127.0.0.1 port={port} user=postgres dbname=postgres")).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert_eq!(e.to_string(), format!("connection to server at \"127.0.0.1\", port {port} failed: Connection refused"));
+
+    // The process environment path works the same way.
+    let ci = Conninfo::parse(&format!("host=127.0.0.1 port={port} user=postgres sslmode=disable")).unwrap();
+    let e = PgConnection::connect(&ci, Some("barman")).await.unwrap_err();
+    assert!(e.to_string().contains(&format!("port {port} failed")), "{e}");
+}
+
+#[tokio::test]
+async fn ssl_required_but_server_has_none() {
+    let dir = TestDir::new().unwrap();
+    let pg = start(&dir, PgOptions::default());
+    let e = connect(&format!("{} sslmode=require", pg.conninfo())).await.unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "connection to server at \"127.0.0.1\", port {} failed: server does not support SSL, but SSL was required",
+            pg.port()
+        )
+    );
+    // prefer falls back to a plain session.
+    let c = connect(&format!("{} sslmode=prefer", pg.conninfo())).await.unwrap();
+    assert!(!uses_ssl(&c).await);
+    // verify-full without a root file fails before any network traffic.
+    let e = connect(&format!("{} sslmode=verify-full", pg.conninfo())).await.unwrap_err();
+    assert!(matches!(e, PgError::Tls(_)), "{e}");
+    assert!(e.to_string().contains("root certificate file"), "{e}");
+}
+
+async fn app(c: &PgConnection) -> String {
+    c.client().query_one("SHOW application_name", &[]).await.expect("SHOW application_name").get(0)
+}
+
+async fn uses_ssl(c: &PgConnection) -> bool {
+    let row = c
+        .client()
+        .query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])
+        .await
+        .expect("pg_stat_ssl");
+    row.get(0)
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl").current_dir(dir).args(args).output().expect("openssl runs");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A CA, and a server certificate it signs for `localhost` only.
+fn make_certs(dir: &Path, ca: &str) {
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let mut a = vec!["req", "-x509", "-days", "2", "-subj", "/CN=test-ca"];
+    a.extend(ec);
+    a.extend(["-keyout", "ca.key", "-out", ca]);
+    a.extend(["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
+    openssl(dir, &a);
+    let mut r = vec!["req", "-subj", "/CN=localhost", "-keyout", "server.key", "-out", "server.csr"];
+    r.extend(ec);
+    openssl(dir, &r);
+    fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("writing ext.cnf");
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            ca,
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "server.crt",
+        ],
+    );
+}
+
+#[tokio::test]
+async fn tls_modes_against_a_tls_server() {
+    if Command::new("openssl").arg("version").output().is_err() {
+        eprintln!("openssl not installed: TLS server test skipped");
+        return;
+    }
+    let dir = TestDir::new().unwrap();
+    let certs = dir.path().join("certs");
+    fs::create_dir(&certs).unwrap();
+    make_certs(&certs, "ca.crt");
+    // Another CA that signed nothing here.
+    let other = dir.path().join("other");
+    fs::create_dir(&other).unwrap();
+    make_certs(&other, "ca.crt");
+    for f in ["server.crt", "server.key"] {
+        chown_to_pg_user(&certs.join(f)).unwrap();
+    }
+    fs::set_permissions(certs.join("server.key"), fs::Permissions::from_mode(0o600)).unwrap();
+    let pg = start(
+        &dir,
+        PgOptions {
+            conf: vec![
+                ("ssl".into(), "on".into()),
+                ("ssl_cert_file".into(), conf_quote(&certs.join("server.crt").to_string_lossy())),
+                ("ssl_key_file".into(), conf_quote(&certs.join("server.key").to_string_lossy())),
+            ],
+            ..Default::default()
+        },
+    );
+    let ca = certs.join("ca.crt");
+    let other_ca = other.join("ca.crt");
+    let port = pg.port();
+    let by_ip = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres");
+    let by_name = format!("host=localhost hostaddr=127.0.0.1 port={port} user=postgres dbname=postgres");
+
+    // Encryption without verification: the default (prefer) and require.
+    assert!(uses_ssl(&connect(&by_ip).await.unwrap()).await);
+    assert!(uses_ssl(&connect(&format!("{by_ip} sslmode=require")).await.unwrap()).await);
+    assert!(!uses_ssl(&connect(&format!("{by_ip} sslmode=disable")).await.unwrap()).await);
+
+    // verify-ca: the chain counts, not the name.
+    let c = connect(&format!("{by_ip} sslmode=verify-ca sslrootcert={}", ca.display())).await.unwrap();
+    assert!(uses_ssl(&c).await);
+    let e = connect(&format!("{by_ip} sslmode=verify-ca sslrootcert={}", other_ca.display())).await.unwrap_err();
+    assert!(matches!(e, PgError::Connect { .. }), "{e}");
+    assert!(e.to_string().contains("certificate"), "{e}");
+    // require with an explicit root file verifies the CA, as libpq.
+    assert!(connect(&format!("{by_ip} sslmode=require sslrootcert={}", other_ca.display())).await.is_err());
+
+    // verify-full: the name must match too.
+    let c = connect(&format!("{by_name} sslmode=verify-full sslrootcert={}", ca.display())).await.unwrap();
+    assert!(uses_ssl(&c).await);
+    let e = connect(&format!("{by_ip} sslmode=verify-full sslrootcert={}", ca.display())).await.unwrap_err();
+    assert!(e.to_string().contains("certificate"), "{e}");
+    assert!(!e.to_string().contains('\n'));
+}
