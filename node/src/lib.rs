@@ -4,6 +4,7 @@
 
 pub mod archive;
 pub mod catalog;
+pub mod cli;
 pub mod config;
 pub mod hooks;
 pub mod postgres;

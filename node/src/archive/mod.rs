@@ -4,5 +4,6 @@
 pub mod archive_wal;
 pub mod get_wal;
 pub mod put_wal;
+pub mod server;
 pub mod validate;
 pub mod wire;

@@ -1,6 +1,7 @@
 //! The catalog room: Barman's on-disk layout, durable writes, lock files,
 //! `xlog.db`, `identity.json` and the errors directory.
 
+pub mod backups;
 pub mod durable;
 pub mod identity;
 pub mod layout;

@@ -100,7 +100,13 @@ mod tests {
     #[test]
     fn matches_python() {
         let v = json!({"b": [1, 2.5, 1406019026.0], "a": {"x": null, "y": "é\n"}, "c": true});
-        assert_eq!(dumps(&v, None, true), r#"{"a": {"x": null, "y": "\u00e9\n"}, "b": [1, 2.5, 1406019026.0], "c": true}"#);
-        assert_eq!(dumps(&json!({"k": [1], "e": {}}), Some(4), true), "{\n    \"e\": {},\n    \"k\": [\n        1\n    ]\n}");
+        assert_eq!(
+            dumps(&v, None, true),
+            r#"{"a": {"x": null, "y": "\u00e9\n"}, "b": [1, 2.5, 1406019026.0], "c": true}"#
+        );
+        assert_eq!(
+            dumps(&json!({"k": [1], "e": {}}), Some(4), true),
+            "{\n    \"e\": {},\n    \"k\": [\n        1\n    ]\n}"
+        );
     }
 }

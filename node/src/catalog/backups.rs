@@ -1,0 +1,137 @@
+//! A read-only view of the backup catalogue (`meta/<id>-backup.info`, or the
+//! legacy `base/<id>/backup.info`), with the fields `check` and `status` need.
+
+use super::ServerLayout;
+use chrono::{DateTime, FixedOffset, Local, NaiveDateTime, TimeZone};
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackupSummary {
+    pub id: String,
+    pub status: String,
+    pub mode: Option<String>,
+    pub parent_backup_id: Option<String>,
+    pub begin_wal: Option<String>,
+    pub end_wal: Option<String>,
+    pub end_time: Option<DateTime<FixedOffset>>,
+    pub size: Option<u64>,
+    pub timeline: Option<u32>,
+}
+
+impl BackupSummary {
+    pub fn is_incremental(&self) -> bool {
+        self.parent_backup_id.is_some()
+    }
+    pub fn is_done(&self) -> bool {
+        self.status == "DONE"
+    }
+}
+
+/// `^\d{8}T\d{6}$`: the shape of a backup id.
+pub fn is_backup_id(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 15 && b[8] == b'T' && b.iter().enumerate().all(|(i, c)| i == 8 || c.is_ascii_digit())
+}
+
+fn value(v: &str) -> Option<String> {
+    let v = v.trim();
+    if v == "None" || v.is_empty() {
+        return None;
+    }
+    // Python repr of a str: strip one pair of quotes (the fields read here have no escapes).
+    let b = v.as_bytes();
+    if b.len() >= 2 && (b[0] == b'\'' || b[0] == b'"') && b[b.len() - 1] == b[0] {
+        return Some(v[1..v.len() - 1].to_string());
+    }
+    Some(v.to_string())
+}
+
+/// Barman's `str()` of an aware datetime; a naive one is local time.
+pub fn parse_time(s: &str) -> Option<DateTime<FixedOffset>> {
+    for f in ["%Y-%m-%d %H:%M:%S%.f%:z", "%Y-%m-%d %H:%M:%S%:z"] {
+        if let Ok(t) = DateTime::parse_from_str(s, f) {
+            return Some(t);
+        }
+    }
+    let naive = NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f").ok()?;
+    Local.from_local_datetime(&naive).single().map(|t| t.fixed_offset())
+}
+
+fn parse_file(id: &str, path: &Path) -> Option<BackupSummary> {
+    let text = fs::read_to_string(path).ok()?;
+    let mut kv: BTreeMap<&str, &str> = BTreeMap::new();
+    for line in text.lines() {
+        let l = line.trim();
+        if l.is_empty() || l.starts_with('#') {
+            continue;
+        }
+        if let Some((k, v)) = l.split_once('=') {
+            kv.insert(k.trim(), v.trim());
+        }
+    }
+    let get = |k: &str| kv.get(k).and_then(|v| value(v));
+    Some(BackupSummary {
+        id: id.to_string(),
+        status: get("status").unwrap_or_else(|| "EMPTY".into()),
+        mode: get("mode"),
+        parent_backup_id: get("parent_backup_id"),
+        begin_wal: get("begin_wal"),
+        end_wal: get("end_wal"),
+        end_time: get("end_time").and_then(|t| parse_time(&t)),
+        size: get("size").and_then(|s| s.parse().ok()),
+        timeline: get("timeline").and_then(|s| s.parse().ok()),
+    })
+}
+
+/// Every backup of a server, sorted by id (`meta/` wins over the legacy place).
+pub fn list(layout: &ServerLayout) -> Vec<BackupSummary> {
+    let mut found: BTreeMap<String, std::path::PathBuf> = BTreeMap::new();
+    if let Ok(rd) = fs::read_dir(&layout.base_dir) {
+        for e in rd.flatten() {
+            let id = e.file_name().to_string_lossy().into_owned();
+            let p = e.path().join("backup.info");
+            if is_backup_id(&id) && p.is_file() {
+                found.insert(id, p);
+            }
+        }
+    }
+    if let Ok(rd) = fs::read_dir(layout.meta_dir()) {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if let Some(id) = n.strip_suffix("-backup.info")
+                && is_backup_id(id)
+            {
+                found.insert(id.to_string(), e.path());
+            }
+        }
+    }
+    found.iter().filter_map(|(id, p)| parse_file(id, p)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_meta_and_legacy_files() {
+        let d = tempfile::tempdir().unwrap();
+        let l = ServerLayout::under("pg", d.path(), d.path());
+        fs::create_dir_all(l.base_dir.join("20240101T000000")).unwrap();
+        fs::write(l.base_dir.join("20240101T000000/backup.info"), "status=DONE\nsize=10\n").unwrap();
+        fs::create_dir_all(l.meta_dir()).unwrap();
+        fs::write(
+            l.meta_dir().join("20240102T000000-backup.info"),
+            "begin_wal=000000010000000000000004\nend_time=2024-01-02 00:05:00.5+01:00\nparent_backup_id=None\nstatus=WAITING_FOR_WALS\n",
+        )
+        .unwrap();
+        let b = list(&l);
+        assert_eq!(b.len(), 2);
+        assert!(b[0].is_done());
+        assert_eq!(b[1].status, "WAITING_FOR_WALS");
+        assert_eq!(b[1].end_time.unwrap().to_rfc3339(), "2024-01-02T00:05:00.500+01:00");
+        assert!(!b[1].is_incremental());
+        assert!(is_backup_id("20240101T120000") && !is_backup_id("2024010T1120000"));
+    }
+}

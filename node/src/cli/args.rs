@@ -1,0 +1,181 @@
+//! Command-line arguments as Barman's `barman` accepts them: global options
+//! before the sub-command, Barman's sub-command names and aliases.
+
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Console,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Color {
+    Never,
+    Always,
+    Auto,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "barman",
+    about = "Backup and recovery for PostgreSQL (Barman-compatible)",
+    disable_version_flag = true,
+    disable_help_subcommand = true
+)]
+pub struct Cli {
+    /// Configuration file (default: $BARMAN_CONFIG_FILE, ~/.barman.conf, /etc/barman.conf, /etc/barman/barman.conf)
+    #[arg(short = 'c', long = "config", global = false)]
+    pub config: Option<PathBuf>,
+    /// Print only warnings and errors
+    #[arg(short = 'q', long = "quiet")]
+    pub quiet: bool,
+    /// Print debug messages
+    #[arg(short = 'd', long = "debug")]
+    pub debug: bool,
+    /// Output format
+    #[arg(short = 'f', long = "format", value_enum, default_value = "console")]
+    pub format: Format,
+    /// When to colour the output
+    #[arg(long = "color", alias = "colour", value_enum, default_value = "auto")]
+    pub color: Color,
+    /// Log level (overrides log_level)
+    #[arg(long = "log-level")]
+    pub log_level: Option<String>,
+    /// Print the version and exit
+    #[arg(short = 'v', long = "version", action = ArgAction::SetTrue)]
+    pub version: bool,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Args)]
+pub struct Servers {
+    /// Server names, or 'all'
+    #[arg(required = true)]
+    pub servers: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Archive the WAL files waiting in the incoming and streaming directories
+    ArchiveWal { server: String },
+    /// Check the configuration and the connections of servers
+    Check {
+        #[command(flatten)]
+        servers: Servers,
+        /// Nagios plugin output
+        #[arg(long)]
+        nagios: bool,
+        /// Seconds before giving up (0: never)
+        #[arg(long = "check-timeout")]
+        check_timeout: Option<u64>,
+    },
+    /// Check that the WAL archive is empty before a new server uses it
+    CheckWalArchive {
+        server: String,
+        /// Only fail on WAL files of this timeline or later
+        #[arg(long)]
+        timeline: Option<u32>,
+    },
+    /// Periodic maintenance: archive WAL files, clean lock files
+    Cron {
+        /// Keep the standard streams of started processes
+        #[arg(long = "keep-descriptors")]
+        keep_descriptors: bool,
+    },
+    /// Print configuration and state of every server as JSON, for support
+    Diagnose {
+        /// Name the file each option's value comes from
+        #[arg(long = "show-config-source")]
+        show_config_source: bool,
+    },
+    /// Retrieve a WAL file from the archive (PostgreSQL's restore_command uses it)
+    GetWal {
+        server: String,
+        wal_name: String,
+        /// Write the file into this directory instead of standard output
+        #[arg(short = 'o', long = "output-directory")]
+        output_directory: Option<PathBuf>,
+        /// Also look for .partial files
+        #[arg(short = 'P', long = "partial")]
+        partial: bool,
+        /// Compress the output with gzip
+        #[arg(short = 'z', short_alias = 'x', long = "gzip", conflicts_with = "bzip2")]
+        gzip: bool,
+        /// Compress the output with bzip2
+        #[arg(short = 'j', long = "bzip2")]
+        bzip2: bool,
+        /// Send the file as stored, compressed or not
+        #[arg(long = "keep-compression")]
+        keep_compression: bool,
+        /// List up to N available WAL files from WAL_NAME on
+        #[arg(short = 'p', long = "peek", value_parser = positive)]
+        peek: Option<u32>,
+        /// Send WAL_NAME and up to N-1 following segments as one tar stream
+        #[arg(long = "bundle", value_parser = positive, conflicts_with = "peek")]
+        bundle: Option<u32>,
+        /// Only check that WAL files can be retrieved
+        #[arg(short = 't', long = "test")]
+        test: bool,
+    },
+    /// Remove lock files nobody holds
+    LockDirectoryCleanup,
+    /// List the processes Barman runs for a server
+    #[command(alias = "list-process")]
+    ListProcesses { server: String },
+    /// List the configured servers
+    #[command(alias = "list-server")]
+    ListServers {
+        /// Names only
+        #[arg(long)]
+        minimal: bool,
+    },
+    /// Receive a WAL file from barman-wal-archive (a tar stream on standard input)
+    PutWal {
+        server: String,
+        /// Only check that WAL files can be accepted
+        #[arg(short = 't', long = "test")]
+        test: bool,
+    },
+    /// Recreate the WAL catalogue from the files in the archive
+    RebuildXlogdb {
+        #[command(flatten)]
+        servers: Servers,
+    },
+    /// Show the configuration of servers
+    #[command(alias = "show-server")]
+    ShowServers {
+        #[command(flatten)]
+        servers: Servers,
+    },
+    /// Show the state of servers
+    Status {
+        #[command(flatten)]
+        servers: Servers,
+    },
+    /// Make PostgreSQL switch to a new WAL file
+    #[command(alias = "switch-xlog")]
+    SwitchWal {
+        #[command(flatten)]
+        servers: Servers,
+        /// Force a checkpoint first, so there is something to switch
+        #[arg(long)]
+        force: bool,
+        /// Wait for the closed WAL file to be archived
+        #[arg(long)]
+        archive: bool,
+        /// Seconds to wait with --archive
+        #[arg(long = "archive-timeout", default_value_t = 30)]
+        archive_timeout: u64,
+    },
+}
+
+fn positive(s: &str) -> Result<u32, String> {
+    match s.trim().parse::<i64>() {
+        Ok(n) if n >= 1 && n <= i64::from(u32::MAX) => Ok(n as u32),
+        Ok(n) => Err(format!("{n} is not a positive integer")),
+        Err(_) => Err(format!("'{s}' is not an integer")),
+    }
+}

@@ -1,0 +1,129 @@
+//! The `barman` command line: global options, configuration, user switching,
+//! output, and one module per command family.
+
+pub mod args;
+mod check;
+mod context;
+mod cron;
+pub mod output;
+mod remote;
+mod servers;
+mod status;
+mod switch_wal;
+mod wal;
+
+use args::{Cli, Color, Command, Format};
+use clap::Parser;
+use context::{Ctx, drop_privileges, init_logging};
+use output::{Output, Writer};
+use std::io::IsTerminal;
+
+/// Runs `barman` with `argv`; returns the exit code.
+pub fn run(argv: Vec<std::ffi::OsString>) -> i32 {
+    let cli = match Cli::try_parse_from(argv) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return e.exit_code();
+        }
+    };
+    if cli.version {
+        println!("{} Barman-compatible (barman-rs {})", crate::hooks::BARMAN_COMPAT_VERSION, env!("CARGO_PKG_VERSION"));
+        return 0;
+    }
+    let Some(command) = cli.command else {
+        use clap::CommandFactory;
+        let _ = Cli::command().print_help();
+        return 0;
+    };
+    let main = match crate::config::MainConfig::read(cli.config.as_deref()) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("ERROR: {e}");
+            return 1;
+        }
+    };
+    if let Err(msg) = drop_privileges(&main.barman_user()) {
+        eprintln!("{msg}");
+        return 1;
+    }
+    let cfg = match main.finish() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ERROR: {e}");
+            return 1;
+        }
+    };
+    let level = cli.log_level.clone().unwrap_or_else(|| cfg.global.log_level.clone());
+    init_logging(cfg.global.log_file.as_deref(), &level, cli.debug);
+    let color = match cli.color {
+        Color::Always => true,
+        Color::Never => false,
+        Color::Auto => std::io::stdout().is_terminal() && std::io::stderr().is_terminal(),
+    };
+    let writer = match cli.format {
+        Format::Console => Writer::Console,
+        Format::Json => Writer::Json,
+    };
+    let mut ctx = Ctx { out: Output::new(writer, cli.quiet, cli.debug, color), cfg };
+    for w in ctx.cfg.warnings.clone() {
+        ctx.out.warning(w.to_string());
+    }
+    dispatch(&mut ctx, command);
+    ctx.out.close()
+}
+
+fn dispatch(ctx: &mut Ctx, command: Command) {
+    use crate::wal::compression::Codec;
+    match command {
+        Command::ArchiveWal { server } => wal::archive_wal(ctx, &server),
+        Command::Check { servers, nagios, check_timeout } => check::check(ctx, &servers.servers, nagios, check_timeout),
+        Command::CheckWalArchive { server, timeline } => wal::check_wal_archive(ctx, &server, timeline),
+        Command::Cron { keep_descriptors } => cron::cron(ctx, keep_descriptors),
+        Command::Diagnose { show_config_source } => servers::diagnose(ctx, show_config_source),
+        Command::GetWal {
+            server,
+            wal_name,
+            output_directory,
+            partial,
+            gzip,
+            bzip2,
+            keep_compression,
+            peek,
+            bundle,
+            test,
+        } => {
+            let compression = if gzip {
+                Some(Codec::Gzip)
+            } else if bzip2 {
+                Some(Codec::Bzip2)
+            } else {
+                None
+            };
+            wal::get_wal(
+                ctx,
+                wal::GetWalArgs {
+                    server: &server,
+                    wal_name: &wal_name,
+                    output_directory: output_directory.as_deref(),
+                    partial,
+                    compression,
+                    keep_compression,
+                    peek,
+                    bundle,
+                    test,
+                },
+            )
+        }
+        Command::LockDirectoryCleanup => cron::lock_directory_cleanup(ctx),
+        Command::ListProcesses { server } => cron::list_processes(ctx, &server),
+        Command::ListServers { minimal } => servers::list_servers(ctx, minimal),
+        Command::PutWal { server, test } => wal::put_wal(ctx, &server, test),
+        Command::RebuildXlogdb { servers } => wal::rebuild_xlogdb(ctx, &servers.servers),
+        Command::ShowServers { servers } => servers::show_servers(ctx, &servers.servers),
+        Command::Status { servers } => status::status(ctx, &servers.servers),
+        Command::SwitchWal { servers, force, archive, archive_timeout } => {
+            switch_wal::switch_wal(ctx, &servers.servers, force, archive, archive_timeout)
+        }
+    }
+}
