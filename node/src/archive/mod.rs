@@ -2,6 +2,7 @@
 //! share with the `barman-wal-archive` / `barman-wal-restore` clients.
 
 pub mod archive_wal;
+pub mod client;
 pub mod get_wal;
 pub mod put_wal;
 pub mod server;

@@ -1,0 +1,405 @@
+//! `barman-wal-restore BARMAN_HOST SERVER_NAME WAL_NAME WAL_DEST`: fetches a WAL
+//! file with `barman get-wal` over ssh. With `-p J` it prefetches the next
+//! segments into a spool directory: in one ssh round trip (`get-wal --bundle`)
+//! when the server offers it, else as Barman does (peek, then one ssh per file).
+
+use super::super::wire::{Hasher, SumAlgo, parse_sums};
+use super::{code_of, fail, ssh_command};
+use crate::catalog::durable::DurableFile;
+use crate::wal::compression::{Codecs, MAGIC_PROBE_LEN};
+use clap::{ArgGroup, Parser};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime};
+
+const DEFAULT_SPOOL: &str = "/var/tmp/walrestore";
+/// How long a server found without `--bundle` is remembered as such.
+const PLAIN_SERVER_MEMORY: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "barman-wal-restore",
+    about = "Fetches a WAL file from a Barman server (for PostgreSQL's restore_command).",
+    disable_version_flag = true,
+    group(ArgGroup::new("compression").args(["gzip", "bzip2", "keep_compression"]))
+)]
+pub struct Args {
+    /// Print the version and exit
+    #[arg(short = 'V', long = "version")]
+    pub version: bool,
+    /// User of the ssh connection to the Barman server
+    #[arg(short = 'U', long = "user", default_value = "barman")]
+    pub user: String,
+    /// Port of the ssh connection to the Barman server
+    #[arg(long = "port")]
+    pub port: Option<String>,
+    /// Seconds to sleep after a failure
+    #[arg(short = 's', long = "sleep", default_value_t = 0, value_name = "SECONDS")]
+    pub sleep: u64,
+    /// Files to peek and fetch in parallel (0: off)
+    #[arg(short = 'p', long = "parallel", default_value_t = 0, value_name = "JOBS")]
+    pub parallel: u32,
+    /// Spool directory of prefetched files
+    #[arg(long = "spool-dir", default_value = DEFAULT_SPOOL)]
+    pub spool_dir: PathBuf,
+    /// Also retrieve .partial files
+    #[arg(short = 'P', long = "partial")]
+    pub partial: bool,
+    /// Transfer compressed with gzip (deprecated)
+    #[arg(short = 'z', long = "gzip")]
+    pub gzip: bool,
+    /// Transfer compressed with bzip2 (deprecated)
+    #[arg(short = 'j', long = "bzip2")]
+    pub bzip2: bool,
+    /// Transfer files as stored, decompress here
+    #[arg(long = "keep-compression")]
+    pub keep_compression: bool,
+    /// Configuration file on the Barman server
+    #[arg(short = 'c', long = "config")]
+    pub config: Option<String>,
+    /// Test the connection and the configuration only
+    #[arg(short = 't', long = "test")]
+    pub test: bool,
+    #[arg(value_name = "BARMAN_HOST", required_unless_present = "version")]
+    pub barman_host: Option<String>,
+    #[arg(value_name = "SERVER_NAME", required_unless_present = "version")]
+    pub server_name: Option<String>,
+    /// The value of %f in restore_command
+    #[arg(value_name = "WAL_NAME", required_unless_present = "version")]
+    pub wal_name: Option<String>,
+    /// The value of %p in restore_command
+    #[arg(value_name = "WAL_DEST", required_unless_present = "version")]
+    pub wal_dest: Option<PathBuf>,
+}
+
+struct Ctx<'a> {
+    a: &'a Args,
+    host: String,
+    server: String,
+}
+
+impl Ctx<'_> {
+    fn compression_flag(&self) -> Option<&'static str> {
+        if self.a.gzip {
+            Some("gzip")
+        } else if self.a.bzip2 {
+            Some("bzip2")
+        } else {
+            None
+        }
+    }
+
+    /// `ssh ... barman [--config C] "get-wal [options] 'SERVER' 'WAL'"`.
+    fn get_wal(&self, wal: &str, extra: &[String]) -> Command {
+        let mut c = ssh_command(self.a.port.as_deref(), &self.a.user, &self.host);
+        if let Some(cfg) = &self.a.config {
+            c.arg(format!("--config {cfg}"));
+        }
+        let mut options: Vec<String> = extra.to_vec();
+        if let Some(f) = self.compression_flag() {
+            options.push(format!("--{f}"));
+        }
+        if self.a.keep_compression {
+            options.push("--keep-compression".into());
+        }
+        if self.a.partial {
+            options.push("--partial".into());
+        }
+        let cmd = if options.is_empty() {
+            format!("get-wal '{}' '{wal}'", self.server)
+        } else {
+            format!("get-wal {} '{}' '{wal}'", options.join(" "), self.server)
+        };
+        c.arg(cmd);
+        c
+    }
+
+    fn marker(&self) -> PathBuf {
+        let who = format!("{}@{}:{}", self.a.user, self.host, self.a.port.as_deref().unwrap_or("default"));
+        let safe: String =
+            who.chars().map(|c| if c.is_ascii_alphanumeric() || "@.:-_".contains(c) { c } else { '_' }).collect();
+        self.a.spool_dir.join(format!(".plain-barman-{safe}"))
+    }
+}
+
+pub fn run(a: Args) -> i32 {
+    if a.version {
+        println!("barman-wal-restore {}", crate::hooks::BARMAN_COMPAT_VERSION);
+        return 0;
+    }
+    let (Some(host), Some(server), Some(wal_name), Some(dest)) =
+        (a.barman_host.clone(), a.server_name.clone(), a.wal_name.clone(), a.wal_dest.clone())
+    else {
+        return fail("BARMAN_HOST, SERVER_NAME, WAL_NAME and WAL_DEST are required", 2, 0);
+    };
+    let ctx = Ctx { a: &a, host, server };
+    if a.test {
+        return match ctx.get_wal("dummy_wal_name", &["--test".into()]).stdin(Stdio::null()).output() {
+            Ok(o) => {
+                let mut text = String::from_utf8_lossy(&o.stdout).into_owned();
+                text.push_str(&String::from_utf8_lossy(&o.stderr));
+                println!("{text}");
+                code_of(o.status)
+            }
+            Err(e) => fail(&format!("Impossible to invoke remote get-wal: {e}"), 2, 0),
+        };
+    }
+    if let Some(f) = ctx.compression_flag() {
+        println!(
+            "WARNING: `{f}` option is deprecated and will be removed in future versions. For WAL compression, please make sure to enable it directly on the Barman server via the `compression` configuration option"
+        );
+    }
+    if dest.is_dir() {
+        return fail(&format!("WAL_DEST cannot be a directory: {}", dest.display()), 3, 0);
+    }
+    let mut out = match OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&dest) {
+        Ok(f) => f,
+        Err(e) => return fail(&format!("Cannot open '{}' (WAL_DEST) for writing: {e}", dest.display()), 3, 0),
+    };
+    // A file prefetched by an earlier call: no ssh at all.
+    let spooled = a.spool_dir.join(&wal_name);
+    if spooled.exists() {
+        drop(out);
+        return match move_file(&spooled, &dest) {
+            Ok(()) => 0,
+            Err(e) => fail(&format!("Failure moving {} to {}: {e}", spooled.display(), dest.display()), 2, 0),
+        };
+    }
+    if a.parallel > 0 {
+        if let Err(e) = fs::create_dir_all(&a.spool_dir) {
+            return fail(&format!("Cannot create '{}' directory: {e}", a.spool_dir.display()), 2, 0);
+        }
+        let plain = fs::metadata(ctx.marker())
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .is_some_and(|age| age < PLAIN_SERVER_MEMORY);
+        if !plain {
+            match bundle(&ctx, &wal_name, &mut out) {
+                Bundle::Done(code) => return code,
+                Bundle::Unsupported => {
+                    let _ = fs::write(ctx.marker(), b"");
+                }
+            }
+        }
+        return barman_parallel(&ctx, &wal_name, &mut out);
+    }
+    fetch_into(&ctx, &wal_name, &mut out)
+}
+
+fn move_file(src: &Path, dst: &Path) -> io::Result<()> {
+    match fs::rename(src, dst) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            io::copy(&mut File::open(src)?, &mut File::create(dst)?)?;
+            fs::remove_file(src)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Decompresses `f` in place when it holds compressed data.
+fn decompress_in_place(f: &mut File) -> io::Result<()> {
+    f.seek(SeekFrom::Start(0))?;
+    let mut head = [0u8; MAGIC_PROBE_LEN];
+    let n = super::super::validate::read_full(f, &mut head)?;
+    let codecs = Codecs::default();
+    let Some(codec) = codecs.identify(&head[..n]) else { return Ok(()) };
+    f.seek(SeekFrom::Start(0))?;
+    let mut packed = Vec::new();
+    f.read_to_end(&mut packed)?;
+    let mut plain = Vec::new();
+    codecs.decompress(codec, &mut &packed[..], &mut plain).map_err(|e| io::Error::other(e.to_string()))?;
+    f.set_len(0)?;
+    f.seek(SeekFrom::Start(0))?;
+    f.write_all(&plain)?;
+    Ok(())
+}
+
+/// The plain Barman way for one file: `get-wal` to the destination.
+fn fetch_into(ctx: &Ctx<'_>, wal: &str, out: &mut File) -> i32 {
+    let stdout = match out.try_clone() {
+        Ok(f) => f,
+        Err(e) => return fail(&format!("Cannot open WAL_DEST: {e}"), 3, 0),
+    };
+    let status = match ctx.get_wal(wal, &[]).stdin(Stdio::null()).stdout(stdout).status() {
+        Ok(s) => s,
+        Err(e) => return fail(&format!("Error executing \"ssh\": {e}"), 2, ctx.a.sleep),
+    };
+    finish(ctx, code_of(status), out)
+}
+
+fn finish(ctx: &Ctx<'_>, code: i32, out: &mut File) -> i32 {
+    match code {
+        0 => match decompress_in_place(out) {
+            Ok(()) => 0,
+            Err(e) => fail(&format!("Cannot decompress the WAL file: {e}"), 2, ctx.a.sleep),
+        },
+        255 => fail("Connection problem with ssh", 2, ctx.a.sleep),
+        c => fail("Remote 'barman get-wal' command has failed!", c, ctx.a.sleep),
+    }
+}
+
+/// Barman's `-p`: peek, fetch the others into the spool in parallel, fetch ours.
+fn barman_parallel(ctx: &Ctx<'_>, wal: &str, out: &mut File) -> i32 {
+    let peek = match ctx
+        .get_wal(wal, &[format!("--peek '{}'", ctx.a.parallel)])
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+    {
+        Ok(o) => o,
+        Err(e) => return fail(&format!("Impossible to invoke remote get-wal --peek: {e}"), 2, 0),
+    };
+    let names: Vec<String> = String::from_utf8_lossy(&peek.stdout).lines().map(str::to_string).collect();
+    if names.first().map(String::as_str) != Some(wal) {
+        return fail(&format!("The required file is not available: {wal}"), 2, 0);
+    }
+    let extra = &names[1..];
+    let code = std::thread::scope(|s| {
+        let workers: Vec<_> = extra
+            .iter()
+            .map(|n| {
+                s.spawn(move || {
+                    let path = ctx.a.spool_dir.join(n);
+                    let ok = File::create(&path)
+                        .and_then(|f| {
+                            let mut f2 = f.try_clone()?;
+                            let st = ctx.get_wal(n, &[]).stdin(Stdio::null()).stdout(f).status()?;
+                            if st.success() {
+                                decompress_in_place(&mut f2)
+                            } else {
+                                Err(io::Error::other("get-wal failed"))
+                            }
+                        })
+                        .is_ok();
+                    if !ok {
+                        let _ = fs::remove_file(&path);
+                    }
+                })
+            })
+            .collect();
+        let code = fetch_into(ctx, wal, out);
+        for w in workers {
+            let _ = w.join();
+        }
+        code
+    });
+    code
+}
+
+enum Bundle {
+    Done(i32),
+    /// The server is a Barman without `--bundle`.
+    Unsupported,
+}
+
+/// Our one-round-trip prefetch: a tar of the requested file and the next ones.
+fn bundle(ctx: &Ctx<'_>, wal: &str, out: &mut File) -> Bundle {
+    let mut child = match ctx
+        .get_wal(wal, &[format!("--bundle '{}'", ctx.a.parallel)])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => return Bundle::Done(fail(&format!("Error executing \"ssh\": {e}"), 2, ctx.a.sleep)),
+    };
+    let mut stderr = child.stderr.take();
+    let err_thread = std::thread::spawn(move || {
+        let mut t = String::new();
+        if let Some(e) = stderr.as_mut() {
+            let _ = e.read_to_string(&mut t);
+        }
+        t
+    });
+    let received = child.stdout.take().map(|so| receive_bundle(ctx, wal, so, out));
+    let status = child.wait();
+    let err_text = err_thread.join().unwrap_or_default();
+    let code = match status {
+        Ok(s) => code_of(s),
+        Err(e) => return Bundle::Done(fail(&format!("Error executing \"ssh\": {e}"), 2, ctx.a.sleep)),
+    };
+    if code == 2 && (err_text.contains("unrecognized arguments") || err_text.contains("unexpected argument")) {
+        return Bundle::Unsupported;
+    }
+    eprint!("{err_text}");
+    match (code, received) {
+        (0, Some(Ok(()))) => Bundle::Done(0),
+        (0, Some(Err(e))) => Bundle::Done(fail(&format!("Bad WAL bundle from the Barman server: {e}"), 2, ctx.a.sleep)),
+        (0, None) => Bundle::Done(fail("Bad WAL bundle from the Barman server: no output", 2, ctx.a.sleep)),
+        (255, _) => Bundle::Done(fail("Connection problem with ssh", 2, ctx.a.sleep)),
+        // The requested file is missing: Barman's parallel client says it this way.
+        (1, _) => Bundle::Done(fail(&format!("The required file is not available: {wal}"), 2, ctx.a.sleep)),
+        (c, _) => Bundle::Done(fail("Remote 'barman get-wal' command has failed!", c, ctx.a.sleep)),
+    }
+}
+
+/// Reads the tar: the first member into `out`, the others into the spool; every
+/// file is checked against the SHA256SUMS member before anyone can use it.
+fn receive_bundle(ctx: &Ctx<'_>, wal: &str, input: impl Read, out: &mut File) -> Result<(), String> {
+    let mut archive = tar::Archive::new(io::BufReader::with_capacity(1 << 20, input));
+    let mut staged: Vec<(String, DurableFile, String)> = Vec::new();
+    let mut first: Option<String> = None;
+    let mut sums = Vec::new();
+    for entry in archive.entries().map_err(|e| e.to_string())? {
+        let mut entry = entry.map_err(|e| e.to_string())?;
+        let name = entry.path().map_err(|e| e.to_string())?.to_string_lossy().into_owned();
+        if name == "SHA256SUMS" {
+            let mut body = String::new();
+            entry.read_to_string(&mut body).map_err(|e| e.to_string())?;
+            sums = parse_sums(&body).0;
+            continue;
+        }
+        if name.contains('/') || name.parse::<crate::wal::WalFileName>().is_err() {
+            return Err(format!("unexpected member '{name}'"));
+        }
+        let mut h = Hasher::new(SumAlgo::Sha256);
+        let mut buf = vec![0u8; 1 << 20];
+        if first.is_none() {
+            if name != wal {
+                return Err(format!("first member is '{name}', expected '{wal}'"));
+            }
+            loop {
+                let n = entry.read(&mut buf).map_err(|e| e.to_string())?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+                out.write_all(&buf[..n]).map_err(|e| e.to_string())?;
+            }
+            first = Some(h.hex());
+            continue;
+        }
+        let mut f = DurableFile::create(&ctx.a.spool_dir.join(&name)).map_err(|e| e.to_string())?;
+        loop {
+            let n = entry.read(&mut buf).map_err(|e| e.to_string())?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            f.write_all(&buf[..n]).map_err(|e| e.to_string())?;
+        }
+        staged.push((name, f, h.hex()));
+    }
+    let want = |n: &str| sums.iter().find(|(m, _)| m == n).map(|(_, d)| d.clone());
+    let first_sum = first.ok_or("empty bundle")?;
+    if want(wal) != Some(first_sum) {
+        return Err(format!("checksum mismatch for {wal}"));
+    }
+    decompress_in_place(out).map_err(|e| e.to_string())?;
+    for (name, mut f, digest) in staged {
+        if want(&name) != Some(digest) {
+            continue; // dropped: never spooled
+        }
+        // Prefetched files are stored plain, ready to be moved into pg_wal.
+        if let Ok(file) = f.file() {
+            let _ = decompress_in_place(file);
+        }
+        let _ = f.commit_with(0o600, None);
+    }
+    Ok(())
+}

@@ -1,0 +1,133 @@
+//! What the integration tests share: our binaries installed where PostgreSQL's
+//! OS user can run them, a Barman home and configuration, and running commands.
+#![allow(dead_code)]
+
+use cluster_tests::util::{TestDir, current_os_user, install_binaries};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    pub fn ok(&self) -> &Self {
+        assert_eq!(self.code, 0, "stdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        self
+    }
+}
+
+pub struct Env {
+    pub dir: TestDir,
+    /// Our binaries, runnable by every OS user.
+    pub bin: PathBuf,
+    pub home: PathBuf,
+    pub config: PathBuf,
+}
+
+/// The user Barman runs as in tests: whoever runs them (root in CI).
+pub fn barman_user() -> String {
+    current_os_user().map(|u| u.name).unwrap_or_else(|_| "root".into())
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let dir = TestDir::new().expect("test dir");
+        let bin = install_binaries(
+            &dir.path().join("install"),
+            &[
+                ("barman", Path::new(env!("CARGO_BIN_EXE_barman"))),
+                ("barman-wal-archive", Path::new(env!("CARGO_BIN_EXE_barman-wal-archive"))),
+                ("barman-wal-restore", Path::new(env!("CARGO_BIN_EXE_barman-wal-restore"))),
+            ],
+        )
+        .expect("install binaries");
+        let home = dir.path().join("home");
+        std::fs::create_dir_all(&home).expect("home");
+        let config = dir.path().join("barman.conf");
+        Env { dir, bin, home, config }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes `barman.conf`: `[barman]` with our home and user, then `servers`.
+    pub fn write_config(&self, servers: &str) {
+        let text = format!(
+            "[barman]\nbarman_home = {}\nbarman_user = {}\nlog_file = {}/barman.log\nlog_level = DEBUG\n\n{servers}",
+            self.home.display(),
+            barman_user(),
+            self.dir.path().display()
+        );
+        std::fs::write(&self.config, text).expect("write config");
+    }
+
+    pub fn barman_cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(self.bin.join("barman"));
+        c.arg("-c").arg(&self.config).args(args);
+        c
+    }
+
+    pub fn barman(&self, args: &[&str]) -> Out {
+        run(&mut self.barman_cmd(args), None)
+    }
+
+    pub fn barman_stdin(&self, args: &[&str], input: &[u8]) -> Out {
+        run(&mut self.barman_cmd(args), Some(input))
+    }
+
+    pub fn server_dir(&self, server: &str) -> PathBuf {
+        self.home.join(server)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("barman.log")).unwrap_or_default()
+    }
+}
+
+pub fn run(c: &mut Command, input: Option<&[u8]>) -> Out {
+    c.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = c.spawn().expect("spawn");
+    if let Some(data) = input {
+        let mut stdin = child.stdin.take().expect("stdin");
+        let data = data.to_vec();
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&data);
+        });
+    }
+    let o = child.wait_with_output().expect("wait");
+    Out {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+/// Every file of a directory tree, relative names sorted.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else { return out };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Sorted names of a directory's entries.
+pub fn names_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
