@@ -61,22 +61,35 @@ pub fn drop_privileges(user: &str) -> Result<(), String> {
 
 /// Logs go to `log_file`; without one, warnings and errors go to stderr.
 pub fn init_logging(log_file: Option<&Path>, level: &str, debug: bool) {
-    use tracing_subscriber::filter::LevelFilter;
+    use tracing_subscriber::EnvFilter;
     let lvl = match level.to_ascii_uppercase().as_str() {
-        "DEBUG" => LevelFilter::DEBUG,
-        "WARNING" | "WARN" => LevelFilter::WARN,
-        "ERROR" | "CRITICAL" => LevelFilter::ERROR,
-        _ => LevelFilter::INFO,
+        "DEBUG" => "debug",
+        "WARNING" | "WARN" => "warn",
+        "ERROR" | "CRITICAL" => "error",
+        _ => "info",
     };
-    let builder = tracing_subscriber::fmt().with_ansi(false).with_target(false);
     let file = log_file.and_then(|p| std::fs::OpenOptions::new().create(true).append(true).open(p).ok());
+    // Libraries log at warning and above only; our own events at the configured level.
+    let builder = tracing_subscriber::fmt().with_ansi(false).with_target(false);
     match file {
         Some(f) => {
-            let _ = builder.with_max_level(lvl).with_writer(std::sync::Mutex::new(f)).try_init();
+            let _ = builder
+                .with_env_filter(EnvFilter::new(format!("warn,barman={lvl}")))
+                .with_writer(std::sync::Mutex::new(f))
+                .try_init();
         }
         None => {
-            let lvl = if debug { LevelFilter::DEBUG } else { lvl.min(LevelFilter::WARN) };
-            let _ = builder.with_max_level(lvl).with_writer(std::io::stderr).try_init();
+            let lvl = if debug {
+                "debug"
+            } else if lvl == "error" {
+                "error"
+            } else {
+                "warn"
+            };
+            let _ = builder
+                .with_env_filter(EnvFilter::new(format!("warn,barman={lvl}")))
+                .with_writer(std::io::stderr)
+                .try_init();
         }
     }
 }
