@@ -131,3 +131,43 @@ pub fn names_in(dir: &Path) -> Vec<String> {
     v.sort();
     v
 }
+
+/// A PostgreSQL whose archive_command copies segments into `<env>/segments`,
+/// after `n` WAL switches with some writes: real segments to play with.
+pub fn real_segments(env: &Env, n: usize) -> (cluster_tests::pg::PgCluster, Vec<(String, Vec<u8>)>) {
+    use cluster_tests::pg::{PgCluster, PgOptions, conf_quote};
+    let dir = env.path().join("segments");
+    std::fs::create_dir_all(&dir).expect("segments dir");
+    cluster_tests::util::chown_to_pg_user(&dir).expect("chown");
+    let pg = PgCluster::start(
+        env.path(),
+        PgOptions {
+            conf: vec![
+                ("archive_mode".into(), "on".into()),
+                ("archive_command".into(), conf_quote(&format!("cp %p {}/%f", dir.display()))),
+            ],
+            ..Default::default()
+        },
+    )
+    .expect("postgres");
+    pg.psql("CREATE TABLE filler (i int, t text)").expect("create");
+    for i in 0..n {
+        pg.psql(&format!("INSERT INTO filler SELECT g, md5(g::text) FROM generate_series(1, {}) g", 1000 * (i + 1)))
+            .expect("insert");
+        pg.switch_wal().expect("switch");
+    }
+    cluster_tests::util::wait_until(std::time::Duration::from_secs(30), "segments to be archived", || {
+        names_in(&dir).iter().filter(|n| n.len() == 24).count() >= n
+    })
+    .expect("archived");
+    let segs = names_in(&dir)
+        .into_iter()
+        .filter(|n| n.len() == 24)
+        .take(n)
+        .map(|n| {
+            let bytes = std::fs::read(dir.join(&n)).expect("read segment");
+            (n, bytes)
+        })
+        .collect();
+    (pg, segs)
+}

@@ -264,7 +264,12 @@ fn barman_parallel(ctx: &Ctx<'_>, wal: &str, out: &mut File) -> i32 {
             .map(|n| {
                 s.spawn(move || {
                     let path = ctx.a.spool_dir.join(n);
-                    let ok = File::create(&path)
+                    let ok = OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .open(&path)
                         .and_then(|f| {
                             let mut f2 = f.try_clone()?;
                             let st = ctx.get_wal(n, &[]).stdin(Stdio::null()).stdout(f).status()?;
