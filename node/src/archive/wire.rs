@@ -120,8 +120,7 @@ fn header(
     h[257..265].copy_from_slice(b"ustar\x0000");
     text(&mut h[265..297], uname);
     text(&mut h[297..329], gname);
-    octal(&mut h[329..337], 0);
-    octal(&mut h[337..345], 0);
+    // devmajor/devminor stay NUL for regular files, as Python writes them.
     let sum: u32 = h.iter().map(|b| u32::from(*b)).sum();
     let s = format!("{sum:06o}\0");
     h[148..155].copy_from_slice(s.as_bytes());
