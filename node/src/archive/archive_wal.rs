@@ -105,6 +105,8 @@ pub struct Archiver<'a> {
     /// Compression workers (`parallel_jobs`); hooks force one.
     pub jobs: usize,
     pub has_hooks: bool,
+    /// Archive directories already cleaned of stale temporary files this run.
+    pub cleaned: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
 }
 
 /// A file picked for this run.
@@ -165,6 +167,9 @@ impl Archiver<'_> {
             let held = db.lock()?;
             db.ensure(&held, self.codecs)?;
         }
+        // Leftovers of killed runs: temporary files are never under a final name,
+        // but they take space (the archive's directories are cleaned as they are used).
+        durable::remove_stale_temps(&self.layout.incoming_dir);
         let mut exp: Option<Result<Expected, String>> = None;
         for (enabled, source) in [(self.streaming, Source::Streaming), (self.incoming, Source::Incoming)] {
             if !enabled {
@@ -376,6 +381,11 @@ impl Archiver<'_> {
         }
         let dir = dst.parent().unwrap_or(&self.layout.wals_dir).to_path_buf();
         durable::create_dir_all(&dir).map_err(self.io(&name))?;
+        if let Ok(mut seen) = self.cleaned.lock()
+            && seen.insert(dir.clone())
+        {
+            durable::remove_stale_temps(&dir);
+        }
         let src_meta = fs::metadata(&c.path).map_err(self.io(&name))?;
         let time = mtime_float(&src_meta);
         let (staged, compression, size) = match (self.compression, checked.compression) {
@@ -550,6 +560,7 @@ mod tests {
                 incoming_batch: 0,
                 jobs,
                 has_hooks: false,
+                cleaned: Default::default(),
             };
             let mut events = Vec::new();
             let mut exp = || Ok(Expected { sysid: Some(SystemId(SYS)), major: Some(15), seg_size: None });
@@ -659,6 +670,7 @@ mod tests {
             incoming_batch: 0,
             jobs: 1,
             has_hooks: false,
+            cleaned: Default::default(),
         };
         let mut events = Vec::new();
         let mut exp = || Err("PostgreSQL unreachable".to_string());

@@ -14,6 +14,31 @@ pub fn temp_path_for(final_path: &Path) -> PathBuf {
     final_path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
 }
 
+/// Removes our temporary files (`.<name>.<pid>.tmp`) left in `dir` by processes
+/// that no longer run (a killed put-wal or archive-wal). Returns how many.
+pub fn remove_stale_temps(dir: &Path) -> usize {
+    let Ok(rd) = fs::read_dir(dir) else { return 0 };
+    let mut removed = 0;
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix('.')
+            .and_then(|n| n.strip_suffix(".tmp"))
+            .and_then(|n| n.rsplit_once('.'))
+            .and_then(|(_, pid)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id()
+            && !Path::new(&format!("/proc/{pid}")).exists()
+            && fs::remove_file(e.path()).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 pub fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -151,6 +176,18 @@ mod tests {
         let tmp2 = g.temp_path().to_path_buf();
         drop(g);
         assert!(!tmp2.exists() && !dst2.exists());
+    }
+
+    #[test]
+    fn stale_temporary_files_of_dead_processes_are_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let dead = d.path().join(".000000010000000000000001.4194300.tmp");
+        let mine = temp_path_for(&d.path().join("x"));
+        fs::write(&dead, b"x").unwrap();
+        fs::write(&mine, b"x").unwrap();
+        fs::write(d.path().join("000000010000000000000001"), b"x").unwrap();
+        assert_eq!(remove_stale_temps(d.path()), 1);
+        assert!(!dead.exists() && mine.exists());
     }
 
     #[test]

@@ -107,6 +107,7 @@ pub fn run_archiver(ctx: &mut Ctx, s: &ServerConfig, verbose: bool) {
         incoming_batch: s.opts.archiver_batch_size.max(0) as usize,
         jobs: s.opts.parallel_jobs.max(1) as usize,
         has_hooks,
+        cleaned: Default::default(),
     };
     let name = s.name.clone();
     let out = &mut ctx.out;

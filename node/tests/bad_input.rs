@@ -1,0 +1,185 @@
+//! Bad input, each a test: one clear error line, a non-zero exit, nothing lost
+//! or overwritten, nothing half-written under a final name.
+
+mod common;
+
+use barman::archive::wire::{MemberInfo, SumAlgo, TarWriter};
+use barman::catalog::identity::Identity;
+use barman::wal::SystemId;
+use common::{Env, Out, names_in};
+use std::path::Path;
+
+const SYS: u64 = 7301234567890123456;
+
+fn segment(seg: u32, sysid: u64, pageaddr_seg: u32) -> Vec<u8> {
+    let mut v = vec![0u8; 16 << 20];
+    v[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
+    v[2..4].copy_from_slice(&2u16.to_le_bytes());
+    v[4..8].copy_from_slice(&1u32.to_le_bytes());
+    v[8..16].copy_from_slice(&(u64::from(pageaddr_seg) * (16 << 20)).to_le_bytes());
+    v[24..32].copy_from_slice(&sysid.to_le_bytes());
+    v[32..36].copy_from_slice(&(16u32 << 20).to_le_bytes());
+    v[36..40].copy_from_slice(&8192u32.to_le_bytes());
+    v[100] = seg as u8;
+    v
+}
+
+fn name(seg: u32) -> String {
+    format!("0000000100000000{seg:08X}")
+}
+
+fn tar(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut w = TarWriter::new(Vec::new(), SumAlgo::Sha256);
+    for (n, d) in files {
+        let info = MemberInfo {
+            name: n.to_string(),
+            mode: 0o600,
+            uid: 0,
+            gid: 0,
+            uname: String::new(),
+            gname: String::new(),
+            mtime: 1.7e9,
+            size: d.len() as u64,
+        };
+        w.append(&info, &mut &d[..]).unwrap();
+    }
+    w.finish().unwrap()
+}
+
+fn setup() -> Env {
+    let env = Env::new();
+    env.write_config("[pg]\nconninfo = host=127.0.0.1 port=1 user=nobody connect_timeout=2\nbackup_method = postgres\narchiver = on\ncompression = zstd\n");
+    std::fs::create_dir_all(env.server_dir("pg")).unwrap();
+    std::fs::write(
+        env.server_dir("pg").join("identity.json"),
+        Identity { systemid: SystemId(SYS), version: "15".into() }.to_json_text(),
+    )
+    .unwrap();
+    env
+}
+
+/// Exactly one `ERROR:` line on stderr, naming `what`; a non-zero exit.
+fn one_error(out: &Out, what: &str) {
+    assert_ne!(out.code, 0, "{}", out.stderr);
+    let errors: Vec<&str> = out.stderr.lines().filter(|l| l.starts_with("ERROR:")).collect();
+    assert_eq!(errors.len(), 1, "{}", out.stderr);
+    assert!(errors[0].contains(what), "'{}' lacks '{what}'", errors[0]);
+}
+
+fn incoming(env: &Env) -> Vec<String> {
+    names_in(&env.server_dir("pg").join("incoming"))
+}
+
+#[test]
+fn tar_entries_with_dotdot_or_absolute_paths_are_refused() {
+    let env = setup();
+    let seg = segment(2, SYS, 2);
+    for bad in ["../000000010000000000000002", "/tmp/000000010000000000000002", "x/../../000000010000000000000002"] {
+        let out = env.barman_stdin(&["put-wal", "pg"], &tar(&[(bad, &seg)]));
+        one_error(&out, "Unsupported filename");
+        assert!(incoming(&env).is_empty(), "{:?}", incoming(&env));
+        assert!(!Path::new("/tmp/000000010000000000000002").exists());
+    }
+}
+
+#[test]
+fn a_checksum_mismatch_is_refused() {
+    let env = setup();
+    let mut stream = tar(&[(&name(2), &segment(2, SYS, 2))]);
+    stream[1024 + 5000] ^= 0x55; // inside the WAL member's data
+    one_error(&env.barman_stdin(&["put-wal", "pg"], &stream), "Bad file checksum");
+    assert!(incoming(&env).is_empty());
+}
+
+#[test]
+fn a_truncated_segment_is_refused() {
+    let env = setup();
+    let seg = segment(2, SYS, 2);
+    one_error(&env.barman_stdin(&["put-wal", "pg"], &tar(&[(&name(2), &seg[..1 << 20])])), "truncated");
+    assert!(incoming(&env).is_empty());
+}
+
+#[test]
+fn a_segment_from_another_system_is_refused_and_set_aside() {
+    let env = setup();
+    let foreign = segment(2, SYS + 1, 2);
+    one_error(&env.barman_stdin(&["put-wal", "pg"], &tar(&[(&name(2), &foreign)])), "another cluster");
+    assert!(incoming(&env).is_empty());
+    // The same file arriving another way (rsync into incoming/) is set aside.
+    let dir = env.server_dir("pg").join("incoming");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(name(2)), &foreign).unwrap();
+    one_error(&env.barman(&["archive-wal", "pg"]), "another cluster");
+    assert!(incoming(&env).is_empty());
+    assert!(names_in(&env.server_dir("pg").join("errors"))[0].ends_with(".invalid"));
+    assert!(!env.server_dir("pg").join("wals/0000000100000000").join(name(2)).exists());
+    let check = env.barman(&["check", "pg"]);
+    assert!(check.stdout.contains("archiver errors: FAILED (invalid: 1)"), "{}", check.stdout);
+    assert_ne!(check.code, 0);
+}
+
+#[test]
+fn a_recycled_segment_is_refused() {
+    let env = setup();
+    // The bytes of segment 2 under the name of segment 5.
+    one_error(&env.barman_stdin(&["put-wal", "pg"], &tar(&[(&name(5), &segment(2, SYS, 2))])), "xlp_pageaddr");
+    assert!(incoming(&env).is_empty());
+}
+
+#[test]
+fn a_bad_wal_name_is_refused() {
+    let env = setup();
+    one_error(
+        &env.barman_stdin(&["put-wal", "pg"], &tar(&[("000000010000000000000002.bak", b"x")])),
+        "not a valid wal file name",
+    );
+    one_error(&env.barman(&["get-wal", "pg", "nonsense"]), "is not a valid wal file name");
+    assert_eq!(env.barman(&["get-wal", "pg", "nonsense"]).code, 3);
+    // Arriving by another way, it is moved to errors/ as Barman does.
+    let dir = env.server_dir("pg").join("incoming");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("backup_label"), b"x").unwrap();
+    let out = env.barman(&["archive-wal", "pg"]);
+    assert!(out.stdout.contains("Objects moved to errors directory"), "{}", out.stdout);
+    assert!(names_in(&env.server_dir("pg").join("errors"))[0].ends_with(".unknown"));
+}
+
+#[test]
+fn a_corrupt_configuration_line_is_named() {
+    let env = setup();
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(&env.config, format!("{text}this is not an option line\n")).unwrap();
+    for args in [&["list-servers"][..], &["get-wal", "pg", &name(2)], &["put-wal", "pg"]] {
+        let out = env.barman(args);
+        one_error(&out, &format!("{}:", env.config.display()));
+        assert!(out.stderr.contains("cannot parse 'this is not an option line'"), "{}", out.stderr);
+    }
+}
+
+#[test]
+fn a_full_disk_mid_write_loses_nothing() {
+    let env = setup();
+    let incoming_dir = env.server_dir("pg").join("incoming");
+    std::fs::create_dir_all(&incoming_dir).unwrap();
+    let Some(_mount) = cluster_tests::util::small_filesystem(&incoming_dir, 10).unwrap() else {
+        eprintln!("skipped: mounting a small filesystem needs root");
+        return;
+    };
+    let seg = segment(2, SYS, 2);
+    one_error(&env.barman_stdin(&["put-wal", "pg"], &tar(&[(&name(2), &seg)])), "No space left on device");
+    assert!(incoming(&env).is_empty(), "{:?}", incoming(&env));
+    // The archive filling up: the file stays in incoming/, nothing is catalogued.
+    drop(_mount);
+    std::fs::write(incoming_dir.join(name(3)), segment(3, SYS, 3)).unwrap();
+    let wals = env.server_dir("pg").join("wals");
+    std::fs::create_dir_all(&wals).unwrap();
+    let Some(_wals_mount) = cluster_tests::util::small_filesystem(&wals, 1).unwrap() else { return };
+    env.write_config("[pg]\nconninfo = host=127.0.0.1 port=1 user=nobody\nbackup_method = postgres\narchiver = on\n");
+    let out = env.barman(&["archive-wal", "pg"]);
+    one_error(&out, "No space left on device");
+    assert_eq!(incoming(&env), [name(3)]);
+    assert_eq!(std::fs::read(incoming_dir.join(name(3))).unwrap(), segment(3, SYS, 3));
+    let db = std::fs::read_to_string(wals.join("pg-xlog.db")).unwrap_or_default();
+    assert!(db.is_empty(), "{db}");
+    assert!(!wals.join("0000000100000000").join(name(3)).exists());
+}
