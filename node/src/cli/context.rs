@@ -74,7 +74,7 @@ pub fn init_logging(log_file: Option<&Path>, level: &str, debug: bool) {
     match file {
         Some(f) => {
             let _ = builder
-                .with_env_filter(EnvFilter::new(format!("warn,barman={lvl}")))
+                .with_env_filter(EnvFilter::new(format!("warn,barman={lvl},barman_output={lvl}")))
                 .with_writer(std::sync::Mutex::new(f))
                 .try_init();
         }
@@ -87,7 +87,8 @@ pub fn init_logging(log_file: Option<&Path>, level: &str, debug: bool) {
                 "warn"
             };
             let _ = builder
-                .with_env_filter(EnvFilter::new(format!("warn,barman={lvl}")))
+                // What the output writer prints is not repeated by the log on stderr.
+                .with_env_filter(EnvFilter::new(format!("warn,barman={lvl},barman_output=off")))
                 .with_writer(std::io::stderr)
                 .try_init();
         }

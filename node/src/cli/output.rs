@@ -62,7 +62,7 @@ pub fn redact_passwords(text: &str) -> String {
             }
             (i + 2).min(after.len())
         } else {
-            after.find([' ', '\'', '"']).unwrap_or(after.len())
+            after.find(|c: char| c.is_whitespace() || c == '\'' || c == '"').unwrap_or(after.len())
         };
         rest = &after[end..];
     }
@@ -149,7 +149,7 @@ impl Output {
 
     pub fn warning(&mut self, msg: impl AsRef<str>) {
         let msg = redact_passwords(msg.as_ref());
-        tracing::warn!("{msg}");
+        tracing::warn!(target: "barman_output", "{msg}");
         match self.writer {
             Writer::Console => eprintln!("{}", self.paint("33", &format!("WARNING: {msg}"))),
             Writer::Json => self.push_json("_WARNING", msg),
@@ -159,7 +159,7 @@ impl Output {
 
     pub fn error(&mut self, msg: impl AsRef<str>) {
         let msg = redact_passwords(msg.as_ref());
-        tracing::error!("{msg}");
+        tracing::error!(target: "barman_output", "{msg}");
         self.error_occurred = true;
         match self.writer {
             Writer::Console => eprintln!("{}", self.paint("31", &format!("ERROR: {msg}"))),

@@ -96,7 +96,7 @@ pub fn show_servers(ctx: &mut Ctx, names: &[String]) {
         };
         let mut rows: Vec<(String, String, Value)> = Vec::new();
         for spec in SERVER_OPTIONS {
-            let shown = s.opts.show(spec.name).unwrap_or_default();
+            let shown = s.show(spec.name).unwrap_or_default();
             let j = s.opts.json(spec.name).unwrap_or(Value::Null);
             rows.push((spec.name.to_string(), shown, j));
         }

@@ -128,6 +128,15 @@ impl ServerConfig {
     pub fn xlogdb_directory(&self) -> PathBuf {
         self.dir(&self.opts.xlogdb_directory)
     }
+    /// Python's `str()` of an option as Barman shows it once the server is set
+    /// up (the WAL retention policy prints as `MAIN` when a policy is enforced).
+    pub fn show(&self, name: &str) -> Option<String> {
+        if name == "wal_retention_policy" && matches!(self.opts.retention_policy, Some(types::Retention::Policy(_))) {
+            return Some("MAIN".into());
+        }
+        self.opts.show(name)
+    }
+
     /// `PATH` for external programs: `path_prefix` first, then ours.
     pub fn path_env(&self) -> Option<std::ffi::OsString> {
         let prefix = self.opts.path_prefix.as_deref()?;
