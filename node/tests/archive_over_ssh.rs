@@ -3,6 +3,8 @@
 //! byte-identical through `get-wal`, with every codec; real Barman 3.17 reads
 //! the same archive back byte-identical.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use barman::wal::WalFileName;

@@ -1,6 +1,8 @@
 //! Bad input, each a test: one clear error line, a non-zero exit, nothing lost
 //! or overwritten, nothing half-written under a final name.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use barman::archive::wire::{MemberInfo, SumAlgo, TarWriter};

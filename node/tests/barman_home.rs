@@ -2,6 +2,8 @@
 //! as it is: get-wal returns the segments byte-identical, rebuild-xlogdb gives
 //! Barman's catalogue, and the pre-3.13 layout is migrated as Barman does.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use cluster_tests::reference;

@@ -2,6 +2,8 @@
 //! own output: configuration read the same way, passwords masked, Barman's
 //! check names, Nagios output and exit codes.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use barman::config::options::SERVER_OPTIONS;

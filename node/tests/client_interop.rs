@@ -1,6 +1,8 @@
 //! Our clients and Barman 3.17's, against our server and Barman's, over real ssh:
 //! every pairing archives and restores the same bytes, with every client option.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use cluster_tests::reference;

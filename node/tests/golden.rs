@@ -2,6 +2,8 @@
 //! tests/golden/: the put-wal tar stream, identity.json and xlog.db lines. Where
 //! the reference Barman is installed, each golden is also re-made and compared.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use barman::archive::wire::{MemberInfo, SumAlgo, TarWriter};

@@ -2,6 +2,8 @@
 //! half-written file under a final name, nothing acknowledged lost, and a rerun
 //! completes.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use barman::archive::wire::{MemberInfo, SumAlgo, TarWriter};

@@ -2,6 +2,8 @@
 //! switch semantics, archiver statistics, privileges, standbys, password
 //! authentication and TLS.
 
+#![allow(clippy::unwrap_used)]
+
 use barman::postgres::{Conninfo, LibpqEnv, PgConnection, PgError, PostgresStatus, SlotType};
 use barman::wal::SystemId;
 use cluster_tests::pg::{PgCluster, PgOptions, conf_quote};

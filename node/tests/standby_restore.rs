@@ -1,6 +1,8 @@
 //! A real standby whose restore_command is `barman-wal-restore -p 4` replays to
 //! the primary's LSN; prefetched segments arrive in bundles.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use cluster_tests::pg::{PgCluster, PgOptions, conf_quote};

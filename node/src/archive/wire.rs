@@ -96,7 +96,8 @@ fn text(field: &mut [u8], s: &str) {
     field[..n].copy_from_slice(&b[..n]);
 }
 
-/// A ustar header block as Python's `_create_header` builds it.
+/// A ustar header block as Python's `_create_header` builds it (one argument per field).
+#[allow(clippy::too_many_arguments)]
 fn header(
     name: &str,
     mode: u32,

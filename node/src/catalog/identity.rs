@@ -31,7 +31,7 @@ impl Identity {
     /// The major version as a number (15, 16; 9.6 as 96), for page magic checks.
     pub fn major(&self) -> Option<u32> {
         match self.version.split_once('.') {
-            Some((a, b)) if a == "9" => format!("9{b}").parse().ok(),
+            Some(("9", b)) => format!("9{b}").parse().ok(),
             _ => self.version.parse().ok(),
         }
     }

@@ -77,8 +77,7 @@ fn redact_uri(text: &str) -> String {
         let start = p + "postgresql://".len();
         out.push_str(&rest[..start]);
         let after = &rest[start..];
-        let userinfo_end =
-            after.find(|c: char| c == ' ' || c == '@').filter(|&i| after.as_bytes().get(i) == Some(&b'@'));
+        let userinfo_end = after.find([' ', '@']).filter(|&i| after.as_bytes().get(i) == Some(&b'@'));
         match (userinfo_end, after.find(':')) {
             (Some(at), Some(colon)) if colon < at => {
                 out.push_str(&after[..=colon]);

@@ -107,19 +107,24 @@ impl<'a> Resolver<'a> {
             Attempt::Found(v) => Some((v, "")),
             Attempt::Skipped => None,
         };
-        if found.is_none() && !fixed && self.inherit && spec.scope == Scope::Inherited && section != "barman" {
-            if let Attempt::Found(v) = self.attempt::<T>("barman", key, &mut notes) {
-                found = Some((v, "the value from [barman]"));
-            }
+        if found.is_none()
+            && !fixed
+            && self.inherit
+            && spec.scope == Scope::Inherited
+            && section != "barman"
+            && let Attempt::Found(v) = self.attempt::<T>("barman", key, &mut notes)
+        {
+            found = Some((v, "the value from [barman]"));
         }
-        if found.is_none() && self.inherit {
-            if let Some(d) = spec.default {
-                let text = self.expand_default(d);
-                // A default built from an unset option reads "None": unset, as in Barman.
-                let text = if text == "None" { String::new() } else { text };
-                if let Parsed::Set(v) | Parsed::Adjusted(v, _) = T::parse(&text) {
-                    found = Some((v, "the default"));
-                }
+        if found.is_none()
+            && self.inherit
+            && let Some(d) = spec.default
+        {
+            let text = self.expand_default(d);
+            // A default built from an unset option reads "None": unset, as in Barman.
+            let text = if text == "None" { String::new() } else { text };
+            if let Parsed::Set(v) | Parsed::Adjusted(v, _) = T::parse(&text) {
+                found = Some((v, "the default"));
             }
         }
         let (value, from) = match found {

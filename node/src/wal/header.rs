@@ -226,7 +226,8 @@ mod tests {
     fn each_mismatch_is_named() {
         let name = id("000000010000000000000005");
         let good = |m, a, s, z| synthetic_header(m, 1, a, s, z);
-        let cases: Vec<(Vec<u8>, u64, fn(&HeaderError) -> bool)> = vec![
+        type Case = (Vec<u8>, u64, fn(&HeaderError) -> bool);
+        let cases: Vec<Case> = vec![
             (vec![0; 10], 10, |e| matches!(e, HeaderError::TooShort { .. })),
             (good(0x1234, 0x0500_0000, SYS, SZ), SZ.into(), |e| matches!(e, HeaderError::BadMagic { .. })),
             (good(0xD113, 0x0500_0000, SYS, SZ), SZ.into(), |e| matches!(e, HeaderError::WrongVersion { .. })),

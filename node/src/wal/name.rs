@@ -212,7 +212,7 @@ mod tests {
 
     #[test]
     fn sorts_like_barman_listings() {
-        let mut v = vec![
+        let mut v = [
             n("000000020000000000000001"),
             n("00000002.history"),
             n("000000010000000000000002.partial"),

@@ -258,7 +258,7 @@ fn barman_parallel(ctx: &Ctx<'_>, wal: &str, out: &mut File) -> i32 {
         return fail(&format!("The required file is not available: {wal}"), 2, 0);
     }
     let extra = &names[1..];
-    let code = std::thread::scope(|s| {
+    std::thread::scope(|s| {
         let workers: Vec<_> = extra
             .iter()
             .map(|n| {
@@ -291,8 +291,7 @@ fn barman_parallel(ctx: &Ctx<'_>, wal: &str, out: &mut File) -> i32 {
             let _ = w.join();
         }
         code
-    });
-    code
+    })
 }
 
 enum Bundle {
