@@ -6,28 +6,15 @@
 mod common;
 
 use barman::archive::wire::{MemberInfo, SumAlgo, TarWriter};
-use barman::catalog::identity::Identity;
-use barman::wal::SystemId;
-use common::{Env, Out, names_in};
+use common::{Env, Out, SYS, names_in, write_identity};
 use std::path::Path;
 
-const SYS: u64 = 7301234567890123456;
-
 fn segment(seg: u32, sysid: u64, pageaddr_seg: u32) -> Vec<u8> {
-    let mut v = vec![0u8; 16 << 20];
-    v[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
-    v[2..4].copy_from_slice(&2u16.to_le_bytes());
-    v[4..8].copy_from_slice(&1u32.to_le_bytes());
-    v[8..16].copy_from_slice(&(u64::from(pageaddr_seg) * (16 << 20)).to_le_bytes());
-    v[24..32].copy_from_slice(&sysid.to_le_bytes());
-    v[32..36].copy_from_slice(&(16u32 << 20).to_le_bytes());
-    v[36..40].copy_from_slice(&8192u32.to_le_bytes());
-    v[100] = seg as u8;
-    v
+    common::segment(seg, sysid, pageaddr_seg, false)
 }
 
 fn name(seg: u32) -> String {
-    format!("0000000100000000{seg:08X}")
+    common::seg_name(seg)
 }
 
 fn tar(files: &[(&str, &[u8])]) -> Vec<u8> {
@@ -51,12 +38,7 @@ fn tar(files: &[(&str, &[u8])]) -> Vec<u8> {
 fn setup() -> Env {
     let env = Env::new();
     env.write_config("[pg]\nconninfo = host=127.0.0.1 port=1 user=nobody connect_timeout=2\nbackup_method = postgres\narchiver = on\ncompression = zstd\n");
-    std::fs::create_dir_all(env.server_dir("pg")).unwrap();
-    std::fs::write(
-        env.server_dir("pg").join("identity.json"),
-        Identity { systemid: SystemId(SYS), version: "15".into() }.to_json_text(),
-    )
-    .unwrap();
+    write_identity(&env, "pg");
     env
 }
 

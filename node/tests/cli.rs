@@ -207,3 +207,57 @@ fn unknown_user_and_unknown_server() {
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("'/nonexistent.conf' does not exist"));
 }
+
+#[test]
+fn cron_archives_in_the_background_and_cleans_lock_files() {
+    let env = Env::new();
+    env.write_config("[pg]\nconninfo = host=127.0.0.1 port=1 user=nobody\nbackup_method = postgres\narchiver = on\ncompression = gzip\n");
+    common::write_identity(&env, "pg");
+    let incoming = env.server_dir("pg").join("incoming");
+    std::fs::create_dir_all(&incoming).unwrap();
+    for s in 1..=3 {
+        std::fs::write(incoming.join(common::seg_name(s)), common::segment(s, common::SYS, s, false)).unwrap();
+    }
+    // A lock file nobody holds, left by a process that died.
+    let stale = env.home.join(".pg-backup.lock");
+    std::fs::write(&stale, "999999\n").unwrap();
+    let out = env.barman(&["cron"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("Starting WAL archiving for server pg"), "{}", out.stdout);
+    cluster_tests::util::wait_until(std::time::Duration::from_secs(30), "cron's archive-wal", || {
+        common::names_in(&incoming).is_empty()
+    })
+    .unwrap();
+    let db = std::fs::read_to_string(env.server_dir("pg").join("wals/pg-xlog.db")).unwrap();
+    assert_eq!(db.lines().count(), 3, "{db}");
+    assert!(!stale.exists(), "unheld lock files are removed");
+}
+
+#[test]
+fn check_fails_when_no_wal_is_shipped() {
+    let env = Env::new();
+    env.write_config("[pg]\nconninfo = host=127.0.0.1 port=1 user=nobody connect_timeout=2\nbackup_method = postgres\narchiver = on\n");
+    let out = env.barman(&["check", "pg"]);
+    assert_eq!(out.code, 1);
+    assert!(out.stdout.contains("\tWAL archive: FAILED (please make sure WAL shipping is setup)"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("\tPostgreSQL: FAILED (connection to server at \"127.0.0.1\", port 1 failed"),
+        "{}",
+        out.stdout
+    );
+    let nagios = env.barman(&["check", "--nagios", "pg"]);
+    assert_eq!(nagios.code, 2);
+    assert!(
+        nagios.stdout.starts_with("BARMAN CRITICAL - server pg has issues * pg FAILED: WAL archive, PostgreSQL"),
+        "{}",
+        nagios.stdout
+    );
+    // An inactive server's failures are ignored.
+    env.write_config("[pg]\nactive = false\nconninfo = host=127.0.0.1 port=1 user=nobody connect_timeout=2\nbackup_method = postgres\narchiver = on\n");
+    let out = env.barman(&["check", "pg"]);
+    assert_eq!(out.code, 0, "{}", out.stdout);
+    assert!(out.stdout.starts_with("Server pg (inactive):"), "{}", out.stdout);
+    assert!(
+        env.barman(&["check", "--nagios", "pg"]).stdout.starts_with("BARMAN OK - No server configured * IGNORING: pg")
+    );
+}

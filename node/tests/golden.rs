@@ -57,18 +57,8 @@ fn identity_json_is_byte_identical() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), id.to_json_text());
 }
 
-/// A segment with a valid first page for the golden cluster.
 fn segment(seg: u32) -> Vec<u8> {
-    let mut v = vec![0u8; 16 << 20];
-    v[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
-    v[2..4].copy_from_slice(&2u16.to_le_bytes());
-    v[4..8].copy_from_slice(&1u32.to_le_bytes());
-    v[8..16].copy_from_slice(&(u64::from(seg) * (16 << 20)).to_le_bytes());
-    v[24..32].copy_from_slice(&7301234567890123456u64.to_le_bytes());
-    v[32..36].copy_from_slice(&(16u32 << 20).to_le_bytes());
-    v[36..40].copy_from_slice(&8192u32.to_le_bytes());
-    v[100] = seg as u8;
-    v
+    common::segment(seg, common::SYS, seg, false)
 }
 
 /// Fills `incoming/` with the golden inputs: names, contents and mtimes fixed.

@@ -7,33 +7,17 @@
 mod common;
 
 use barman::archive::wire::{MemberInfo, SumAlgo, TarWriter};
-use barman::catalog::identity::Identity;
-use barman::wal::SystemId;
-use common::{Env, names_in};
+use common::{Env, names_in, write_identity};
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-const SYS: u64 = 7301234567890123456;
-
 fn segment(seg: u32) -> Vec<u8> {
-    let mut v = vec![0u8; 16 << 20];
-    v[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
-    v[2..4].copy_from_slice(&2u16.to_le_bytes());
-    v[4..8].copy_from_slice(&1u32.to_le_bytes());
-    v[8..16].copy_from_slice(&(u64::from(seg) * (16 << 20)).to_le_bytes());
-    v[24..32].copy_from_slice(&SYS.to_le_bytes());
-    v[32..36].copy_from_slice(&(16u32 << 20).to_le_bytes());
-    v[36..40].copy_from_slice(&8192u32.to_le_bytes());
-    // Content that compresses, but not to nothing.
-    for (i, b) in v.iter_mut().enumerate().skip(8192).take(2 << 20) {
-        *b = (i as u32).wrapping_mul(2654435761).wrapping_add(seg) as u8;
-    }
-    v
+    common::segment(seg, common::SYS, seg, true)
 }
 
 fn name(seg: u32) -> String {
-    format!("0000000100000000{seg:08X}")
+    common::seg_name(seg)
 }
 
 /// A simple seeded generator, printed so a failure can be replayed.
@@ -60,12 +44,7 @@ fn setup(compression: &str) -> Env {
     env.write_config(&format!(
         "[pg]\nconninfo = host=127.0.0.1 port=1 user=nobody\nbackup_method = postgres\narchiver = on\n{compression}"
     ));
-    std::fs::create_dir_all(env.server_dir("pg")).unwrap();
-    std::fs::write(
-        env.server_dir("pg").join("identity.json"),
-        Identity { systemid: SystemId(SYS), version: "15".into() }.to_json_text(),
-    )
-    .unwrap();
+    write_identity(&env, "pg");
     env
 }
 

@@ -652,6 +652,57 @@ mod tests {
     }
 
     #[test]
+    fn hooks_see_barmans_environment_and_63_stops_the_run() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("hooks.log");
+        let l = log.display();
+        let t = setup(&format!(
+            "compression = gzip\n\
+             pre_archive_script = echo \"pre $BARMAN_SEGMENT $BARMAN_FILE $BARMAN_SIZE $BARMAN_COMPRESSION\" >> {l}\n\
+             pre_archive_retry_script = test $BARMAN_SEGMENT != {stop} || exit 63\n\
+             post_archive_script = echo \"post $BARMAN_SEGMENT $BARMAN_FILE $BARMAN_COMPRESSION [$BARMAN_ERROR] $BARMAN_PHASE\" >> {l}\n",
+            stop = name(2)
+        ));
+        for n in 1..=3 {
+            fs::write(t.layout.incoming_dir.join(name(n)), seg(n)).unwrap();
+        }
+        let s = &t.cfg.servers["pg"];
+        let codecs = Codecs::default();
+        let hooks = Hooks::new(s, Path::new("/etc/barman.conf"));
+        let a = Archiver {
+            layout: &t.layout,
+            codecs: &codecs,
+            hooks: &hooks,
+            compression: s.opts.compression,
+            level: Level::Low,
+            streaming: false,
+            incoming: true,
+            streaming_batch: 0,
+            incoming_batch: 0,
+            jobs: 2,
+            has_hooks: true,
+            cleaned: Default::default(),
+        };
+        let mut events = Vec::new();
+        let mut exp = || Ok(Expected { sysid: Some(SystemId(SYS)), major: Some(15), seg_size: None });
+        a.run(&mut exp, &mut |e| events.push(e), false).unwrap();
+        assert!(
+            events.iter().any(|e| matches!(e, ArchiveEvent::Stopped { name, .. } if *name == self::name(2))),
+            "{events:#?}"
+        );
+        // The first was archived; the run stopped before the second; the third waits.
+        assert_eq!(t.xlog().len(), 1);
+        assert!(t.layout.incoming_dir.join(name(2)).exists() && t.layout.incoming_dir.join(name(3)).exists());
+        let got = fs::read_to_string(&log).unwrap();
+        let incoming = t.layout.incoming_dir.join(name(1));
+        let archived = t.layout.wal_path(&name(1).parse().unwrap());
+        let lines: Vec<&str> = got.lines().collect();
+        assert_eq!(lines[0], format!("pre {} {} {} ", name(1), incoming.display(), 16 << 20));
+        assert_eq!(lines[1], format!("post {} {} gzip [] post", name(1), archived.display()));
+        assert!(lines[2].starts_with(&format!("pre {}", name(2))), "{got}");
+    }
+
+    #[test]
     fn unknown_identity_leaves_files_waiting() {
         let t = setup("");
         fs::write(t.layout.incoming_dir.join(name(1)), seg(1)).unwrap();

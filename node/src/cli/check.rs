@@ -5,7 +5,6 @@
 use super::context::{Ctx, Pick};
 use super::output::Writer;
 use super::remote;
-use super::switch_wal::wait_for_wal;
 use super::wal::run_archiver;
 use crate::archive::server::expected_from_identity;
 use crate::catalog::ServerLayout;
@@ -86,13 +85,13 @@ fn run_checks(c: &mut Checker<'_>) -> bool {
     // WAL archive (reported only on failure).
     let mut has_wal = !xlogdb_empty(&l) || catalogue.iter().any(|b| b.status == "WAITING_FOR_WALS");
     if !has_wal && !s.disabled() {
-        let saved = std::mem::replace(&mut c.ctx.out, super::output::Output::new(Writer::Console, true, false, false));
+        let saved = std::mem::replace(&mut c.ctx.out, super::output::Output::new(Writer::Null, true, false, false));
         run_archiver(c.ctx, s, false);
         has_wal = !xlogdb_empty(&l);
         if !has_wal && !s.passive && s.opts.conninfo.is_some() {
             let wait = (s.opts.check_timeout.max(0) / 3) as u64;
-            super::switch_wal::switch_wal(c.ctx, std::slice::from_ref(&s.name), false, false, 0);
-            wait_for_wal(c.ctx, s, None, wait);
+            // As Barman: switch, and wait for the file only if the switch worked.
+            super::switch_wal::switch_one(c.ctx, s, false, true, wait);
             has_wal = !xlogdb_empty(&l);
         }
         c.ctx.out = saved;

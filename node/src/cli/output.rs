@@ -11,6 +11,8 @@ pub enum Writer {
     Console,
     Json,
     Nagios,
+    /// Prints nothing (what a command runs silently on the side).
+    Null,
 }
 
 /// One result of `check`.
@@ -142,7 +144,7 @@ impl Output {
         match self.writer {
             Writer::Console => eprintln!("DEBUG: {msg}"),
             Writer::Json => self.push_json("_DEBUG", msg),
-            Writer::Nagios => {}
+            Writer::Nagios | Writer::Null => {}
         }
     }
 
@@ -152,7 +154,7 @@ impl Output {
         match self.writer {
             Writer::Console => eprintln!("{}", self.paint("33", &format!("WARNING: {msg}"))),
             Writer::Json => self.push_json("_WARNING", msg),
-            Writer::Nagios => {}
+            Writer::Nagios | Writer::Null => {}
         }
     }
 
@@ -163,7 +165,7 @@ impl Output {
         match self.writer {
             Writer::Console => eprintln!("{}", self.paint("31", &format!("ERROR: {msg}"))),
             Writer::Json => self.push_json("_ERROR", msg),
-            Writer::Nagios => {}
+            Writer::Nagios | Writer::Null => {}
         }
     }
 
@@ -247,7 +249,7 @@ impl Output {
     /// Prints what is collected and returns the process exit code.
     pub fn close(mut self) -> i32 {
         match self.writer {
-            Writer::Console => {}
+            Writer::Console | Writer::Null => {}
             Writer::Json => {
                 if !self.quiet {
                     let text = pyjson::dumps(&Value::Object(std::mem::take(&mut self.json)), None, true);

@@ -19,11 +19,12 @@ enum Switched {
 pub fn switch_wal(ctx: &mut Ctx, names: &[String], force: bool, archive: bool, timeout: u64) {
     let pick = Pick { skip_inactive: true, skip_disabled: false, inactive_is_error: false, disabled_is_error: true };
     for s in ctx.servers(names, pick) {
-        one(ctx, &s, force, archive, timeout);
+        switch_one(ctx, &s, force, archive, timeout);
     }
 }
 
-fn one(ctx: &mut Ctx, s: &ServerConfig, force: bool, archive: bool, timeout: u64) {
+/// One server's switch; with `archive`, waits for the file when a switch happened.
+pub fn switch_one(ctx: &mut Ctx, s: &ServerConfig, force: bool, archive: bool, timeout: u64) {
     if s.passive {
         ctx.out.error(format!("switch-wal cannot be run on the passive server '{}'", s.name));
         return;

@@ -171,3 +171,40 @@ pub fn real_segments(env: &Env, n: usize) -> (cluster_tests::pg::PgCluster, Vec<
         .collect();
     (pg, segs)
 }
+
+/// The system identifier of the synthetic segments.
+pub const SYS: u64 = 7301234567890123456;
+
+/// A 16 MiB PostgreSQL 15 segment with a valid first page: number `seg` (timeline
+/// 1, log 0), claiming `pageaddr_seg` in its header and `sysid`; `fill` adds
+/// 2 MiB of varied data after the first page, so it compresses but not to nothing.
+pub fn segment(seg: u32, sysid: u64, pageaddr_seg: u32, fill: bool) -> Vec<u8> {
+    let mut v = vec![0u8; 16 << 20];
+    v[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
+    v[2..4].copy_from_slice(&2u16.to_le_bytes());
+    v[4..8].copy_from_slice(&1u32.to_le_bytes());
+    v[8..16].copy_from_slice(&(u64::from(pageaddr_seg) * (16 << 20)).to_le_bytes());
+    v[24..32].copy_from_slice(&sysid.to_le_bytes());
+    v[32..36].copy_from_slice(&(16u32 << 20).to_le_bytes());
+    v[36..40].copy_from_slice(&8192u32.to_le_bytes());
+    v[100] = seg as u8;
+    if fill {
+        for (i, b) in v.iter_mut().enumerate().skip(8192).take(2 << 20) {
+            *b = (i as u32).wrapping_mul(2654435761).wrapping_add(seg) as u8;
+        }
+    }
+    v
+}
+
+/// The name of synthetic segment `seg`.
+pub fn seg_name(seg: u32) -> String {
+    format!("0000000100000000{seg:08X}")
+}
+
+/// Writes the identity.json of the synthetic cluster for `server`.
+pub fn write_identity(env: &Env, server: &str) {
+    let dir = env.server_dir(server);
+    std::fs::create_dir_all(&dir).expect("server dir");
+    let id = barman::catalog::identity::Identity { systemid: barman::wal::SystemId(SYS), version: "15".into() };
+    std::fs::write(dir.join("identity.json"), id.to_json_text()).expect("identity.json");
+}
