@@ -5,7 +5,6 @@
 
 mod common;
 
-use barman::archive::wire::{MemberInfo, SumAlgo, TarWriter};
 use common::{Env, Out, SYS, names_in, write_identity};
 use std::path::Path;
 
@@ -18,21 +17,7 @@ fn name(seg: u32) -> String {
 }
 
 fn tar(files: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut w = TarWriter::new(Vec::new(), SumAlgo::Sha256);
-    for (n, d) in files {
-        let info = MemberInfo {
-            name: n.to_string(),
-            mode: 0o600,
-            uid: 0,
-            gid: 0,
-            uname: String::new(),
-            gname: String::new(),
-            mtime: 1.7e9,
-            size: d.len() as u64,
-        };
-        w.append(&info, &mut &d[..]).unwrap();
-    }
-    w.finish().unwrap()
+    common::put_wal_stream(files)
 }
 
 fn setup() -> Env {

@@ -6,7 +6,6 @@
 
 mod common;
 
-use barman::archive::wire::{MemberInfo, SumAlgo, TarWriter};
 use common::{Env, names_in, write_identity};
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -62,19 +61,8 @@ fn put_wal_killed_at_random_points() {
     for round in 0..25u32 {
         let seg = 10 + round;
         let data = segment(seg);
-        let mut w = TarWriter::new(Vec::new(), SumAlgo::Sha256);
-        let info = MemberInfo {
-            name: name(seg),
-            mode: 0o600,
-            uid: 0,
-            gid: 0,
-            uname: String::new(),
-            gname: String::new(),
-            mtime: 1.7e9,
-            size: data.len() as u64,
-        };
-        w.append(&info, &mut &data[..]).unwrap();
-        let stream = w.finish().unwrap();
+        let seg_name = name(seg);
+        let stream = common::put_wal_stream(&[(&seg_name, &data)]);
         let mut child = env
             .barman_cmd(&["put-wal", "pg"])
             .stdin(Stdio::piped())
@@ -104,9 +92,7 @@ fn put_wal_killed_at_random_points() {
         } else {
             assert!(!acknowledged, "round {round}: put-wal exited 0 but the file is not there");
             // PostgreSQL retries: the rerun completes.
-            let mut w = TarWriter::new(Vec::new(), SumAlgo::Sha256);
-            w.append(&info, &mut &data[..]).unwrap();
-            env.barman_stdin(&["put-wal", "pg"], &w.finish().unwrap()).ok();
+            env.barman_stdin(&["put-wal", "pg"], &common::put_wal_stream(&[(&seg_name, &data)])).ok();
             assert!(std::fs::read(incoming.join(name(seg))).unwrap() == data);
         }
     }

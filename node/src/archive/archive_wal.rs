@@ -544,24 +544,35 @@ mod tests {
     }
 
     impl T {
-        fn run(&self, jobs: usize) -> Vec<ArchiveEvent> {
+        /// An archiver of this server's settings.
+        fn archiver<'a>(
+            &'a self,
+            codecs: &'a Codecs,
+            hooks: &'a Hooks<'a>,
+            jobs: usize,
+            streaming: bool,
+        ) -> Archiver<'a> {
             let s = &self.cfg.servers["pg"];
-            let codecs = Codecs::default();
-            let hooks = Hooks::new(s, Path::new("/etc/barman.conf"));
-            let a = Archiver {
+            Archiver {
                 layout: &self.layout,
-                codecs: &codecs,
-                hooks: &hooks,
+                codecs,
+                hooks,
                 compression: s.opts.compression,
                 level: Level::Low,
-                streaming: true,
+                streaming,
                 incoming: true,
                 streaming_batch: 0,
                 incoming_batch: 0,
                 jobs,
-                has_hooks: false,
+                has_hooks: s.opts.pre_archive_retry_script.is_some(),
                 cleaned: Default::default(),
-            };
+            }
+        }
+
+        fn run(&self, jobs: usize) -> Vec<ArchiveEvent> {
+            let codecs = Codecs::default();
+            let hooks = Hooks::new(&self.cfg.servers["pg"], Path::new("/etc/barman.conf"));
+            let a = self.archiver(&codecs, &hooks, jobs, true);
             let mut events = Vec::new();
             let mut exp = || Ok(Expected { sysid: Some(SystemId(SYS)), major: Some(15), seg_size: None });
             a.run(&mut exp, &mut |e| events.push(e), true).unwrap();
@@ -666,23 +677,9 @@ mod tests {
         for n in 1..=3 {
             fs::write(t.layout.incoming_dir.join(name(n)), seg(n)).unwrap();
         }
-        let s = &t.cfg.servers["pg"];
         let codecs = Codecs::default();
-        let hooks = Hooks::new(s, Path::new("/etc/barman.conf"));
-        let a = Archiver {
-            layout: &t.layout,
-            codecs: &codecs,
-            hooks: &hooks,
-            compression: s.opts.compression,
-            level: Level::Low,
-            streaming: false,
-            incoming: true,
-            streaming_batch: 0,
-            incoming_batch: 0,
-            jobs: 2,
-            has_hooks: true,
-            cleaned: Default::default(),
-        };
+        let hooks = Hooks::new(&t.cfg.servers["pg"], Path::new("/etc/barman.conf"));
+        let a = t.archiver(&codecs, &hooks, 2, false);
         let mut events = Vec::new();
         let mut exp = || Ok(Expected { sysid: Some(SystemId(SYS)), major: Some(15), seg_size: None });
         a.run(&mut exp, &mut |e| events.push(e), false).unwrap();
@@ -706,23 +703,9 @@ mod tests {
     fn unknown_identity_leaves_files_waiting() {
         let t = setup("");
         fs::write(t.layout.incoming_dir.join(name(1)), seg(1)).unwrap();
-        let s = &t.cfg.servers["pg"];
         let codecs = Codecs::default();
-        let hooks = Hooks::new(s, Path::new("/etc/barman.conf"));
-        let a = Archiver {
-            layout: &t.layout,
-            codecs: &codecs,
-            hooks: &hooks,
-            compression: None,
-            level: Level::Low,
-            streaming: false,
-            incoming: true,
-            streaming_batch: 0,
-            incoming_batch: 0,
-            jobs: 1,
-            has_hooks: false,
-            cleaned: Default::default(),
-        };
+        let hooks = Hooks::new(&t.cfg.servers["pg"], Path::new("/etc/barman.conf"));
+        let a = t.archiver(&codecs, &hooks, 1, false);
         let mut events = Vec::new();
         let mut exp = || Err("PostgreSQL unreachable".to_string());
         a.run(&mut exp, &mut |e| events.push(e), false).unwrap();

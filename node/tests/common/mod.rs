@@ -208,3 +208,23 @@ pub fn write_identity(env: &Env, server: &str) {
     let id = barman::catalog::identity::Identity { systemid: barman::wal::SystemId(SYS), version: "15".into() };
     std::fs::write(dir.join("identity.json"), id.to_json_text()).expect("identity.json");
 }
+
+/// A put-wal stream (what barman-wal-archive sends) holding `files`.
+pub fn put_wal_stream(files: &[(&str, &[u8])]) -> Vec<u8> {
+    use barman::archive::wire::{MemberInfo, SumAlgo, TarWriter};
+    let mut w = TarWriter::new(Vec::new(), SumAlgo::Sha256);
+    for (n, d) in files {
+        let info = MemberInfo {
+            name: n.to_string(),
+            mode: 0o600,
+            uid: 0,
+            gid: 0,
+            uname: String::new(),
+            gname: String::new(),
+            mtime: 1.7e9,
+            size: d.len() as u64,
+        };
+        w.append(&info, &mut &d[..]).expect("tar member");
+    }
+    w.finish().expect("tar end")
+}
