@@ -8,7 +8,7 @@ use crate::wal::WalFileName;
 use crate::wal::compression::{Codecs, MAGIC_PROBE_LEN};
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -118,7 +118,7 @@ impl<'a> XlogDb<'a> {
         let path = self.path();
         let created = !path.exists();
         durable::create_dir_all(&self.layout.xlogdb_dir).map_err(io_err(&self.layout.xlogdb_dir))?;
-        let mut f = OpenOptions::new().create(true).append(true).open(&path).map_err(io_err(&path))?;
+        let mut f = OpenOptions::new().create(true).append(true).mode(0o600).open(&path).map_err(io_err(&path))?;
         let text: String = entries.iter().map(XlogEntry::to_line).collect();
         f.write_all(text.as_bytes()).map_err(io_err(&path))?;
         f.sync_all().map_err(io_err(&path))?;
