@@ -71,6 +71,7 @@ fn golden_inputs(incoming: &Path) {
         ("000000010000000000000003", segment(3), 1_795_255_320, 999_999_999),
         ("00000002.history", b"1\t0/4000000\tno recovery target specified\n".to_vec(), 1_795_255_400, 500_000_000),
     ];
+    std::fs::write(incoming.join("notes.txt"), b"not a WAL file").unwrap();
     for (name, body, secs, nanos) in files {
         let p = incoming.join(name);
         std::fs::write(&p, body).unwrap();
@@ -111,6 +112,7 @@ fn xlog_db_lines_are_byte_identical_to_barmans() {
         None,
     );
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let our_stdout = out.stdout;
     let ours_db = std::fs::read_to_string(ours.join("pg/wals/pg-xlog.db")).unwrap();
     let barman = reference::barman().expect("reference Barman");
     let out = run(
@@ -118,6 +120,7 @@ fn xlog_db_lines_are_byte_identical_to_barmans() {
         None,
     );
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert_eq!(our_stdout, out.stdout, "archive-wal prints differently from Barman");
     let theirs_db = std::fs::read_to_string(theirs.join("pg/wals/pg-xlog.db")).unwrap();
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(golden("xlog.db"), &theirs_db).unwrap();

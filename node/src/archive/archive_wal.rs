@@ -176,11 +176,8 @@ impl Archiver<'_> {
                 continue;
             }
             let (cands, unknown, total) = self.batch(source).map_err(self.io(source.label()))?;
-            let limit = match source {
-                Source::Streaming => self.streaming_batch,
-                Source::Incoming => self.incoming_batch,
-            };
-            let batch = (limit > 0 && total > limit).then_some(limit);
+            // Barman shows a batch size whenever it takes fewer files than it listed.
+            let batch = (total > cands.len()).then_some(cands.len());
             if verbose || !cands.is_empty() {
                 emit(ArchiveEvent::Header { source, batch });
             }
@@ -206,7 +203,7 @@ impl Archiver<'_> {
                 let mut names = Vec::new();
                 for p in unknown {
                     let n = file_name(&p);
-                    tracing::warn!(server = %self.layout.server, "Moving unexpected file for {} from {}: {n}", self.layout.server, source.label());
+                    tracing::info!(server = %self.layout.server, "Moving unexpected file for {} from {}: {n}", self.layout.server, source.label());
                     move_to_errors(&self.layout.errors_dir, &p, &n, RejectReason::Unknown).map_err(self.io(&n))?;
                     names.push(n);
                 }
