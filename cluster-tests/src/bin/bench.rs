@@ -1,0 +1,359 @@
+//! Benchmarks of our `barman`, `barman-wal-archive` and `barman-wal-restore` on real WAL,
+//! each against references timed in the same run on the same data (`cp`, bare `ssh`, the
+//! codec alone, and Barman 3.17). Prints Markdown tables; see docs/benchmarks.md.
+//!
+//! Usage: `bench [--quick] [--out FILE] [--only get-wal,restore,archive,put-wal]`; our release
+//! binaries are taken from the directory of this executable.
+
+/// When the run started, for the progress lines on stderr.
+static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+/// A progress line on stderr, stamped with the seconds since the start.
+macro_rules! progress {
+    ($($arg:tt)*) => {
+        eprintln!(
+            "bench [{:>4.0} s] {}",
+            crate::START.get().map(|s| s.elapsed().as_secs_f64()).unwrap_or(0.0),
+            format!($($arg)*)
+        )
+    };
+}
+
+#[path = "bench/archive.rs"]
+mod archive;
+#[path = "bench/fixture.rs"]
+mod fixture;
+#[path = "bench/get_wal.rs"]
+mod get_wal;
+#[path = "bench/measure.rs"]
+mod measure;
+#[path = "bench/put_wal.rs"]
+mod put_wal;
+#[path = "bench/report.rs"]
+mod report;
+#[path = "bench/restore.rs"]
+mod restore;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use cluster_tests::reference;
+use cluster_tests::ssh::Sshd;
+use cluster_tests::util::{TestDir, install_binaries, is_root, pg_bin};
+
+use crate::fixture::RealWal;
+use crate::measure::Runner;
+use crate::report::Table;
+
+/// How many of everything: the full run, or `--quick`.
+#[derive(Debug, Clone)]
+pub struct Counts {
+    pub real_segments: usize,
+    pub real_tx_segments: usize,
+    pub get_wal_reps: usize,
+    pub barman_get_wal_reps: usize,
+    pub restore_single: usize,
+    pub barman_restore_single: usize,
+    pub restore_prefetch: usize,
+    pub prefetch_reps: usize,
+    pub barman_restore_prefetch: usize,
+    pub archive_segments: usize,
+    pub archive_reps: usize,
+    /// Runs of archive-wal with gzip (each takes a while).
+    pub archive_gzip_reps: usize,
+    pub archive_slow_segments: usize,
+    pub barman_archive_segments: usize,
+    /// Repetitions of each step of the restore and put-wal breakdowns.
+    pub breakdown_reps: usize,
+    pub put_wal: usize,
+    pub barman_put_wal: usize,
+}
+
+impl Counts {
+    fn full() -> Counts {
+        Counts {
+            real_segments: 16,
+            real_tx_segments: 8,
+            get_wal_reps: 32,
+            barman_get_wal_reps: 8,
+            restore_single: 20,
+            barman_restore_single: 10,
+            restore_prefetch: 200,
+            prefetch_reps: 1,
+            barman_restore_prefetch: 32,
+            archive_segments: 32,
+            archive_reps: 3,
+            archive_gzip_reps: 1,
+            archive_slow_segments: 4,
+            barman_archive_segments: 32,
+            breakdown_reps: 6,
+            put_wal: 20,
+            barman_put_wal: 10,
+        }
+    }
+
+    fn quick() -> Counts {
+        Counts {
+            real_segments: 8,
+            real_tx_segments: 3,
+            get_wal_reps: 5,
+            barman_get_wal_reps: 3,
+            restore_single: 5,
+            barman_restore_single: 3,
+            restore_prefetch: 40,
+            prefetch_reps: 1,
+            barman_restore_prefetch: 16,
+            archive_segments: 8,
+            archive_reps: 1,
+            archive_gzip_reps: 1,
+            archive_slow_segments: 2,
+            barman_archive_segments: 8,
+            breakdown_reps: 3,
+            put_wal: 5,
+            barman_put_wal: 3,
+        }
+    }
+}
+
+/// The three executables of one implementation.
+#[derive(Debug, Clone)]
+pub struct Bins {
+    pub barman: PathBuf,
+    pub wal_archive: PathBuf,
+    pub wal_restore: PathBuf,
+}
+
+/// What every benchmark needs.
+pub struct Ctx {
+    pub scratch: PathBuf,
+    pub runner: Runner,
+    pub ours: Bins,
+    pub reference: Bins,
+    pub wal: RealWal,
+    /// conninfo of the (stopped) cluster that wrote the WAL, for the configuration files.
+    pub conninfo: String,
+    pub counts: Counts,
+    /// PATH this program was started with (the ssh wrappers go in front of it).
+    pub path_env: String,
+    /// The user ssh logs in as.
+    pub login_user: String,
+}
+
+/// Two sshds on 127.0.0.1: remote sessions find our `barman` first, or Barman 3.17's.
+pub struct Servers {
+    pub ours: Sshd,
+    pub barman: Sshd,
+}
+
+struct Args {
+    quick: bool,
+    out: Option<PathBuf>,
+    only: Option<Vec<String>>,
+}
+
+const BENCHMARKS: [&str; 4] = ["get-wal", "restore", "archive", "put-wal"];
+
+fn parse_args() -> Result<Args> {
+    let mut a = Args { quick: false, out: None, only: None };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--quick" => a.quick = true,
+            "--out" => a.out = Some(it.next().context("--out needs a file name")?.into()),
+            "--only" => {
+                let list: Vec<String> =
+                    it.next().context("--only needs a list")?.split(',').map(|s| s.trim().to_string()).collect();
+                if let Some(bad) = list.iter().find(|b| !BENCHMARKS.contains(&b.as_str())) {
+                    bail!("--only: unknown benchmark {bad:?}; known: {}", BENCHMARKS.join(", "));
+                }
+                a.only = Some(list);
+            }
+            "-h" | "--help" => {
+                println!(
+                    "usage: bench [--quick] [--out FILE] [--only {}]\n\
+                     Benchmarks our release binaries (next to this executable) against cp, ssh and Barman 3.17.",
+                    BENCHMARKS.join(",")
+                );
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?} (try --help)"),
+        }
+    }
+    Ok(a)
+}
+
+fn main() {
+    if let Err(e) = real_main() {
+        progress!("{e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> Result<()> {
+    measure::keep_small();
+    let args = parse_args()?;
+    let started = *START.get_or_init(Instant::now);
+    let load_at_start = loadavg();
+    let counts = if args.quick { Counts::quick() } else { Counts::full() };
+    let wanted = |b: &str| args.only.as_ref().is_none_or(|l| l.iter().any(|x| x == b));
+
+    let exe = std::env::current_exe().context("locating this executable")?;
+    let exe_dir = exe.parent().context("the directory of this executable")?;
+    let dir = TestDir::new()?;
+    let scratch = dir.path().to_path_buf();
+    let ours_src: Vec<(&str, PathBuf)> =
+        ["barman", "barman-wal-archive", "barman-wal-restore"].iter().map(|n| (*n, exe_dir.join(n))).collect();
+    for (n, p) in &ours_src {
+        if !p.is_file() {
+            bail!("{n} is not next to the bench executable ({}): build the workspace in release", p.display());
+        }
+    }
+    let refs: Vec<(&str, &Path)> = ours_src.iter().map(|(n, p)| (*n, p.as_path())).collect();
+    let bin = install_binaries(&scratch.join("install"), &refs)?;
+    let ours = Bins {
+        barman: bin.join("barman"),
+        wal_archive: bin.join("barman-wal-archive"),
+        wal_restore: bin.join("barman-wal-restore"),
+    };
+    let reference = Bins {
+        barman: reference::barman()?,
+        wal_archive: reference::barman_wal_archive()?,
+        wal_restore: reference::barman_wal_restore()?,
+    };
+
+    progress!("generating real WAL in {} ...", scratch.display());
+    let wal = fixture::real_wal(&scratch, counts.real_segments, counts.real_tx_segments)?;
+    measure::sync_all();
+    let conninfo = wal.conninfo.clone();
+    let login_user = if is_root() { "root".to_string() } else { cluster_tests::util::current_os_user()?.name };
+    let venv_bin = reference.barman.parent().context("the venv's bin directory")?.to_path_buf();
+    let ctx = Ctx {
+        runner: Runner::new(&scratch),
+        scratch: scratch.clone(),
+        ours,
+        reference,
+        conninfo,
+        counts,
+        path_env: std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
+        login_user,
+        wal,
+    };
+
+    let mut tables: Vec<Table> = Vec::new();
+    if wanted("get-wal") {
+        tables.extend(get_wal::run(&ctx)?);
+    }
+    if wanted("restore") || wanted("put-wal") {
+        let servers = Servers {
+            ours: Sshd::start(&scratch, std::slice::from_ref(&bin), &[])?,
+            barman: Sshd::start(&scratch, &[venv_bin], &[])?,
+        };
+        if wanted("restore") {
+            tables.extend(restore::run(&ctx, &servers)?);
+        }
+        if wanted("put-wal") {
+            tables.extend(put_wal::run(&ctx, &servers)?);
+        }
+    }
+    if wanted("archive") {
+        tables.extend(archive::run(&ctx)?);
+    }
+
+    let mut text = header(&ctx, args.quick);
+    text.push_str(&format!("- Load average (1/5/15 min) at start: {load_at_start}; at end: {}\n", loadavg()));
+    for t in &tables {
+        text.push('\n');
+        text.push_str(&t.to_markdown());
+    }
+    text.push_str(&format!("\nWhole run: {:.0} s.\n", started.elapsed().as_secs_f64()));
+    print!("{text}");
+    if let Some(out) = &args.out {
+        fs::write(out, &text).with_context(|| format!("writing {}", out.display()))?;
+    }
+    Ok(())
+}
+
+/// The machine and the data, as a Markdown list.
+fn header(ctx: &Ctx, quick: bool) -> String {
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let mem = fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("MemTotal"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map(|kib| format!("{:.1} GiB", kib as f64 / (1 << 20) as f64))
+        .unwrap_or_else(|| "unknown".into());
+    let first_line = |cmd: &mut Command| -> String {
+        cmd.output()
+            .ok()
+            .map(|o| {
+                let mut s = String::from_utf8_lossy(&o.stdout).into_owned();
+                s.push_str(&String::from_utf8_lossy(&o.stderr));
+                s.lines().next().unwrap_or("").trim().to_string()
+            })
+            .unwrap_or_default()
+    };
+    let kernel = first_line(Command::new("uname").arg("-r"));
+    let pg = first_line(Command::new(pg_bin("postgres")).arg("--version"));
+    let ssh = first_line(Command::new("ssh").arg("-V"));
+    let barman = first_line(Command::new(&ctx.reference.barman).arg("--version"));
+    let fs_line = filesystem_of(&ctx.scratch);
+    let commit = Command::new("git")
+        .arg("-C")
+        .arg(reference::workspace_root())
+        .args(["describe", "--always", "--dirty", "--abbrev=12"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown (git describe failed)".into());
+    let segs = &ctx.wal.segments;
+    format!(
+        "## Results{}\n\n\
+         - CPU: {model}, {cores} cores; memory {mem}; kernel {kernel}\n\
+         - Disk: scratch directory {} on {fs_line}\n\
+         - {pg}; {ssh}; Barman {barman} (reference venv)\n\
+         - Code measured: {commit}\n\
+         - WAL: {} real 16 MiB segments ({} … {}) archived by PostgreSQL: {}\n\
+         - User: {}\n",
+        if quick { " (--quick)" } else { "" },
+        ctx.scratch.display(),
+        segs.len(),
+        segs.iter().map(|s| s.name.as_str()).min().unwrap_or("-"),
+        segs.iter().map(|s| s.name.as_str()).max().unwrap_or("-"),
+        ctx.wal.pgbench_summary,
+        if is_root() { "root (PostgreSQL ran as postgres)" } else { "an ordinary user" },
+    )
+}
+
+fn loadavg() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// "device, fstype" of the mount holding `path` (longest mount point prefix).
+fn filesystem_of(path: &Path) -> String {
+    let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let mut best: Option<(usize, String)> = None;
+    for l in mounts.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() < 3 || !path.starts_with(f[1]) {
+            continue;
+        }
+        if best.as_ref().is_none_or(|(len, _)| f[1].len() >= *len) {
+            best = Some((f[1].len(), format!("{} ({}, mounted at {})", f[0], f[2], f[1])));
+        }
+    }
+    best.map(|(_, s)| s).unwrap_or_else(|| "unknown".into())
+}

@@ -1,0 +1,248 @@
+//! `barman-wal-archive` → `barman put-wal` over ssh, one segment per call as archive_command
+//! runs it, against `ssh HOST 'cat > /dev/null' < segment` in the same run.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Result, bail};
+use cluster_tests::util::unique_subdir;
+
+use crate::fixture::{Home, ServerOptions, renamed_segment, visible_files};
+use crate::measure::{Series, sync_all};
+use crate::report::{Table, fmt_mib, fmt_ms, fmt_ratio, verdict};
+use crate::{Ctx, Servers};
+
+struct Variant {
+    label: String,
+    client: PathBuf,
+    wrapper: PathBuf,
+    home: Home,
+    control_master: bool,
+    limit: usize,
+    series: Series,
+}
+
+pub fn run(ctx: &Ctx, servers: &Servers) -> Result<Vec<Table>> {
+    let c = &ctx.counts;
+    let work = unique_subdir(&ctx.scratch, "put-wal")?;
+    // Distinct real segments under distinct names (first page header rewritten to match).
+    let real = &ctx.wal.segments;
+    let mut sources = Vec::new();
+    for i in 0..c.put_wal + 1 {
+        let name = crate::fixture::synthetic_name(1000 + i);
+        let p = work.join(&name);
+        fs::write(&p, renamed_segment(&real[i % real.len()], &name)?)?;
+        sources.push(p);
+    }
+    sync_all();
+    let ours_cm = servers.ours.with_control_master()?;
+    let barman_cm = servers.barman.with_control_master()?;
+    let opts = ServerOptions::default();
+    let home = |label: &str| Home::create(&ctx.scratch, label, &ctx.conninfo, ctx.wal.systemid, &opts);
+    let mut variants = vec![
+        Variant {
+            label: "ours → ours, no ControlMaster".into(),
+            client: ctx.ours.wal_archive.clone(),
+            wrapper: servers.ours.wrapper_dir(),
+            home: home("put-ours")?,
+            control_master: false,
+            limit: c.put_wal,
+            series: Series::default(),
+        },
+        Variant {
+            label: "ours → ours, ControlMaster".into(),
+            client: ctx.ours.wal_archive.clone(),
+            wrapper: ours_cm.clone(),
+            home: home("put-ours-cm")?,
+            control_master: true,
+            limit: c.put_wal,
+            series: Series::default(),
+        },
+        Variant {
+            label: "Barman 3.17 → Barman 3.17, no ControlMaster".into(),
+            client: ctx.reference.wal_archive.clone(),
+            wrapper: servers.barman.wrapper_dir(),
+            home: home("put-barman")?,
+            control_master: false,
+            limit: c.barman_put_wal,
+            series: Series::default(),
+        },
+        Variant {
+            label: "Barman 3.17 → Barman 3.17, ControlMaster".into(),
+            client: ctx.reference.wal_archive.clone(),
+            wrapper: barman_cm,
+            home: home("put-barman-cm")?,
+            control_master: true,
+            limit: c.barman_put_wal,
+            series: Series::default(),
+        },
+    ];
+    let r = &ctx.runner;
+    let command = |v: &Variant, src: &Path| -> Command {
+        let mut cmd = Command::new(&v.client);
+        cmd.env("PATH", format!("{}:{}", v.wrapper.display(), ctx.path_env))
+            .arg("-U")
+            .arg(&ctx.login_user)
+            .arg("-c")
+            .arg(&v.home.config)
+            .args(["127.0.0.1", "pg"])
+            .arg(src);
+        cmd
+    };
+    // The last source is the warm-up (and opens the masters); then incoming is emptied.
+    let warm = &sources[c.put_wal];
+    for v in &variants {
+        r.timed_quiet(&mut command(v, warm), "warm-up barman-wal-archive")?;
+        for f in visible_files(&v.home.incoming()) {
+            fs::remove_file(f)?;
+        }
+    }
+    progress!("barman-wal-archive → put-wal ...");
+    let wrappers = [servers.ours.wrapper_dir(), ours_cm];
+    let mut cat = [Series::default(), Series::default()];
+    let mut dd = [Series::default(), Series::default()];
+    let sink = work.join("dd-sink");
+    for (i, src) in sources[..c.put_wal].iter().enumerate() {
+        for (k, w) in wrappers.iter().enumerate() {
+            let mut ssh = Command::new(w.join("ssh"));
+            ssh.args(["127.0.0.1", "cat > /dev/null"]).stdin(File::open(src)?);
+            cat[k].push(r.timed_quiet(&mut ssh, "ssh cat")?);
+            let mut ssh = Command::new(w.join("ssh"));
+            ssh.args(["127.0.0.1", &format!("dd of={} bs=1M conv=fsync status=none", sink.display())])
+                .stdin(File::open(src)?);
+            dd[k].push(r.timed_quiet(&mut ssh, "ssh dd conv=fsync")?);
+        }
+        for v in &mut variants {
+            if i < v.limit {
+                let s = r.timed_quiet(&mut command(v, src), &v.label)?;
+                v.series.push(s);
+            }
+        }
+    }
+    for v in &variants {
+        let got = visible_files(&v.home.incoming()).len();
+        if got != v.series.len() {
+            bail!("{}: {got} files in incoming after {} calls", v.label, v.series.len());
+        }
+    }
+
+    let mut t = Table::new(
+        "barman-wal-archive → put-wal over ssh, one 16 MiB segment per call (median ms)",
+        &[
+            "variant",
+            "calls",
+            "median ms",
+            "× `ssh HOST 'cat > /dev/null'` (same ssh setting)",
+            "peak RSS client (MiB)",
+        ],
+    );
+    for (k, label) in ["no ControlMaster", "ControlMaster"].iter().enumerate() {
+        t.row(vec![
+            format!("reference: `ssh HOST 'cat > /dev/null' < SEGMENT`, {label}"),
+            cat[k].len().to_string(),
+            fmt_ms(cat[k].median_ms()),
+            "1.00×".into(),
+            fmt_mib(cat[k].peak_rss_mib()),
+        ]);
+        t.row(vec![
+            format!("floor with durability: `ssh HOST 'dd of=FILE conv=fsync' < SEGMENT`, {label}"),
+            dd[k].len().to_string(),
+            fmt_ms(dd[k].median_ms()),
+            fmt_ratio(dd[k].median_ms() / cat[k].median_ms()),
+            fmt_mib(dd[k].peak_rss_mib()),
+        ]);
+    }
+    for v in &variants {
+        let reference = cat[usize::from(v.control_master)].median_ms();
+        t.row(vec![
+            v.label.clone(),
+            v.series.len().to_string(),
+            fmt_ms(v.series.median_ms()),
+            fmt_ratio(v.series.median_ms() / reference),
+            fmt_mib(v.series.peak_rss_mib()),
+        ]);
+    }
+    for v in variants.iter().filter(|v| v.client == ctx.ours.wal_archive) {
+        let ratio = v.series.median_ms() / cat[usize::from(v.control_master)].median_ms();
+        t.note(format!("Goal ≤ 1.2× ssh cat — {}: {} → {}.", v.label, fmt_ratio(ratio), verdict(ratio <= 1.2)));
+    }
+    t.note("Peak RSS is the client's process tree (barman-wal-archive and its ssh).");
+    let ours_cm_series = variants.iter().find(|v| v.client == ctx.ours.wal_archive && v.control_master);
+    let whole = ours_cm_series.map(|v| v.series.median_ms()).unwrap_or(f64::NAN);
+    let breakdown = breakdown(ctx, &wrappers[1], &sources[..c.breakdown_reps.min(c.put_wal)], &work, whole, &cat[1])?;
+    for v in variants {
+        v.home.remove();
+    }
+    let _ = fs::remove_dir_all(&work);
+    Ok(vec![t, breakdown])
+}
+
+/// Where a put-wal round trip goes (ControlMaster): the client with an `ssh` that only
+/// drains its input, the server reading a captured stream, and the server behind ssh.
+fn breakdown(ctx: &Ctx, cm: &Path, sources: &[PathBuf], work: &Path, whole: f64, cat: &Series) -> Result<Table> {
+    progress!("barman-wal-archive → put-wal, breakdown ...");
+    let r = &ctx.runner;
+    let stubs = work.join("stubs");
+    for (dir, body) in [("discard", "cat > /dev/null"), ("capture", "cat > \"$BENCH_CAPTURE\"")] {
+        let d = stubs.join(dir);
+        fs::create_dir_all(&d)?;
+        let script = d.join("ssh");
+        fs::write(&script, format!("#!/bin/sh\n{body}\n"))?;
+        fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    }
+    let home = Home::create(&ctx.scratch, "put-breakdown", &ctx.conninfo, ctx.wal.systemid, &ServerOptions::default())?;
+    let client = |stub: &Path, src: &Path| -> Command {
+        let mut cmd = Command::new(&ctx.ours.wal_archive);
+        cmd.env("PATH", format!("{}:{}", stub.display(), ctx.path_env))
+            .arg("-U")
+            .arg(&ctx.login_user)
+            .arg("-c")
+            .arg(&home.config)
+            .args(["127.0.0.1", "pg"])
+            .arg(src);
+        cmd
+    };
+    let (mut alone, mut server, mut remote) = (Series::default(), Series::default(), Series::default());
+    let clear = || -> Result<()> {
+        for f in visible_files(&home.incoming()) {
+            fs::remove_file(f)?;
+        }
+        Ok(())
+    };
+    for src in sources {
+        alone.push(r.timed_quiet(&mut client(&stubs.join("discard"), src), "barman-wal-archive, ssh stub")?);
+        let stream = work.join("stream.tar");
+        r.timed_quiet(client(&stubs.join("capture"), src).env("BENCH_CAPTURE", &stream), "capturing a stream")?;
+        let mut put = home.command(&ctx.ours.barman, &["put-wal", "pg"]);
+        server.push(r.timed_quiet(put.stdin(File::open(&stream)?), "put-wal < stream")?);
+        clear()?;
+        let mut ssh = Command::new(cm.join("ssh"));
+        ssh.args(["-q", "-T", "127.0.0.1", "barman"])
+            .arg(format!("--config='{}'", home.config.display()))
+            .args(["put-wal", "pg"])
+            .stdin(File::open(&stream)?);
+        remote.push(r.timed_quiet(&mut ssh, "ssh put-wal < stream")?);
+        clear()?;
+    }
+    let mut t = Table::new(
+        "Breakdown of one barman-wal-archive → put-wal call (ControlMaster, one 16 MiB segment)",
+        &["step", "median ms", "× ssh cat"],
+    );
+    let c = cat.median_ms();
+    for (label, v) in [
+        ("client alone: barman-wal-archive with an `ssh` that drains stdin (read, SHA-256, tar)", alone.median_ms()),
+        (
+            "server alone: `barman put-wal pg < captured stream` (parse, verify, check, write, fsync)",
+            server.median_ms(),
+        ),
+        ("server behind ssh: `ssh HOST barman put-wal pg < captured stream`", remote.median_ms()),
+        ("reference: `ssh HOST 'cat > /dev/null' < SEGMENT`", c),
+        ("whole: barman-wal-archive → ssh → put-wal (table above)", whole),
+    ] {
+        t.row(vec![label.to_string(), fmt_ms(v), fmt_ratio(v / c)]);
+    }
+    t.note(format!("Medians of {} calls each.", sources.len()));
+    home.remove();
+    Ok(t)
+}
