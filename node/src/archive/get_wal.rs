@@ -10,7 +10,7 @@ use crate::catalog::xlogdb::{detect_gpg, mtime_float};
 use crate::wal::compression::{Codec, Codecs, CompressionError, Level, MAGIC_PROBE_LEN};
 use crate::wal::{SegmentId, WalFileName, WalKind};
 use std::fs::File;
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 /// Segments per log id assumed when the segment size is unknown (Barman's peek).
@@ -40,6 +40,16 @@ impl GetWalError {
             _ => 1,
         }
     }
+}
+
+/// A WAL file found for delivery.
+pub struct Found {
+    pub path: PathBuf,
+    file: File,
+    /// Its compression, by magic bytes (none for a `.partial`).
+    pub stored: Option<Codec>,
+    encrypted: bool,
+    partial_file: bool,
 }
 
 /// How to deliver the file.
@@ -131,44 +141,58 @@ impl WalSource<'_> {
         None
     }
 
-    /// Copies the file found for `name` into `out`, transformed as requested.
-    /// Returns the path that was sent.
-    pub fn send(&self, name: &WalFileName, how: Delivery, out: &mut dyn Write) -> Result<PathBuf, GetWalError> {
+    /// Finds `name`: the path, the open file and how it is stored.
+    pub fn find(&self, name: &WalFileName, partial: bool) -> Result<Found, GetWalError> {
         let (path, mut file) = self
-            .open(name, how.partial)
+            .open(name, partial)
             .ok_or_else(|| GetWalError::NotFound { name: name.to_string(), server: self.layout.server.clone() })?;
         let sent_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        if sent_name.ends_with(".partial") {
-            // A .partial is still being written by the streamer: never transformed.
-            io::copy(&mut file, out)?;
-            return Ok(path);
-        }
         let mut probe = [0u8; MAGIC_PROBE_LEN];
         let n = read_full(&mut file, &mut probe)?;
-        if detect_gpg(&probe[..n]) && !how.keep_compression {
-            return Err(GetWalError::Encrypted(name.to_string()));
+        file.seek(SeekFrom::Start(0))?;
+        // A .partial is still being written by the streamer: never transformed.
+        let partial_file = sent_name.ends_with(".partial");
+        let stored = if partial_file { None } else { self.codecs.identify(&probe[..n]) };
+        Ok(Found { path, file, stored, encrypted: !partial_file && detect_gpg(&probe[..n]), partial_file })
+    }
+
+    /// Copies the file found for `name` into `out`, transformed as requested.
+    /// Returns the path that was sent.
+    pub fn send<W: Write>(&self, name: &WalFileName, how: Delivery, out: &mut W) -> Result<PathBuf, GetWalError> {
+        let found = self.find(name, how.partial)?;
+        let path = found.path.clone();
+        self.deliver(found, how, out)?;
+        Ok(path)
+    }
+
+    /// Sends a found file. Untransformed bytes go by `io::copy` between the file and
+    /// `out`, which the kernel does itself when `out` is a file or stdout.
+    pub fn deliver<W: Write>(&self, f: Found, how: Delivery, out: &mut W) -> Result<(), GetWalError> {
+        let Found { path, mut file, stored, encrypted, partial_file } = f;
+        if encrypted && !how.keep_compression {
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            return Err(GetWalError::Encrypted(name));
         }
-        let stored = self.codecs.identify(&probe[..n]);
-        let mut src = io::Cursor::new(probe[..n].to_vec()).chain(file);
         let same = stored.map(Codec::name) == how.compress.map(Codec::name);
-        if how.keep_compression || same {
-            io::copy(&mut src, out)?;
-            return Ok(path);
+        if partial_file || how.keep_compression || same {
+            io::copy(&mut file, out)?;
+            return Ok(());
         }
+        let mut buffered = io::BufWriter::with_capacity(1 << 20, out);
         match (stored, how.compress) {
             (None, None) => {
-                io::copy(&mut src, out)?;
+                io::copy(&mut file, buffered.get_mut())?;
             }
-            (None, Some(c)) => self.compress(c, &mut src, out)?,
-            (Some(s), None) => self.decompress(s, &path, &mut src, out)?,
+            (None, Some(c)) => self.compress(c, &mut file, &mut buffered)?,
+            (Some(s), None) => self.decompress(s, &path, &mut file, &mut buffered)?,
             (Some(s), Some(c)) => {
-                // Decompress into a pipe feeding the compressor.
                 let mut plain = Vec::new();
-                self.decompress(s, &path, &mut src, &mut plain)?;
-                self.compress(c, &mut &plain[..], out)?;
+                self.decompress(s, &path, &mut file, &mut plain)?;
+                self.compress(c, &mut &plain[..], &mut buffered)?;
             }
         }
-        Ok(path)
+        buffered.flush()?;
+        Ok(())
     }
 
     fn compress(&self, c: Codec, src: &mut (dyn Read + Send), out: &mut dyn Write) -> Result<(), GetWalError> {
@@ -197,8 +221,9 @@ impl WalSource<'_> {
     }
 
     /// `--bundle N`: the requested segment and the next ones that exist (as
-    /// `--peek` finds them), plain unless `keep_compression`, in one tar stream
-    /// with a SHA256SUMS member. The first member is always the requested file.
+    /// `--peek` finds them) in one tar stream with a SHA256SUMS member; members
+    /// compressed with a codec that has magic bytes travel as stored. The first
+    /// member is always the requested file.
     pub fn send_bundle(
         &self,
         name: &WalFileName,
@@ -216,7 +241,17 @@ impl WalSource<'_> {
         for (i, member) in names.iter().enumerate() {
             let Ok(wal) = member.parse::<WalFileName>() else { continue };
             let mut body = Vec::new();
-            let path = match self.send(&wal, Delivery { partial: how.partial && i == 0, ..how }, &mut body) {
+            let partial = how.partial && i == 0;
+            let sent_file = self.find(&wal, partial).and_then(|f| {
+                let path = f.path.clone();
+                // Compressed files travel as stored (a fifth of the bytes over ssh) and
+                // the client decodes them by their magic bytes; custom-compressed ones,
+                // which only our filters can decode, travel plain.
+                let as_stored = f.stored.is_some_and(|c| c != Codec::Custom);
+                self.deliver(f, Delivery { keep_compression: as_stored, partial, ..how }, &mut body)?;
+                Ok(path)
+            });
+            let path = match sent_file {
                 Ok(p) => p,
                 // The first file must exist; a later one vanishing only shortens the batch.
                 Err(e) if i == 0 => return Err(e),
@@ -358,8 +393,13 @@ mod tests {
             e.read_to_end(&mut b).unwrap();
             bodies.push((e.path().unwrap().to_string_lossy().into_owned(), b));
         }
-        assert_eq!(bodies[0].1, vec![0u8; 100]);
-        assert_eq!(bodies[1].1, vec![1u8; 100]);
+        // Members travel as stored: gzip, decoded by the receiver.
+        for (i, (_, body)) in bodies[..2].iter().enumerate() {
+            assert_eq!(codecs.identify(body), Some(Codec::Gzip));
+            let mut plain = Vec::new();
+            codecs.decompress(Codec::Gzip, &mut &body[..], &mut plain).unwrap();
+            assert_eq!(plain, vec![i as u8; 100]);
+        }
         assert_eq!(bodies[2].0, "SHA256SUMS");
         let mut out = Vec::new();
         assert!(

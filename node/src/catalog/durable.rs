@@ -84,6 +84,15 @@ impl DurableFile {
         Ok(())
     }
 
+    /// Renames into place without fsync: for copies whose loss in a crash costs
+    /// nothing (a WAL file handed to a restore, which asks again). Still never
+    /// visible half-written.
+    pub fn publish_unsynced(mut self) -> io::Result<()> {
+        let file = self.file.take().ok_or_else(|| io::Error::other("durable file already committed"))?;
+        drop(file);
+        fs::rename(&self.tmp, &self.dst)
+    }
+
     pub fn commit(self) -> io::Result<()> {
         self.commit_with(0o600, None)
     }

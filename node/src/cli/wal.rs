@@ -13,7 +13,7 @@ use crate::hooks::Hooks;
 use crate::wal::compression::{Codec, Level};
 use crate::wal::header::Expected;
 use crate::wal::{TimelineId, WalFileName};
-use std::io::{self, BufReader, BufWriter, Write};
+use std::io::{self, BufReader};
 use std::path::Path;
 
 /// ` (SSH host: <ip>)` when run through SSH, as Barman adds to its messages.
@@ -210,13 +210,10 @@ pub fn get_wal(ctx: &mut Ctx, a: GetWalArgs<'_>) {
         }
         (None, Some(dir)) => get_wal_to_dir(&src, &name, how, dir, &s.name, &mut ctx.out),
         (None, None) => {
+            // Straight to the stdout descriptor: the kernel copies untransformed files.
             let stdout = io::stdout();
-            let mut w = BufWriter::with_capacity(1 << 20, stdout.lock());
-            let r = src.send(&name, how, &mut w).and_then(|p| {
-                w.flush()?;
-                Ok(p)
-            });
-            r.map(|p| {
+            let mut lock = stdout.lock();
+            src.send(&name, how, &mut lock).map(|p| {
                 let sent = p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
                 tracing::info!(server = %s.name, "Sending WAL '{sent}' for server '{}' to standard output{suffix}", s.name);
             })
@@ -239,16 +236,12 @@ fn get_wal_to_dir(
     let dst = dir.join(name.as_str());
     let output_err = |source: io::Error| GetWalError::Output { path: dst.display().to_string(), source };
     let mut file = durable::DurableFile::create(&dst).map_err(output_err)?;
-    let sent = {
-        let mut w = BufWriter::with_capacity(1 << 20, &mut file);
-        let p = src.send(name, how, &mut w)?;
-        w.flush()?;
-        p
-    };
+    let sent = src.send(name, how, file.file()?)?;
     let sent_name = sent.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
     out.info(format!("Sending WAL '{sent_name}' for server '{server}' into '{}' file", dst.display()));
-    // The copy is for a restore in progress: renamed into place, no fsync needed.
-    file.commit_with(0o600, None).map_err(|e| GetWalError::Output { path: dst.display().to_string(), source: e })
+    // A copy for a restore in progress, which asks again after a crash: renamed
+    // into place (never seen half-written) without fsync, as Barman writes it.
+    file.publish_unsynced().map_err(|e| GetWalError::Output { path: dst.display().to_string(), source: e })
 }
 
 pub fn rebuild_xlogdb(ctx: &mut Ctx, names: &[String]) {

@@ -12,6 +12,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::{Mutex, mpsc};
 use std::time::{Duration, SystemTime};
 
 const DEFAULT_SPOOL: &str = "/var/tmp/walrestore";
@@ -342,68 +343,122 @@ fn bundle(ctx: &Ctx<'_>, wal: &str, out: &mut File) -> Bundle {
     }
 }
 
-/// Reads the tar: the first member into `out`, the others into the spool; every
-/// file is checked against the SHA256SUMS member before anyone can use it.
+/// Writes one member, decoded by its magic bytes when it travelled compressed.
+fn decode_into(bytes: &[u8], w: &mut dyn Write) -> io::Result<()> {
+    let codecs = Codecs::default();
+    match codecs.identify(&bytes[..bytes.len().min(MAGIC_PROBE_LEN)]) {
+        Some(codec) => {
+            let mut bw = io::BufWriter::with_capacity(1 << 20, w);
+            codecs.decompress(codec, &mut &bytes[..], &mut bw).map_err(|e| io::Error::other(e.to_string()))?;
+            bw.flush()
+        }
+        None => w.write_all(bytes),
+    }
+}
+
+/// A decoded member: the requested file (written to WAL_DEST) or a spool file
+/// waiting for its checksum to be confirmed.
+enum Decoded {
+    Dest,
+    Spool(DurableFile),
+}
+
+fn decode_member(spool: &Path, first: bool, name: &str, bytes: &[u8], dest: &File) -> io::Result<Decoded> {
+    if first {
+        let mut f = dest.try_clone()?;
+        f.set_len(0)?;
+        f.seek(SeekFrom::Start(0))?;
+        decode_into(bytes, &mut f)?;
+        return Ok(Decoded::Dest);
+    }
+    let mut f = DurableFile::create(&spool.join(name))?;
+    decode_into(bytes, f.file()?)?;
+    // Synced here, in parallel with the download; the rename waits for the checksums.
+    f.file()?.sync_all()?;
+    Ok(Decoded::Spool(f))
+}
+
+/// Reads the tar: the first member into `out`, the others into the spool, decoded
+/// by two workers while the stream keeps arriving; nothing is put in the spool
+/// before the SHA256SUMS member confirms it.
 fn receive_bundle(ctx: &Ctx<'_>, wal: &str, input: impl Read, out: &mut File) -> Result<(), String> {
     let mut archive = tar::Archive::new(io::BufReader::with_capacity(1 << 20, input));
-    let mut staged: Vec<(String, DurableFile, String)> = Vec::new();
-    let mut first: Option<String> = None;
+    let spool = ctx.a.spool_dir.clone();
+    let dest = out.try_clone().map_err(|e| e.to_string())?;
     let mut sums = Vec::new();
-    for entry in archive.entries().map_err(|e| e.to_string())? {
-        let mut entry = entry.map_err(|e| e.to_string())?;
-        let name = entry.path().map_err(|e| e.to_string())?.to_string_lossy().into_owned();
-        if name == "SHA256SUMS" {
-            let mut body = String::new();
-            entry.read_to_string(&mut body).map_err(|e| e.to_string())?;
-            sums = parse_sums(&body).0;
-            continue;
-        }
-        if name.contains('/') || name.parse::<crate::wal::WalFileName>().is_err() {
-            return Err(format!("unexpected member '{name}'"));
-        }
-        let mut h = Hasher::new(SumAlgo::Sha256);
-        let mut buf = vec![0u8; 1 << 20];
-        if first.is_none() {
-            if name != wal {
-                return Err(format!("first member is '{name}', expected '{wal}'"));
-            }
-            loop {
-                let n = entry.read(&mut buf).map_err(|e| e.to_string())?;
-                if n == 0 {
-                    break;
+    let mut digests: Vec<(String, String)> = Vec::new();
+    let (tx, rx) = mpsc::sync_channel::<(usize, String, Vec<u8>)>(2);
+    let rx = Mutex::new(rx);
+    let (decoded, read_result) = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..2)
+            .map(|_| {
+                let (rx, spool, dest) = (&rx, &spool, &dest);
+                s.spawn(move || {
+                    let mut done = Vec::new();
+                    loop {
+                        let job = match rx.lock() {
+                            Ok(r) => r.recv(),
+                            Err(_) => break,
+                        };
+                        let Ok((i, name, bytes)) = job else { break };
+                        let r = decode_member(spool, i == 0, &name, &bytes, dest);
+                        done.push((i, name, r));
+                    }
+                    done
+                })
+            })
+            .collect();
+        let read_result = (|| -> Result<(), String> {
+            for (i, entry) in archive.entries().map_err(|e| e.to_string())?.enumerate() {
+                let mut entry = entry.map_err(|e| e.to_string())?;
+                let name = entry.path().map_err(|e| e.to_string())?.to_string_lossy().into_owned();
+                let mut bytes = Vec::with_capacity(entry.size() as usize);
+                entry.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+                if name == "SHA256SUMS" {
+                    sums = parse_sums(&String::from_utf8_lossy(&bytes)).0;
+                    continue;
                 }
-                h.update(&buf[..n]);
-                out.write_all(&buf[..n]).map_err(|e| e.to_string())?;
+                if name.contains('/') || name.parse::<crate::wal::WalFileName>().is_err() {
+                    return Err(format!("unexpected member '{name}'"));
+                }
+                if i == 0 && name != wal {
+                    return Err(format!("first member is '{name}', expected '{wal}'"));
+                }
+                let mut h = Hasher::new(SumAlgo::Sha256);
+                h.update(&bytes);
+                digests.push((name.clone(), h.hex()));
+                tx.send((i, name, bytes)).map_err(|_| "decoding workers stopped".to_string())?;
             }
-            first = Some(h.hex());
-            continue;
-        }
-        let mut f = DurableFile::create(&ctx.a.spool_dir.join(&name)).map_err(|e| e.to_string())?;
-        loop {
-            let n = entry.read(&mut buf).map_err(|e| e.to_string())?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-            f.write_all(&buf[..n]).map_err(|e| e.to_string())?;
-        }
-        staged.push((name, f, h.hex()));
-    }
-    let want = |n: &str| sums.iter().find(|(m, _)| m == n).map(|(_, d)| d.clone());
-    let first_sum = first.ok_or("empty bundle")?;
-    if want(wal) != Some(first_sum) {
+            Ok(())
+        })();
+        drop(tx);
+        let decoded: Vec<(usize, String, io::Result<Decoded>)> =
+            workers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect();
+        (decoded, read_result)
+    });
+    read_result?;
+    let confirmed = |n: &str| {
+        let got = digests.iter().find(|(m, _)| m == n).map(|(_, d)| d);
+        got.is_some() && sums.iter().any(|(m, d)| m == n && Some(d) == got)
+    };
+    if !confirmed(wal) {
         return Err(format!("checksum mismatch for {wal}"));
     }
-    decompress_in_place(out).map_err(|e| e.to_string())?;
-    for (name, mut f, digest) in staged {
-        if want(&name) != Some(digest) {
-            continue; // dropped: never spooled
+    let mut first_ok = false;
+    for (i, name, r) in decoded {
+        match r {
+            Ok(Decoded::Dest) => first_ok = true,
+            Ok(Decoded::Spool(f)) if confirmed(&name) => {
+                let _ = f.commit_with(0o600, None);
+            }
+            // Unconfirmed or undecodable prefetches are dropped: the next call fetches them.
+            Ok(Decoded::Spool(_)) => {}
+            Err(e) if i == 0 => return Err(format!("{wal}: {e}")),
+            Err(_) => {}
         }
-        // Prefetched files are stored plain, ready to be moved into pg_wal.
-        if let Ok(file) = f.file() {
-            let _ = decompress_in_place(file);
-        }
-        let _ = f.commit_with(0o600, None);
+    }
+    if !first_ok {
+        return Err(format!("{wal} was not received"));
     }
     Ok(())
 }
