@@ -17,6 +17,7 @@ use crate::wal::header::{Expected, HeaderError};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, mpsc};
 use std::time::{Duration, SystemTime};
 
 /// A truncated file modified this recently may still be arriving (scp writes in
@@ -189,7 +190,8 @@ impl Archiver<'_> {
                 match e {
                     Ok(e) => {
                         if !self.archive_batch(cands, &e, emit)? {
-                            return Ok(());
+                            // As Barman: this source stops here, the next one still runs.
+                            continue;
                         }
                     }
                     Err(why) => {
@@ -266,50 +268,82 @@ impl Archiver<'_> {
         exp: &Expected,
         emit: &mut dyn FnMut(ArchiveEvent),
     ) -> Result<bool, ArchiveError> {
-        let jobs = if self.has_hooks { 1 } else { self.jobs.max(1) };
-        let mut queue = cands.into_iter();
-        loop {
-            let chunk: Vec<Candidate> = queue.by_ref().take(jobs).collect();
-            if chunk.is_empty() {
-                return Ok(true);
-            }
-            // Pre hooks run before the file is touched, in order.
-            let mut ready = Vec::new();
-            for c in chunk {
+        let jobs = self.jobs.max(1);
+        if self.has_hooks || jobs == 1 || cands.len() == 1 {
+            for c in cands {
+                // Pre hooks run before the file is touched.
                 let env = self.hook_env(&c.name, &c.path, &c.path, None);
                 if let Err(stop) = self.hooks.run(Event::Archive, Phase::Pre, &env, None) {
                     tracing::warn!(server = %self.layout.server, "Archiving of {}/{} aborted by pre_archive_retry_script. Reason: {stop}", self.layout.server, c.name);
                     emit(ArchiveEvent::Stopped { name: c.name.to_string(), why: stop.to_string() });
-                    for c in ready {
-                        self.finish(self.prepare(c, exp)?, emit)?;
-                    }
                     return Ok(false);
                 }
-                ready.push(c);
+                self.finish(self.prepare(c, exp)?, emit)?;
             }
-            let prepared: Vec<Result<Prepared, ArchiveError>> = if ready.len() == 1 {
-                ready.into_iter().map(|c| self.prepare(c, exp)).collect()
-            } else {
-                std::thread::scope(|s| {
-                    let handles: Vec<_> = ready.into_iter().map(|c| s.spawn(move || self.prepare(c, exp))).collect();
-                    handles
-                        .into_iter()
-                        .map(|h| {
-                            h.join().unwrap_or_else(|_| {
-                                Err(ArchiveError::Io {
-                                    name: "worker".into(),
-                                    server: self.layout.server.clone(),
-                                    source: io::Error::other("compression worker panicked"),
-                                })
-                            })
-                        })
-                        .collect()
-                })
-            };
-            for p in prepared {
-                self.finish(p?, emit)?;
-            }
+            return Ok(true);
         }
+        self.pipeline(cands, exp, jobs, emit)?;
+        Ok(true)
+    }
+
+    /// `jobs` workers check and compress files ahead; this thread makes them
+    /// visible strictly in name order. A few files at most wait prepared.
+    fn pipeline(
+        &self,
+        cands: Vec<Candidate>,
+        exp: &Expected,
+        jobs: usize,
+        emit: &mut dyn FnMut(ArchiveEvent),
+    ) -> Result<(), ArchiveError> {
+        let (job_tx, job_rx) = mpsc::channel::<(usize, Candidate)>();
+        let job_rx = Mutex::new(job_rx);
+        let (res_tx, res_rx) = mpsc::channel::<(usize, Result<Prepared, ArchiveError>)>();
+        let mut queue = cands.into_iter().enumerate();
+        std::thread::scope(|s| {
+            for _ in 0..jobs {
+                let (res_tx, job_rx) = (res_tx.clone(), &job_rx);
+                s.spawn(move || {
+                    loop {
+                        let job = match job_rx.lock() {
+                            Ok(rx) => rx.recv(),
+                            Err(_) => break,
+                        };
+                        let Ok((i, c)) = job else { break };
+                        if res_tx.send((i, self.prepare(c, exp))).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            drop(res_tx);
+            let mut sent = 0;
+            for j in queue.by_ref().take(jobs * 2) {
+                let _ = job_tx.send(j);
+                sent += 1;
+            }
+            let mut pending = std::collections::BTreeMap::new();
+            let mut next = 0;
+            let mut outcome = Ok(());
+            'commit: while next < sent {
+                let Ok((i, r)) = res_rx.recv() else { break };
+                pending.insert(i, r);
+                while let Some(r) = pending.remove(&next) {
+                    next += 1;
+                    if let Err(e) = r.and_then(|p| self.finish(p, emit)) {
+                        outcome = Err(e);
+                        break 'commit;
+                    }
+                    if let Some(j) = queue.next() {
+                        let _ = job_tx.send(j);
+                        sent += 1;
+                    }
+                }
+            }
+            // Workers stop after their current file; what they prepared is dropped
+            // (temporary files removed), and a later run takes those files again.
+            drop(job_tx);
+            outcome
+        })
     }
 
     fn hook_env(
