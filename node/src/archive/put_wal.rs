@@ -3,7 +3,7 @@
 //! `incoming/`. Exit 0 only once every file is safe on disk.
 
 use super::validate::{self, ValidateError};
-use super::wire::{Hasher, SumAlgo, digest_of, parse_sums};
+use super::wire::{SumAlgo, copy_hashing, digest_of, parse_sums};
 use crate::catalog::durable::{self, DurableFile};
 use crate::catalog::rejects::{RejectReason, move_to_errors};
 use crate::wal::WalFileName;
@@ -136,19 +136,16 @@ impl PutWal<'_> {
                 .and_then(to_system_time);
             let dst = self.incoming_dir.join(&name);
             let mut file = DurableFile::create(&dst).map_err(self.io(&name, self.incoming_dir))?;
-            // The default algorithm is computed while the data streams in; MD5 (rare,
-            // older clients) is computed from the file afterwards.
-            let mut sha = Hasher::new(SumAlgo::Sha256);
-            let mut buf = vec![0u8; 1 << 20];
-            loop {
-                let n = entry.read(&mut buf).map_err(|e| bad_stream(format!("reading '{name}': {e}")))?;
-                if n == 0 {
-                    break;
+            // The default algorithm is computed while the data streams in (on another
+            // thread); MD5 (rare, older clients) is computed from the file afterwards.
+            let (_, sha) = copy_hashing(SumAlgo::Sha256, &mut entry, &mut file, None).map_err(|e| {
+                if e.kind() == io::ErrorKind::UnexpectedEof || e.kind() == io::ErrorKind::InvalidData {
+                    bad_stream(format!("reading '{name}': {e}"))
+                } else {
+                    self.io(&name, self.incoming_dir)(e)
                 }
-                sha.update(&buf[..n]);
-                file.write_all(&buf[..n]).map_err(self.io(&name, self.incoming_dir))?;
-            }
-            received.insert(name, Received { name: wal, file, digest_sha256: sha.hex(), mtime });
+            })?;
+            received.insert(name, Received { name: wal, file, digest_sha256: sha, mtime });
         }
         if !saw_any {
             return Err(bad_stream("empty input (no tar members)".into()));

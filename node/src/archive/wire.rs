@@ -54,6 +54,67 @@ impl Hasher {
     }
 }
 
+/// Copies exactly `len` bytes (or, with `None`, up to end of input) from `src` to
+/// `dst` while another thread hashes them, so hashing overlaps the I/O. Returns
+/// the bytes copied and the hex digest.
+pub fn copy_hashing(
+    algo: SumAlgo,
+    src: &mut dyn Read,
+    dst: &mut dyn Write,
+    len: Option<u64>,
+) -> io::Result<(u64, String)> {
+    use std::sync::mpsc;
+    const CHUNK: usize = 1 << 20;
+    // Buffers go back and forth at full length with the count of valid bytes, so
+    // nothing is refilled between chunks.
+    let (to_hasher, hasher_rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(2);
+    let (back_tx, back_rx) = mpsc::channel::<Vec<u8>>();
+    for _ in 0..3 {
+        let _ = back_tx.send(vec![0u8; CHUNK]);
+    }
+    std::thread::scope(|s| {
+        let hasher = s.spawn(move || {
+            let mut h = Hasher::new(algo);
+            for (buf, n) in hasher_rx {
+                h.update(&buf[..n]);
+                // The reader may have finished; a closed channel is fine.
+                let _ = back_tx.send(buf);
+            }
+            h.hex()
+        });
+        let mut copied: u64 = 0;
+        let result = (|| -> io::Result<()> {
+            loop {
+                let want = match len {
+                    Some(l) if l == copied => break,
+                    Some(l) => CHUNK.min((l - copied) as usize),
+                    None => CHUNK,
+                };
+                let mut buf = back_rx.recv().map_err(|_| io::Error::other("hashing thread stopped"))?;
+                let n = loop {
+                    match src.read(&mut buf[..want]) {
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        r => break r?,
+                    }
+                };
+                if n == 0 {
+                    if len.is_some() {
+                        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "input ended early"));
+                    }
+                    break;
+                }
+                dst.write_all(&buf[..n])?;
+                copied += n as u64;
+                to_hasher.send((buf, n)).map_err(|_| io::Error::other("hashing thread stopped"))?;
+            }
+            Ok(())
+        })();
+        drop(to_hasher);
+        let digest = hasher.join().map_err(|_| io::Error::other("hashing thread panicked"))?;
+        result.map(|()| (copied, digest))
+    })
+}
+
 /// Hex digest of a whole reader.
 pub fn digest_of(a: SumAlgo, r: &mut dyn Read) -> io::Result<String> {
     let mut h = Hasher::new(a);
@@ -188,24 +249,18 @@ impl<W: Write> TarWriter<W> {
             &info.gname,
         );
         self.put(&h)?;
-        let mut hasher = Hasher::new(self.algo);
-        let mut left = info.size;
-        let mut buf = vec![0u8; 1 << 16];
-        while left > 0 {
-            let want = buf.len().min(left as usize);
-            let n = data.read(&mut buf[..want])?;
-            if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("{} shrank while being sent", info.name),
-                ));
-            }
-            hasher.update(&buf[..n]);
-            self.put(&buf[..n])?;
-            left -= n as u64;
-        }
+        let (copied, digest) = {
+            let out = &mut self.out;
+            copy_hashing(self.algo, data, out, Some(info.size)).map_err(|e| {
+                if e.kind() == io::ErrorKind::UnexpectedEof {
+                    io::Error::new(io::ErrorKind::UnexpectedEof, format!("{} shrank while being sent", info.name))
+                } else {
+                    e
+                }
+            })?
+        };
+        self.written += copied;
         self.pad()?;
-        let digest = hasher.hex();
         self.sums.push((info.name.clone(), digest.clone()));
         Ok(digest)
     }
