@@ -190,3 +190,42 @@ fn barman_wal_restore_with_both_servers() {
     c.args(["--port", "1", "-U", "nobody", "127.0.0.1", "pg", &segs[0].0, dest.to_str().unwrap()]);
     assert_eq!(run(&mut c, None).code, 2);
 }
+
+#[test]
+fn prefetch_of_an_uncompressed_archive() {
+    let env = Env::new();
+    let (pg, segs) = real_segments(&env, 4);
+    env.write_config(&format!("[pg]\nconninfo = {}\nbackup_method = postgres\narchiver = on\n", pg.conninfo()));
+    let cfg = env.config.to_str().unwrap().to_string();
+    let incoming = env.server_dir("pg").join("incoming");
+    for (name, bytes) in &segs {
+        write_segment(&incoming, name, bytes);
+    }
+    env.barman(&["archive-wal", "pg"]).ok();
+    let sshd = Sshd::start(env.path(), std::slice::from_ref(&env.bin), &[]).unwrap();
+    let spool = env.path().join("spool");
+    let dest = env.path().join("dest");
+    let user = sshd.login_user();
+    let args = [
+        "-c",
+        &cfg,
+        "-U",
+        &user,
+        "-p",
+        "4",
+        "--spool-dir",
+        spool.to_str().unwrap(),
+        "127.0.0.1",
+        "pg",
+        &segs[0].0,
+        dest.to_str().unwrap(),
+    ];
+    let out = run(&mut client(&env.bin.join("barman-wal-restore"), &sshd, &args), None);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(std::fs::read(&dest).unwrap() == segs[0].1);
+    for (name, bytes) in &segs[1..] {
+        assert!(std::fs::read(spool.join(name)).unwrap() == *bytes, "{name}");
+    }
+    // Only final files in the spool: no temporary file is left behind.
+    assert!(common::names_in(&spool).iter().all(|n| !n.ends_with(".tmp")), "{:?}", common::names_in(&spool));
+}

@@ -3,7 +3,7 @@
 //! segments into a spool directory: in one ssh round trip (`get-wal --bundle`)
 //! when the server offers it, else as Barman does (peek, then one ssh per file).
 
-use super::super::wire::{Hasher, SumAlgo, parse_sums};
+use super::super::wire::{Hasher, SumAlgo, copy_hashing, parse_sums};
 use super::{code_of, fail, ssh_command};
 use crate::catalog::durable::DurableFile;
 use crate::wal::compression::{Codecs, MAGIC_PROBE_LEN};
@@ -363,6 +363,14 @@ enum Decoded {
     Spool(DurableFile),
 }
 
+/// Work for the decoding threads.
+enum Job {
+    /// A compressed member, whole in memory (a fraction of a segment).
+    Decode(usize, String, Vec<u8>),
+    /// A plain member already written to its spool file: sync it.
+    Sync(usize, String, DurableFile),
+}
+
 fn decode_member(spool: &Path, first: bool, name: &str, bytes: &[u8], dest: &File) -> io::Result<Decoded> {
     if first {
         let mut f = dest.try_clone()?;
@@ -378,8 +386,22 @@ fn decode_member(spool: &Path, first: bool, name: &str, bytes: &[u8], dest: &Fil
     Ok(Decoded::Spool(f))
 }
 
-/// Reads the tar: the first member into `out`, the others into the spool, decoded
-/// by two workers while the stream keeps arriving; nothing is put in the spool
+fn run_job(job: Job, spool: &Path, dest: &File) -> (usize, String, io::Result<Decoded>) {
+    match job {
+        Job::Decode(i, name, bytes) => {
+            let r = decode_member(spool, i == 0, &name, &bytes, dest);
+            (i, name, r)
+        }
+        Job::Sync(i, name, mut f) => {
+            let r = f.file().and_then(|h| h.sync_all()).map(|()| Decoded::Spool(f));
+            (i, name, r)
+        }
+    }
+}
+
+/// Reads the tar: the first member into `out`, the others into the spool. Plain
+/// members stream straight to their file; compressed ones (small) are decoded by
+/// two workers while the stream keeps arriving; nothing is put in the spool
 /// before the SHA256SUMS member confirms it.
 fn receive_bundle(ctx: &Ctx<'_>, wal: &str, input: impl Read, out: &mut File) -> Result<(), String> {
     let mut archive = tar::Archive::new(io::BufReader::with_capacity(1 << 20, input));
@@ -387,9 +409,10 @@ fn receive_bundle(ctx: &Ctx<'_>, wal: &str, input: impl Read, out: &mut File) ->
     let dest = out.try_clone().map_err(|e| e.to_string())?;
     let mut sums = Vec::new();
     let mut digests: Vec<(String, String)> = Vec::new();
-    let (tx, rx) = mpsc::sync_channel::<(usize, String, Vec<u8>)>(2);
+    let mut own: Vec<(usize, String, io::Result<Decoded>)> = Vec::new();
+    let (tx, rx) = mpsc::sync_channel::<Job>(2);
     let rx = Mutex::new(rx);
-    let (decoded, read_result) = std::thread::scope(|s| {
+    let (mut decoded, read_result) = std::thread::scope(|s| {
         let workers: Vec<_> = (0..2)
             .map(|_| {
                 let (rx, spool, dest) = (&rx, &spool, &dest);
@@ -400,9 +423,8 @@ fn receive_bundle(ctx: &Ctx<'_>, wal: &str, input: impl Read, out: &mut File) ->
                             Ok(r) => r.recv(),
                             Err(_) => break,
                         };
-                        let Ok((i, name, bytes)) = job else { break };
-                        let r = decode_member(spool, i == 0, &name, &bytes, dest);
-                        done.push((i, name, r));
+                        let Ok(job) = job else { break };
+                        done.push(run_job(job, spool, dest));
                     }
                     done
                 })
@@ -412,10 +434,10 @@ fn receive_bundle(ctx: &Ctx<'_>, wal: &str, input: impl Read, out: &mut File) ->
             for (i, entry) in archive.entries().map_err(|e| e.to_string())?.enumerate() {
                 let mut entry = entry.map_err(|e| e.to_string())?;
                 let name = entry.path().map_err(|e| e.to_string())?.to_string_lossy().into_owned();
-                let mut bytes = Vec::with_capacity(entry.size() as usize);
-                entry.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
                 if name == "SHA256SUMS" {
-                    sums = parse_sums(&String::from_utf8_lossy(&bytes)).0;
+                    let mut body = String::new();
+                    entry.read_to_string(&mut body).map_err(|e| e.to_string())?;
+                    sums = parse_sums(&body).0;
                     continue;
                 }
                 if name.contains('/') || name.parse::<crate::wal::WalFileName>().is_err() {
@@ -424,10 +446,30 @@ fn receive_bundle(ctx: &Ctx<'_>, wal: &str, input: impl Read, out: &mut File) ->
                 if i == 0 && name != wal {
                     return Err(format!("first member is '{name}', expected '{wal}'"));
                 }
-                let mut h = Hasher::new(SumAlgo::Sha256);
-                h.update(&bytes);
-                digests.push((name.clone(), h.hex()));
-                tx.send((i, name, bytes)).map_err(|_| "decoding workers stopped".to_string())?;
+                let mut head = [0u8; MAGIC_PROBE_LEN];
+                let n = super::super::validate::read_full(&mut entry, &mut head).map_err(|e| e.to_string())?;
+                let mut src = io::Cursor::new(head[..n].to_vec()).chain(&mut entry);
+                if Codecs::default().identify(&head[..n]).is_some() {
+                    let mut bytes = Vec::new();
+                    src.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+                    let mut h = Hasher::new(SumAlgo::Sha256);
+                    h.update(&bytes);
+                    digests.push((name.clone(), h.hex()));
+                    tx.send(Job::Decode(i, name, bytes)).map_err(|_| "decoding workers stopped".to_string())?;
+                } else if i == 0 {
+                    let mut f = dest.try_clone().map_err(|e| e.to_string())?;
+                    f.set_len(0).map_err(|e| e.to_string())?;
+                    let (_, digest) =
+                        copy_hashing(SumAlgo::Sha256, &mut src, &mut f, None).map_err(|e| e.to_string())?;
+                    digests.push((name.clone(), digest));
+                    own.push((i, name, Ok(Decoded::Dest)));
+                } else {
+                    let mut f = DurableFile::create(&spool.join(&name)).map_err(|e| e.to_string())?;
+                    let (_, digest) =
+                        copy_hashing(SumAlgo::Sha256, &mut src, &mut f, None).map_err(|e| e.to_string())?;
+                    digests.push((name.clone(), digest));
+                    tx.send(Job::Sync(i, name, f)).map_err(|_| "decoding workers stopped".to_string())?;
+                }
             }
             Ok(())
         })();
@@ -437,6 +479,7 @@ fn receive_bundle(ctx: &Ctx<'_>, wal: &str, input: impl Read, out: &mut File) ->
         (decoded, read_result)
     });
     read_result?;
+    decoded.append(&mut own);
     let confirmed = |n: &str| {
         let got = digests.iter().find(|(m, _)| m == n).map(|(_, d)| d);
         got.is_some() && sums.iter().any(|(m, d)| m == n && Some(d) == got)
