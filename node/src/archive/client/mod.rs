@@ -8,6 +8,23 @@ pub mod wal_restore;
 
 use std::process::Command;
 
+/// The options both clients share: how to reach the Barman server.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Remote {
+    /// User of the ssh connection to the Barman server
+    #[arg(short = 'U', long = "user", default_value = "barman")]
+    pub user: String,
+    /// Port of the ssh connection to the Barman server
+    #[arg(long = "port")]
+    pub port: Option<String>,
+    /// Configuration file on the Barman server
+    #[arg(short = 'c', long = "config")]
+    pub config: Option<String>,
+    /// Test the connection and the server's configuration only
+    #[arg(short = 't', long = "test")]
+    pub test: bool,
+}
+
 /// `ssh [-p PORT] -q -T USER@HOST barman [<config>] <rest...>`.
 pub fn ssh_command(port: Option<&str>, user: &str, host: &str) -> Command {
     let mut c = Command::new("ssh");

@@ -24,18 +24,8 @@ pub struct Args {
     /// Print the version and exit
     #[arg(short = 'V', long = "version")]
     pub version: bool,
-    /// User of the ssh connection to the Barman server
-    #[arg(short = 'U', long = "user", default_value = "barman")]
-    pub user: String,
-    /// Port of the ssh connection to the Barman server
-    #[arg(long = "port")]
-    pub port: Option<String>,
-    /// Configuration file on the Barman server
-    #[arg(short = 'c', long = "config")]
-    pub config: Option<String>,
-    /// Test the connection and the configuration only (WAL_PATH is ignored)
-    #[arg(short = 't', long = "test")]
-    pub test: bool,
+    #[command(flatten)]
+    pub remote: super::Remote,
     /// Use MD5 checksums (for old Barman servers)
     #[arg(long = "md5")]
     pub md5: bool,
@@ -110,12 +100,12 @@ pub fn run(a: Args) -> i32 {
     else {
         return fail("BARMAN_HOST, SERVER_NAME and WAL_PATH are required", 2, 0);
     };
-    let mut cmd = ssh_command(a.port.as_deref(), &a.user, &host);
-    if let Some(c) = &a.config {
+    let mut cmd = ssh_command(a.remote.port.as_deref(), &a.remote.user, &host);
+    if let Some(c) = &a.remote.config {
         cmd.arg(format!("--config='{c}'"));
     }
     cmd.arg("put-wal").arg(&server);
-    if a.test {
+    if a.remote.test {
         cmd.arg("--test");
         return match cmd.stdin(Stdio::null()).output() {
             Ok(o) => {

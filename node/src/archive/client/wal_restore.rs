@@ -30,12 +30,8 @@ pub struct Args {
     /// Print the version and exit
     #[arg(short = 'V', long = "version")]
     pub version: bool,
-    /// User of the ssh connection to the Barman server
-    #[arg(short = 'U', long = "user", default_value = "barman")]
-    pub user: String,
-    /// Port of the ssh connection to the Barman server
-    #[arg(long = "port")]
-    pub port: Option<String>,
+    #[command(flatten)]
+    pub remote: super::Remote,
     /// Seconds to sleep after a failure
     #[arg(short = 's', long = "sleep", default_value_t = 0, value_name = "SECONDS")]
     pub sleep: u64,
@@ -57,12 +53,6 @@ pub struct Args {
     /// Transfer files as stored, decompress here
     #[arg(long = "keep-compression")]
     pub keep_compression: bool,
-    /// Configuration file on the Barman server
-    #[arg(short = 'c', long = "config")]
-    pub config: Option<String>,
-    /// Test the connection and the configuration only
-    #[arg(short = 't', long = "test")]
-    pub test: bool,
     #[arg(value_name = "BARMAN_HOST", required_unless_present = "version")]
     pub barman_host: Option<String>,
     #[arg(value_name = "SERVER_NAME", required_unless_present = "version")]
@@ -94,8 +84,8 @@ impl Ctx<'_> {
 
     /// `ssh ... barman [--config C] "get-wal [options] 'SERVER' 'WAL'"`.
     fn get_wal(&self, wal: &str, extra: &[String]) -> Command {
-        let mut c = ssh_command(self.a.port.as_deref(), &self.a.user, &self.host);
-        if let Some(cfg) = &self.a.config {
+        let mut c = ssh_command(self.a.remote.port.as_deref(), &self.a.remote.user, &self.host);
+        if let Some(cfg) = &self.a.remote.config {
             c.arg(format!("--config {cfg}"));
         }
         let mut options: Vec<String> = extra.to_vec();
@@ -118,7 +108,8 @@ impl Ctx<'_> {
     }
 
     fn marker(&self) -> PathBuf {
-        let who = format!("{}@{}:{}", self.a.user, self.host, self.a.port.as_deref().unwrap_or("default"));
+        let who =
+            format!("{}@{}:{}", self.a.remote.user, self.host, self.a.remote.port.as_deref().unwrap_or("default"));
         let safe: String =
             who.chars().map(|c| if c.is_ascii_alphanumeric() || "@.:-_".contains(c) { c } else { '_' }).collect();
         self.a.spool_dir.join(format!(".plain-barman-{safe}"))
@@ -136,7 +127,7 @@ pub fn run(a: Args) -> i32 {
         return fail("BARMAN_HOST, SERVER_NAME, WAL_NAME and WAL_DEST are required", 2, 0);
     };
     let ctx = Ctx { a: &a, host, server };
-    if a.test {
+    if a.remote.test {
         return match ctx.get_wal("dummy_wal_name", &["--test".into()]).stdin(Stdio::null()).output() {
             Ok(o) => {
                 let mut text = String::from_utf8_lossy(&o.stdout).into_owned();
