@@ -258,16 +258,7 @@ impl WalSource<'_> {
                 Err(_) => continue,
             };
             let mtime = std::fs::metadata(&path).map(|m| mtime_float(&m)).unwrap_or(0.0);
-            let info = MemberInfo {
-                name: member.clone(),
-                mode: 0o600,
-                uid: 0,
-                gid: 0,
-                uname: String::new(),
-                gname: String::new(),
-                mtime,
-                size: body.len() as u64,
-            };
+            let info = MemberInfo::anonymous(member.clone(), body.len() as u64, mtime);
             w.append(&info, &mut &body[..])?;
             sent.push(member.clone());
         }

@@ -235,16 +235,7 @@ mod tests {
     fn stream(files: &[(&str, &[u8])], algo: SumAlgo) -> Vec<u8> {
         let mut w = TarWriter::new(Vec::new(), algo);
         for (n, d) in files {
-            let info = MemberInfo {
-                name: n.to_string(),
-                mode: 0o600,
-                uid: 0,
-                gid: 0,
-                uname: String::new(),
-                gname: String::new(),
-                mtime: 1700000000.5,
-                size: d.len() as u64,
-            };
+            let info = MemberInfo::anonymous(*n, d.len() as u64, 1700000000.5);
             w.append(&info, &mut &d[..]).unwrap();
         }
         w.finish().unwrap()

@@ -142,6 +142,23 @@ pub struct MemberInfo {
     pub size: u64,
 }
 
+impl MemberInfo {
+    /// A member with no owner to report (root ids, empty names, 0600), as the
+    /// server side writes them: only name, size and mtime matter to the reader.
+    pub fn anonymous(name: impl Into<String>, size: u64, mtime: f64) -> Self {
+        MemberInfo {
+            name: name.into(),
+            mode: 0o600,
+            uid: 0,
+            gid: 0,
+            uname: String::new(),
+            gname: String::new(),
+            mtime,
+            size,
+        }
+    }
+}
+
 fn octal(field: &mut [u8], v: u64) {
     let digits = field.len() - 1;
     let s = format!("{v:0digits$o}");

@@ -214,16 +214,7 @@ pub fn put_wal_stream(files: &[(&str, &[u8])]) -> Vec<u8> {
     use barman::archive::wire::{MemberInfo, SumAlgo, TarWriter};
     let mut w = TarWriter::new(Vec::new(), SumAlgo::Sha256);
     for (n, d) in files {
-        let info = MemberInfo {
-            name: n.to_string(),
-            mode: 0o600,
-            uid: 0,
-            gid: 0,
-            uname: String::new(),
-            gname: String::new(),
-            mtime: 1.7e9,
-            size: d.len() as u64,
-        };
+        let info = MemberInfo::anonymous(*n, d.len() as u64, 1.7e9);
         w.append(&info, &mut &d[..]).expect("tar member");
     }
     w.finish().expect("tar end")
