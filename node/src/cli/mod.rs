@@ -43,7 +43,14 @@ pub fn run(argv: Vec<std::ffi::OsString>) -> i32 {
             return 1;
         }
     };
-    if let Err(msg) = drop_privileges(&main.barman_user()) {
+    let user = match main.barman_user() {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("ERROR: {e}");
+            return 1;
+        }
+    };
+    if let Err(msg) = drop_privileges(&user) {
         eprintln!("{msg}");
         return 1;
     }

@@ -63,17 +63,17 @@ pub enum ConfigError {
         "{file}: the configuration file contains a not empty [barman] section; only the main file may change [barman]"
     )]
     IncludeChangesGlobal { file: String },
+    #[error("{origin}: [barman] {why}")]
+    GlobalInterpolation { origin: String, why: String },
 }
 
 /// The `[barman]` section.
 #[derive(Debug, Clone)]
 pub struct GlobalConfig {
     pub barman_home: PathBuf,
-    pub barman_user: String,
     pub lock_directory: PathBuf,
     pub lock_directory_cleanup: bool,
     pub config_changes_queue: PathBuf,
-    pub configuration_files_directory: Option<PathBuf>,
     pub log_file: Option<PathBuf>,
     pub log_level: String,
 }
@@ -223,29 +223,30 @@ impl MainConfig {
         Ok(MainConfig { file: file.to_path_buf(), ini })
     }
 
-    fn global(&self, key: &str) -> Option<String> {
-        self.ini.section("barman").and_then(|s| s.get(key)).map(|v| ini::strip_quotes(&v.value).to_string())
-    }
-
     /// `barman_user` (default `barman`): the user commands switch to.
-    pub fn barman_user(&self) -> String {
-        self.global("barman_user").filter(|u| !u.is_empty()).unwrap_or_else(|| "barman".to_string())
+    pub fn barman_user(&self) -> Result<String, ConfigError> {
+        Ok(global_or_default(&self.ini, "barman_user", "")?.unwrap_or_default())
     }
 
     /// Reads the included files and builds every server.
     pub fn finish(mut self) -> Result<Config, ConfigError> {
         let mut warnings = Vec::new();
-        let home = self
-            .global("barman_home")
-            .filter(|h| !h.is_empty())
+        let home = global_value(&self.ini, "barman_home")?
             .ok_or_else(|| ConfigError::MissingHome { file: self.file.display().to_string() })?;
         let snapshot = global_snapshot(&self.ini);
-        if let Some(dir) = self.global("configuration_files_directory").filter(|d| !d.is_empty()) {
+        if let Some(dir) = global_value(&self.ini, "configuration_files_directory")? {
             let dir = expand_user(&dir);
             if dir.is_dir() {
-                let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-                    .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
-                    .unwrap_or_default();
+                let mut files: Vec<PathBuf> = match std::fs::read_dir(&dir) {
+                    Ok(rd) => rd.filter_map(|e| e.ok()).map(|e| e.path()).collect(),
+                    Err(e) => {
+                        warnings.push(ConfigWarning::general(format!(
+                            "cannot read the configuration_files_directory \"{}\" ({e}); its files are not included",
+                            dir.display()
+                        )));
+                        Vec::new()
+                    }
+                };
                 files.retain(|p| p.extension().is_some_and(|e| e == "conf"));
                 files.sort();
                 for f in files {
@@ -284,6 +285,30 @@ impl MainConfig {
     }
 }
 
+/// A `[barman]` value as Barman's `Config.get` returns it: interpolated against
+/// `[barman]` and `[DEFAULT]`, a literal `None` unset, one pair of quotes
+/// stripped; empty counts as unset, as Barman's `or default` treats it.
+fn global_value(ini: &Ini, key: &str) -> Result<Option<String>, ConfigError> {
+    let Some(raw) = ini.raw("barman", key) else { return Ok(None) };
+    let lookup = |name: &str| ini.raw("barman", name).map(|v| v.value.clone());
+    let v = ini::interpolate(key, &raw.value, &lookup, 0)
+        .map_err(|e| ConfigError::GlobalInterpolation { origin: raw.origin.to_string(), why: e.to_string() })?;
+    if v == "None" {
+        return Ok(None);
+    }
+    let v = ini::strip_quotes(&v);
+    Ok((!v.is_empty()).then(|| v.to_string()))
+}
+
+/// A `[barman]` value, or the option table's default when it is unset.
+fn global_or_default(ini: &Ini, key: &str, home: &str) -> Result<Option<String>, ConfigError> {
+    if let Some(v) = global_value(ini, key)? {
+        return Ok(Some(v));
+    }
+    let default = GLOBAL_OPTIONS.iter().find(|s| s.name == key).and_then(|s| s.default);
+    Ok(default.map(|d| d.replace("%(barman_home)s", home)))
+}
+
 fn global_snapshot(ini: &Ini) -> Vec<(String, String)> {
     ini.section("barman")
         .map(|s| s.options.iter().map(|(k, v)| (k.clone(), v.value.clone())).collect())
@@ -304,32 +329,22 @@ impl Config {
     }
 
     fn build(file: PathBuf, ini: Ini, mut warnings: Vec<ConfigWarning>) -> Result<Config, ConfigError> {
-        let g = |k: &str| ini.section("barman").and_then(|s| s.get(k)).map(|v| ini::strip_quotes(&v.value).to_string());
-        let barman_home = g("barman_home").unwrap_or_default();
-        let lock_directory_cleanup = match g("lock_directory_cleanup").filter(|v| !v.is_empty()) {
-            None => true,
-            Some(v) => parse_bool_text(&v).unwrap_or_else(|| {
-                warnings.push(ConfigWarning::general(format!(
-                    "[barman] lock_directory_cleanup = '{v}' is not a boolean; using true"
-                )));
-                true
-            }),
-        };
+        let barman_home = global_value(&ini, "barman_home")?.unwrap_or_default();
+        let g = |k: &str| global_or_default(&ini, k, &barman_home);
+        let cleanup = g("lock_directory_cleanup")?.unwrap_or_default();
+        let lock_directory_cleanup = parse_bool_text(&cleanup).unwrap_or_else(|| {
+            warnings.push(ConfigWarning::general(format!(
+                "[barman] lock_directory_cleanup = '{cleanup}' is not a boolean; using true"
+            )));
+            true
+        });
         let global = GlobalConfig {
             barman_home: PathBuf::from(&barman_home),
-            barman_user: g("barman_user").filter(|u| !u.is_empty()).unwrap_or_else(|| "barman".into()),
-            lock_directory: g("barman_lock_directory")
-                .filter(|v| !v.is_empty())
-                .map_or_else(|| PathBuf::from(&barman_home), PathBuf::from),
+            lock_directory: PathBuf::from(g("barman_lock_directory")?.unwrap_or_default()),
             lock_directory_cleanup,
-            config_changes_queue: g("config_changes_queue")
-                .filter(|v| !v.is_empty())
-                .map_or_else(|| Path::new(&barman_home).join("cfg_changes.queue"), PathBuf::from),
-            configuration_files_directory: g("configuration_files_directory")
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from),
-            log_file: g("log_file").filter(|v| !v.is_empty()).map(PathBuf::from),
-            log_level: g("log_level").filter(|v| !v.is_empty()).unwrap_or_else(|| "INFO".into()),
+            config_changes_queue: PathBuf::from(g("config_changes_queue")?.unwrap_or_default()),
+            log_file: g("log_file")?.map(PathBuf::from),
+            log_level: g("log_level")?.unwrap_or_default(),
         };
         warn_unknown_keys(&ini, "barman", true, &mut warnings);
 

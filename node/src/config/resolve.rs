@@ -52,9 +52,9 @@ impl<'a> Resolver<'a> {
         };
         match interpolate(key, &raw.value, &lookup, 0) {
             Ok(v) => {
-                let v = strip_quotes(&v).to_string();
-                // Barman turns a literal None into an empty value.
-                let v = if v == "None" { String::new() } else { v };
+                // Barman turns a literal None into an empty value before it strips
+                // quotes, so a quoted "None" stays the text None.
+                let v = if v == "None" { String::new() } else { strip_quotes(&v).to_string() };
                 Some((v, raw.origin.clone()))
             }
             Err(e) => {

@@ -154,6 +154,22 @@ fn fatal_errors() {
 }
 
 #[test]
+fn global_values_interpolate_like_barman() {
+    // Values checked against Barman 3.17's Config on the same text.
+    let text = "[DEFAULT]\nlog_level = DEBUG\n[barman]\nbarman_home = /srv/barman\n\
+                barman_lock_directory = %(barman_home)s/locks\nconfig_changes_queue = None\n\
+                log_file = \"%(barman_home)s/x.log\"\n";
+    let c = Config::from_text(text, Path::new("/etc/b.conf")).unwrap();
+    assert_eq!(c.global.lock_directory, Path::new("/srv/barman/locks"));
+    assert_eq!(c.global.config_changes_queue, Path::new("/srv/barman/cfg_changes.queue"));
+    assert_eq!(c.global.log_file.as_deref(), Some(Path::new("/srv/barman/x.log")));
+    assert_eq!(c.global.log_level, "DEBUG");
+    let e =
+        Config::from_text("[barman]\nbarman_home = /srv\nlog_file = %(nope)s\n", Path::new("/etc/b.conf")).unwrap_err();
+    assert!(e.to_string().starts_with("/etc/b.conf:3: [barman] 'log_file' refers to %(nope)s"), "{e}");
+}
+
+#[test]
 fn includes_and_auto_conf() {
     let d = tempfile::tempdir().unwrap();
     let home = d.path().join("home");
