@@ -183,6 +183,19 @@ fn check_status_and_nagios_against_postgresql() {
     let diag: serde_json::Value = serde_json::from_str(&env.barman(&["diagnose"]).stdout).unwrap();
     assert_eq!(diag["servers"]["pg"]["config"]["compression"], "lz4");
     assert!(diag["servers"]["pg"]["status"]["postgres_systemid"].is_string());
+    // switch-wal --force as a user who may not CHECKPOINT gets Barman's hint.
+    pg.psql("CREATE ROLE nocp LOGIN").unwrap();
+    env.write_config(&format!(
+        "[pg]\nconninfo = {}\nbackup_method = postgres\narchiver = on\n",
+        pg.conninfo().replace("user=postgres", "user=nocp")
+    ));
+    let out = env.barman(&["switch-wal", "--force", "pg"]);
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("ERROR: Barman switch-wal --force requires superuser rights or the 'pg_checkpoint' role"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]

@@ -14,6 +14,7 @@ enum Switched {
     Closed(WalFileName),
     NotNeeded,
     Standby,
+    NoCheckpointRights,
 }
 
 pub fn switch_wal(ctx: &mut Ctx, names: &[String], force: bool, archive: bool, timeout: u64) {
@@ -36,6 +37,10 @@ pub fn switch_one(ctx: &mut Ctx, s: &ServerConfig, force: bool, archive: bool, t
     let r = with_connection(&ci, async |c| {
         if force {
             tracing::info!(server = %s.name, "Force a CHECKPOINT before pg_switch_wal()");
+            // Barman asks before it tries, so a missing right is told as such.
+            if !c.has_checkpoint_privileges().await? {
+                return Ok(Switched::NoCheckpointRights);
+            }
             c.checkpoint().await?;
         }
         match c.switch_wal().await {
@@ -58,7 +63,7 @@ pub fn switch_one(ctx: &mut Ctx, s: &ServerConfig, force: bool, archive: bool, t
             ctx.out.info(format!("No switch performed because server '{}' is a standby.", s.name));
             None
         }
-        Err(e) if e.contains("pg_checkpoint") || (force && e.contains("permission denied")) => {
+        Ok(Switched::NoCheckpointRights) => {
             ctx.out.error("Barman switch-wal --force requires superuser rights or the 'pg_checkpoint' role");
             return;
         }
