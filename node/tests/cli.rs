@@ -73,6 +73,13 @@ fn show_servers_reads_the_configuration_as_barman_does() {
     assert_eq!(json["pg"]["description"], "my pg");
     let check = env.barman(&["check", "other"]);
     assert!(check.stdout.contains("retention policy settings: FAILED (see log)"), "{}", check.stdout);
+    // No output form shows a password, nor does a conninfo Barman's pattern misses.
+    let json = env.barman(&["-f", "json", "show-servers", "pg"]);
+    assert!(json.stdout.contains("password=*REDACTED*") && !json.stdout.contains("topsecret"), "{}", json.stdout);
+    env.write_config("[pg]\nconninfo = host=127.0.0.1 PASSWORD = s3cret\nbackup_method = postgres\n");
+    let check = env.barman(&["check", "pg"]);
+    assert!(check.stdout.contains("is not a valid connection string"), "{}", check.stdout);
+    assert!(!check.stdout.contains("s3cret") && !check.stderr.contains("s3cret"), "{}{}", check.stdout, check.stderr);
 }
 
 #[test]

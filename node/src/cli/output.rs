@@ -41,35 +41,46 @@ pub struct Output {
 }
 
 /// Masks passwords in `key=value` conninfo strings and in postgresql:// URIs.
+/// `password=value` comes out as Barman writes it (`password=*REDACTED*`); we also
+/// catch what Barman's pattern lets through: any case, blanks around `=`.
 pub fn redact_passwords(text: &str) -> String {
+    const KEY: &str = "password";
+    let lower = text.to_ascii_lowercase();
     let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(p) = rest.find("password=") {
-        out.push_str(&rest[..p]);
-        out.push_str("password=*REDACTED*");
-        let after = &rest[p + "password=".len()..];
-        let end = if let Some(q) = after.strip_prefix('\'') {
-            // A quoted value ends at the next unescaped quote.
-            let mut i = 0;
-            let b = q.as_bytes();
-            while i < b.len() {
-                if b[i] == b'\\' {
-                    i += 2;
-                    continue;
-                }
-                if b[i] == b'\'' {
-                    break;
-                }
-                i += 1;
-            }
-            (i + 2).min(after.len())
-        } else {
-            after.find(|c: char| c.is_whitespace() || c == '\'' || c == '"').unwrap_or(after.len())
+    let mut at = 0;
+    while let Some(p) = lower[at..].find(KEY).map(|p| at + p) {
+        let blank = |c: char| c == ' ' || c == '\t';
+        let after_key = &text[p + KEY.len()..];
+        let Some(value) = after_key.trim_start_matches(blank).strip_prefix('=') else {
+            out.push_str(&text[at..p + KEY.len()]);
+            at = p + KEY.len();
+            continue;
         };
-        rest = &after[end..];
+        let value = value.trim_start_matches(blank);
+        let value_start = text.len() - value.len();
+        out.push_str(&text[at..value_start]);
+        out.push_str("*REDACTED*");
+        at = value_start + value_len(value);
     }
-    out.push_str(rest);
+    out.push_str(&text[at..]);
     redact_uri(&out)
+}
+
+/// Length of a conninfo value: a quoted one ends after its closing quote.
+fn value_len(v: &str) -> usize {
+    let Some(q) = v.strip_prefix('\'') else {
+        return v.find(|c: char| c.is_whitespace() || c == '\'' || c == '"').unwrap_or(v.len());
+    };
+    let b = q.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'\\' => i += 2,
+            b'\'' => break,
+            _ => i += 1,
+        }
+    }
+    (i + 2).min(v.len())
 }
 
 fn redact_uri(text: &str) -> String {
@@ -252,7 +263,9 @@ impl Output {
             Writer::Console | Writer::Null => {}
             Writer::Json => {
                 if !self.quiet {
-                    let text = pyjson::dumps(&Value::Object(std::mem::take(&mut self.json)), None, true);
+                    // Barman's JSON writer does not redact; ours does, as its console does.
+                    let text =
+                        redact_passwords(&pyjson::dumps(&Value::Object(std::mem::take(&mut self.json)), None, true));
                     let mut out = std::io::stdout().lock();
                     let _ = write!(out, "{text}");
                     let _ = out.flush();
@@ -339,5 +352,9 @@ mod tests {
         assert_eq!(redact_passwords("password='a b\\' c' port=5"), "password=*REDACTED* port=5");
         assert_eq!(redact_passwords("postgresql://me:pw@host/db"), "postgresql://me:*REDACTED*@host/db");
         assert_eq!(redact_passwords("nothing here"), "nothing here");
+        // Forms Barman's own pattern misses.
+        assert_eq!(redact_passwords("host=x password = s3cret user=y"), "host=x password = *REDACTED* user=y");
+        assert_eq!(redact_passwords("PASSWORD=s3cret"), "PASSWORD=*REDACTED*");
+        assert_eq!(redact_passwords("a password is needed"), "a password is needed");
     }
 }

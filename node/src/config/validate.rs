@@ -82,9 +82,11 @@ fn realpath(p: &str) -> PathBuf {
     }
 }
 
-/// Barman's own test of a conninfo: every whitespace-separated word is `key=value`.
+/// Barman's test of a conninfo (`dict(x.split("=", 1) for x in dsn.split())`):
+/// every blank-separated word (Python's blanks) must contain `=`. Barman disables
+/// the server when this fails, even where libpq would accept the string (`host = x`).
 fn barman_valid_conninfo(ci: &str) -> bool {
-    ci.split_whitespace().all(|w| w.contains('='))
+    ci.split(|c: char| c.is_whitespace() || matches!(c, '\x1c'..='\x1f')).all(|w| w.is_empty() || w.contains('='))
 }
 
 fn check_conninfo(s: &mut ServerConfig, what: &str, label: &str, value: Option<String>) {
@@ -223,5 +225,22 @@ fn unsupported_features(s: &mut ServerConfig) {
     }
     for m in msgs {
         s.disable(m);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::barman_valid_conninfo as valid;
+
+    #[test]
+    fn barman_rule_is_stricter_than_libpq() {
+        assert!(valid("host=pg user=barman"));
+        assert!(valid(""));
+        assert!(valid("password=a=b"));
+        assert!(valid("host=pg\x1fuser=x"));
+        assert!(!valid("host = pg"));
+        assert!(!valid("host=pg junk"));
+        assert!(!valid("host=pg\x1cjunk"));
+        assert!(!valid("password='a b'"));
     }
 }

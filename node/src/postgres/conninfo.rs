@@ -17,10 +17,6 @@ pub enum ConninfoError {
     EmptyKeyword,
     #[error("URI connection strings (postgresql://...) are not supported: use keyword=value pairs")]
     Uri,
-    /// Barman's own, stricter rule (every whitespace-separated word holds a `=`). The
-    /// text is Barman's, but the conninfo shown is masked: Barman prints it whole.
-    #[error("Cannot connect to postgres: \"{masked}\" is not a valid connection string")]
-    NotBarmanValid { masked: String },
     #[error("invalid connection option \"{key}\"")]
     InvalidOption { key: String },
     /// Never raised for `password`: its value must not reach an error message.
@@ -51,12 +47,6 @@ struct Lexeme {
 /// libpq's `isspace` in the C locale.
 fn is_libpq_space(c: char) -> bool {
     matches!(c, ' ' | '\t' | '\n' | '\x0b' | '\x0c' | '\r')
-}
-
-/// Python's `str.split()` separators: Unicode whitespace plus the four ASCII
-/// information separators, which Rust does not count as whitespace.
-fn is_python_space(c: char) -> bool {
-    c.is_whitespace() || matches!(c, '\x1c'..='\x1f')
 }
 
 /// Walks `s` as libpq's `conninfo_parse` does. With `lenient`, an error stops the
@@ -259,21 +249,6 @@ impl Conninfo {
         Ok(ci)
     }
 
-    /// Barman's test of a conninfo (`dict(x.split("=", 1) for x in dsn.split())`):
-    /// every blank-separated word must contain `=`. Barman disables the server
-    /// when this fails, even where libpq would accept the string (`host = x`).
-    pub fn barman_valid(raw: &str) -> bool {
-        raw.split(is_python_space).filter(|w| !w.is_empty()).all(|w| w.contains('='))
-    }
-
-    /// Barman's check followed by libpq's parse: what a configured conninfo must pass.
-    pub fn parse_barman(raw: &str) -> Result<Conninfo, ConninfoError> {
-        if !Conninfo::barman_valid(raw) {
-            return Err(ConninfoError::NotBarmanValid { masked: mask_password(raw) });
-        }
-        Conninfo::parse(raw)
-    }
-
     pub fn get(&self, key: &str) -> Option<&str> {
         self.params.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
@@ -439,22 +414,6 @@ mod tests {
     #[test]
     fn duplicates_replace_in_place() {
         assert_eq!(pairs("a=1 b=2 a=3"), p(&[("a", "3"), ("b", "2")]));
-    }
-
-    #[test]
-    fn barman_rule_is_stricter_than_libpq() {
-        assert!(Conninfo::barman_valid("host=pg user=barman"));
-        assert!(Conninfo::barman_valid(""));
-        assert!(Conninfo::barman_valid("password=a=b"));
-        assert!(!Conninfo::barman_valid("host = pg"));
-        assert!(!Conninfo::barman_valid("host=pg junk"));
-        assert!(!Conninfo::barman_valid("password='a b'"));
-        assert!(Conninfo::parse("host = pg").is_ok());
-        let e = Conninfo::parse_barman("host=pg password=secret junk").unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "Cannot connect to postgres: \"host=pg password=*** junk\" is not a valid connection string"
-        );
     }
 
     #[test]
