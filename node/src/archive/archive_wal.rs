@@ -118,8 +118,16 @@ struct Candidate {
 
 /// The result of the parallel part for one file.
 enum Prepared {
-    Ready { cand: Candidate, staged: Option<DurableFile>, entry: XlogEntry },
-    Identical { cand: Candidate },
+    /// `staged` is sealed (fsynced); without it the source itself is fsynced.
+    Ready {
+        cand: Candidate,
+        staged: Option<DurableFile>,
+        entry: XlogEntry,
+        mtime: Option<SystemTime>,
+    },
+    Identical {
+        cand: Candidate,
+    },
     Done(ArchiveEvent),
 }
 
@@ -417,26 +425,34 @@ impl Archiver<'_> {
         {
             durable::remove_stale_temps(&dir);
         }
-        let src_meta = fs::metadata(&c.path).map_err(self.io(&name))?;
-        let time = mtime_float(&src_meta);
+        let mut src = fs::File::open(&c.path).map_err(self.io(&name))?;
+        let src_meta = src.metadata().map_err(self.io(&name))?;
+        let mtime = src_meta.modified().ok();
+        // The slow, durable half happens here, in parallel and outside the
+        // xlog.db lock: compressed output sealed, or the source fsynced before
+        // it is linked into the archive.
         let (staged, compression, size) = match (self.compression, checked.compression) {
             (Some(codec), None) => {
                 let mut tmp = DurableFile::create(&dst).map_err(self.io(&name))?;
-                let mut src = fs::File::open(&c.path).map_err(self.io(&name))?;
                 let mut w = io::BufWriter::with_capacity(1 << 20, &mut tmp);
                 self.codecs
                     .compress(codec, self.level, &mut src, &mut w)
                     .map_err(|e| self.io(&name)(io::Error::other(e.to_string())))?;
                 io::Write::flush(&mut w).map_err(self.io(&name))?;
                 drop(w);
+                tmp.seal(0o600, mtime).map_err(self.io(&name))?;
                 let size = tmp.file().and_then(|f| f.metadata()).map_err(self.io(&name))?.len();
                 (Some(tmp), Some(codec.name().to_string()), size)
             }
             // Kept as it came (client-side compression is not redone).
-            (_, detected) => (None, detected.map(|c| c.name().to_string()), src_meta.len()),
+            (_, detected) => {
+                src.sync_all().map_err(self.io(&name))?;
+                (None, detected.map(|c| c.name().to_string()), src_meta.len())
+            }
         };
-        let entry = XlogEntry { name: c.name.clone(), size, time, compression, encryption: None };
-        Ok(Prepared::Ready { cand: c, staged, entry })
+        let entry =
+            XlogEntry { name: c.name.clone(), size, time: mtime_float(&src_meta), compression, encryption: None };
+        Ok(Prepared::Ready { cand: c, staged, entry, mtime })
     }
 
     /// Makes a prepared file visible, catalogues it, then removes the source.
@@ -455,21 +471,23 @@ impl Archiver<'_> {
                     db.append(&held, &[entry_for(&dst, cand.name.clone(), self.codecs)?])?;
                 }
                 drop(held);
-                remove_source(&cand.path).map_err(self.io(&name))?;
+                durable::remove(&cand.path).map_err(self.io(&name))?;
                 emit(ArchiveEvent::AlreadyArchived { name });
             }
-            Prepared::Ready { cand, staged, entry } => {
+            Prepared::Ready { cand, staged, entry, mtime } => {
                 let name = cand.name.to_string();
                 emit(ArchiveEvent::Processing { name: name.clone() });
                 let dst = self.layout.wal_path(&cand.name);
-                let mtime = fs::metadata(&cand.path).and_then(|m| m.modified()).ok();
                 let db = XlogDb::new(self.layout);
                 let mut error = None;
                 {
                     let held = db.lock()?;
                     let placed = match staged {
-                        Some(tmp) => tmp.commit_with(0o600, mtime),
-                        None => place_uncompressed(&cand.path, &dst, mtime),
+                        Some(tmp) => tmp.publish(),
+                        // A hard link keeps the source until the catalogue line is durable.
+                        None => durable::link_new(&cand.path, &dst, mtime).and_then(|new| {
+                            if new { Ok(()) } else { Err(io::Error::from(io::ErrorKind::AlreadyExists)) }
+                        }),
                     };
                     match placed {
                         Ok(()) => db.append(&held, std::slice::from_ref(&entry))?,
@@ -481,7 +499,7 @@ impl Archiver<'_> {
                     let _ = self.hooks.run(Event::Archive, Phase::Post, &env, Some(&e.to_string()));
                     return Err(self.io(&name)(e));
                 }
-                remove_source(&cand.path).map_err(self.io(&name))?;
+                durable::remove(&cand.path).map_err(self.io(&name))?;
                 let env = self.hook_env(&cand.name, &dst, &dst, entry.compression.as_deref());
                 let _ = self.hooks.run(Event::Archive, Phase::Post, &env, None);
                 emit(ArchiveEvent::Archived { name, entry });
@@ -489,38 +507,6 @@ impl Archiver<'_> {
         }
         Ok(())
     }
-}
-
-/// A hard link keeps the source until the catalogue line is durable; across
-/// filesystems the file is copied durably instead.
-fn place_uncompressed(src: &Path, dst: &Path, mtime: Option<SystemTime>) -> io::Result<()> {
-    match fs::hard_link(src, dst) {
-        Ok(()) => {
-            fs::File::open(dst)?.sync_all()?;
-            if let Some(d) = dst.parent() {
-                durable::fsync_dir(d)?;
-            }
-            Ok(())
-        }
-        Err(e) if e.raw_os_error() == Some(libc::EXDEV) || e.raw_os_error() == Some(libc::EPERM) => {
-            let mut out = DurableFile::create(dst)?;
-            io::copy(&mut fs::File::open(src)?, &mut out)?;
-            out.commit_with(0o600, mtime)
-        }
-        Err(e) => Err(e),
-    }
-}
-
-fn remove_source(src: &Path) -> io::Result<()> {
-    match fs::remove_file(src) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    }
-    if let Some(d) = src.parent() {
-        durable::fsync_dir(d)?;
-    }
-    Ok(())
 }
 
 /// A short file written to within the last minute may still be arriving.

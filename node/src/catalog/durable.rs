@@ -49,6 +49,7 @@ pub struct DurableFile {
     file: Option<File>,
     tmp: PathBuf,
     dst: PathBuf,
+    sealed: bool,
 }
 
 impl DurableFile {
@@ -56,7 +57,7 @@ impl DurableFile {
     pub fn create(dst: &Path) -> io::Result<DurableFile> {
         let tmp = temp_path_for(dst);
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-        Ok(DurableFile { file: Some(file), tmp, dst: dst.to_path_buf() })
+        Ok(DurableFile { file: Some(file), tmp, dst: dst.to_path_buf(), sealed: false })
     }
 
     /// The open file, e.g. to seek or read back what was written.
@@ -68,20 +69,58 @@ impl DurableFile {
         &self.tmp
     }
 
-    /// fsync, set permissions and mtime, rename into place, fsync the directory.
-    pub fn commit_with(mut self, mode: u32, mtime: Option<std::time::SystemTime>) -> io::Result<()> {
-        let file = self.file.take().ok_or_else(|| io::Error::other("durable file already committed"))?;
+    /// Sets mode and mtime and fsyncs the content, still under the temporary name:
+    /// the slow half of a commit, which a worker can do ahead of `publish`.
+    pub fn seal(&mut self, mode: u32, mtime: Option<std::time::SystemTime>) -> io::Result<()> {
+        let file = self.file()?;
         if let Some(t) = mtime {
             file.set_times(fs::FileTimes::new().set_modified(t).set_accessed(t))?;
         }
+        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
         file.sync_all()?;
+        self.sealed = true;
+        Ok(())
+    }
+
+    /// Renames a sealed file into place and fsyncs the directory.
+    pub fn publish(mut self) -> io::Result<()> {
+        if !self.sealed {
+            return Err(io::Error::other("durable file published before it was sealed"));
+        }
+        let file = self.file.take().ok_or_else(|| io::Error::other("durable file already committed"))?;
         drop(file);
-        fs::set_permissions(&self.tmp, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
         fs::rename(&self.tmp, &self.dst)?;
         if let Some(dir) = self.dst.parent() {
             fsync_dir(dir)?;
         }
         Ok(())
+    }
+
+    /// Like `publish`, but never replaces a file already under the final name:
+    /// false (and the temporary file gone) when there is one.
+    pub fn publish_new(mut self) -> io::Result<bool> {
+        if !self.sealed {
+            return Err(io::Error::other("durable file published before it was sealed"));
+        }
+        let file = self.file.take().ok_or_else(|| io::Error::other("durable file already committed"))?;
+        drop(file);
+        let linked = fs::hard_link(&self.tmp, &self.dst);
+        fs::remove_file(&self.tmp)?;
+        match linked {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        if let Some(dir) = self.dst.parent() {
+            fsync_dir(dir)?;
+        }
+        Ok(true)
+    }
+
+    /// seal, then publish.
+    pub fn commit_with(mut self, mode: u32, mtime: Option<std::time::SystemTime>) -> io::Result<()> {
+        self.seal(mode, mtime)?;
+        self.publish()
     }
 
     /// Renames into place without fsync: for copies whose loss in a crash costs
@@ -125,19 +164,39 @@ pub fn write_file(dst: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     f.commit_with(mode, None)
 }
 
-/// Renames durably: the file is fsynced, then renamed, then both directories are.
-pub fn rename(src: &Path, dst: &Path) -> io::Result<()> {
-    File::open(src)?.sync_all()?;
-    fs::rename(src, dst)?;
+/// Gives the file at `src` a second name `dst`, never replacing a file already
+/// there (false then): a hard link, or across filesystems a durable copy (mode
+/// 0600, `mtime`). `src`'s content must already be durable (fsynced): a link
+/// makes no new copy of the data. The source stays; the caller removes it.
+pub fn link_new(src: &Path, dst: &Path, mtime: Option<std::time::SystemTime>) -> io::Result<bool> {
+    match fs::hard_link(src, dst) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) || e.raw_os_error() == Some(libc::EPERM) => {
+            let mut out = DurableFile::create(dst)?;
+            io::copy(&mut File::open(src)?, &mut out)?;
+            out.seal(0o600, mtime)?;
+            return out.publish_new();
+        }
+        Err(e) => return Err(e),
+    }
     if let Some(d) = dst.parent() {
         fsync_dir(d)?;
     }
-    if let (Some(s), Some(d)) = (src.parent(), dst.parent())
-        && s != d
-    {
-        fsync_dir(s)?;
+    Ok(true)
+}
+
+/// Removes a file (gone already is fine) and fsyncs its directory.
+pub fn remove(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
     }
-    Ok(())
+    match path.parent() {
+        Some(d) => fsync_dir(d),
+        None => Ok(()),
+    }
 }
 
 /// Creates a directory and its parents (mode 0700 for the ones we make), fsyncing
@@ -185,6 +244,30 @@ mod tests {
         let tmp2 = g.temp_path().to_path_buf();
         drop(g);
         assert!(!tmp2.exists() && !dst2.exists());
+    }
+
+    #[test]
+    fn publish_new_and_link_new_never_replace() {
+        let d = tempfile::tempdir().unwrap();
+        let dst = d.path().join("identity.json");
+        let mut f = DurableFile::create(&dst).unwrap();
+        f.write_all(b"first").unwrap();
+        f.seal(0o644, None).unwrap();
+        assert!(f.publish_new().unwrap());
+        let mut g = DurableFile::create(&dst).unwrap();
+        g.write_all(b"second").unwrap();
+        let tmp = g.temp_path().to_path_buf();
+        g.seal(0o644, None).unwrap();
+        assert!(!g.publish_new().unwrap());
+        assert_eq!(fs::read(&dst).unwrap(), b"first");
+        assert!(!tmp.exists(), "the refused temporary file is removed");
+        let src = d.path().join("src");
+        fs::write(&src, b"x").unwrap();
+        assert!(!link_new(&src, &dst, None).unwrap());
+        assert!(link_new(&src, &d.path().join("new"), None).unwrap());
+        assert!(src.exists(), "the source stays");
+        let unsealed = DurableFile::create(&d.path().join("y")).unwrap();
+        assert!(unsealed.publish().is_err(), "publishing unsynced data by mistake is refused");
     }
 
     #[test]

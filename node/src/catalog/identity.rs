@@ -59,14 +59,17 @@ impl Identity {
         Ok(Some(Identity { systemid, version }))
     }
 
-    /// Writes the file unless it exists (Barman never overwrites it).
+    /// Writes the file unless it exists (Barman never overwrites it), even
+    /// when two processes write it at once.
     pub fn write_once(&self, path: &Path) -> Result<bool, IdentityError> {
+        let io = |source| IdentityError::Io { path: path.display().to_string(), source };
         if path.exists() {
             return Ok(false);
         }
-        super::durable::write_file(path, self.to_json_text().as_bytes(), 0o644)
-            .map_err(|source| IdentityError::Io { path: path.display().to_string(), source })?;
-        Ok(true)
+        let mut f = super::durable::DurableFile::create(path).map_err(io)?;
+        std::io::Write::write_all(&mut f, self.to_json_text().as_bytes()).map_err(io)?;
+        f.seal(0o644, None).map_err(io)?;
+        f.publish_new().map_err(io)
     }
 }
 

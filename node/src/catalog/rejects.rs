@@ -26,32 +26,21 @@ impl RejectReason {
 }
 
 /// Moves `src` into `errors_dir` under Barman's naming, never replacing a file
-/// already there.
+/// already there (a second reject in the same second gets `_<n>` after the stamp).
 pub fn move_to_errors(errors_dir: &Path, src: &Path, name: &str, reason: RejectReason) -> io::Result<PathBuf> {
     durable::create_dir_all(errors_dir)?;
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
-    let mut dst = errors_dir.join(format!("{name}.{stamp}.{}", reason.suffix()));
-    let mut n = 1;
-    while dst.exists() {
-        dst = errors_dir.join(format!("{name}.{stamp}_{n}.{}", reason.suffix()));
-        n += 1;
-    }
-    match std::fs::rename(src, &dst) {
-        Ok(()) => {}
-        // Across filesystems: copy durably, then remove the source.
-        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
-            let mut out = durable::DurableFile::create(&dst)?;
-            io::copy(&mut std::fs::File::open(src)?, &mut out)?;
-            out.commit()?;
-            std::fs::remove_file(src)?;
+    // The reject is kept as evidence: durable before the source goes.
+    std::fs::File::open(src)?.sync_all()?;
+    for n in 0.. {
+        let suffix = if n == 0 { String::new() } else { format!("_{n}") };
+        let dst = errors_dir.join(format!("{name}.{stamp}{suffix}.{}", reason.suffix()));
+        if durable::link_new(src, &dst, None)? {
+            durable::remove(src)?;
+            return Ok(dst);
         }
-        Err(e) => return Err(e),
     }
-    durable::fsync_dir(errors_dir)?;
-    if let Some(parent) = src.parent() {
-        durable::fsync_dir(parent)?;
-    }
-    Ok(dst)
+    unreachable!("an unbounded range ends only by returning")
 }
 
 /// Counts of files in `errors/` by kind, as `check` summarises them.
