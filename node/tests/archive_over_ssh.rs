@@ -154,4 +154,11 @@ fn every_archived_segment_comes_back_identical_with_every_codec() {
     }
     let check = run(Command::new(&barman).args(["-c", env.config.to_str().unwrap(), "check-wal-archive", "pg"]), None);
     assert_ne!(check.code, 0, "Barman sees our catalogue as non-empty: {}", check.stdout);
+    assert!(
+        format!("{}{}", check.stdout, check.stderr)
+            .contains("WAL archive check failed for server pg: Expected empty archive"),
+        "Barman did not read our catalogue as a non-empty archive: {}{}",
+        check.stdout,
+        check.stderr
+    );
 }
