@@ -123,9 +123,10 @@ impl DurableFile {
         self.publish()
     }
 
-    /// Renames into place without fsync: for copies whose loss in a crash costs
-    /// nothing (a WAL file handed to a restore, which asks again). Still never
-    /// visible half-written.
+    /// Renames into place without fsyncing the directory: for copies whose loss
+    /// in a crash costs nothing (a WAL file handed to a restore, which asks again).
+    /// Never visible half-written; after a crash, only a sealed file is sure to
+    /// hold its whole content under the final name.
     pub fn publish_unsynced(mut self) -> io::Result<()> {
         let file = self.file.take().ok_or_else(|| io::Error::other("durable file already committed"))?;
         drop(file);

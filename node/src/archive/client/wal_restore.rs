@@ -163,6 +163,8 @@ pub fn run(a: Args) -> i32 {
         if let Err(e) = fs::create_dir_all(&a.spool_dir) {
             return fail(&format!("Cannot create '{}' directory: {e}", a.spool_dir.display()), 2, 0);
         }
+        // Partial downloads of killed calls never stand under a WAL name, but take space.
+        crate::catalog::durable::remove_stale_temps(&a.spool_dir);
         let plain = fs::metadata(ctx.marker())
             .and_then(|m| m.modified())
             .ok()
@@ -179,6 +181,14 @@ pub fn run(a: Args) -> i32 {
         return barman_parallel(&ctx, &wal_name, &mut out);
     }
     fetch_into(&ctx, &wal_name, &mut out)
+}
+
+/// Puts a prefetched file under its name in the spool. Its content is fsynced
+/// first (a torn file must never be handed to PostgreSQL after a crash); the
+/// rename is not: if it is lost, the file is fetched again.
+fn spool(mut f: DurableFile) -> io::Result<()> {
+    f.seal(0o600, None)?;
+    f.publish_unsynced()
 }
 
 fn move_file(src: &Path, dst: &Path) -> io::Result<()> {
@@ -255,26 +265,22 @@ fn barman_parallel(ctx: &Ctx<'_>, wal: &str, out: &mut File) -> i32 {
             .iter()
             .map(|n| {
                 s.spawn(move || {
-                    let path = ctx.a.spool_dir.join(n);
-                    let ok = OpenOptions::new()
-                        .read(true)
-                        .write(true)
-                        .create(true)
-                        .truncate(true)
-                        .open(&path)
-                        .and_then(|f| {
-                            let mut f2 = f.try_clone()?;
-                            let st = ctx.get_wal(n, &[]).stdin(Stdio::null()).stdout(f).status()?;
-                            if st.success() {
-                                decompress_in_place(&mut f2)
-                            } else {
-                                Err(io::Error::other("get-wal failed"))
-                            }
-                        })
-                        .is_ok();
-                    if !ok {
-                        let _ = fs::remove_file(&path);
+                    // A name from the server becomes a path: only WAL names.
+                    if n.parse::<crate::wal::WalFileName>().is_err() {
+                        return;
                     }
+                    // Spooled under its name only once complete; a file that fails
+                    // is simply fetched again when PostgreSQL asks for it.
+                    let _ = (|| -> io::Result<()> {
+                        let mut tmp = DurableFile::create(&ctx.a.spool_dir.join(n))?;
+                        let stdout = tmp.file()?.try_clone()?;
+                        let st = ctx.get_wal(n, &[]).stdin(Stdio::null()).stdout(stdout).status()?;
+                        if !st.success() {
+                            return Err(io::Error::other("get-wal failed"));
+                        }
+                        decompress_in_place(tmp.file()?)?;
+                        spool(tmp)
+                    })();
                 })
             })
             .collect();
@@ -373,7 +379,7 @@ fn decode_member(spool: &Path, first: bool, name: &str, bytes: &[u8], dest: &Fil
     let mut f = DurableFile::create(&spool.join(name))?;
     decode_into(bytes, f.file()?)?;
     // Synced here, in parallel with the download; the rename waits for the checksums.
-    f.file()?.sync_all()?;
+    f.seal(0o600, None)?;
     Ok(Decoded::Spool(f))
 }
 
@@ -384,7 +390,7 @@ fn run_job(job: Job, spool: &Path, dest: &File) -> (usize, String, io::Result<De
             (i, name, r)
         }
         Job::Sync(i, name, mut f) => {
-            let r = f.file().and_then(|h| h.sync_all()).map(|()| Decoded::Spool(f));
+            let r = f.seal(0o600, None).map(|()| Decoded::Spool(f));
             (i, name, r)
         }
     }
@@ -482,8 +488,9 @@ fn receive_bundle(ctx: &Ctx<'_>, wal: &str, input: impl Read, out: &mut File) ->
     for (i, name, r) in decoded {
         match r {
             Ok(Decoded::Dest) => first_ok = true,
+            // Sealed by a worker already; losing the rename only costs a refetch.
             Ok(Decoded::Spool(f)) if confirmed(&name) => {
-                let _ = f.commit_with(0o600, None);
+                let _ = f.publish_unsynced();
             }
             // Unconfirmed or undecodable prefetches are dropped: the next call fetches them.
             Ok(Decoded::Spool(_)) => {}
