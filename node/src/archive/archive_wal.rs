@@ -401,7 +401,7 @@ impl Archiver<'_> {
         };
         let dst = self.layout.wal_path(&c.name);
         if dst.exists() {
-            return match validate::first_difference(&dst, &c.path, self.codecs) {
+            return match validate::first_difference(&dst, &c.path, checked.compression, self.codecs) {
                 Ok(None) => Ok(Prepared::Identical { cand: c }),
                 Ok(Some(offset)) => {
                     tracing::error!(server = %self.layout.server, "{name} is already archived with different content (first difference at byte {offset})");

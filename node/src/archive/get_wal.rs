@@ -3,11 +3,10 @@
 //! `--peek` listing and exit codes; plus `--bundle`, our batch of several
 //! segments in one tar stream for `barman-wal-restore`.
 
-use super::validate::read_full;
 use super::wire::{MemberInfo, SumAlgo, TarWriter};
 use crate::catalog::ServerLayout;
 use crate::catalog::xlogdb::{detect_gpg, mtime_float};
-use crate::wal::compression::{Codec, Codecs, CompressionError, Level, MAGIC_PROBE_LEN};
+use crate::wal::compression::{Codec, Codecs, CompressionError, Head, Level};
 use crate::wal::{SegmentId, WalFileName, WalKind};
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
@@ -147,13 +146,12 @@ impl WalSource<'_> {
             .open(name, partial)
             .ok_or_else(|| GetWalError::NotFound { name: name.to_string(), server: self.layout.server.clone() })?;
         let sent_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let mut probe = [0u8; MAGIC_PROBE_LEN];
-        let n = read_full(&mut file, &mut probe)?;
+        let head = Head::read(&mut file)?;
         file.seek(SeekFrom::Start(0))?;
         // A .partial is still being written by the streamer: never transformed.
         let partial_file = sent_name.ends_with(".partial");
-        let stored = if partial_file { None } else { self.codecs.identify(&probe[..n]) };
-        Ok(Found { path, file, stored, encrypted: !partial_file && detect_gpg(&probe[..n]), partial_file })
+        let stored = if partial_file { None } else { self.codecs.identify(head.bytes()) };
+        Ok(Found { path, file, stored, encrypted: !partial_file && detect_gpg(head.bytes()), partial_file })
     }
 
     /// Copies the file found for `name` into `out`, transformed as requested.

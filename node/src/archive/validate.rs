@@ -1,12 +1,12 @@
 //! Content checks of a WAL file before it is acknowledged or archived: the name
 //! says what the file must be, and the file must be exactly that, from our cluster.
 
-use crate::wal::compression::{Codec, Codecs, CompressionError, MAGIC_PROBE_LEN};
+use crate::wal::compression::{Codec, Codecs, CompressionError, Head, read_full};
 use crate::wal::header::{self, Expected, HeaderError, LONG_HEADER_LEN};
 use crate::wal::history::{BadHistory, parse_history};
 use crate::wal::{WalFileName, WalKind};
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
 /// Why a file is not what its name says.
@@ -66,16 +66,14 @@ impl Write for HeadCounter {
 /// file is compressed. `keep` bytes of the start are returned.
 fn plain_head(path: &Path, codecs: &Codecs, keep: usize) -> Result<(Option<Codec>, Vec<u8>, u64), ValidateError> {
     let mut f = File::open(path)?;
-    let mut probe = [0u8; MAGIC_PROBE_LEN];
-    let n = read_full(&mut f, &mut probe)?;
+    let probe = Head::read(&mut f)?;
     // Only real magic counts here: an unidentified file is plain WAL.
-    let codec = Codecs { unidentified: None, ..codecs.clone() }.identify(&probe[..n]);
-    match codec {
+    match codecs.identify_magic(probe.bytes()) {
         None => {
             let len = f.metadata()?.len();
-            let mut head = probe[..n].to_vec();
-            if keep > n {
-                let mut rest = vec![0u8; keep - n];
+            let mut head = probe.bytes().to_vec();
+            if keep > head.len() {
+                let mut rest = vec![0u8; keep - head.len()];
                 let m = read_full(&mut f, &mut rest)?;
                 head.extend_from_slice(&rest[..m]);
             }
@@ -83,32 +81,24 @@ fn plain_head(path: &Path, codecs: &Codecs, keep: usize) -> Result<(Option<Codec
             Ok((None, head, len))
         }
         Some(c) => {
-            let mut f = File::open(path)?;
+            f.seek(SeekFrom::Start(0))?;
             let mut sink = HeadCounter { head: Vec::with_capacity(keep), keep, len: 0 };
-            codecs.decompress(c, &mut f, &mut sink).map_err(|e| match e {
-                CompressionError::Io(ioe)
-                    if ioe.kind() != io::ErrorKind::InvalidData && ioe.kind() != io::ErrorKind::UnexpectedEof =>
-                {
-                    ValidateError::Io(ioe)
-                }
-                other => ValidateError::Invalid(Invalid::Corrupt { codec: c, reason: other.to_string() }),
-            })?;
+            codecs.decompress(c, &mut f, &mut sink).map_err(|e| decompress_error(c, e))?;
             Ok((Some(c), sink.head, sink.len))
         }
     }
 }
 
-pub fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+/// Damaged compressed data makes the file invalid; other I/O errors stay I/O errors.
+fn decompress_error(codec: Codec, e: CompressionError) -> ValidateError {
+    match e {
+        CompressionError::Io(ioe)
+            if ioe.kind() != io::ErrorKind::InvalidData && ioe.kind() != io::ErrorKind::UnexpectedEof =>
+        {
+            ValidateError::Io(ioe)
         }
+        other => ValidateError::Invalid(Invalid::Corrupt { codec, reason: other.to_string() }),
     }
-    Ok(n)
 }
 
 /// Checks that the file at `path` is the WAL file `name` says, of the expected cluster.
@@ -135,29 +125,29 @@ pub fn check_file(path: &Path, name: &WalFileName, codecs: &Codecs, exp: &Expect
     }
 }
 
-/// Compares the plain content of two files; the offset of the first difference,
-/// or None when identical.
-pub fn first_difference(a: &Path, b: &Path, codecs: &Codecs) -> Result<Option<u64>, ValidateError> {
-    let plain = |p: &Path| -> Result<Vec<u8>, ValidateError> {
+/// Compares the plain content of an archived file and of an incoming one whose
+/// compression `check_file` found; the offset of the first difference, or None
+/// when identical. An archived copy that cannot be decompressed is `Invalid`.
+pub fn first_difference(
+    archived: &Path,
+    incoming: &Path,
+    incoming_codec: Option<Codec>,
+    codecs: &Codecs,
+) -> Result<Option<u64>, ValidateError> {
+    let plain = |p: &Path, codec: Option<Codec>| -> Result<Vec<u8>, ValidateError> {
         let mut f = File::open(p)?;
-        let mut probe = [0u8; MAGIC_PROBE_LEN];
-        let n = read_full(&mut f, &mut probe)?;
         let mut out = Vec::new();
-        match codecs.identify(&probe[..n]) {
+        match codec {
             None => {
-                out.extend_from_slice(&probe[..n]);
                 f.read_to_end(&mut out)?;
             }
-            Some(c) => {
-                let mut f = File::open(p)?;
-                codecs
-                    .decompress(c, &mut f, &mut out)
-                    .map_err(|e| ValidateError::Invalid(Invalid::Corrupt { codec: c, reason: e.to_string() }))?;
-            }
+            Some(c) => codecs.decompress(c, &mut f, &mut out).map_err(|e| decompress_error(c, e))?,
         }
         Ok(out)
     };
-    let (x, y) = (plain(a)?, plain(b)?);
+    // The archive's files without magic are of the configured custom codec.
+    let archived_codec = codecs.identify(File::open(archived).and_then(|mut f| Head::read(&mut f))?.bytes());
+    let (x, y) = (plain(archived, archived_codec)?, plain(incoming, incoming_codec)?);
     if x == y {
         return Ok(None);
     }
@@ -243,10 +233,27 @@ mod tests {
         let (a, b) = (d.path().join("a"), d.path().join("b"));
         std::fs::write(&a, b"hello world").unwrap();
         std::fs::write(&b, b"hello there").unwrap();
-        assert_eq!(first_difference(&a, &b, &Codecs::default()).unwrap(), Some(6));
+        assert_eq!(first_difference(&a, &b, None, &Codecs::default()).unwrap(), Some(6));
         let mut gz = Vec::new();
         Codecs::default().compress(Codec::Gzip, Level::Low, &mut &b"hello world"[..], &mut gz).unwrap();
         std::fs::write(&b, gz).unwrap();
-        assert_eq!(first_difference(&a, &b, &Codecs::default()).unwrap(), None);
+        assert_eq!(first_difference(&a, &b, Some(Codec::Gzip), &Codecs::default()).unwrap(), None);
+        // compression = custom without magic: the archived copy is custom, a
+        // plain re-send of the same segment is identical, not a duplicate.
+        let custom = Codecs {
+            custom: crate::wal::compression::CustomFilters {
+                compress: Some("base64".into()),
+                decompress: Some("base64 -d".into()),
+                magic: None,
+            },
+            unidentified: Some(Codec::Custom),
+            ..Codecs::default()
+        };
+        let mut packed = Vec::new();
+        custom.compress(Codec::Custom, Level::Low, &mut &b"hello world"[..], &mut packed).unwrap();
+        std::fs::write(&b, &packed).unwrap();
+        assert_eq!(first_difference(&b, &a, None, &custom).unwrap(), None);
+        std::fs::write(&a, b"hello there").unwrap();
+        assert_eq!(first_difference(&b, &a, None, &custom).unwrap(), Some(6));
     }
 }

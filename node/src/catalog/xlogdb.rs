@@ -5,9 +5,9 @@ use super::durable;
 use super::layout::ServerLayout;
 use super::lock::{Lock, LockError, LockKind};
 use crate::wal::WalFileName;
-use crate::wal::compression::{Codecs, MAGIC_PROBE_LEN};
+use crate::wal::compression::{Codecs, Head};
 use std::fs::{self, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -231,24 +231,11 @@ impl<'a> XlogDb<'a> {
 /// The xlog.db line for a file in the archive, from its metadata and content.
 pub fn entry_for(path: &Path, name: WalFileName, codecs: &Codecs) -> Result<XlogEntry, XlogDbError> {
     let meta = fs::metadata(path).map_err(io_err(path))?;
-    let mut head = [0u8; MAGIC_PROBE_LEN];
-    let n = read_head(path, &mut head).map_err(io_err(path))?;
-    let encryption = detect_gpg(&head[..n]).then(|| "gpg".to_string());
+    let head = fs::File::open(path).and_then(|mut f| Head::read(&mut f)).map_err(io_err(path))?;
+    let encryption = detect_gpg(head.bytes()).then(|| "gpg".to_string());
     let compression =
-        if encryption.is_some() { None } else { codecs.identify(&head[..n]).map(|c| c.name().to_string()) };
+        if encryption.is_some() { None } else { codecs.identify(head.bytes()).map(|c| c.name().to_string()) };
     Ok(XlogEntry { name, size: meta.len(), time: mtime_float(&meta), compression, encryption })
-}
-
-fn read_head(path: &Path, buf: &mut [u8]) -> io::Result<usize> {
-    let mut f = fs::File::open(path)?;
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
 }
 
 /// An OpenPGP encrypted message (what `file` reports as PGP ... encrypted):
@@ -257,12 +244,26 @@ pub fn detect_gpg(head: &[u8]) -> bool {
     if head.starts_with(b"-----BEGIN PGP MESSAGE") {
         return true;
     }
+    // A WAL page magic is not a packet tag (9.5's 0xD087 starts with 0x87).
+    if let [a, b, ..] = head
+        && crate::wal::header::major_for_magic(u16::from_le_bytes([*a, *b])).is_some()
+    {
+        return false;
+    }
     matches!(head.first(), Some(0x84..=0x87 | 0x8C..=0x8F | 0xC1 | 0xC3))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_postgresql_9_5_segment_is_not_taken_for_gpg() {
+        let seg = crate::wal::header::synthetic_header(0xD087, 1, 0, 1, 16 << 20);
+        assert!(!detect_gpg(&seg));
+        assert!(detect_gpg(&[0x85, 0x01, 0x0c]));
+        assert!(detect_gpg(b"-----BEGIN PGP MESSAGE-----"));
+    }
 
     #[test]
     fn python_float_repr() {

@@ -184,9 +184,47 @@ pub enum CompressionError {
 /// Longest magic we need to read to identify a file.
 pub const MAGIC_PROBE_LEN: usize = 16;
 
+/// Reads until `buf` is full or the input ends; the number of bytes read.
+pub fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// The first bytes of a file: enough to tell its codec (or encryption).
+pub struct Head {
+    buf: [u8; MAGIC_PROBE_LEN],
+    len: usize,
+}
+
+impl Head {
+    /// Reads the head from the current position of `r`.
+    pub fn read(r: &mut dyn Read) -> io::Result<Head> {
+        let mut buf = [0u8; MAGIC_PROBE_LEN];
+        let len = read_full(r, &mut buf)?;
+        Ok(Head { buf, len })
+    }
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
 impl Codecs {
-    /// The codec whose magic starts `head`, in Barman's (alphabetical) order.
+    /// The codec whose magic starts `head`, in Barman's (alphabetical) order;
+    /// else the configured codec of files without magic.
     pub fn identify(&self, head: &[u8]) -> Option<Codec> {
+        self.identify_magic(head).or(self.unidentified)
+    }
+
+    /// Only real magic: an unidentified file is not compressed (what a client sends).
+    pub fn identify_magic(&self, head: &[u8]) -> Option<Codec> {
         for c in ALL {
             let magic = match c {
                 Codec::Custom => self.custom.magic.as_deref(),
@@ -199,7 +237,7 @@ impl Codecs {
                 return Some(c);
             }
         }
-        self.unidentified
+        None
     }
 
     /// Compresses all of `src` into `dst` with `codec` at `level`.

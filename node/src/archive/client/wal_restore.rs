@@ -6,7 +6,7 @@
 use super::super::wire::{Hasher, SumAlgo, copy_hashing, parse_sums};
 use super::{code_of, fail, ssh_command};
 use crate::catalog::durable::DurableFile;
-use crate::wal::compression::{Codecs, MAGIC_PROBE_LEN};
+use crate::wal::compression::{Codecs, Head, MAGIC_PROBE_LEN};
 use clap::{ArgGroup, Parser};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -205,10 +205,9 @@ fn move_file(src: &Path, dst: &Path) -> io::Result<()> {
 /// Decompresses `f` in place when it holds compressed data.
 fn decompress_in_place(f: &mut File) -> io::Result<()> {
     f.seek(SeekFrom::Start(0))?;
-    let mut head = [0u8; MAGIC_PROBE_LEN];
-    let n = super::super::validate::read_full(f, &mut head)?;
+    let head = Head::read(f)?;
     let codecs = Codecs::default();
-    let Some(codec) = codecs.identify(&head[..n]) else { return Ok(()) };
+    let Some(codec) = codecs.identify(head.bytes()) else { return Ok(()) };
     f.seek(SeekFrom::Start(0))?;
     let mut packed = Vec::new();
     f.read_to_end(&mut packed)?;
@@ -443,10 +442,9 @@ fn receive_bundle(ctx: &Ctx<'_>, wal: &str, input: impl Read, out: &mut File) ->
                 if i == 0 && name != wal {
                     return Err(format!("first member is '{name}', expected '{wal}'"));
                 }
-                let mut head = [0u8; MAGIC_PROBE_LEN];
-                let n = super::super::validate::read_full(&mut entry, &mut head).map_err(|e| e.to_string())?;
-                let mut src = io::Cursor::new(head[..n].to_vec()).chain(&mut entry);
-                if Codecs::default().identify(&head[..n]).is_some() {
+                let head = Head::read(&mut entry).map_err(|e| e.to_string())?;
+                let mut src = io::Cursor::new(head.bytes().to_vec()).chain(&mut entry);
+                if Codecs::default().identify(head.bytes()).is_some() {
                     let mut bytes = Vec::new();
                     src.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
                     let mut h = Hasher::new(SumAlgo::Sha256);
