@@ -4,7 +4,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// The tasks Barman locks, by lock file name.
@@ -49,7 +49,6 @@ pub enum LockError {
 #[derive(Debug)]
 pub struct Lock {
     file: File,
-    path: PathBuf,
 }
 
 impl Lock {
@@ -62,40 +61,53 @@ impl Lock {
                 LockError::Io { path: path.to_path_buf(), source }
             }
         };
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)
-            .map_err(io_err)?;
         let mut op = libc::LOCK_EX;
         if !wait {
             op |= libc::LOCK_NB;
         }
-        loop {
-            // SAFETY: flock on a descriptor we own; no memory is involved.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
-            if rc == 0 {
-                break;
+        let mut file = loop {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(path)
+                .map_err(io_err)?;
+            flock(&file, op).map_err(|e| match e.raw_os_error() {
+                Some(libc::EWOULDBLOCK) => LockError::Busy(path.to_path_buf()),
+                _ => io_err(e),
+            })?;
+            // A lock cleanup may have removed the file between our open and our
+            // flock: the lock then guards nothing. Only a lock on the file that is
+            // still at `path` counts; otherwise start again.
+            let ours = file.metadata().map_err(io_err)?;
+            match std::fs::metadata(path) {
+                Ok(now) if (now.dev(), now.ino()) == (ours.dev(), ours.ino()) => break file,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(e)),
             }
-            let e = io::Error::last_os_error();
-            match e.raw_os_error() {
-                Some(libc::EINTR) => continue,
-                Some(libc::EWOULDBLOCK) => return Err(LockError::Busy(path.to_path_buf())),
-                _ => return Err(io_err(e)),
-            }
-        }
+        };
         let pid = format!("{}\n", std::process::id());
         file.seek(SeekFrom::Start(0)).map_err(io_err)?;
         file.write_all(pid.as_bytes()).map_err(io_err)?;
         file.set_len(pid.len() as u64).map_err(io_err)?;
-        Ok(Lock { file, path: path.to_path_buf() })
+        Ok(Lock { file })
     }
+}
 
-    pub fn path(&self) -> &Path {
-        &self.path
+/// `flock`, retried when a signal interrupts it.
+fn flock(file: &File, op: libc::c_int) -> io::Result<()> {
+    loop {
+        // SAFETY: flock on a descriptor we own; no memory is involved.
+        if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
     }
 }
 
@@ -141,5 +153,31 @@ mod tests {
         let _again = Lock::acquire(&p, false).unwrap();
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_waiter_whose_file_was_cleaned_up_locks_the_new_one() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join(LockKind::Xlogdb.file_name("pg"));
+        let first = Lock::acquire(&p, false).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = {
+            let p = p.clone();
+            std::thread::spawn(move || {
+                let l = Lock::acquire(&p, true).unwrap();
+                tx.send(()).unwrap();
+                l
+            })
+        };
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        // What a lock cleanup does once the holder has gone: the waiter is left
+        // blocked on the removed file's inode.
+        std::fs::remove_file(&p).unwrap();
+        drop(first);
+        rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+        let held = waiter.join().unwrap();
+        // The waiter holds the file now at the path, so a newcomer is excluded.
+        assert!(matches!(Lock::acquire(&p, false), Err(LockError::Busy(_))));
+        drop(held);
     }
 }
