@@ -260,7 +260,13 @@ impl Conninfo {
     /// Sets `key`, keeping its place if present, appending it otherwise. `key`
     /// should be a libpq keyword (no blanks, no `=`).
     pub fn set(&mut self, key: impl Into<String>, value: impl Into<String>) {
-        let (key, value) = (key.into(), value.into());
+        let (mut key, mut value) = (key.into(), value.into());
+        // libpq stores the deprecated requiressl as sslmode where it is written,
+        // so whichever of the two comes last wins.
+        if key == "requiressl" {
+            value = if value.starts_with('1') { "require" } else { "prefer" }.to_string();
+            key = "sslmode".to_string();
+        }
         match self.params.iter_mut().find(|(k, _)| *k == key) {
             Some(slot) => slot.1 = value,
             None => self.params.push((key, value)),

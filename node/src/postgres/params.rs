@@ -326,9 +326,15 @@ fn invalid(key: &str, value: &str) -> ConninfoError {
     ConninfoError::InvalidValue { key: key.to_string(), value: value.to_string() }
 }
 
-/// A conninfo value, or the environment variable libpq reads for it; empty is unset.
+/// A conninfo value, or the environment variable libpq reads for it when the
+/// key is not written at all; empty (written or in the environment) is unset.
 fn pick(ci: &Conninfo, env: &LibpqEnv, key: &str, var: &str) -> Option<String> {
-    ci.get(key).filter(|v| !v.is_empty()).or_else(|| env.var(var)).map(str::to_string)
+    match ci.get(key) {
+        Some(v) => Some(v),
+        None => env.var(var),
+    }
+    .filter(|v| !v.is_empty())
+    .map(str::to_string)
 }
 
 /// libpq's `parse_int_param`: an integer, blanks allowed around it.
@@ -421,7 +427,9 @@ impl ConnParams {
             },
         };
 
-        let requiressl = ci.get("requiressl").or_else(|| env.var("PGREQUIRESSL")) == Some("1");
+        // requiressl= in the conninfo is stored as sslmode (Conninfo::set); the
+        // deprecated PGREQUIRESSL counts only when PGSSLMODE is not set.
+        let requiressl = env.var("PGREQUIRESSL").is_some_and(|v| v.starts_with('1'));
         let sslmode = match pick(ci, env, "sslmode", "PGSSLMODE") {
             Some(v) => v.parse()?,
             None if requiressl => SslMode::Require,
@@ -685,6 +693,13 @@ mod tests {
         assert!(p.sslrootcert_explicit);
         assert_eq!(resolve("sslrootcert=system", &env()).sslrootcert, Some(RootCert::System));
         assert_eq!(resolve("requiressl=1", &env()).sslmode, SslMode::Require);
+        // As libpq: the later of requiressl/sslmode wins, and either beats the environment.
+        assert_eq!(resolve("sslmode=disable requiressl=1", &env()).sslmode, SslMode::Require);
+        assert_eq!(resolve("requiressl=1 sslmode=disable", &env()).sslmode, SslMode::Disable);
+        assert_eq!(resolve("requiressl=10", &env().with_var("PGSSLMODE", "disable")).sslmode, SslMode::Require);
+        assert_eq!(resolve("", &env().with_var("PGREQUIRESSL", "1")).sslmode, SslMode::Require);
+        // A key written empty means the default, not the environment.
+        assert_eq!(resolve("sslmode=", &env().with_var("PGSSLMODE", "disable")).sslmode, SslMode::default());
     }
 
     fn write_pgpass(dir: &Path, name: &str, body: &str, mode: u32) -> PathBuf {
