@@ -368,7 +368,7 @@ impl Archiver<'_> {
             ("BARMAN_SIZE", meta.as_ref().map(|m| m.len().to_string()).unwrap_or_default()),
             (
                 "BARMAN_TIMESTAMP",
-                meta.as_ref().map(|m| crate::catalog::xlogdb::py_float(mtime_float(m))).unwrap_or_default(),
+                meta.as_ref().map(|m| crate::catalog::pyjson::py_float(mtime_float(m))).unwrap_or_default(),
             ),
             ("BARMAN_COMPRESSION", compression.unwrap_or("").to_string()),
         ]

@@ -3,7 +3,7 @@
 //! Barman's client writes it (Python's tarfile, PAX format); read with the `tar`
 //! crate, which accepts every PAX/GNU variant.
 
-use crate::catalog::xlogdb::py_float;
+use crate::catalog::pyjson::py_float;
 use md5::Md5;
 use sha2::{Digest, Sha256};
 use std::io::{self, Read, Write};

@@ -5,6 +5,26 @@
 use serde_json::Value;
 use std::fmt::Write;
 
+/// Python's `repr()` of a float: shortest round-trip digits, always with a point,
+/// in exponent form (`1e-05`, `1.5e+16`) below 1e-4 and from 1e16 on.
+pub fn py_float(v: f64) -> String {
+    if v.is_nan() {
+        return "nan".into();
+    }
+    if v.is_infinite() {
+        return if v > 0.0 { "inf" } else { "-inf" }.into();
+    }
+    let sci = format!("{v:e}");
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    if v == 0.0 || (-4..16).contains(&exp) {
+        let s = format!("{v}");
+        return if s.contains('.') { s } else { format!("{s}.0") };
+    }
+    let sign = if exp < 0 { '-' } else { '+' };
+    format!("{mantissa}e{sign}{:02}", exp.unsigned_abs())
+}
+
 pub fn dumps(v: &Value, indent: Option<usize>, sort_keys: bool) -> String {
     let mut out = String::new();
     write_value(&mut out, v, indent, sort_keys, 0);
@@ -47,7 +67,7 @@ fn write_value(out: &mut String, v: &Value, indent: Option<usize>, sort: bool, l
         Value::Null => out.push_str("null"),
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
         Value::Number(n) => match n.as_f64() {
-            Some(f) if n.is_f64() => out.push_str(&crate::catalog::xlogdb::py_float(f)),
+            Some(f) if n.is_f64() => out.push_str(&py_float(f)),
             _ => out.push_str(&n.to_string()),
         },
         Value::String(s) => write_str(out, s),
@@ -95,6 +115,23 @@ fn write_value(out: &mut String, v: &Value, indent: Option<usize>, sort: bool, l
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn python_float_repr() {
+        // Each checked against Python 3.11's repr().
+        assert_eq!(py_float(1406019026.0), "1406019026.0");
+        assert_eq!(py_float(1406019329.93), "1406019329.93");
+        assert_eq!(py_float(1763712345.1234567), "1763712345.1234567");
+        assert_eq!(py_float(0.1 + 0.2), "0.30000000000000004");
+        assert_eq!(py_float(0.0001), "0.0001");
+        assert_eq!(py_float(0.00001), "1e-05");
+        assert_eq!(py_float(1e16), "1e+16");
+        assert_eq!(py_float(1.5e16), "1.5e+16");
+        assert_eq!(py_float(9999999999999998.0), "9999999999999998.0");
+        assert_eq!(py_float(-2.5e-7), "-2.5e-07");
+        assert_eq!(py_float(1e100), "1e+100");
+        assert_eq!(py_float(0.0), "0.0");
+    }
     use serde_json::json;
 
     #[test]

@@ -4,6 +4,7 @@
 use super::durable;
 use super::layout::ServerLayout;
 use super::lock::{Lock, LockError, LockKind};
+use super::pyjson::py_float;
 use crate::wal::WalFileName;
 use crate::wal::compression::{Codecs, Head};
 use std::fs::{self, OpenOptions};
@@ -21,12 +22,6 @@ pub struct XlogEntry {
     /// Registry name of the compression, or none.
     pub compression: Option<String>,
     pub encryption: Option<String>,
-}
-
-/// Python's `repr()` of a float: shortest round-trip digits, always with a point.
-pub fn py_float(v: f64) -> String {
-    let s = format!("{v}");
-    if v.is_finite() && !s.contains(['.', 'e', 'E']) { format!("{s}.0") } else { s }
 }
 
 /// A file's mtime as Python's `os.stat().st_mtime` computes it.
@@ -263,14 +258,6 @@ mod tests {
         assert!(!detect_gpg(&seg));
         assert!(detect_gpg(&[0x85, 0x01, 0x0c]));
         assert!(detect_gpg(b"-----BEGIN PGP MESSAGE-----"));
-    }
-
-    #[test]
-    fn python_float_repr() {
-        assert_eq!(py_float(1406019026.0), "1406019026.0");
-        assert_eq!(py_float(1406019329.93), "1406019329.93");
-        assert_eq!(py_float(1763712345.1234567), "1763712345.1234567");
-        assert_eq!(py_float(0.1 + 0.2), "0.30000000000000004");
     }
 
     #[test]
