@@ -10,6 +10,7 @@ use crate::catalog::durable::{self, DurableFile};
 use crate::catalog::lock::{Lock, LockError, LockKind};
 use crate::catalog::rejects::{RejectReason, move_to_errors};
 use crate::catalog::xlogdb::{XlogDb, XlogDbError, XlogEntry, entry_for, mtime_float};
+use crate::config::ServerConfig;
 use crate::hooks::{Event, Hooks, Phase};
 use crate::wal::WalFileName;
 use crate::wal::compression::{Codec, Codecs, Level};
@@ -105,9 +106,29 @@ pub struct Archiver<'a> {
     pub incoming_batch: usize,
     /// Compression workers (`parallel_jobs`); hooks force one.
     pub jobs: usize,
-    pub has_hooks: bool,
+    has_hooks: bool,
     /// Archive directories already cleaned of stale temporary files this run.
-    pub cleaned: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
+    cleaned: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
+}
+
+impl<'a> Archiver<'a> {
+    /// The archiver of server `s`, as its options say.
+    pub fn for_server(s: &ServerConfig, layout: &'a ServerLayout, codecs: &'a Codecs, hooks: &'a Hooks<'a>) -> Self {
+        Archiver {
+            layout,
+            codecs,
+            hooks,
+            compression: s.opts.compression,
+            level: s.opts.compression_level.unwrap_or(Level::Medium),
+            streaming: s.opts.streaming_archiver,
+            incoming: s.opts.archiver,
+            streaming_batch: s.opts.streaming_archiver_batch_size.max(0) as usize,
+            incoming_batch: s.opts.archiver_batch_size.max(0) as usize,
+            jobs: s.opts.parallel_jobs.max(1) as usize,
+            has_hooks: hooks.any(Event::Archive),
+            cleaned: Default::default(),
+        }
+    }
 }
 
 /// A file picked for this run.
@@ -232,11 +253,25 @@ impl Archiver<'_> {
         };
         let mut all = listing(dir)?;
         let total = all.len();
+        if source == Source::Streaming {
+            // The streamer resumes from its newest file: hold back the newest
+            // .partial, or the newest other WAL file when there is none. Chosen
+            // over the whole directory, before the batch limit: Barman chooses
+            // within the batch, so with a batch size of 1 it never archives.
+            let wal_file = |p: &PathBuf, partial: bool| {
+                file_name(p).parse::<WalFileName>().is_ok_and(|w| w.is_partial() == partial)
+                    && fs::symlink_metadata(p).is_ok_and(|m| m.is_file())
+            };
+            let held =
+                all.iter().rposition(|p| wal_file(p, true)).or_else(|| all.iter().rposition(|p| wal_file(p, false)));
+            if let Some(i) = held {
+                all.remove(i);
+            }
+        }
         if limit > 0 {
             all.truncate(limit);
         }
         let mut files = Vec::new();
-        let mut partials = Vec::new();
         let mut unknown = Vec::new();
         for p in all {
             let n = file_name(&p);
@@ -245,27 +280,11 @@ impl Archiver<'_> {
             }
             let Ok(meta) = fs::symlink_metadata(&p) else { continue };
             match n.parse::<WalFileName>() {
-                Ok(w) if meta.is_file() => {
-                    if source == Source::Streaming && w.is_partial() {
-                        partials.push(Candidate { name: w, path: p });
-                    } else {
-                        files.push(Candidate { name: w, path: p });
-                    }
-                }
+                Ok(w) if meta.is_file() => files.push(Candidate { name: w, path: p }),
                 _ => unknown.push(p),
             }
         }
-        if source == Source::Streaming {
-            // The streamer resumes from its newest file: keep the newest .partial,
-            // or the newest segment when there is no partial.
-            if partials.len() > 1 {
-                partials.pop();
-                files.append(&mut partials);
-                files.sort_by(|a, b| a.name.cmp(&b.name));
-            } else if partials.is_empty() {
-                files.pop();
-            }
-        }
+        files.sort_by(|a, b| a.name.cmp(&b.name));
         Ok((files, unknown, total))
     }
 
@@ -569,21 +588,8 @@ mod tests {
             jobs: usize,
             streaming: bool,
         ) -> Archiver<'a> {
-            let s = &self.cfg.servers["pg"];
-            Archiver {
-                layout: &self.layout,
-                codecs,
-                hooks,
-                compression: s.opts.compression,
-                level: Level::Low,
-                streaming,
-                incoming: true,
-                streaming_batch: 0,
-                incoming_batch: 0,
-                jobs,
-                has_hooks: s.opts.pre_archive_retry_script.is_some(),
-                cleaned: Default::default(),
-            }
+            let a = Archiver::for_server(&self.cfg.servers["pg"], &self.layout, codecs, hooks);
+            Archiver { level: Level::Low, streaming, incoming: true, jobs, ..a }
         }
 
         fn run(&self, jobs: usize) -> Vec<ArchiveEvent> {
@@ -664,6 +670,21 @@ mod tests {
         t.run(1);
         assert_eq!(t.xlog().len(), 2);
         assert!(t.layout.streaming_dir.join(format!("{}.partial", name(3))).exists());
+    }
+
+    #[test]
+    fn a_streaming_batch_of_one_still_archives() {
+        let t = setup("streaming_archiver_batch_size = 1\narchiver = off\n");
+        for n in 1..=3 {
+            fs::write(t.layout.streaming_dir.join(name(n)), seg(n)).unwrap();
+        }
+        fs::write(t.layout.streaming_dir.join(format!("{}.partial", name(4))), seg(4)).unwrap();
+        for run in 1..=3 {
+            t.run(1);
+            assert_eq!(t.xlog().len(), run, "run {run} archives one file");
+        }
+        t.run(1);
+        assert_eq!(t.xlog().len(), 3, "the .partial stays for the streamer");
     }
 
     #[test]

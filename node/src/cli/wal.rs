@@ -10,7 +10,7 @@ use crate::catalog::durable;
 use crate::catalog::xlogdb::XlogDb;
 use crate::config::ServerConfig;
 use crate::hooks::Hooks;
-use crate::wal::compression::{Codec, Level};
+use crate::wal::compression::Codec;
 use crate::wal::header::Expected;
 use crate::wal::{TimelineId, WalFileName};
 use std::io::{self, BufReader};
@@ -87,28 +87,7 @@ pub fn run_archiver(ctx: &mut Ctx, s: &ServerConfig, verbose: bool) {
     let l = layout(ctx, s);
     let codecs = codecs_for(s);
     let hooks = Hooks::new(s, &ctx.cfg.file);
-    let has_hooks = [
-        &s.opts.pre_archive_script,
-        &s.opts.pre_archive_retry_script,
-        &s.opts.post_archive_script,
-        &s.opts.post_archive_retry_script,
-    ]
-    .iter()
-    .any(|h| h.is_some());
-    let archiver = Archiver {
-        layout: &l,
-        codecs: &codecs,
-        hooks: &hooks,
-        compression: s.opts.compression,
-        level: s.opts.compression_level.unwrap_or(Level::Medium),
-        streaming: s.opts.streaming_archiver,
-        incoming: s.opts.archiver,
-        streaming_batch: s.opts.streaming_archiver_batch_size.max(0) as usize,
-        incoming_batch: s.opts.archiver_batch_size.max(0) as usize,
-        jobs: s.opts.parallel_jobs.max(1) as usize,
-        has_hooks,
-        cleaned: Default::default(),
-    };
+    let archiver = Archiver::for_server(s, &l, &codecs, &hooks);
     let name = s.name.clone();
     let out = &mut ctx.out;
     let mut exp = || expected_identity(s, &l);

@@ -76,6 +76,15 @@ impl<'a> Hooks<'a> {
         self.server.opts.show(option).filter(|s| s != "None" && !s.is_empty())
     }
 
+    /// Whether any hook of `event` is configured.
+    pub fn any(&self, event: Event) -> bool {
+        let e = event.as_str();
+        ["pre", "post"].iter().any(|phase| {
+            self.script(&format!("{phase}_{e}_script")).is_some()
+                || self.script(&format!("{phase}_{e}_retry_script")).is_some()
+        })
+    }
+
     /// Runs the standard and retry hooks of `phase` in Barman's order (pre:
     /// standard then retry; post: retry then standard). `env` holds the event's
     /// variables; `error` is given to retry hooks and to standard pre hooks.
