@@ -11,7 +11,7 @@ use crate::catalog::lock::{Lock, LockError, LockKind};
 use crate::catalog::rejects::{RejectReason, move_to_errors};
 use crate::catalog::xlogdb::{XlogDb, XlogDbError, XlogEntry, entry_for, mtime_float};
 use crate::config::ServerConfig;
-use crate::hooks::{Event, Hooks, Phase};
+use crate::hooks::{AbortStop, Event, Hooks, Phase};
 use crate::wal::WalFileName;
 use crate::wal::compression::{Codec, Codecs, Level};
 use crate::wal::header::{Expected, HeaderError};
@@ -299,8 +299,7 @@ impl Archiver<'_> {
         if self.has_hooks || jobs == 1 || cands.len() == 1 {
             for c in cands {
                 // Pre hooks run before the file is touched.
-                let env = self.hook_env(&c.name, &c.path, &c.path, None);
-                if let Err(stop) = self.hooks.run(Event::Archive, Phase::Pre, &env, None) {
+                if let Err(stop) = self.run_hooks(Phase::Pre, &c.name, &c.path, &c.path, None, None) {
                     tracing::warn!(server = %self.layout.server, "Archiving of {}/{} aborted by pre_archive_retry_script. Reason: {stop}", self.layout.server, c.name);
                     emit(ArchiveEvent::Stopped { name: c.name.to_string(), why: stop.to_string() });
                     return Ok(false);
@@ -373,15 +372,22 @@ impl Archiver<'_> {
         })
     }
 
-    fn hook_env(
+    /// The archive hooks of `phase` with Barman's environment; nothing at all
+    /// (not even a stat) when no archive hook is configured.
+    fn run_hooks(
         &self,
+        phase: Phase,
         name: &WalFileName,
         file: &Path,
         meta_of: &Path,
         compression: Option<&str>,
-    ) -> Vec<(&'static str, String)> {
+        error: Option<&str>,
+    ) -> Result<(), AbortStop> {
+        if !self.has_hooks {
+            return Ok(());
+        }
         let meta = fs::metadata(meta_of).ok();
-        vec![
+        let env = vec![
             ("BARMAN_SEGMENT", name.to_string()),
             ("BARMAN_FILE", file.display().to_string()),
             ("BARMAN_SIZE", meta.as_ref().map(|m| m.len().to_string()).unwrap_or_default()),
@@ -390,7 +396,8 @@ impl Archiver<'_> {
                 meta.as_ref().map(|m| crate::catalog::pyjson::py_float(mtime_float(m))).unwrap_or_default(),
             ),
             ("BARMAN_COMPRESSION", compression.unwrap_or("").to_string()),
-        ]
+        ];
+        self.hooks.run(Event::Archive, phase, &env, error)
     }
 
     /// Checks, compares and compresses one file; nothing under a final name changes.
@@ -514,13 +521,19 @@ impl Archiver<'_> {
                     }
                 }
                 if let Some(e) = error {
-                    let env = self.hook_env(&cand.name, &dst, &cand.path, entry.compression.as_deref());
-                    let _ = self.hooks.run(Event::Archive, Phase::Post, &env, Some(&e.to_string()));
+                    let why = e.to_string();
+                    let _ = self.run_hooks(
+                        Phase::Post,
+                        &cand.name,
+                        &dst,
+                        &cand.path,
+                        entry.compression.as_deref(),
+                        Some(&why),
+                    );
                     return Err(self.io(&name)(e));
                 }
                 durable::remove(&cand.path).map_err(self.io(&name))?;
-                let env = self.hook_env(&cand.name, &dst, &dst, entry.compression.as_deref());
-                let _ = self.hooks.run(Event::Archive, Phase::Post, &env, None);
+                let _ = self.run_hooks(Phase::Post, &cand.name, &dst, &dst, entry.compression.as_deref(), None);
                 emit(ArchiveEvent::Archived { name, entry });
             }
         }
