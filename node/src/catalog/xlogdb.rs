@@ -214,13 +214,6 @@ impl<'a> XlogDb<'a> {
         }
         Ok(report)
     }
-
-    /// Replaces the whole catalogue (retention keeps the relative order of lines).
-    pub fn rewrite(&self, _held: &Lock, entries: &[XlogEntry]) -> Result<(), XlogDbError> {
-        let path = self.path();
-        let text: String = entries.iter().map(XlogEntry::to_line).collect();
-        durable::write_file(&path, text.as_bytes(), 0o600).map_err(io_err(&path))
-    }
 }
 
 /// The xlog.db line for a file in the archive, from its metadata and content.

@@ -23,7 +23,6 @@ pub struct CheckRecord {
     pub ok: bool,
     pub hint: Option<String>,
     pub perfdata: Option<u64>,
-    pub active: bool,
 }
 
 pub struct Output {
@@ -130,10 +129,6 @@ impl Output {
         }
     }
 
-    pub fn is_quiet(&self) -> bool {
-        self.quiet
-    }
-
     pub fn info(&mut self, msg: impl AsRef<str>) {
         let msg = redact_passwords(msg.as_ref());
         match self.writer {
@@ -229,16 +224,14 @@ impl Output {
     }
 
     pub fn check_result(&mut self, server: &str, check: &str, ok: bool, hint: Option<&str>, perfdata: Option<u64>) {
-        let active = self.current_check_active;
         self.checks.push(CheckRecord {
             server: server.to_string(),
             check: check.to_string(),
             ok,
             hint: hint.map(str::to_string),
             perfdata,
-            active,
         });
-        if !ok && active {
+        if !ok && self.current_check_active {
             self.error_occurred = true;
         }
         match self.writer {

@@ -180,20 +180,6 @@ impl Ini {
             .and_then(|s| s.get(key))
             .or_else(|| if self.sections.contains_key(section) { self.defaults.get(key) } else { None })
     }
-
-    /// Option names of a section, including the ones `[DEFAULT]` gives it.
-    pub fn keys(&self, section: &str) -> Vec<String> {
-        let mut out: Vec<String> = Vec::new();
-        if let Some(s) = self.sections.get(section) {
-            out.extend(s.options.iter().map(|(k, _)| k.clone()));
-            for (k, _) in &self.defaults.options {
-                if !out.contains(k) {
-                    out.push(k.clone());
-                }
-            }
-        }
-        out
-    }
 }
 
 /// `[name]` at the start of a stripped line (ConfigParser matches `\[(.+)\]`

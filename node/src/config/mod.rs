@@ -433,10 +433,6 @@ impl Config {
         }
     }
 
-    pub fn server(&self, name: &str) -> Option<&ServerConfig> {
-        self.servers.get(name)
-    }
-
     /// Raw `[barman]` options as written, for `diagnose`.
     pub fn global_raw(&self) -> Vec<(String, String)> {
         global_snapshot(&self.ini)

@@ -107,14 +107,11 @@ macro_rules! server_options {
                     _ => None,
                 }
             }
-            /// Applies what a model sets; returns the names it changed.
-            pub fn apply(&mut self, m: &ModelOverrides) -> Vec<&'static str> {
-                let mut changed = Vec::new();
+            /// Applies what a model sets.
+            pub fn apply(&mut self, m: &ModelOverrides) {
                 $( if let Some(v) = &m.$name {
                     self.$name = v.clone();
-                    changed.push(stringify!($name));
                 } )*
-                changed
             }
         }
 

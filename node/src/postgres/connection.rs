@@ -140,11 +140,6 @@ impl PgConnection {
         &self.user
     }
 
-    /// The server as libpq names it in messages (`at "h", port 5432`).
-    pub fn target(&self) -> &str {
-        &self.target
-    }
-
     /// `server_version_num`, read once at connection time (e.g. 150018).
     pub fn server_version_num(&self) -> u32 {
         self.version
