@@ -221,6 +221,23 @@ fn unknown_user_and_unknown_server() {
         Command::new(env.bin.join("barman")).args(["-c", "/nonexistent.conf", "list-servers"]).output().unwrap();
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("'/nonexistent.conf' does not exist"));
+    // A log file that cannot be opened is said, and the command goes on.
+    std::fs::write(
+        &env.config,
+        format!(
+            "[barman]\nbarman_home = {}\nbarman_user = {}\nlog_file = /proc/no/such/dir/barman.log\n",
+            env.home.display(),
+            common::barman_user()
+        ),
+    )
+    .unwrap();
+    let out = env.barman(&["list-servers"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("WARNING: Failed opening the requested log file /proc/no/such/dir/barman.log"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]

@@ -68,7 +68,24 @@ pub fn init_logging(log_file: Option<&Path>, level: &str, debug: bool) {
         "ERROR" | "CRITICAL" => "error",
         _ => "info",
     };
-    let file = log_file.and_then(|p| std::fs::OpenOptions::new().create(true).append(true).open(p).ok());
+    let file = log_file.and_then(|p| {
+        // As Barman: the log directory is made if missing; a file that cannot be
+        // opened is said once, and standard error is used instead.
+        let opened = p
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::OpenOptions::new().create(true).append(true).open(p));
+        match opened {
+            Ok(f) => Some(f),
+            Err(e) => {
+                eprintln!(
+                    "WARNING: Failed opening the requested log file {} ({e}). Using standard error instead.",
+                    p.display()
+                );
+                None
+            }
+        }
+    });
     // Libraries log at warning and above only; our own events at the configured level.
     let builder = tracing_subscriber::fmt().with_ansi(false).with_target(false);
     match file {
