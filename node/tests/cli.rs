@@ -284,6 +284,12 @@ fn check_fails_when_no_wal_is_shipped() {
         "{}",
         nagios.stdout
     );
+    // A catalogue line that cannot be read fails the archive check, naming the line.
+    std::fs::create_dir_all(env.server_dir("pg").join("wals")).unwrap();
+    std::fs::write(env.server_dir("pg").join("wals/pg-xlog.db"), "garbage line\n").unwrap();
+    let out = env.barman(&["check", "pg"]);
+    assert!(out.stdout.contains("pg-xlog.db:1: cannot read the line"), "{}", out.stdout);
+    std::fs::remove_file(env.server_dir("pg").join("wals/pg-xlog.db")).unwrap();
     // An inactive server's failures are ignored.
     env.write_config("[pg]\nactive = false\nconninfo = host=127.0.0.1 port=1 user=nobody connect_timeout=2\nbackup_method = postgres\narchiver = on\n");
     let out = env.barman(&["check", "pg"]);

@@ -356,9 +356,14 @@ fn backup_validity(c: &mut Checker<'_>, catalogue: &[BackupSummary]) {
 
 fn wal_validity(c: &mut Checker<'_>, l: &ServerLayout, catalogue: &[BackupSummary]) {
     let last = last_copy_done(catalogue);
-    let entries: Vec<XlogEntry> = {
-        let db = XlogDb::new(l);
-        db.lock().and_then(|h| db.read(&h)).unwrap_or_default()
+    let db = XlogDb::new(l);
+    let entries: Vec<XlogEntry> = match db.lock().and_then(|h| db.read(&h)) {
+        Ok(e) => e,
+        Err(e) => {
+            // A catalogue that cannot be read is a failed archive, with the reason.
+            c.result("WAL archive", false, Some(&e.to_string()));
+            return;
+        }
     };
     // WAL files from the last backup's end on (Barman's "until next backup").
     let (size, last_time) = match last.and_then(|b| b.begin_wal.clone().zip(b.end_wal.clone())) {
