@@ -60,8 +60,7 @@ pub fn check(ctx: &mut Ctx, names: &[String], nagios: bool, timeout: Option<u64>
     if nagios {
         ctx.out.writer = Writer::Nagios;
     }
-    let pick = Pick { skip_inactive: false, skip_disabled: false, inactive_is_error: false, disabled_is_error: false };
-    for s in ctx.servers(names, pick) {
+    for s in ctx.servers(names, Pick::ALL) {
         ctx.out.init_check(&s.name, s.active(), s.disabled());
         let secs = timeout.unwrap_or(s.opts.check_timeout.max(0) as u64);
         let deadline = (secs > 0).then(|| Instant::now() + Duration::from_secs(secs));

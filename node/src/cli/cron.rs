@@ -1,10 +1,9 @@
 //! `cron` (the archive step; later steps come with their commands),
 //! `lock-directory-cleanup` and `list-processes`.
 
-use super::context::Ctx;
+use super::context::{Ctx, Pick};
 use crate::catalog::ServerLayout;
 use crate::catalog::lock::{Lock, LockError, LockKind, holder};
-use crate::config::ServerConfig;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -31,15 +30,13 @@ fn spawn_detached(config: &Path, args: &[&str], keep_descriptors: bool) -> std::
 }
 
 pub fn cron(ctx: &mut Ctx, keep_descriptors: bool) {
-    let servers: Vec<ServerConfig> =
-        ctx.cfg.servers.values().filter(|s| s.active() && !s.disabled()).cloned().collect();
+    // As Barman's cron: every server but the inactive and the disabled, said so.
+    let pick = Pick { skip_inactive: true, skip_disabled: true, inactive_is_error: false, disabled_is_error: false };
     if !ctx.cfg.global_errors.is_empty() {
-        for e in ctx.cfg.global_errors.clone() {
-            ctx.out.error(e);
-        }
+        ctx.servers(&[], pick);
         return;
     }
-    for s in servers {
+    for s in ctx.servers(&["all".to_string()], pick) {
         let l = ServerLayout::new(&ctx.cfg.global, &s);
         if let Err(e) = crate::catalog::durable::create_dir_all(&l.lock_dir) {
             ctx.out.error(format!("{}: {e}", l.lock_dir.display()));

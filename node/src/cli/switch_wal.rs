@@ -18,8 +18,7 @@ enum Switched {
 }
 
 pub fn switch_wal(ctx: &mut Ctx, names: &[String], force: bool, archive: bool, timeout: u64) {
-    let pick = Pick { skip_inactive: true, skip_disabled: false, inactive_is_error: false, disabled_is_error: true };
-    for s in ctx.servers(names, pick) {
+    for s in ctx.servers(names, Pick::DEFAULT) {
         switch_one(ctx, &s, force, archive, timeout);
     }
 }

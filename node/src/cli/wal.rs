@@ -224,7 +224,7 @@ fn get_wal_to_dir(
 }
 
 pub fn rebuild_xlogdb(ctx: &mut Ctx, names: &[String]) {
-    let pick = Pick { skip_inactive: true, skip_disabled: false, inactive_is_error: false, disabled_is_error: true };
+    let pick = Pick::DEFAULT;
     for s in ctx.servers(names, pick) {
         let l = layout(ctx, &s);
         let codecs = codecs_for(&s);
