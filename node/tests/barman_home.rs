@@ -26,6 +26,9 @@ fn a_barman_home_is_read_as_it_is() {
     std::fs::create_dir_all(&incoming).unwrap();
     let pigz_available =
         Command::new("sh").args(["-c", "command -v pigz"]).output().map(|o| o.status.success()).unwrap_or(false);
+    if !pigz_available {
+        cluster_tests::util::skip("pigz is not installed: the pigz-written file is gzip-written instead");
+    }
     for ((name, bytes), codec) in segs.iter().zip(CODECS.iter().copied().chain([""])) {
         // Barman runs the pigz program for pigz; skip it where it is not installed.
         let codec = if codec == "pigz" && !pigz_available { "gzip" } else { codec };
