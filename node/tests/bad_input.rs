@@ -151,3 +151,78 @@ fn a_full_disk_mid_write_loses_nothing() {
     assert!(db.is_empty(), "{db}");
     assert!(!wals.join("0000000100000000").join(name(3)).exists());
 }
+
+/// A tar stream built by hand, for what our writer never produces.
+fn raw_tar(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    build(&mut b);
+    b.into_inner().unwrap()
+}
+
+fn file_header(size: usize) -> tar::Header {
+    let mut h = tar::Header::new_ustar();
+    h.set_size(size as u64);
+    h.set_mode(0o600);
+    h.set_cksum();
+    h
+}
+
+#[test]
+fn a_stream_without_checksums_or_with_odd_members_is_refused() {
+    let env = setup();
+    let seg = segment(2, SYS, 2);
+    // No SHA256SUMS: nothing can be verified, nothing is kept.
+    let no_sums = raw_tar(|b| b.append_data(&mut file_header(seg.len()), name(2), &seg[..]).unwrap());
+    one_error(&env.barman_stdin(&["put-wal", "pg"], &no_sums), "Missing checksum");
+    assert!(incoming(&env).is_empty(), "{:?}", incoming(&env));
+    // A checksum line for a file the stream does not hold.
+    let sums = format!("{}  {}\n", "0".repeat(64), name(3));
+    let orphan = raw_tar(|b| {
+        b.append_data(&mut file_header(seg.len()), name(2), &seg[..]).unwrap();
+        b.append_data(&mut file_header(sums.len()), "SHA256SUMS", sums.as_bytes()).unwrap();
+    });
+    one_error(&env.barman_stdin(&["put-wal", "pg"], &orphan), &name(3));
+    assert!(incoming(&env).is_empty(), "{:?}", incoming(&env));
+    // A symbolic link is not a WAL file.
+    let link = raw_tar(|b| {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        b.append_link(&mut h, name(2), "/etc/passwd").unwrap();
+    });
+    one_error(&env.barman_stdin(&["put-wal", "pg"], &link), "Unsupported file type");
+    assert!(incoming(&env).is_empty(), "{:?}", incoming(&env));
+}
+
+#[test]
+fn a_damaged_compressed_file_in_the_archive_is_an_error_not_garbage() {
+    let env = setup();
+    let dir = env.server_dir("pg").join("wals/0000000100000000");
+    std::fs::create_dir_all(&dir).unwrap();
+    // zstd magic, then garbage.
+    std::fs::write(dir.join(name(2)), b"\x28\xb5\x2f\xfdnot really zstd data at all").unwrap();
+    let out = env.barman(&["get-wal", "pg", &name(2)]);
+    one_error(&out, "Error decompressing WAL");
+    assert!(out.stdout.is_empty(), "nothing may reach restore_command's file");
+}
+
+#[test]
+fn archive_wal_while_another_runs_says_so_and_touches_nothing() {
+    let env = setup();
+    let incoming_dir = env.server_dir("pg").join("incoming");
+    std::fs::create_dir_all(&incoming_dir).unwrap();
+    std::fs::write(incoming_dir.join(name(2)), segment(2, SYS, 2)).unwrap();
+    let lock = env.home.join(".pg-archive-wal.lock");
+    let held = barman::catalog::lock::Lock::acquire(&lock, false).unwrap();
+    let out = env.barman(&["archive-wal", "pg"]);
+    assert!(
+        out.stdout.contains("Another archive-wal process is already running on server pg. Skipping to the next server"),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
+    assert_eq!(incoming(&env), [name(2)]);
+    drop(held);
+    env.barman(&["archive-wal", "pg"]).ok();
+    assert!(incoming(&env).is_empty());
+}
