@@ -1,6 +1,9 @@
 //! Golden files of Barman's formats, made with real Barman 3.17 code, pinned in
-//! tests/golden/: the put-wal tar stream, identity.json and xlog.db lines. Where
-//! the reference Barman is installed, each golden is also re-made and compared.
+//! tests/golden/: the put-wal tar stream, identity.json and xlog.db lines.
+//! identity.json and xlog.db are also re-made by the reference Barman in every
+//! run and compared; the tar goldens were made once by Barman's client code.
+//! With UPDATE_GOLDEN set, the xlog.db golden is rewritten from Barman's output
+//! and the test fails, so that a run never passes by comparing a file with itself.
 
 #![allow(clippy::unwrap_used)]
 
@@ -48,13 +51,19 @@ fn put_wal_tar_stream_is_byte_identical_to_barmans_client() {
 fn identity_json_is_byte_identical() {
     let id = Identity { systemid: SystemId(7301234567890123456), version: "15".into() };
     assert_eq!(id.to_json_text(), std::fs::read_to_string(golden("identity.json")).unwrap());
-    // And Barman's own code still writes exactly this.
-    let py = reference::python().expect("reference Barman");
-    let out = Command::new(py)
-        .args(["-c", "import json,sys; json.dump({'systemid': '7301234567890123456', 'version': '15'}, sys.stdout, indent=4, sort_keys=True); sys.stdout.write('\\n')"])
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), id.to_json_text());
+    // And Barman's own Server.write_identity_file still writes exactly this.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("identity.json");
+    let script = format!(
+        "import types, barman.server as s\n\
+         stub = types.SimpleNamespace(get_identity_file_path=lambda: {path:?}, systemid='7301234567890123456',\n\
+         postgres=types.SimpleNamespace(server_major_version='15'))\n\
+         s.Server.write_identity_file(stub)\n",
+        path = path.display().to_string()
+    );
+    let out = Command::new(reference::python().expect("reference Barman")).args(["-c", &script]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), id.to_json_text());
 }
 
 fn segment(seg: u32) -> Vec<u8> {
@@ -124,6 +133,7 @@ fn xlog_db_lines_are_byte_identical_to_barmans() {
     let theirs_db = std::fs::read_to_string(theirs.join("pg/wals/pg-xlog.db")).unwrap();
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(golden("xlog.db"), &theirs_db).unwrap();
+        panic!("golden xlog.db rewritten from Barman's output; rerun without UPDATE_GOLDEN");
     }
     let want = std::fs::read_to_string(golden("xlog.db")).unwrap();
     assert_eq!(theirs_db, want, "Barman writes differently from the golden file");
