@@ -16,11 +16,21 @@ fn config_for(pg: &cluster_tests::pg::PgCluster) -> String {
 }
 
 /// Runs a client with `ssh` resolved through the sshd's wrapper.
-fn client(program: &Path, sshd: &Sshd, args: &[&str]) -> Command {
+fn client<S: AsRef<std::ffi::OsStr>>(program: &Path, sshd: &Sshd, args: &[S]) -> Command {
     let mut c = Command::new(program);
     let path = format!("{}:{}", sshd.wrapper_dir().display(), std::env::var("PATH").unwrap_or_default());
     c.env("PATH", path).args(args);
     c
+}
+
+/// barman-wal-restore's arguments: `-c CFG -U USER [-p N --spool-dir SPOOL] 127.0.0.1 pg WAL DEST`.
+fn restore_args(cfg: &str, user: &str, prefetch: Option<(u32, &Path)>, wal: &str, dest: &Path) -> Vec<String> {
+    let mut a: Vec<String> = vec!["-c".into(), cfg.into(), "-U".into(), user.into()];
+    if let Some((n, spool)) = prefetch {
+        a.extend(["-p".into(), n.to_string(), "--spool-dir".into(), spool.display().to_string()]);
+    }
+    a.extend(["127.0.0.1".into(), "pg".into(), wal.into(), dest.display().to_string()]);
+    a
 }
 
 fn write_segment(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
@@ -117,21 +127,7 @@ fn barman_wal_restore_with_both_servers() {
         let spool = env.path().join(format!("spool-{}", label.replace("->", "-")));
         let dest = env.path().join("dest");
         let user = sshd.login_user();
-        let first = &segs[0].0;
-        let args = [
-            "-c",
-            &cfg,
-            "-U",
-            &user,
-            "-p",
-            "3",
-            "--spool-dir",
-            spool.to_str().unwrap(),
-            "127.0.0.1",
-            "pg",
-            first,
-            dest.to_str().unwrap(),
-        ];
+        let args = restore_args(&cfg, &user, Some((3, &spool)), &segs[0].0, &dest);
         let out = run(&mut client(program, sshd, &args), None);
         assert_eq!(out.code, 0, "{label}: {}{}", out.stdout, out.stderr);
         assert!(std::fs::read(&dest).unwrap() == segs[0].1, "{label}: first segment differs");
@@ -143,20 +139,7 @@ fn barman_wal_restore_with_both_servers() {
             });
             assert!(spooled == *bytes, "{label}: spooled {name} differs");
         }
-        let args = [
-            "-c",
-            &cfg,
-            "-U",
-            &user,
-            "-p",
-            "3",
-            "--spool-dir",
-            spool.to_str().unwrap(),
-            "127.0.0.1",
-            "pg",
-            &segs[1].0,
-            dest.to_str().unwrap(),
-        ];
+        let args = restore_args(&cfg, &user, Some((3, &spool)), &segs[1].0, &dest);
         let mut no_ssh = Command::new(program);
         no_ssh.env("PATH", "/nonexistent").args(args);
         let out = run(&mut no_ssh, None);
@@ -164,24 +147,11 @@ fn barman_wal_restore_with_both_servers() {
         assert!(std::fs::read(&dest).unwrap() == segs[1].1);
         // A missing WAL: non-zero, never a hang; with -p Barman's code 2.
         let missing = "0000000100000000000000FE";
-        let args = [
-            "-c",
-            &cfg,
-            "-U",
-            &user,
-            "-p",
-            "3",
-            "--spool-dir",
-            spool.to_str().unwrap(),
-            "127.0.0.1",
-            "pg",
-            missing,
-            dest.to_str().unwrap(),
-        ];
+        let args = restore_args(&cfg, &user, Some((3, &spool)), missing, &dest);
         assert_eq!(run(&mut client(program, sshd, &args), None).code, 2, "{label}: missing WAL with -p");
-        let args = ["-c", &cfg, "-U", &user, "127.0.0.1", "pg", missing, dest.to_str().unwrap()];
+        let args = restore_args(&cfg, &user, None, missing, &dest);
         assert_eq!(run(&mut client(program, sshd, &args), None).code, 1, "{label}: missing WAL");
-        let args = ["-c", &cfg, "-U", &user, "127.0.0.1", "pg", "not-a-wal", dest.to_str().unwrap()];
+        let args = restore_args(&cfg, &user, None, "not-a-wal", &dest);
         assert_eq!(run(&mut client(program, sshd, &args), None).code, 3, "{label}: bad name");
     }
     // A server nobody listens on: ssh's 255 becomes 2.
@@ -206,20 +176,7 @@ fn prefetch_of_an_uncompressed_archive() {
     let spool = env.path().join("spool");
     let dest = env.path().join("dest");
     let user = sshd.login_user();
-    let args = [
-        "-c",
-        &cfg,
-        "-U",
-        &user,
-        "-p",
-        "4",
-        "--spool-dir",
-        spool.to_str().unwrap(),
-        "127.0.0.1",
-        "pg",
-        &segs[0].0,
-        dest.to_str().unwrap(),
-    ];
+    let args = restore_args(&cfg, &user, Some((4, &spool)), &segs[0].0, &dest);
     let out = run(&mut client(&env.bin.join("barman-wal-restore"), &sshd, &args), None);
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     assert!(std::fs::read(&dest).unwrap() == segs[0].1);
