@@ -139,6 +139,25 @@ pub enum Command {
         #[arg(short = 't', long = "test")]
         test: bool,
     },
+    /// Receive WAL from PostgreSQL by streaming replication (in the foreground)
+    ReceiveWal {
+        server: String,
+        /// Stop the receive-wal process of the server
+        #[arg(long)]
+        stop: bool,
+        /// Reset the streaming position to PostgreSQL's (or the slot's)
+        #[arg(long)]
+        reset: bool,
+        /// Create the replication slot (slot_name)
+        #[arg(long = "create-slot")]
+        create_slot: bool,
+        /// With --create-slot: an existing slot is not an error
+        #[arg(long = "if-not-exists", requires = "create_slot")]
+        if_not_exists: bool,
+        /// Drop the replication slot (slot_name)
+        #[arg(long = "drop-slot")]
+        drop_slot: bool,
+    },
     /// Recreate the WAL catalogue from the files in the archive
     RebuildXlogdb {
         #[command(flatten)]

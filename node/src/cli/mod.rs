@@ -6,6 +6,7 @@ mod check;
 mod context;
 mod cron;
 pub mod output;
+mod receive_wal;
 mod remote;
 mod servers;
 mod status;
@@ -126,6 +127,11 @@ fn dispatch(ctx: &mut Ctx, command: Command) {
         Command::ListProcesses { server } => cron::list_processes(ctx, &server),
         Command::ListServers { minimal } => servers::list_servers(ctx, minimal),
         Command::PutWal { server, test } => wal::put_wal(ctx, &server, test),
+        Command::ReceiveWal { server, stop, reset, create_slot, drop_slot, if_not_exists } => receive_wal::receive_wal(
+            ctx,
+            &server,
+            receive_wal::Flags { stop, reset, create_slot, drop_slot, if_not_exists },
+        ),
         Command::RebuildXlogdb { servers } => wal::rebuild_xlogdb(ctx, &servers.servers),
         Command::ShowServers { servers } => servers::show_servers(ctx, &servers.servers),
         Command::Status { servers } => status::status(ctx, &servers.servers),

@@ -27,6 +27,9 @@ pub enum PgError {
     MissingPrivileges { user: String, operation: &'static str },
     #[error("unexpected result from {what}: {value}")]
     BadValue { what: &'static str, value: String },
+    /// A replication session broke (I/O or a message we cannot read).
+    #[error("lost the replication connection to server {target}: {reason}")]
+    Lost { target: String, reason: String },
     #[error("PostgreSQL connections must be opened inside a tokio runtime")]
     NoRuntime,
 }
@@ -91,7 +94,7 @@ pub(crate) fn connect_reason(e: &tokio_postgres::Error) -> String {
 }
 
 /// `Connection refused (os error 111)` → `Connection refused`, as libpq prints it.
-fn strip_os_error(s: &str) -> String {
+pub(crate) fn strip_os_error(s: &str) -> String {
     match s.rfind(" (os error ") {
         Some(i) if s.ends_with(')') => s[..i].to_string(),
         _ => s.to_string(),

@@ -5,6 +5,7 @@
 //! - [`tls`]: `sslmode` on rustls (ring).
 //! - [`connection`]: opening the SQL session.
 //! - [`queries`]: Barman's typed questions over it.
+//! - [`replication`]: the physical replication protocol (walsender sessions).
 //! - [`remote_status`]: what `check` and `status` gather in one call.
 
 pub mod connection;
@@ -14,6 +15,7 @@ pub mod params;
 pub mod pgpass;
 pub mod queries;
 pub mod remote_status;
+pub mod replication;
 pub mod tls;
 
 pub use connection::{MINIMAL_VERSION, PgConnection, int_version_to_string_version, simplify_version};

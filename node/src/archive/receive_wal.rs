@@ -1,0 +1,469 @@
+//! receive-wal: streams WAL from PostgreSQL into the streaming directory, as
+//! pg_receivewal lays it out (`<segment>.partial` zero-padded to the segment
+//! size, renamed when complete), for archive-wal to file.
+//!
+//! The rule that makes the stream safe to acknowledge: a flush position is
+//! reported to PostgreSQL only once the bytes up to it are fsynced, and the file
+//! holding them (and its directory entry) is durable too. In synchronous mode
+//! the position is reported as soon as everything received so far is durable.
+
+use crate::catalog::ServerLayout;
+use crate::catalog::durable::{self, fsync_dir};
+use crate::catalog::identity::Identity;
+use crate::postgres::replication::{ReplicationConnection, StreamEvent, SystemInfo};
+use crate::postgres::{ConnParams, PgError};
+use crate::wal::{Lsn, SegmentId, SegmentSize, SystemId, TimelineId, WalFileName};
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::time::Instant;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiveError {
+    #[error("{0}")]
+    Pg(#[from] PgError),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error(
+        "PostgreSQL's system identifier {server} differs from {catalog} in {file}: this server's archive belongs to another cluster; point the streaming connection at the right server"
+    )]
+    SystemIdMismatch { server: SystemId, catalog: SystemId, file: PathBuf },
+    #[error(
+        "PostgreSQL no longer has the WAL at {lsn} on timeline {tli} that receive-wal must resume from ({reason}); WAL from there is lost unless archive_command kept it. Run 'barman receive-wal --reset {server}' to restart from PostgreSQL's current position"
+    )]
+    PositionGone { lsn: Lsn, tli: u32, reason: String, server: String },
+    #[error(
+        "replication slot '{slot}' is already in use ({reason}); stop the other receiver, or give this server its own slot_name"
+    )]
+    SlotInUse { slot: String, reason: String },
+    #[error("unexpected data from PostgreSQL: {0}")]
+    Protocol(String),
+    #[error("wal_segment_size {0:?} from PostgreSQL is not a valid segment size")]
+    BadSegmentSize(String),
+    #[error("PostgreSQL ended the WAL stream (server shut down?) at {0}")]
+    Ended(Lsn),
+}
+
+/// What the receiver needs to know.
+pub struct ReceiverConfig {
+    pub server: String,
+    pub layout: ServerLayout,
+    pub params: ConnParams,
+    /// `streaming_archiver_name`.
+    pub application_name: String,
+    pub slot: Option<String>,
+    /// Report flush as soon as data is durable (we are a synchronous standby).
+    pub synchronous: Synchronous,
+    /// Longest time between two status updates (pg_receivewal's 10 s default).
+    pub status_interval: Duration,
+}
+
+/// Whether to act as a synchronous standby.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Synchronous {
+    /// Decide from `synchronous_standby_names` at start (Barman's rule: `*`, or
+    /// our application name listed).
+    Auto,
+    On,
+    Off,
+}
+
+/// How the receiver stopped without error.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// Asked to stop; everything received was made durable and reported.
+    Requested { flushed: Lsn },
+}
+
+/// The segment file being written.
+struct Open {
+    id: SegmentId,
+    partial: PathBuf,
+    file: File,
+    dirty: bool,
+}
+
+struct Receiver<'a> {
+    cfg: &'a ReceiverConfig,
+    dir: PathBuf,
+    size: SegmentSize,
+    tli: TimelineId,
+    write: Lsn,
+    flush: Lsn,
+    open: Option<Open>,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ReceiveError + '_ {
+    move |source| ReceiveError::Io { path: path.to_path_buf(), source }
+}
+
+/// `SHOW` size values: "16MB", "1GB", "1024kB".
+pub fn parse_size_setting(v: &str) -> Option<u64> {
+    let v = v.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let n: u64 = v[..split].parse().ok()?;
+    let mult = match v[split..].trim() {
+        "" | "B" => 1,
+        "kB" => 1 << 10,
+        "MB" => 1 << 20,
+        "GB" => 1 << 30,
+        "TB" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+/// Whether `synchronous_standby_names` makes `app` a (candidate) synchronous standby.
+pub fn is_synchronous_standby(setting: &str, app: &str) -> bool {
+    crate::postgres::parse_synchronous_standby_names(setting).iter().any(|n| n == "*" || n.eq_ignore_ascii_case(app))
+}
+
+/// The newest WAL segment or `.partial` in the streaming directory.
+pub fn newest_streamed(dir: &Path) -> io::Result<Option<(WalFileName, PathBuf)>> {
+    let mut best: Option<(WalFileName, PathBuf)> = None;
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    for e in rd {
+        let e = e?;
+        let Ok(name) = e.file_name().to_string_lossy().parse::<WalFileName>() else { continue };
+        if !(name.is_segment() || name.is_partial()) {
+            continue;
+        }
+        if best.as_ref().is_none_or(|(b, _)| name.as_str() > b.as_str()) {
+            best = Some((name, e.path()));
+        }
+    }
+    Ok(best)
+}
+
+/// Where streaming resumes: the newest file on disk (a `.partial` from its
+/// start, a complete segment from the next one), else the slot's restart_lsn,
+/// else the server's current position; always at a segment start.
+async fn start_position(
+    conn: &mut ReplicationConnection,
+    dir: &Path,
+    size: SegmentSize,
+    slot: Option<&str>,
+    sys: &SystemInfo,
+) -> Result<(Lsn, TimelineId), ReceiveError> {
+    if let Some((name, _)) = newest_streamed(dir).map_err(io_err(dir))?
+        && let Some(id) = name.segment_id()
+    {
+        let id = if name.is_partial() { id } else { id.next(size) };
+        return Ok((id.start_lsn(size), id.tli));
+    }
+    if let Some(slot) = slot
+        && conn.server_version() >= 150000
+        && let Some(pos) = conn.read_slot(slot).await?
+        && let Some(lsn) = pos.restart_lsn
+    {
+        let tli = pos.timeline.unwrap_or(sys.timeline);
+        return Ok((SegmentId::containing(lsn, tli, size).start_lsn(size), tli));
+    }
+    Ok((SegmentId::containing(sys.xlogpos, sys.timeline, size).start_lsn(size), sys.timeline))
+}
+
+impl Receiver<'_> {
+    /// Opens (creating and padding as needed) the file of the segment holding `self.write`.
+    fn open_segment(&mut self) -> Result<(), ReceiveError> {
+        let id = SegmentId::containing(self.write, self.tli, self.size);
+        let partial = self.dir.join(WalFileName::partial(id).as_str());
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&partial)
+            .map_err(io_err(&partial))?;
+        let len = file.metadata().map_err(io_err(&partial))?.len();
+        if len != self.size.bytes() {
+            if len != 0 {
+                tracing::info!(server = %self.cfg.server, "Truncating partial file {} that has wrong size {len} while {} was expected.", partial.display(), self.size.bytes());
+                file.set_len(0).map_err(io_err(&partial))?;
+            }
+            preallocate(&file, self.size.bytes()).map_err(io_err(&partial))?;
+            file.sync_all().map_err(io_err(&partial))?;
+            fsync_dir(&self.dir).map_err(io_err(&self.dir))?;
+        }
+        self.open = Some(Open { id, partial, file, dirty: false });
+        Ok(())
+    }
+
+    fn write_data(&mut self, start: Lsn, data: &[u8]) -> Result<(), ReceiveError> {
+        if start != self.write {
+            return Err(ReceiveError::Protocol(format!("WAL data at {start}, expected at {}", self.write)));
+        }
+        let seg = self.size.bytes();
+        let mut done = 0usize;
+        while done < data.len() {
+            if self.open.is_none() {
+                self.open_segment()?;
+            }
+            let Some(open) = self.open.as_mut() else { unreachable!("opened above") };
+            let off = self.write.0 % seg;
+            let n = (data.len() - done).min((seg - off) as usize);
+            open.file.write_all_at(&data[done..done + n], off).map_err(io_err(&open.partial))?;
+            open.dirty = true;
+            done += n;
+            self.write = Lsn(self.write.0 + n as u64);
+            if off + n as u64 == seg {
+                self.complete_segment()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// fsync, then `<segment>.partial` → `<segment>`, then the directory.
+    fn complete_segment(&mut self) -> Result<(), ReceiveError> {
+        let Some(open) = self.open.take() else { return Ok(()) };
+        open.file.sync_data().map_err(io_err(&open.partial))?;
+        let done = self.dir.join(WalFileName::segment(open.id).as_str());
+        fs::rename(&open.partial, &done).map_err(io_err(&done))?;
+        fsync_dir(&self.dir).map_err(io_err(&self.dir))?;
+        self.flush = self.write;
+        tracing::debug!(server = %self.cfg.server, segment = %WalFileName::segment(open.id), "segment complete");
+        Ok(())
+    }
+
+    /// Makes everything written durable; true when the flush position moved.
+    fn make_durable(&mut self) -> Result<bool, ReceiveError> {
+        if let Some(open) = self.open.as_mut()
+            && open.dirty
+        {
+            open.file.sync_data().map_err(io_err(&open.partial))?;
+            open.dirty = false;
+        }
+        let moved = self.flush != self.write;
+        self.flush = self.write;
+        Ok(moved)
+    }
+
+    /// Writes `<tli>.history` into the streaming directory unless the archive has it.
+    async fn fetch_history(&self, conn: &mut ReplicationConnection, tli: TimelineId) -> Result<(), ReceiveError> {
+        if tli.0 <= 1 {
+            return Ok(());
+        }
+        let name = WalFileName::history(tli);
+        let here = self.dir.join(name.as_str());
+        if here.exists() || self.cfg.layout.wal_path(&name).exists() {
+            return Ok(());
+        }
+        let (_, content) = conn.timeline_history(tli).await?;
+        durable::write_file(&here, &content, 0o600).map_err(io_err(&here))?;
+        tracing::info!(server = %self.cfg.server, "received timeline history file {name}");
+        Ok(())
+    }
+}
+
+/// Allocates `len` zeroed bytes for the file, as pg_receivewal pads a new
+/// segment (so a later write cannot fail for want of space).
+fn preallocate(file: &File, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let Ok(l) = libc::off_t::try_from(len) else { return Err(io::Error::other("segment too large")) };
+    // SAFETY: a valid open descriptor and a byte range inside off_t.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, l) };
+    match rc {
+        0 => Ok(()),
+        libc::EOPNOTSUPP | libc::EINVAL => {
+            // No fallocate here: write zeros, as pg_receivewal does.
+            let zeros = vec![0u8; 1 << 20];
+            let mut off = 0;
+            while off < len {
+                let n = (len - off).min(zeros.len() as u64) as usize;
+                file.write_all_at(&zeros[..n], off)?;
+                off += n as u64;
+            }
+            Ok(())
+        }
+        e => Err(io::Error::from_raw_os_error(e)),
+    }
+}
+
+/// Checks the cluster against `identity.json`, and writes it when missing.
+fn check_identity(layout: &ServerLayout, sys: &SystemInfo, version: u32) -> Result<(), ReceiveError> {
+    let path = layout.identity_path();
+    match Identity::read(&path) {
+        Ok(Some(id)) if id.systemid != sys.system_id => {
+            Err(ReceiveError::SystemIdMismatch { server: sys.system_id, catalog: id.systemid, file: path })
+        }
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => {
+            let major = crate::postgres::simplify_version(&crate::postgres::int_version_to_string_version(version));
+            if let Err(e) = (Identity { systemid: sys.system_id, version: major }).write_once(&path) {
+                tracing::warn!(server = %layout.server, "cannot record the cluster identity: {e}");
+            }
+            Ok(())
+        }
+        Err(e) => {
+            tracing::warn!(server = %layout.server, "{e}");
+            Ok(())
+        }
+    }
+}
+
+fn start_error(e: PgError, cfg: &ReceiverConfig, lsn: Lsn, tli: TimelineId) -> ReceiveError {
+    match e.sqlstate() {
+        // "requested WAL segment ... has already been removed"
+        Some("58P01") => ReceiveError::PositionGone { lsn, tli: tli.0, reason: reason(&e), server: cfg.server.clone() },
+        // "replication slot ... is active for PID n"
+        Some("55006") => ReceiveError::SlotInUse { slot: cfg.slot.clone().unwrap_or_default(), reason: reason(&e) },
+        _ => ReceiveError::Pg(e),
+    }
+}
+
+fn reason(e: &PgError) -> String {
+    match e {
+        PgError::Query { reason, .. } => reason.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Streams until `stop` completes (then returns after making everything durable
+/// and reporting it), or an error. Takes no lock: the caller holds the
+/// receive-wal lock.
+pub async fn receive(
+    cfg: &ReceiverConfig,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<Stopped, ReceiveError> {
+    let mut conn = ReplicationConnection::connect(&cfg.params, Some(&cfg.application_name)).await?;
+    let sys = conn.identify_system().await?;
+    check_identity(&cfg.layout, &sys, conn.server_version())?;
+    let seg_text = conn.show("wal_segment_size").await?;
+    let size = parse_size_setting(&seg_text)
+        .and_then(|b| SegmentSize::new(b).ok())
+        .ok_or_else(|| ReceiveError::BadSegmentSize(seg_text.clone()))?;
+    let synchronous = match cfg.synchronous {
+        Synchronous::On => true,
+        Synchronous::Off => false,
+        Synchronous::Auto => {
+            is_synchronous_standby(&conn.show("synchronous_standby_names").await?, &cfg.application_name)
+        }
+    };
+    let dir = cfg.layout.streaming_dir.clone();
+    durable::create_dir_all(&dir).map_err(io_err(&dir))?;
+    let (start, tli) = start_position(&mut conn, &dir, size, cfg.slot.as_deref(), &sys).await?;
+    let mut r = Receiver { cfg, dir, size, tli, write: start, flush: start, open: None };
+    tokio::pin!(stop);
+
+    loop {
+        r.fetch_history(&mut conn, r.tli).await?;
+        tracing::info!(server = %cfg.server, "starting WAL streaming at {} on timeline {} (synchronous: {synchronous})", r.write, r.tli.0);
+        conn.start(cfg.slot.as_deref(), r.write, r.tli).await.map_err(|e| start_error(e, cfg, r.write, r.tli))?;
+        let mut next_status = Instant::now() + cfg.status_interval;
+        // Tell the server where we are at once, so the slot and
+        // pg_stat_replication show us from the start.
+        conn.send_status(r.write, r.flush, false).await?;
+        let ended = loop {
+            let event = tokio::select! {
+                ev = conn.next_event() => ev.map_err(|e| start_error(e, cfg, r.write, r.tli))?,
+                () = tokio::time::sleep_until(next_status) => {
+                    r.make_durable()?;
+                    conn.send_status(r.write, r.flush, false).await?;
+                    next_status = Instant::now() + cfg.status_interval;
+                    continue;
+                }
+                () = &mut stop => {
+                    r.make_durable()?;
+                    conn.send_status(r.write, r.flush, false).await?;
+                    let flushed = r.flush;
+                    conn.close().await;
+                    tracing::info!(server = %cfg.server, "receive-wal stopped at {flushed}");
+                    return Ok(Stopped::Requested { flushed });
+                }
+            };
+            // Everything already received is written before it is made durable
+            // and reported: one fsync per burst, not per message.
+            let mut reply = false;
+            let mut end = None;
+            let mut pending = Some(event);
+            while let Some(ev) = pending.take() {
+                match ev {
+                    StreamEvent::XLogData { start, data, .. } => r.write_data(start, &data)?,
+                    StreamEvent::Keepalive { reply: asked, .. } => reply |= asked,
+                    other => {
+                        end = Some(other);
+                        break;
+                    }
+                }
+                if conn.has_buffered_message() {
+                    pending = Some(conn.next_event().await.map_err(|e| start_error(e, cfg, r.write, r.tli))?);
+                }
+            }
+            if let Some(end) = end {
+                break end;
+            }
+            let due = Instant::now() >= next_status;
+            if synchronous || reply || due {
+                let moved = r.make_durable()?;
+                if moved || reply || due {
+                    conn.send_status(r.write, r.flush, false).await?;
+                    next_status = Instant::now() + cfg.status_interval;
+                }
+            }
+        };
+        match ended {
+            StreamEvent::EndOfTimeline { next_timeline, next_start } => {
+                // The old timeline's last segment stays `.partial` (as pg_receivewal).
+                r.make_durable()?;
+                r.open = None;
+                tracing::info!(server = %cfg.server, "timeline {} ended at {}; switching to timeline {} at {next_start}", r.tli.0, r.write, next_timeline.0);
+                if next_timeline.0 <= r.tli.0 {
+                    return Err(ReceiveError::Protocol(format!(
+                        "server switched from timeline {} to timeline {}",
+                        r.tli.0, next_timeline.0
+                    )));
+                }
+                r.tli = next_timeline;
+                let start = SegmentId::containing(next_start, next_timeline, size).start_lsn(size);
+                r.write = start;
+                r.flush = start;
+            }
+            _ => {
+                r.make_durable()?;
+                let at = r.flush;
+                conn.close().await;
+                return Err(ReceiveError::Ended(at));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size_setting("16MB"), Some(16 << 20));
+        assert_eq!(parse_size_setting("1GB"), Some(1 << 30));
+        assert_eq!(parse_size_setting("1024kB"), Some(1 << 20));
+        assert_eq!(parse_size_setting("16 MB"), Some(16 << 20));
+        assert_eq!(parse_size_setting("MB"), None);
+        assert_eq!(parse_size_setting("16XB"), None);
+    }
+
+    #[test]
+    fn synchronous_names() {
+        assert!(is_synchronous_standby("barman_receive_wal", "barman_receive_wal"));
+        assert!(is_synchronous_standby("FIRST 1 (s1, barman_receive_wal)", "barman_receive_wal"));
+        assert!(is_synchronous_standby("*", "barman_receive_wal"));
+        assert!(!is_synchronous_standby("", "barman_receive_wal"));
+        assert!(!is_synchronous_standby("barman_receive_wal2", "barman_receive_wal"));
+    }
+
+    #[test]
+    fn newest_file_decides() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(newest_streamed(d.path()).unwrap().is_none());
+        for n in ["000000010000000000000003", "000000010000000000000004.partial", "00000002.history"] {
+            fs::write(d.path().join(n), b"").unwrap();
+        }
+        let (n, _) = newest_streamed(d.path()).unwrap().unwrap();
+        assert_eq!(n.as_str(), "000000010000000000000004.partial");
+    }
+}
