@@ -156,3 +156,303 @@ fn streamed_segments_are_postgres_own_bytes() {
         assert_eq!(w[1], w[0] + 1, "gap in {archived:?}");
     }
 }
+
+/// psql running `sql` in the background (to see whether it blocks).
+fn psql_child(pg: &PgCluster, sql: &str) -> Child {
+    Command::new(cluster_tests::util::pg_bin("psql"))
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-p"])
+        .arg(pg.port().to_string())
+        .args(["-c", sql])
+        .env_remove("PGPASSWORD")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn synchronous_commits_wait_for_the_receiver() {
+    let env = Env::new();
+    let pg = start_pg(&env, &[("synchronous_standby_names", &conf_quote(APP))]);
+    env.write_config(&server_section(&pg.conninfo(), ""));
+    let receiver = spawn_receiver(&env);
+    wait_streaming(&pg);
+    assert_eq!(replication_row(&pg, "sync_state").as_deref(), Some("sync"));
+    pg.pgbench_init(1).unwrap();
+    let out = pg.pgbench(&["-c", "2", "-t", "200"]).unwrap();
+    assert!(out.contains("number of transactions actually processed: 400/400"), "{out}");
+    stop_receiver(&env, receiver);
+
+    // Without the receiver a commit waits: its acknowledgement is real.
+    let mut blocked = psql_child(&pg, "CREATE TABLE waited (i int)");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(blocked.try_wait().unwrap().is_none(), "the commit returned with no synchronous standby");
+    let receiver = spawn_receiver(&env);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = blocked.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the commit still waits after receive-wal restarted");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success());
+    assert_eq!(pg.psql("SELECT count(*) FROM waited").unwrap(), "0");
+    stop_receiver(&env, receiver);
+}
+
+#[test]
+fn promotion_of_the_upstream_switches_timeline_without_a_gap() {
+    let env = Env::new();
+    let primary = start_pg(&env, &[]);
+    primary.pgbench_init(2).unwrap();
+    let standby = primary.make_standby(env.path(), "false", true).unwrap();
+    env.write_config(&server_section(&standby.conninfo(), ""));
+    let receiver = spawn_receiver(&env);
+    wait_streaming(&standby);
+
+    // pgbench on the primary while the standby we stream from is promoted.
+    let port = primary.port();
+    let load = std::thread::spawn(move || {
+        Command::new(cluster_tests::util::pg_bin("pgbench"))
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-c", "2", "-T", "6", "-p", &port.to_string(), "postgres"])
+            .output()
+            .unwrap()
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    standby.promote().unwrap();
+    load.join().unwrap();
+    // The new primary writes on timeline 2.
+    standby.pgbench(&["-c", "2", "-T", "3"]).unwrap();
+    standby.switch_wal().unwrap();
+    let lsn = standby.current_lsn().unwrap();
+    wait_flushed(&standby, &lsn);
+    stop_receiver(&env, receiver);
+    env.barman(&["archive-wal", "pg"]).ok();
+
+    let wals = env.server_dir("pg").join("wals");
+    let history = std::fs::read_to_string(wals.join("00000002.history")).expect("the history file is archived");
+    let switch: Vec<&str> = history.split_whitespace().collect();
+    let switch_lsn: &str = switch[1];
+    let archived = archived_segments(&env);
+    let tli = |n: &str| u32::from_str_radix(&n[..8], 16).unwrap();
+    let old: Vec<u64> = archived.iter().filter(|(n, _)| tli(n) == 1).map(|(n, _)| seg_number(n)).collect();
+    let new: Vec<&(String, PathBuf)> = archived.iter().filter(|(n, _)| tli(n) == 2).collect();
+    assert!(!new.is_empty(), "{archived:?}");
+    // The switch segment on timeline 2 follows timeline 1's last whole segment.
+    let (hi, lo) = switch_lsn.split_once('/').unwrap();
+    let switch_seg = (u64::from_str_radix(hi, 16).unwrap() << 32 | u64::from_str_radix(lo, 16).unwrap()) >> 24;
+    assert_eq!(seg_number(&new[0].0), switch_seg, "{archived:?} {history}");
+    assert!(old.last().is_some_and(|&l| l + 1 >= switch_seg), "{archived:?} {history}");
+    // Timeline 1's last, incomplete segment is kept as a partial file (archived
+    // once a newer .partial exists: the newest one stays for the streamer, as Barman).
+    let partial = format!("00000001{:08X}{:08X}.partial", switch_seg >> 8, switch_seg & 0xFF);
+    let hash = &partial[..16];
+    if switch_lsn_offset(switch_lsn) != 0 {
+        assert!(
+            wals.join(hash).join(&partial).exists() || env.server_dir("pg").join("streaming").join(&partial).exists(),
+            "{partial} missing: {:?}, streaming {:?}, errors {:?}",
+            names_in(&wals.join(hash)),
+            names_in(&env.server_dir("pg").join("streaming")),
+            names_in(&env.server_dir("pg").join("errors"))
+        );
+    }
+    let pg_wal = standby.data_dir().join("pg_wal");
+    for (name, path) in new {
+        assert!(std::fs::read(path).unwrap() == std::fs::read(pg_wal.join(name)).unwrap(), "{name} differs");
+    }
+    for w in archived.iter().filter(|(n, _)| tli(n) == 2).map(|(n, _)| seg_number(n)).collect::<Vec<_>>().windows(2) {
+        assert_eq!(w[1], w[0] + 1, "gap on timeline 2: {archived:?}");
+    }
+}
+
+fn switch_lsn_offset(lsn: &str) -> u64 {
+    let (_, lo) = lsn.split_once('/').unwrap();
+    u64::from_str_radix(lo, 16).unwrap() & ((16 << 20) - 1)
+}
+
+fn parse_lsn(s: &str) -> u64 {
+    let (hi, lo) = s.trim().split_once('/').unwrap();
+    u64::from_str_radix(hi, 16).unwrap() << 32 | u64::from_str_radix(lo, 16).unwrap()
+}
+
+/// The streamed bytes below `lsn` (timeline 1) equal PostgreSQL's.
+fn assert_on_disk_up_to(env: &Env, pg: &PgCluster, lsn: u64) {
+    let seg = 16u64 << 20;
+    let streaming = env.server_dir("pg").join("streaming");
+    let last = (lsn - 1) / seg;
+    let name = |n: u64| format!("00000001{:08X}{:08X}", n >> 8, n & 0xFF);
+    let full = streaming.join(name(last));
+    let path = if full.exists() { full } else { streaming.join(format!("{}.partial", name(last))) };
+    let first = segments_in(&streaming)
+        .iter()
+        .chain(
+            names_in(&streaming)
+                .iter()
+                .filter_map(|n| n.strip_suffix(".partial").map(str::to_string))
+                .collect::<Vec<_>>()
+                .iter(),
+        )
+        .map(|n| seg_number(n))
+        .min();
+    if !path.exists() && first.is_none_or(|f| last < f) {
+        // Below where streaming started: the position reported at start (nothing of ours).
+        return;
+    }
+    let ours = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let theirs = std::fs::read(pg.data_dir().join("pg_wal").join(name(last))).unwrap();
+    let upto = (lsn - last * seg) as usize;
+    assert!(ours[..upto] == theirs[..upto], "{} differs below {lsn:X}", path.display());
+    // Every earlier segment is complete and equal.
+    for n in segments_in(&streaming) {
+        let num = seg_number(&n);
+        if num < last {
+            assert!(
+                std::fs::read(streaming.join(&n)).unwrap()
+                    == std::fs::read(pg.data_dir().join("pg_wal").join(&n)).unwrap(),
+                "{n} differs"
+            );
+        }
+    }
+}
+
+#[test]
+fn sigkill_under_load_keeps_every_acknowledged_byte() {
+    let env = Env::new();
+    let pg = start_pg(&env, &[]);
+    env.write_config(&server_section(&pg.conninfo(), ""));
+    pg.pgbench_init(1).unwrap();
+    let port = pg.port();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = Command::new(cluster_tests::util::pg_bin("pgbench"))
+                    .args([
+                        "-h",
+                        "127.0.0.1",
+                        "-U",
+                        "postgres",
+                        "-c",
+                        "2",
+                        "-T",
+                        "2",
+                        "-p",
+                        &port.to_string(),
+                        "postgres",
+                    ])
+                    .output();
+            }
+        })
+    };
+    let seed: u64 = std::env::var("KILL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    });
+    let mut rng = seed | 1;
+    let mut checked = 0;
+    for round in 0..20 {
+        let mut child = spawn_receiver(&env);
+        wait_streaming(&pg);
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let run_for = Duration::from_millis(200 + rng % 1200);
+        let started = Instant::now();
+        let mut sampled = None;
+        while started.elapsed() < run_for {
+            if let Some(v) = replication_row(&pg, "flush_lsn") {
+                sampled = Some(parse_lsn(&v));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        if let Some(lsn) = sampled.filter(|&l| l > 0) {
+            assert_on_disk_up_to(&env, &pg, lsn);
+            checked += 1;
+        }
+        let _ = round;
+        // The walsender notices the dead connection; wait for the slot to be free.
+        wait_until(Duration::from_secs(30), "the slot to be released", || {
+            pg.psql("SELECT active FROM pg_replication_slots WHERE slot_name = 'barman'").is_ok_and(|v| v == "f")
+        })
+        .unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    load.join().unwrap();
+    assert!(checked >= 15, "only {checked} rounds had a flush position to check (KILL_SEED={seed})");
+}
+
+/// receive-wal's one error line, for a setup that cannot work.
+fn refused(env: &Env, needle: &str) {
+    let out = env.barman(&["receive-wal", "pg"]);
+    assert_eq!(out.code, 1, "stdout: {}\nstderr: {}", out.stdout, out.stderr);
+    let errors: Vec<&str> = out.stderr.lines().filter(|l| l.starts_with("ERROR")).collect();
+    assert_eq!(errors.len(), 1, "{}", out.stderr);
+    assert!(errors[0].contains(needle), "{:?} lacks {needle:?}", errors[0]);
+}
+
+#[test]
+fn bad_setups_are_refused_with_one_clear_line() {
+    let env = Env::new();
+    let pg = PgCluster::start(env.path(), PgOptions { password: Some("right".into()), ..Default::default() }).unwrap();
+    let good = format!("{} password=right", pg.conninfo());
+    pg.psql("CREATE ROLE norepl LOGIN PASSWORD 'x'").unwrap();
+
+    env.write_config(&format!(
+        "[pg]\nconninfo = {good}\nstreaming_conninfo = {} password=wrong\nbackup_method = postgres\narchiver = on\nstreaming_archiver = on\n",
+        pg.conninfo()
+    ));
+    refused(&env, "password authentication failed for user \"postgres\"");
+
+    env.write_config(&format!(
+        "[pg]\nconninfo = {good}\nstreaming_conninfo = host=127.0.0.1 port={} user=norepl password=x\nbackup_method = postgres\narchiver = on\nstreaming_archiver = on\n",
+        pg.port()
+    ));
+    refused(&env, "replication");
+
+    // A slot another consumer holds.
+    pg.psql("SELECT pg_create_physical_replication_slot('barman')").unwrap();
+    let mut other = Command::new(cluster_tests::util::pg_bin("pg_receivewal"))
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-S", "barman", "-n", "-p", &pg.port().to_string(), "-D"])
+        .arg(env.path())
+        .env("PGPASSWORD", "right")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(Duration::from_secs(20), "pg_receivewal to hold the slot", || {
+        pg.psql("SELECT active FROM pg_replication_slots WHERE slot_name = 'barman'").is_ok_and(|v| v == "t")
+    })
+    .unwrap();
+    env.write_config(&server_section(&good, ""));
+    refused(&env, "replication slot 'barman' is already in use");
+    other.kill().unwrap();
+    other.wait().unwrap();
+
+    // A catalog that belongs to another cluster.
+    let dir = env.server_dir("pg");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("identity.json"), "{\n    \"systemid\": \"1234\",\n    \"version\": \"15\"\n}\n").unwrap();
+    wait_until(Duration::from_secs(20), "the slot to be free", || {
+        pg.psql("SELECT active FROM pg_replication_slots WHERE slot_name = 'barman'").is_ok_and(|v| v == "f")
+    })
+    .unwrap();
+    refused(&env, "differs from 1234");
+    std::fs::remove_file(dir.join("identity.json")).unwrap();
+
+    // wal_level = minimal.
+    let minimal = PgCluster::start(
+        env.path(),
+        PgOptions { conf: conf(&[("wal_level", "minimal"), ("max_wal_senders", "0")]), ..Default::default() },
+    )
+    .unwrap();
+    env.write_config(&server_section(&minimal.conninfo(), ""));
+    refused(&env, "wal_level is 'minimal'");
+
+    // streaming_archiver off: Barman's message.
+    env.write_config(&format!("[pg]\nconninfo = {good}\nbackup_method = postgres\narchiver = on\n"));
+    refused(&env, "streaming_archiver option set to 'off'");
+}
