@@ -437,3 +437,172 @@ async fn tls_modes_against_a_tls_server() {
     assert!(e.to_string().contains("certificate"), "{e}");
     assert!(!e.to_string().contains('\n'));
 }
+
+// The replication connection (walsender sessions) over the same conninfo rules.
+
+use barman::postgres::ConnParams;
+use barman::postgres::replication::{ReplicationConnection, StreamEvent};
+use barman::wal::{Lsn, TimelineId};
+
+const WALRCV: &str = "barman_receive_wal";
+
+async fn repl_with(ci: &str, env: &LibpqEnv) -> Result<ReplicationConnection, PgError> {
+    let params = ConnParams::resolve(&Conninfo::parse(ci).unwrap().barman_streaming(), env)?;
+    ReplicationConnection::connect(&params, Some(WALRCV)).await
+}
+
+#[tokio::test]
+async fn replication_commands_and_stream() {
+    let dir = TestDir::new().unwrap();
+    let pg = start(&dir, PgOptions::default());
+    let mut r = repl_with(&pg.conninfo(), &env()).await.unwrap();
+    let sys = r.identify_system().await.unwrap();
+    assert_eq!(sys.system_id, SystemId(pg.system_identifier().unwrap()));
+    assert_eq!(sys.timeline, TimelineId(1));
+    assert_eq!(r.show("wal_segment_size").await.unwrap(), "16MB");
+    assert!((150000..160000).contains(&r.server_version()));
+    // Timeline 1 has no history file: a server error, typed.
+    assert!(matches!(r.timeline_history(TimelineId(1)).await, Err(PgError::Query { .. })));
+
+    r.create_physical_slot("s1").await.unwrap();
+    let e = r.create_physical_slot("s1").await.unwrap_err();
+    assert_eq!(e.sqlstate(), Some("42710"), "{e}");
+    let slot = r.read_slot("s1").await.unwrap().unwrap();
+    assert_eq!(slot.restart_lsn, None, "created without RESERVE_WAL");
+    assert_eq!(r.read_slot("nope").await.unwrap(), None);
+
+    let start = Lsn(sys.xlogpos.0 & !((16 << 20) - 1));
+    r.start(Some("s1"), start, sys.timeline).await.unwrap();
+    pg.psql("CREATE TABLE t AS SELECT generate_series(1, 10000) g").unwrap();
+    let target: Lsn = pg.current_lsn().unwrap().parse().unwrap();
+    let mut at = start;
+    while at < target {
+        match tokio::time::timeout(Duration::from_secs(20), r.next_event()).await.expect("WAL arrives").unwrap() {
+            StreamEvent::XLogData { start: s, data, .. } => {
+                assert_eq!(s, at, "contiguous");
+                at = Lsn(at.0 + data.len() as u64);
+            }
+            StreamEvent::Keepalive { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    r.send_status(at, at, false).await.unwrap();
+    // PostgreSQL sees exactly what we report: flush and write, no replay.
+    let row = eventually("our status in pg_stat_replication", async || {
+        let v = pg
+            .psql(&format!(
+                "SELECT flush_lsn >= '{target}', write_lsn >= '{target}', replay_lsn IS NULL FROM pg_stat_replication WHERE application_name = '{WALRCV}'"
+            ))
+            .ok()?;
+        (v == "t|t|t").then_some(v)
+    })
+    .await;
+    assert_eq!(row, "t|t|t");
+    r.close().await;
+
+    let mut r = repl_with(&pg.conninfo(), &env()).await.unwrap();
+    eventually("the slot to be released", async || {
+        (pg.psql("SELECT active FROM pg_replication_slots WHERE slot_name = 's1'").ok()? == "f").then_some(())
+    })
+    .await;
+    r.drop_slot("s1").await.unwrap();
+    assert_eq!(r.drop_slot("s1").await.unwrap_err().sqlstate(), Some("42704"));
+}
+
+#[tokio::test]
+async fn replication_passwords_scram_md5_and_pgpass() {
+    let dir = TestDir::new().unwrap();
+    let pg = start(&dir, PgOptions { password: Some("scram-pw".into()), ..Default::default() });
+    let base = pg.conninfo();
+    let mut r = repl_with(&format!("{base} password=scram-pw"), &env()).await.unwrap();
+    assert_eq!(r.identify_system().await.unwrap().system_id, SystemId(pg.system_identifier().unwrap()));
+    let e = repl_with(&format!("{base} password=wrong"), &env()).await.unwrap_err();
+    assert!(e.to_string().contains("password authentication failed for user \"postgres\""), "{e}");
+    assert!(!e.to_string().contains("wrong"), "{e}");
+    let e = repl_with(&base, &env()).await.unwrap_err();
+    assert!(e.to_string().ends_with("fe_sendauth: no password supplied"), "{e}");
+
+    // md5: a role whose password is stored as md5, allowed by an md5 line.
+    pg.psql("SET password_encryption = 'md5'; CREATE ROLE m LOGIN REPLICATION PASSWORD 'md5-pw'").unwrap();
+    assert!(pg.psql("SELECT rolpassword LIKE 'md5%' FROM pg_authid WHERE rolname = 'm'").unwrap() == "t");
+    let hba = pg.data_dir().join("pg_hba.conf");
+    let text = fs::read_to_string(&hba).unwrap();
+    fs::write(&hba, format!("host replication m 127.0.0.1/32 md5\n{text}")).unwrap();
+    pg.psql("SELECT pg_reload_conf()").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let md5 = format!("host=127.0.0.1 port={} user=m", pg.port());
+    repl_with(&format!("{md5} password=md5-pw"), &env()).await.unwrap();
+    assert!(repl_with(&format!("{md5} password=nope"), &env()).await.is_err());
+
+    // Both from the password file.
+    let pgpass = dir.path().join("pgpass");
+    fs::write(&pgpass, format!("127.0.0.1:{p}:*:postgres:scram-pw\n127.0.0.1:{p}:*:m:md5-pw\n", p = pg.port())).unwrap();
+    fs::set_permissions(&pgpass, fs::Permissions::from_mode(0o600)).unwrap();
+    let via_file = env().with_var("PGPASSFILE", pgpass.to_str().unwrap());
+    repl_with(&base, &via_file).await.unwrap();
+    repl_with(&md5, &via_file).await.unwrap();
+    fs::write(&pgpass, "*:*:*:*:bad\n").unwrap();
+    let e = repl_with(&base, &via_file).await.unwrap_err();
+    assert!(e.to_string().contains("password retrieved from file"), "{e}");
+}
+
+#[tokio::test]
+async fn replication_over_tls() {
+    if Command::new("openssl").arg("version").output().is_err() {
+        cluster_tests::util::skip("openssl is not installed: no TLS server test");
+        return;
+    }
+    let dir = TestDir::new().unwrap();
+    let certs = dir.path().join("certs");
+    fs::create_dir(&certs).unwrap();
+    make_certs(&certs, "ca.crt");
+    for f in ["server.crt", "server.key"] {
+        chown_to_pg_user(&certs.join(f)).unwrap();
+    }
+    fs::set_permissions(certs.join("server.key"), fs::Permissions::from_mode(0o600)).unwrap();
+    let pg = start(
+        &dir,
+        PgOptions {
+            conf: vec![
+                ("ssl".into(), "on".into()),
+                ("ssl_cert_file".into(), conf_quote(&certs.join("server.crt").to_string_lossy())),
+                ("ssl_key_file".into(), conf_quote(&certs.join("server.key").to_string_lossy())),
+            ],
+            password: Some("tls-pw".into()),
+            ..Default::default()
+        },
+    );
+    let ca = certs.join("ca.crt");
+    let port = pg.port();
+    let by_ip = format!("host=127.0.0.1 port={port} user=postgres password=tls-pw");
+    let by_name = format!("host=localhost hostaddr=127.0.0.1 port={port} user=postgres password=tls-pw");
+    let walsender_ssl = async |app: &str| {
+        eventually("the walsender in pg_stat_ssl", async || {
+            let v = pg
+                .psql(&format!(
+                    "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = '{app}' AND a.backend_type = 'walsender'"
+                ))
+                .ok()?;
+            (!v.is_empty()).then_some(v)
+        })
+        .await
+    };
+
+    let r = repl_with(&format!("{by_ip} sslmode=require application_name=req"), &env()).await.unwrap();
+    assert_eq!(walsender_ssl("req").await, "t");
+    drop(r);
+    let r = repl_with(&format!("{by_name} sslmode=verify-full sslrootcert={} application_name=full", ca.display()), &env())
+        .await
+        .unwrap();
+    assert_eq!(walsender_ssl("full").await, "t");
+    drop(r);
+    // SCRAM with channel binding over TLS.
+    repl_with(&format!("{by_ip} sslmode=require channel_binding=require"), &env()).await.unwrap();
+    // The name must match for verify-full.
+    let e = repl_with(&format!("{by_ip} sslmode=verify-full sslrootcert={}", ca.display()), &env()).await.unwrap_err();
+    assert!(e.to_string().contains("certificate"), "{e}");
+    assert!(!e.to_string().contains('\n'));
+    let plain = repl_with(&format!("{by_ip} sslmode=disable application_name=plain"), &env()).await.unwrap();
+    assert_eq!(walsender_ssl("plain").await, "f");
+    drop(plain);
+}
