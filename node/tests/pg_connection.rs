@@ -536,7 +536,8 @@ async fn replication_passwords_scram_md5_and_pgpass() {
 
     // Both from the password file.
     let pgpass = dir.path().join("pgpass");
-    fs::write(&pgpass, format!("127.0.0.1:{p}:*:postgres:scram-pw\n127.0.0.1:{p}:*:m:md5-pw\n", p = pg.port())).unwrap();
+    fs::write(&pgpass, format!("127.0.0.1:{p}:*:postgres:scram-pw\n127.0.0.1:{p}:*:m:md5-pw\n", p = pg.port()))
+        .unwrap();
     fs::set_permissions(&pgpass, fs::Permissions::from_mode(0o600)).unwrap();
     let via_file = env().with_var("PGPASSFILE", pgpass.to_str().unwrap());
     repl_with(&base, &via_file).await.unwrap();
@@ -591,9 +592,10 @@ async fn replication_over_tls() {
     let r = repl_with(&format!("{by_ip} sslmode=require application_name=req"), &env()).await.unwrap();
     assert_eq!(walsender_ssl("req").await, "t");
     drop(r);
-    let r = repl_with(&format!("{by_name} sslmode=verify-full sslrootcert={} application_name=full", ca.display()), &env())
-        .await
-        .unwrap();
+    let r =
+        repl_with(&format!("{by_name} sslmode=verify-full sslrootcert={} application_name=full", ca.display()), &env())
+            .await
+            .unwrap();
     assert_eq!(walsender_ssl("full").await, "t");
     drop(r);
     // SCRAM with channel binding over TLS.

@@ -456,3 +456,48 @@ fn bad_setups_are_refused_with_one_clear_line() {
     env.write_config(&format!("[pg]\nconninfo = {good}\nbackup_method = postgres\narchiver = on\n"));
     refused(&env, "streaming_archiver option set to 'off'");
 }
+
+#[test]
+fn cron_keeps_one_receiver_and_check_reports_streaming() {
+    let env = Env::new();
+    let pg = start_pg(&env, &[]);
+    env.write_config(&server_section(&pg.conninfo(), ""));
+    let out = env.barman(&["cron"]);
+    assert!(out.stdout.contains("Starting streaming archiver for server pg"), "{}{}", out.stdout, out.stderr);
+    wait_streaming(&pg);
+    // A second cron sees the receiver and starts nothing.
+    let again = env.barman(&["cron"]);
+    assert!(!again.stdout.contains("Starting streaming archiver"), "{}", again.stdout);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        pg.psql(&format!("SELECT count(*) FROM pg_stat_replication WHERE application_name = '{APP}'")).unwrap(),
+        "1"
+    );
+
+    let check = env.barman(&["check", "pg"]);
+    for line in ["\tPostgreSQL streaming: OK", "\treplication slot: OK", "\treceive-wal running: OK", "\twal_level: OK"]
+    {
+        assert!(check.stdout.contains(line), "{line:?} missing from:\n{}", check.stdout);
+    }
+
+    // get-wal -P serves the segment being streamed: PostgreSQL's bytes up to our flush.
+    pg.psql("CREATE TABLE p AS SELECT generate_series(1, 5000) g").unwrap();
+    let lsn = pg.current_lsn().unwrap();
+    wait_flushed(&pg, &lsn);
+    let current = pg.psql("SELECT pg_walfile_name(pg_current_wal_lsn())").unwrap();
+    let got = env.barman_cmd(&["get-wal", "-P", "pg", &current]).output().unwrap();
+    assert!(got.status.success(), "{}", String::from_utf8_lossy(&got.stderr));
+    let theirs = std::fs::read(pg.data_dir().join("pg_wal").join(&current)).unwrap();
+    let upto = (parse_lsn(&lsn) % (16 << 20)) as usize;
+    assert_eq!(got.stdout.len(), 16 << 20);
+    assert!(got.stdout[..upto] == theirs[..upto], "the partial served differs from pg_wal");
+
+    // Streaming turned off: cron stops the receiver.
+    env.write_config(&format!("[pg]\nconninfo = {}\nbackup_method = postgres\narchiver = on\n", pg.conninfo()));
+    env.barman(&["cron"]);
+    wait_until(Duration::from_secs(20), "cron to stop the receiver", || {
+        pg.psql(&format!("SELECT count(*) FROM pg_stat_replication WHERE application_name = '{APP}'"))
+            .is_ok_and(|v| v == "0")
+    })
+    .unwrap();
+}

@@ -36,6 +36,8 @@ struct Checker<'a> {
     ctx: &'a mut Ctx,
     s: &'a ServerConfig,
     deadline: Option<Instant>,
+    /// The system identifier seen over the streaming connection.
+    streaming_sysid: Option<crate::wal::SystemId>,
 }
 
 impl Checker<'_> {
@@ -64,7 +66,7 @@ pub fn check(ctx: &mut Ctx, names: &[String], nagios: bool, timeout: Option<u64>
         ctx.out.init_check(&s.name, s.active(), s.disabled());
         let secs = timeout.unwrap_or(s.opts.check_timeout.max(0) as u64);
         let deadline = (secs > 0).then(|| Instant::now() + Duration::from_secs(secs));
-        let mut c = Checker { ctx, s: &s, deadline };
+        let mut c = Checker { ctx, s: &s, deadline, streaming_sysid: None };
         if !run_checks(&mut c) {
             c.result("check timeout", false, Some("barman check command timed out"));
         }
@@ -236,9 +238,26 @@ fn check_postgres(c: &mut Checker<'_>, st: &PostgresStatus) {
         ),
         None => {}
     }
+    let streams = c.s.opts.streaming_archiver || c.s.opts.backup_method == BackupMethod::Postgres;
+    if streams {
+        match remote::streaming_identity(c.s, c.remaining()) {
+            Ok(info) => {
+                c.streaming_sysid = Some(info.system_id);
+                c.result("PostgreSQL streaming", true, None);
+            }
+            Err(e) => c.result("PostgreSQL streaming", false, Some(&e)),
+        }
+    }
     if let Some(level) = &st.wal_level {
         let ok = level != "minimal";
         c.result("wal_level", ok, (!ok).then_some("please set it to a higher level than 'minimal'"));
+    }
+    // Not Barman's (reported only on failure): settings that make streaming impossible.
+    if c.s.opts.streaming_archiver && st.max_wal_senders.as_deref() == Some("0") {
+        c.result("max_wal_senders", false, Some("please set it to a value higher than 0 for WAL streaming"));
+    }
+    if c.s.opts.slot_name.is_some() && st.max_replication_slots.as_deref() == Some("0") {
+        c.result("max_replication_slots", false, Some("please set it to a value higher than 0 to use slot_name"));
     }
     if let Some(primary) = c.s.opts.primary_conninfo.clone() {
         standby_checks(c, st, &primary);
@@ -441,6 +460,16 @@ fn systemid_coherence(c: &mut Checker<'_>, l: &ServerLayout, st: &PostgresStatus
         c.result("systemid coherence", true, Some("no system Id available"));
         return;
     };
+    if let Some(streamed) = c.streaming_sysid
+        && streamed != live
+    {
+        c.result(
+            "systemid coherence",
+            false,
+            Some("is the streaming DSN targeting the same server of the PostgreSQL connection string?"),
+        );
+        return;
+    }
     match Identity::read(&l.identity_path()) {
         Ok(None) => c.result("systemid coherence", true, Some("no system Id stored on disk")),
         Ok(Some(id)) if id.systemid == live => c.result("systemid coherence", true, None),

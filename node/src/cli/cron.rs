@@ -1,4 +1,4 @@
-//! `cron` (the archive step; later steps come with their commands),
+//! `cron` (the archive step and the WAL receiver; later steps come with their commands),
 //! `lock-directory-cleanup` and `list-processes`.
 
 use super::context::{Ctx, Pick};
@@ -75,12 +75,26 @@ pub fn cron(ctx: &mut Ctx, keep_descriptors: bool) {
             )),
             Err(e) => ctx.out.error(e.to_string()),
         }
-        if !s.opts.streaming_archiver {
-            // A receiver left over from when streaming was on is stopped.
-            if let Some(pid) = holder(&l.lock_dir.join(LockKind::ReceiveWal.file_name(&s.name))) {
-                // SAFETY: sending a signal to a pid read from the lock its holder keeps.
-                unsafe { libc::kill(pid as i32, libc::SIGINT) };
+        let receiver_lock = l.lock_dir.join(LockKind::ReceiveWal.file_name(&s.name));
+        if s.opts.streaming_archiver {
+            // Exactly one receiver per server: started only when none holds the lock.
+            match Lock::acquire(&receiver_lock, false) {
+                Ok(probe) => {
+                    drop(probe);
+                    ctx.out.info(format!("Starting streaming archiver for server {}", s.name));
+                    if let Err(e) = spawn_detached(&ctx.cfg.file, &["receive-wal", &s.name], keep_descriptors) {
+                        ctx.out.error(format!("cannot start receive-wal for server {}: {e}", s.name));
+                    }
+                }
+                Err(LockError::Busy(_)) => {
+                    tracing::debug!(server = %s.name, "Another STREAMING ARCHIVER process is running for server {}", s.name);
+                }
+                Err(e) => ctx.out.error(e.to_string()),
             }
+        } else if let Some(pid) = holder(&receiver_lock) {
+            // A receiver left over from when streaming was on is stopped.
+            // SAFETY: sending a signal to a pid read from the lock its holder keeps.
+            unsafe { libc::kill(pid as i32, libc::SIGINT) };
         }
         drop(cron_lock);
     }

@@ -49,3 +49,32 @@ pub fn with_connection<T>(
         f(&c).await.map_err(|e| e.to_string())
     })
 }
+
+/// IDENTIFY_SYSTEM over the server's WAL streaming connection (Barman's
+/// "PostgreSQL streaming" check): the answer, or why no session opened.
+pub fn streaming_identity(
+    s: &ServerConfig,
+    timeout: Duration,
+) -> Result<crate::postgres::replication::SystemInfo, String> {
+    let (streaming, _, _) = super::receive_wal::wal_conninfos(s);
+    let raw = streaming.ok_or_else(|| format!("Missing 'streaming_conninfo' parameter for server '{}'", s.name))?;
+    let params = super::receive_wal::streaming_params(&raw)?;
+    let app = s.opts.streaming_archiver_name.clone().unwrap_or_else(|| "barman_receive_wal".into());
+    let rt = runtime()?;
+    rt.block_on(async {
+        let work = async {
+            let mut c = crate::postgres::replication::ReplicationConnection::connect(&params, Some(&app)).await?;
+            let info = c.identify_system().await;
+            c.close().await;
+            info
+        };
+        let r = if timeout.is_zero() {
+            work.await
+        } else {
+            tokio::time::timeout(timeout, work)
+                .await
+                .map_err(|_| format!("no answer from PostgreSQL within {} seconds", timeout.as_secs()))?
+        };
+        r.map_err(|e| e.to_string())
+    })
+}
