@@ -501,3 +501,59 @@ fn cron_keeps_one_receiver_and_check_reports_streaming() {
     })
     .unwrap();
 }
+
+#[test]
+fn slot_commands_and_reset_speak_barman() {
+    let env = Env::new();
+    let pg = start_pg(&env, &[]);
+    env.write_config(&server_section(&pg.conninfo(), "create_slot = manual\n"));
+    let out = env.barman(&["receive-wal", "--create-slot", "pg"]);
+    out.ok();
+    assert_eq!(
+        out.stdout,
+        "Creating physical replication slot 'barman' on server 'pg'\nReplication slot 'barman' created\n"
+    );
+    let again = env.barman(&["receive-wal", "--create-slot", "pg"]);
+    assert_eq!(again.code, 1);
+    assert!(again.stderr.contains("Replication slot 'barman' already exists"), "{}", again.stderr);
+    env.barman(&["receive-wal", "--create-slot", "--if-not-exists", "pg"]).ok();
+    let both = env.barman(&["receive-wal", "--stop", "--reset", "pg"]);
+    assert!(both.stderr.contains("--stop and --reset options are not compatible"), "{}", both.stderr);
+    let none = env.barman(&["receive-wal", "--stop", "pg"]);
+    assert!(
+        none.stderr.contains("Termination of receive-wal failed: no such process for server pg"),
+        "{}",
+        none.stderr
+    );
+
+    // --reset: a .partial holding WAL is kept; the new start is marked by an empty one.
+    let streaming = env.server_dir("pg").join("streaming");
+    let receiver = spawn_receiver(&env);
+    wait_streaming(&pg);
+    pg.psql("CREATE TABLE r AS SELECT generate_series(1, 1000) g").unwrap();
+    wait_flushed(&pg, &pg.current_lsn().unwrap());
+    stop_receiver(&env, receiver);
+    let before: Vec<String> = names_in(&streaming).into_iter().filter(|n| n.ends_with(".partial")).collect();
+    assert_eq!(before.len(), 1, "{before:?}");
+    pg.psql("SELECT pg_drop_replication_slot('barman')").unwrap();
+    for _ in 0..3 {
+        pg.switch_wal().unwrap();
+    }
+    env.write_config(&server_section(&pg.conninfo(), "create_slot = auto\n"));
+    let reset = env.barman(&["receive-wal", "--reset", "pg"]);
+    reset.ok();
+    assert!(reset.stdout.contains("Resetting receive-wal directory status"), "{}", reset.stdout);
+    assert!(reset.stdout.contains(&format!("Keeping {}", streaming.join(&before[0]).display())), "{}", reset.stdout);
+    assert!(streaming.join(&before[0]).exists(), "the .partial with WAL was thrown away");
+    let after: Vec<String> = names_in(&streaming).into_iter().filter(|n| n.ends_with(".partial")).collect();
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert!(after[1] > before[0], "{after:?}");
+    assert_eq!(std::fs::metadata(streaming.join(&after[1])).unwrap().len(), 0);
+    let aligned = env.barman(&["receive-wal", "--reset", "pg"]);
+    assert!(aligned.stdout.contains("Nothing to do. Position of receive-wal is aligned."), "{}", aligned.stdout);
+
+    env.barman(&["receive-wal", "--create-slot", "pg"]).ok();
+    env.barman(&["receive-wal", "--drop-slot", "pg"]).ok();
+    let gone = env.barman(&["receive-wal", "--drop-slot", "pg"]);
+    assert!(gone.stderr.contains("Replication slot 'barman' does not exist"), "{}", gone.stderr);
+}
