@@ -358,12 +358,14 @@ pub async fn receive(
         // Tell the server where we are at once, so the slot and
         // pg_stat_replication show us from the start.
         conn.send_status(r.write, r.flush, false).await?;
+        let mut reported = r.flush;
         let ended = loop {
             let event = tokio::select! {
                 ev = conn.next_event() => ev.map_err(|e| start_error(e, cfg, r.write, r.tli))?,
                 () = tokio::time::sleep_until(next_status) => {
                     r.make_durable()?;
                     conn.send_status(r.write, r.flush, false).await?;
+                    reported = r.flush;
                     next_status = Instant::now() + cfg.status_interval;
                     continue;
                 }
@@ -398,12 +400,15 @@ pub async fn receive(
                 break end;
             }
             let due = Instant::now() >= next_status;
+            let mut report = reply || due || r.flush != reported;
             if synchronous || reply || due {
-                let moved = r.make_durable()?;
-                if moved || reply || due {
-                    conn.send_status(r.write, r.flush, false).await?;
-                    next_status = Instant::now() + cfg.status_interval;
-                }
+                report |= r.make_durable()?;
+            }
+            // A segment completed (flush moved) is told at once, so the slot follows.
+            if report {
+                conn.send_status(r.write, r.flush, false).await?;
+                reported = r.flush;
+                next_status = Instant::now() + cfg.status_interval;
             }
         };
         match ended {
