@@ -40,8 +40,6 @@ pub enum ReceiveError {
     SlotInUse { slot: String, reason: String },
     #[error("unexpected data from PostgreSQL: {0}")]
     Protocol(String),
-    #[error("wal_segment_size {0:?} from PostgreSQL is not a valid segment size")]
-    BadSegmentSize(String),
     #[error("PostgreSQL ended the WAL stream (server shut down?) at {0}")]
     Ended(Lsn),
 }
@@ -97,22 +95,6 @@ struct Receiver<'a> {
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ReceiveError + '_ {
     move |source| ReceiveError::Io { path: path.to_path_buf(), source }
-}
-
-/// `SHOW` size values: "16MB", "1GB", "1024kB".
-pub fn parse_size_setting(v: &str) -> Option<u64> {
-    let v = v.trim();
-    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
-    let n: u64 = v[..split].parse().ok()?;
-    let mult = match v[split..].trim() {
-        "" | "B" => 1,
-        "kB" => 1 << 10,
-        "MB" => 1 << 20,
-        "GB" => 1 << 30,
-        "TB" => 1 << 40,
-        _ => return None,
-    };
-    n.checked_mul(mult)
 }
 
 /// Whether `synchronous_standby_names` makes `app` a (candidate) synchronous standby.
@@ -293,7 +275,7 @@ fn check_identity(layout: &ServerLayout, sys: &SystemInfo, version: u32) -> Resu
         }
         Ok(Some(_)) => Ok(()),
         Ok(None) => {
-            let major = crate::postgres::simplify_version(&crate::postgres::int_version_to_string_version(version));
+            let major = crate::postgres::major_version(version);
             if let Err(e) = (Identity { systemid: sys.system_id, version: major }).write_once(&path) {
                 tracing::warn!(server = %layout.server, "cannot record the cluster identity: {e}");
             }
@@ -333,10 +315,7 @@ pub async fn receive(
     let mut conn = ReplicationConnection::connect(&cfg.params, Some(&cfg.application_name)).await?;
     let sys = conn.identify_system().await?;
     check_identity(&cfg.layout, &sys, conn.server_version())?;
-    let seg_text = conn.show("wal_segment_size").await?;
-    let size = parse_size_setting(&seg_text)
-        .and_then(|b| SegmentSize::new(b).ok())
-        .ok_or_else(|| ReceiveError::BadSegmentSize(seg_text.clone()))?;
+    let size = conn.wal_segment_size().await?;
     let synchronous = match cfg.synchronous {
         Synchronous::On => true,
         Synchronous::Off => false,
@@ -441,16 +420,6 @@ pub async fn receive(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size_setting("16MB"), Some(16 << 20));
-        assert_eq!(parse_size_setting("1GB"), Some(1 << 30));
-        assert_eq!(parse_size_setting("1024kB"), Some(1 << 20));
-        assert_eq!(parse_size_setting("16 MB"), Some(16 << 20));
-        assert_eq!(parse_size_setting("MB"), None);
-        assert_eq!(parse_size_setting("16XB"), None);
-    }
 
     #[test]
     fn synchronous_names() {

@@ -134,7 +134,7 @@ fn replication<T>(
     if conn.server_version() < 90400 {
         ctx.out.error(format!(
             "Unable to {action} a physical replication slot: not supported by '{}' (9.4 or higher is required)",
-            crate::postgres::simplify_version(&crate::postgres::int_version_to_string_version(conn.server_version()))
+            crate::postgres::major_version(conn.server_version())
         ));
         return None;
     }
@@ -351,16 +351,13 @@ fn reset_status(ctx: &mut Ctx, s: &ServerConfig, l: &ServerLayout, params: &Conn
     let info = rt.block_on(async {
         let mut c = ReplicationConnection::connect(params, Some(&app)).await?;
         let sys = c.identify_system().await?;
-        let size = c.show("wal_segment_size").await?;
+        let size = c.wal_segment_size().await?;
         c.close().await;
         Ok::<_, PgError>((sys, size))
     });
-    let (sys, size_text) = match info {
+    let (sys, size) = match info {
         Ok(v) => v,
         Err(e) => return ctx.out.error(format!("Cannot reset receive-wal for server {}: {e}", s.name)),
-    };
-    let Some(size) = rw::parse_size_setting(&size_text).and_then(|b| crate::wal::SegmentSize::new(b).ok()) else {
-        return ctx.out.error(format!("Cannot reset receive-wal: bad wal_segment_size {size_text:?}"));
     };
     let current = WalFileName::segment(SegmentId::containing(current_lsn, sys.timeline, size));
     let restart = match pre.slot.as_ref().and_then(|r| r.restart_lsn) {

@@ -35,6 +35,11 @@ pub fn int_version_to_string_version(v: u32) -> String {
     if major < 10 { format!("{major}.{minor}.{patch}") } else { format!("{major}.{patch}") }
 }
 
+/// The major version as Barman writes it ("15", "9.6") from `server_version_num`.
+pub fn major_version(v: u32) -> String {
+    simplify_version(&int_version_to_string_version(v))
+}
+
 /// Barman's `simplify_version`: drops the last component ("15.18" → "15",
 /// "9.6.24" → "9.6", "16beta1" → "16").
 pub fn simplify_version(version: &str) -> String {
@@ -152,7 +157,7 @@ impl PgConnection {
 
     /// "15", or "9.6" before version 10.
     pub fn server_major_version(&self) -> String {
-        simplify_version(&self.server_version_text())
+        major_version(self.version)
     }
 
     pub fn is_minimal_postgres_version(&self) -> bool {
@@ -179,14 +184,7 @@ fn tokio_config(p: &ConnParams, application_name: Option<&str>) -> tokio_postgre
     if let Some(pw) = p.password() {
         cfg.password(pw.expose());
     }
-    // Barman sets its name unless the conninfo names the application itself; an
-    // environment PGAPPNAME does not stop it.
-    let app = if p.conninfo_sets_application_name {
-        p.application_name.clone()
-    } else {
-        application_name.map(str::to_string).or_else(|| p.application_name.clone())
-    };
-    if let Some(app) = app.or_else(|| p.fallback_application_name.clone()) {
+    if let Some(app) = p.session_application_name(application_name) {
         cfg.application_name(app);
     }
     if let Some(o) = &p.options {

@@ -18,7 +18,7 @@ pub mod remote_status;
 pub mod replication;
 pub mod tls;
 
-pub use connection::{MINIMAL_VERSION, PgConnection, int_version_to_string_version, simplify_version};
+pub use connection::{MINIMAL_VERSION, PgConnection, int_version_to_string_version, major_version, simplify_version};
 pub use conninfo::{Conninfo, ConninfoError, mask_password};
 pub use error::PgError;
 pub use params::{ConnParams, DEFAULT_CONNECT_TIMEOUT, Host, LibpqEnv, Password, SslMode};

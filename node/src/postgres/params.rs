@@ -571,21 +571,40 @@ impl ConnParams {
         self.replication.as_deref().is_some_and(|v| !matches!(v, "0" | "false" | "off" | "no"))
     }
 
-    /// `at "host", port N` or `on socket "/dir/.s.PGSQL.N"`, as libpq names the
-    /// server it failed to reach (all of them when there are several).
-    pub fn target_description(&self) -> String {
-        let mut parts = Vec::new();
-        for (i, h) in self.hosts.iter().enumerate() {
-            let port = self.ports.get(i).or(self.ports.first()).copied().unwrap_or(DEFAULT_PORT);
-            parts.push(match h {
-                Host::Tcp(name) => match self.hostaddrs.get(i) {
-                    Some(a) if a.to_string() != *name => format!("at \"{name}\" ({a}), port {port}"),
-                    _ => format!("at \"{name}\", port {port}"),
-                },
-                Host::Socket(dir) => format!("on socket \"{}/.s.PGSQL.{port}\"", dir.display()),
-            });
+    /// The port of host `i`: its own, else the one given for all.
+    pub fn port_for(&self, i: usize) -> u16 {
+        self.ports.get(i).or(self.ports.first()).copied().unwrap_or(DEFAULT_PORT)
+    }
+
+    /// Host `i` as libpq names it in errors: `at "host", port N` (with the
+    /// address when `hostaddr` differs) or `on socket "/dir/.s.PGSQL.N"`.
+    pub fn host_target(&self, i: usize) -> String {
+        let port = self.port_for(i);
+        match self.hosts.get(i) {
+            Some(Host::Tcp(name)) => match self.hostaddrs.get(i) {
+                Some(a) if a.to_string() != *name => format!("at \"{name}\" ({a}), port {port}"),
+                _ => format!("at \"{name}\", port {port}"),
+            },
+            Some(Host::Socket(dir)) => format!("on socket \"{}/.s.PGSQL.{port}\"", dir.display()),
+            None => "(no host)".to_string(),
         }
-        parts.join(" / ")
+    }
+
+    /// Every host as [`ConnParams::host_target`] names it, for an error about all of them.
+    pub fn target_description(&self) -> String {
+        (0..self.hosts.len()).map(|i| self.host_target(i)).collect::<Vec<_>>().join(" / ")
+    }
+
+    /// The session's application_name: Barman's name for it unless the conninfo
+    /// names the application itself (an environment PGAPPNAME does not stop
+    /// it), else the fallback.
+    pub fn session_application_name(&self, default: Option<&str>) -> Option<String> {
+        if self.conninfo_sets_application_name {
+            self.application_name.clone()
+        } else {
+            default.map(str::to_string).or_else(|| self.application_name.clone())
+        }
+        .or_else(|| self.fallback_application_name.clone())
     }
 }
 

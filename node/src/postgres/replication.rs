@@ -10,9 +10,9 @@
 //! stream read with [`ReplicationConnection::next_event`].
 
 use super::error::{PgError, one_line, strip_os_error};
-use super::params::{ChannelBinding, ConnParams, DEFAULT_PORT, Host, SslMode};
+use super::params::{ChannelBinding, ConnParams, Host, SslMode};
 use super::tls;
-use crate::wal::{Lsn, SystemId, TimelineId};
+use crate::wal::{Lsn, SegmentSize, SystemId, TimelineId};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use postgres_protocol::authentication::md5_hash;
 use postgres_protocol::authentication::sasl::{self, ScramSha256};
@@ -62,7 +62,6 @@ type Row = Vec<Option<Bytes>>;
 pub struct ReplicationConnection {
     io: Box<dyn Io>,
     rbuf: BytesMut,
-    wbuf: BytesMut,
     target: String,
     server_version: u32,
     streaming: bool,
@@ -117,6 +116,14 @@ fn text(col: &Option<Bytes>) -> Option<String> {
     col.as_ref().map(|b| String::from_utf8_lossy(b).into_owned())
 }
 
+/// Column `i` of a result row parsed as `T`; `None` when NULL or absent.
+fn column<T: std::str::FromStr>(row: &Row, i: usize, what: &'static str) -> Result<Option<T>, PgError> {
+    match row.get(i).and_then(text) {
+        Some(t) => t.parse().map(Some).map_err(|_| PgError::bad_value(what, &t)),
+        None => Ok(None),
+    }
+}
+
 impl ReplicationConnection {
     /// Opens a physical replication session as libpq would for `params` (each
     /// host in turn, `connect_timeout` per host, `sslmode`, the password or
@@ -124,13 +131,9 @@ impl ReplicationConnection {
     pub async fn connect(params: &ConnParams, application_name: Option<&str>) -> Result<Self, PgError> {
         let plan = tls::plan(params)?;
         let mut last = None;
-        for (i, host) in params.hosts.iter().enumerate() {
-            let port = params.ports.get(i).or(params.ports.first()).copied().unwrap_or(DEFAULT_PORT);
-            let target = match host {
-                Host::Tcp(name) => format!("at \"{name}\", port {port}"),
-                Host::Socket(dir) => format!("on socket \"{}/.s.PGSQL.{port}\"", dir.display()),
-            };
-            let attempt = Self::connect_one(params, &plan, i, host, port, application_name, target.clone());
+        for i in 0..params.hosts.len() {
+            let target = params.host_target(i);
+            let attempt = Self::connect_one(params, &plan, i, application_name, target.clone());
             let result = match params.connect_timeout {
                 Some(t) => tokio::time::timeout(t, attempt).await.unwrap_or_else(|_| {
                     Err(PgError::Connect { target: target.clone(), reason: "timeout expired".into() })
@@ -150,14 +153,13 @@ impl ReplicationConnection {
         params: &ConnParams,
         plan: &tls::TlsPlan,
         index: usize,
-        host: &Host,
-        port: u16,
         application_name: Option<&str>,
         target: String,
     ) -> Result<Self, PgError> {
         let fail = |reason: String| PgError::Connect { target: target.clone(), reason: one_line(&reason) };
         let io_fail = |e: std::io::Error| fail(strip_os_error(&e.to_string()));
-        let (io, tls_cert): (Box<dyn Io>, Option<Vec<u8>>) = match host {
+        let port = params.port_for(index);
+        let (io, tls_cert): (Box<dyn Io>, Option<Vec<u8>>) = match &params.hosts[index] {
             Host::Socket(dir) => {
                 let path = dir.join(format!(".s.PGSQL.{port}"));
                 (Box::new(tokio::net::UnixStream::connect(&path).await.map_err(io_fail)?), None)
@@ -172,47 +174,13 @@ impl ReplicationConnection {
                 tcp.set_nodelay(true).map_err(io_fail)?;
                 match &plan.config {
                     None => (Box::new(tcp), None),
-                    Some(config) => {
-                        let mut tcp = tcp;
-                        let wanted = if params.ssl_direct {
-                            true
-                        } else {
-                            let mut req = BytesMut::new();
-                            frontend::ssl_request(&mut req);
-                            tcp.write_all(&req).await.map_err(io_fail)?;
-                            let answer = tcp.read_u8().await.map_err(io_fail)?;
-                            match answer {
-                                b'S' => true,
-                                b'N' if params.sslmode == SslMode::Prefer => false,
-                                b'N' => return Err(fail("server does not support SSL, but SSL was required".into())),
-                                other => {
-                                    return Err(fail(format!(
-                                        "received invalid response to SSL negotiation: {}",
-                                        other as char
-                                    )));
-                                }
-                            }
-                        };
-                        if wanted {
-                            let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config.clone()));
-                            let sni = rustls::pki_types::ServerName::try_from(name.clone())
-                                .map_err(|e| fail(format!("invalid host name \"{name}\": {e}")))?;
-                            let stream =
-                                connector.connect(sni, tcp).await.map_err(|e| fail(format!("SSL error: {e}")))?;
-                            let cert =
-                                stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec());
-                            (Box::new(stream), cert)
-                        } else {
-                            (Box::new(tcp), None)
-                        }
-                    }
+                    Some(config) => negotiate_tls(tcp, params, config, name).await.map_err(fail)?,
                 }
             }
         };
         let mut conn = ReplicationConnection {
             io,
             rbuf: BytesMut::with_capacity(READ_CHUNK),
-            wbuf: BytesMut::new(),
             target: target.clone(),
             server_version: 0,
             streaming: false,
@@ -230,12 +198,7 @@ impl ReplicationConnection {
         application_name: Option<&str>,
         tls_cert: Option<Vec<u8>>,
     ) -> Result<(), PgError> {
-        let app = if p.conninfo_sets_application_name {
-            p.application_name.clone()
-        } else {
-            application_name.map(str::to_string).or_else(|| p.application_name.clone())
-        }
-        .or_else(|| p.fallback_application_name.clone());
+        let app = p.session_application_name(application_name);
         let mut startup: Vec<(&str, &str)> =
             vec![("user", p.user.as_str()), ("database", p.dbname.as_str()), ("replication", "true")];
         if let Some(a) = &app {
@@ -244,9 +207,7 @@ impl ReplicationConnection {
         if let Some(o) = &p.options {
             startup.push(("options", o));
         }
-        let mut buf = BytesMut::new();
-        frontend::startup_message(startup.iter().copied(), &mut buf).map_err(|e| self.lost(e))?;
-        self.send(&buf).await?;
+        self.send_msg(|b| frontend::startup_message(startup.iter().copied(), b)).await?;
 
         let target = self.target.clone();
         let fail = |reason: String| PgError::Connect { target: target.clone(), reason: one_line(&reason) };
@@ -257,16 +218,12 @@ impl ReplicationConnection {
                 Frame::Other(backend::Message::AuthenticationOk) => break,
                 Frame::Other(backend::Message::AuthenticationCleartextPassword) => {
                     let pw = p.password().ok_or_else(no_password)?;
-                    let mut b = BytesMut::new();
-                    frontend::password_message(pw.expose().as_bytes(), &mut b).map_err(|e| self.lost(e))?;
-                    self.send(&b).await?;
+                    self.send_msg(|b| frontend::password_message(pw.expose().as_bytes(), b)).await?;
                 }
                 Frame::Other(backend::Message::AuthenticationMd5Password(body)) => {
                     let pw = p.password().ok_or_else(no_password)?;
                     let hash = md5_hash(p.user.as_bytes(), pw.expose().as_bytes(), body.salt());
-                    let mut b = BytesMut::new();
-                    frontend::password_message(hash.as_bytes(), &mut b).map_err(|e| self.lost(e))?;
-                    self.send(&b).await?;
+                    self.send_msg(|b| frontend::password_message(hash.as_bytes(), b)).await?;
                 }
                 Frame::Other(backend::Message::AuthenticationSasl(body)) => {
                     use fallible_iterator::FallibleIterator;
@@ -289,14 +246,8 @@ impl ReplicationConnection {
                     };
                     let (mechanism, cb) = match binding {
                         Some(cb) => (sasl::SCRAM_SHA_256_PLUS, cb),
-                        None if plain => (
-                            sasl::SCRAM_SHA_256,
-                            if tls_cert.is_some() {
-                                sasl::ChannelBinding::unsupported()
-                            } else {
-                                sasl::ChannelBinding::unrequested()
-                            },
-                        ),
+                        // "n": no binding from us, which the server accepts whatever it offered.
+                        None if plain => (sasl::SCRAM_SHA_256, sasl::ChannelBinding::unsupported()),
                         None => {
                             return Err(fail(
                                 "none of the server's SASL authentication mechanisms are supported".into(),
@@ -304,17 +255,14 @@ impl ReplicationConnection {
                         }
                     };
                     let s = ScramSha256::new(pw.expose().as_bytes(), cb);
-                    let mut b = BytesMut::new();
-                    frontend::sasl_initial_response(mechanism, s.message(), &mut b).map_err(|e| self.lost(e))?;
-                    self.send(&b).await?;
+                    self.send_msg(|b| frontend::sasl_initial_response(mechanism, s.message(), b)).await?;
                     scram = Some(s);
                 }
                 Frame::Other(backend::Message::AuthenticationSaslContinue(body)) => {
                     let s = scram.as_mut().ok_or_else(|| fail("unexpected SASL message".into()))?;
                     s.update(body.data()).map_err(|e| fail(format!("SCRAM: {e}")))?;
-                    let mut b = BytesMut::new();
-                    frontend::sasl_response(s.message(), &mut b).map_err(|e| self.lost(e))?;
-                    self.send(&b).await?;
+                    let msg = s.message().to_vec();
+                    self.send_msg(|b| frontend::sasl_response(&msg, b)).await?;
                 }
                 Frame::Other(backend::Message::AuthenticationSaslFinal(body)) => {
                     let s = scram.as_mut().ok_or_else(|| fail("unexpected SASL message".into()))?;
@@ -349,11 +297,6 @@ impl ReplicationConnection {
         self.server_version
     }
 
-    /// `at "host", port N`, for messages.
-    pub fn target(&self) -> &str {
-        &self.target
-    }
-
     fn lost(&self, e: impl std::fmt::Display) -> PgError {
         PgError::Lost { target: self.target.clone(), reason: one_line(&strip_os_error(&e.to_string())) }
     }
@@ -365,13 +308,23 @@ impl ReplicationConnection {
         }
     }
 
+    /// Builds one frontend message with `build` and sends it.
+    async fn send_msg(&mut self, build: impl FnOnce(&mut BytesMut) -> std::io::Result<()>) -> Result<(), PgError> {
+        let mut b = BytesMut::new();
+        build(&mut b).map_err(|e| self.lost(e))?;
+        self.send(&b).await
+    }
+
+    /// The length (after the tag) of the message at the head of the buffer.
+    fn buffered_len(&self) -> Option<usize> {
+        let h = self.rbuf.get(..5)?;
+        Some(u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize)
+    }
+
     /// One message from the buffer, if a whole one is there.
     fn buffered_frame(&mut self) -> Result<Option<Frame>, PgError> {
-        if self.rbuf.len() < 5 {
-            return Ok(None);
-        }
+        let Some(len) = self.buffered_len() else { return Ok(None) };
         let tag = self.rbuf[0];
-        let len = u32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]]) as usize;
         if len < 4 {
             return Err(self.lost(format!("invalid message length {len}")));
         }
@@ -415,9 +368,13 @@ impl ReplicationConnection {
         if self.streaming {
             return Err(PgError::BadValue { what, value: "the connection is streaming".into() });
         }
-        let mut b = BytesMut::new();
-        frontend::query(sql, &mut b).map_err(|e| self.lost(e))?;
-        self.send(&b).await?;
+        self.send_msg(|b| frontend::query(sql, b)).await?;
+        self.read_result(what).await
+    }
+
+    /// The rows of a result up to ReadyForQuery (or the start of CopyBoth), or
+    /// the server's error.
+    async fn read_result(&mut self, what: &'static str) -> Result<Vec<Row>, PgError> {
         let mut rows = Vec::new();
         let mut error = None;
         loop {
@@ -449,14 +406,12 @@ impl ReplicationConnection {
     pub async fn identify_system(&mut self) -> Result<SystemInfo, PgError> {
         const W: &str = "IDENTIFY_SYSTEM";
         let row = Self::one_row(W, self.command(W, W).await?)?;
-        let col = |i: usize| row.get(i).and_then(text).ok_or_else(|| PgError::bad_value(W, "missing column"));
-        let sysid = col(0)?;
-        let system_id = SystemId(sysid.parse().map_err(|_| PgError::bad_value(W, &sysid))?);
-        let tli = col(1)?;
-        let timeline = TimelineId(tli.parse().map_err(|_| PgError::bad_value(W, &tli))?);
-        let pos = col(2)?;
-        let xlogpos = pos.parse().map_err(|_| PgError::bad_value(W, &pos))?;
-        Ok(SystemInfo { system_id, timeline, xlogpos })
+        let missing = || PgError::bad_value(W, "missing column");
+        Ok(SystemInfo {
+            system_id: SystemId(column(&row, 0, W)?.ok_or_else(missing)?),
+            timeline: TimelineId(column(&row, 1, W)?.ok_or_else(missing)?),
+            xlogpos: column(&row, 2, W)?.ok_or_else(missing)?,
+        })
     }
 
     /// `SHOW name` on the walsender.
@@ -464,6 +419,13 @@ impl ReplicationConnection {
         const W: &str = "SHOW";
         let row = Self::one_row(W, self.command(W, &format!("SHOW {name}")).await?)?;
         row.first().and_then(text).ok_or_else(|| PgError::bad_value(W, "no value"))
+    }
+
+    /// `wal_segment_size` as the walsender shows it ("16MB").
+    pub async fn wal_segment_size(&mut self) -> Result<SegmentSize, PgError> {
+        const W: &str = "wal_segment_size";
+        let v = self.show(W).await?;
+        parse_size_setting(&v).and_then(|b| SegmentSize::new(b).ok()).ok_or_else(|| PgError::bad_value(W, &v))
     }
 
     /// `TIMELINE_HISTORY tli`: the history file's name and bytes.
@@ -494,15 +456,7 @@ impl ReplicationConnection {
         if row.first().cloned().flatten().is_none() {
             return Ok(None);
         }
-        let restart_lsn = match row.get(1).and_then(text) {
-            Some(t) => Some(t.parse().map_err(|_| PgError::bad_value(W, &t))?),
-            None => None,
-        };
-        let timeline = match row.get(2).and_then(text) {
-            Some(t) => Some(TimelineId(t.parse().map_err(|_| PgError::bad_value(W, &t))?)),
-            None => None,
-        };
-        Ok(Some(SlotPosition { restart_lsn, timeline }))
+        Ok(Some(SlotPosition { restart_lsn: column(&row, 1, W)?, timeline: column(&row, 2, W)?.map(TimelineId) }))
     }
 
     /// `START_REPLICATION [SLOT s] PHYSICAL X/Y TIMELINE n`; the stream is then
@@ -520,10 +474,7 @@ impl ReplicationConnection {
     /// Whether a whole message is already buffered (so that a caller can drain
     /// everything received before it makes the data durable and reports it).
     pub fn has_buffered_message(&self) -> bool {
-        self.rbuf.len() >= 5 && {
-            let len = u32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]]) as usize;
-            self.rbuf.len() > len
-        }
+        self.buffered_len().is_some_and(|len| self.rbuf.len() > len)
     }
 
     /// The next thing the server sends while streaming.
@@ -565,37 +516,18 @@ impl ReplicationConnection {
 
     /// The server left CopyBoth: answer CopyDone, then read the next timeline, if any.
     async fn finish_stream(&mut self) -> Result<StreamEvent, PgError> {
-        let mut b = BytesMut::new();
-        frontend::copy_done(&mut b);
-        self.send(&b).await?;
-        self.streaming = false;
-        let mut next = None;
-        let mut error = None;
-        loop {
-            match self.read_frame().await? {
-                Frame::Other(backend::Message::DataRow(row)) => {
-                    let row = split_row(&row).map_err(|e| self.lost(e))?;
-                    let tli = row.first().and_then(text).and_then(|t| t.parse().ok());
-                    let pos = row.get(1).and_then(text).and_then(|t| t.parse().ok());
-                    if let (Some(t), Some(p)) = (tli, pos) {
-                        next = Some((TimelineId(t), p));
-                    }
-                }
-                Frame::Other(backend::Message::ErrorResponse(body)) => {
-                    let (reason, sqlstate) = server_error(&body);
-                    error = Some(PgError::Query { what: "START_REPLICATION", reason, sqlstate });
-                }
-                Frame::Other(backend::Message::ReadyForQuery(_)) => break,
-                _ => {}
-            }
-        }
-        if let Some(e) = error {
-            return Err(e);
-        }
-        Ok(match next {
-            Some((next_timeline, next_start)) => StreamEvent::EndOfTimeline { next_timeline, next_start },
-            None => StreamEvent::Ended,
+        const W: &str = "START_REPLICATION";
+        self.send_msg(|b| {
+            frontend::copy_done(b);
+            Ok(())
         })
+        .await?;
+        self.streaming = false;
+        let Some(row) = self.read_result(W).await?.into_iter().next() else { return Ok(StreamEvent::Ended) };
+        match (column::<u32>(&row, 0, W)?, column::<Lsn>(&row, 1, W)?) {
+            (Some(t), Some(next_start)) => Ok(StreamEvent::EndOfTimeline { next_timeline: TimelineId(t), next_start }),
+            _ => Err(PgError::bad_value(W, "end of timeline without the next timeline")),
+        }
     }
 
     /// A standby status update. `apply` is what the receiver has applied:
@@ -608,23 +540,54 @@ impl ReplicationConnection {
         msg.put_u64(0);
         msg.put_i64(now_pg_micros());
         msg.put_u8(u8::from(reply));
-        self.wbuf.clear();
-        frontend::CopyData::new(&msg[..]).map_err(|e| self.lost(e))?.write(&mut self.wbuf);
-        let out = std::mem::take(&mut self.wbuf);
-        let r = self.send(&out).await;
-        self.wbuf = out;
-        r
+        self.send_msg(|b| {
+            frontend::CopyData::new(&msg[..])?.write(b);
+            Ok(())
+        })
+        .await
     }
 
     /// Leaves the stream from our side (CopyDone) and closes the session.
     pub async fn close(mut self) {
-        let mut b = BytesMut::new();
-        if self.streaming {
-            frontend::copy_done(&mut b);
-        }
-        frontend::terminate(&mut b);
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.send(&b)).await;
+        let streaming = self.streaming;
+        let bye = self.send_msg(|b| {
+            if streaming {
+                frontend::copy_done(b);
+            }
+            frontend::terminate(b);
+            Ok(())
+        });
+        let _ = tokio::time::timeout(Duration::from_secs(1), bye).await;
     }
+}
+
+/// TLS as `sslmode` asks: SSLRequest (or direct TLS), then the handshake; a
+/// plain session when the server declines and `prefer` allows it. Returns the
+/// stream and the server's certificate (for SCRAM channel binding).
+async fn negotiate_tls(
+    mut tcp: tokio::net::TcpStream,
+    params: &ConnParams,
+    config: &rustls::ClientConfig,
+    name: &str,
+) -> Result<(Box<dyn Io>, Option<Vec<u8>>), String> {
+    let io_text = |e: std::io::Error| strip_os_error(&e.to_string());
+    if !params.ssl_direct {
+        let mut req = BytesMut::new();
+        frontend::ssl_request(&mut req);
+        tcp.write_all(&req).await.map_err(io_text)?;
+        match tcp.read_u8().await.map_err(io_text)? {
+            b'S' => {}
+            b'N' if params.sslmode == SslMode::Prefer => return Ok((Box::new(tcp), None)),
+            b'N' => return Err("server does not support SSL, but SSL was required".into()),
+            other => return Err(format!("received invalid response to SSL negotiation: {}", other as char)),
+        }
+    }
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config.clone()));
+    let sni = rustls::pki_types::ServerName::try_from(name.to_string())
+        .map_err(|e| format!("invalid host name \"{name}\": {e}"))?;
+    let stream = connector.connect(sni, tcp).await.map_err(|e| format!("SSL error: {e}"))?;
+    let cert = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec());
+    Ok((Box::new(stream), cert))
 }
 
 fn split_row(row: &backend::DataRowBody) -> std::io::Result<Row> {
@@ -638,6 +601,22 @@ fn split_row(row: &backend::DataRowBody) -> std::io::Result<Row> {
 fn end_point_hash(cert: &[u8]) -> Vec<u8> {
     use sha2::Digest;
     sha2::Sha256::digest(cert).to_vec()
+}
+
+/// `SHOW` size values: "16MB", "1GB", "1024kB".
+fn parse_size_setting(v: &str) -> Option<u64> {
+    let v = v.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let n: u64 = v[..split].parse().ok()?;
+    let mult = match v[split..].trim() {
+        "" | "B" => 1,
+        "kB" => 1 << 10,
+        "MB" => 1 << 20,
+        "GB" => 1 << 30,
+        "TB" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(mult)
 }
 
 /// "15.4" → 150004, "9.6.24" → 90624, "16beta1" → 160000.
@@ -662,6 +641,16 @@ mod tests {
         assert_eq!(version_num("15.20 (Debian 15.20-1)"), 150020);
         assert_eq!(version_num("9.6.24"), 90624);
         assert_eq!(version_num("16beta1"), 160000);
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size_setting("16MB"), Some(16 << 20));
+        assert_eq!(parse_size_setting("1GB"), Some(1 << 30));
+        assert_eq!(parse_size_setting("1024kB"), Some(1 << 20));
+        assert_eq!(parse_size_setting("16 MB"), Some(16 << 20));
+        assert_eq!(parse_size_setting("MB"), None);
+        assert_eq!(parse_size_setting("16XB"), None);
     }
 
     #[test]
