@@ -153,7 +153,7 @@ enum Prepared {
 }
 
 /// Sorted entries of a directory, without dot-files (Barman globs `*`).
-fn listing(dir: &Path) -> io::Result<Vec<PathBuf>> {
+pub(super) fn listing(dir: &Path) -> io::Result<Vec<PathBuf>> {
     let mut v: Vec<PathBuf> = match fs::read_dir(dir) {
         Ok(rd) => rd
             .filter_map(|e| e.ok())

@@ -7,6 +7,8 @@
 //! holding them (and its directory entry) is durable too. In synchronous mode
 //! the position is reported as soon as everything received so far is durable.
 
+use super::archive_wal::listing;
+use crate::archive::server::pin_identity;
 use crate::catalog::ServerLayout;
 use crate::catalog::durable::{self, fsync_dir};
 use crate::catalog::identity::Identity;
@@ -46,33 +48,13 @@ pub enum ReceiveError {
 
 /// What the receiver needs to know.
 pub struct ReceiverConfig {
-    pub server: String,
     pub layout: ServerLayout,
     pub params: ConnParams,
     /// `streaming_archiver_name`.
     pub application_name: String,
     pub slot: Option<String>,
-    /// Report flush as soon as data is durable (we are a synchronous standby).
-    pub synchronous: Synchronous,
     /// Longest time between two status updates (pg_receivewal's 10 s default).
     pub status_interval: Duration,
-}
-
-/// Whether to act as a synchronous standby.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Synchronous {
-    /// Decide from `synchronous_standby_names` at start (Barman's rule: `*`, or
-    /// our application name listed).
-    Auto,
-    On,
-    Off,
-}
-
-/// How the receiver stopped without error.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Stopped {
-    /// Asked to stop; everything received was made durable and reported.
-    Requested { flushed: Lsn },
 }
 
 /// The segment file being written.
@@ -85,7 +67,6 @@ struct Open {
 
 struct Receiver<'a> {
     cfg: &'a ReceiverConfig,
-    dir: PathBuf,
     size: SegmentSize,
     tli: TimelineId,
     write: Lsn,
@@ -104,23 +85,10 @@ pub fn is_synchronous_standby(setting: &str, app: &str) -> bool {
 
 /// The newest WAL segment or `.partial` in the streaming directory.
 pub fn newest_streamed(dir: &Path) -> io::Result<Option<(WalFileName, PathBuf)>> {
-    let mut best: Option<(WalFileName, PathBuf)> = None;
-    let rd = match fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    for e in rd {
-        let e = e?;
-        let Ok(name) = e.file_name().to_string_lossy().parse::<WalFileName>() else { continue };
-        if !(name.is_segment() || name.is_partial()) {
-            continue;
-        }
-        if best.as_ref().is_none_or(|(b, _)| name.as_str() > b.as_str()) {
-            best = Some((name, e.path()));
-        }
-    }
-    Ok(best)
+    Ok(listing(dir)?.into_iter().rev().find_map(|p| {
+        let name = p.file_name()?.to_string_lossy().parse::<WalFileName>().ok()?;
+        (name.is_segment() || name.is_partial()).then_some((name, p))
+    }))
 }
 
 /// Where streaming resumes: the newest file on disk (a `.partial` from its
@@ -151,10 +119,14 @@ async fn start_position(
 }
 
 impl Receiver<'_> {
+    fn dir(&self) -> &Path {
+        &self.cfg.layout.streaming_dir
+    }
+
     /// Opens (creating and padding as needed) the file of the segment holding `self.write`.
     fn open_segment(&mut self) -> Result<(), ReceiveError> {
         let id = SegmentId::containing(self.write, self.tli, self.size);
-        let partial = self.dir.join(WalFileName::partial(id).as_str());
+        let partial = self.dir().join(WalFileName::partial(id).as_str());
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -165,12 +137,12 @@ impl Receiver<'_> {
         let len = file.metadata().map_err(io_err(&partial))?.len();
         if len != self.size.bytes() {
             if len != 0 {
-                tracing::info!(server = %self.cfg.server, "Truncating partial file {} that has wrong size {len} while {} was expected.", partial.display(), self.size.bytes());
+                tracing::info!(server = %self.cfg.layout.server, "Truncating partial file {} that has wrong size {len} while {} was expected.", partial.display(), self.size.bytes());
                 file.set_len(0).map_err(io_err(&partial))?;
             }
             preallocate(&file, self.size.bytes()).map_err(io_err(&partial))?;
             file.sync_all().map_err(io_err(&partial))?;
-            fsync_dir(&self.dir).map_err(io_err(&self.dir))?;
+            fsync_dir(self.dir()).map_err(io_err(self.dir()))?;
         }
         self.open = Some(Open { id, partial, file, dirty: false });
         Ok(())
@@ -204,11 +176,11 @@ impl Receiver<'_> {
     fn complete_segment(&mut self) -> Result<(), ReceiveError> {
         let Some(open) = self.open.take() else { return Ok(()) };
         open.file.sync_data().map_err(io_err(&open.partial))?;
-        let done = self.dir.join(WalFileName::segment(open.id).as_str());
+        let done = self.dir().join(WalFileName::segment(open.id).as_str());
         fs::rename(&open.partial, &done).map_err(io_err(&done))?;
-        fsync_dir(&self.dir).map_err(io_err(&self.dir))?;
+        fsync_dir(self.dir()).map_err(io_err(self.dir()))?;
         self.flush = self.write;
-        tracing::debug!(server = %self.cfg.server, segment = %WalFileName::segment(open.id), "segment complete");
+        tracing::debug!(server = %self.cfg.layout.server, segment = %WalFileName::segment(open.id), "segment complete");
         Ok(())
     }
 
@@ -231,13 +203,13 @@ impl Receiver<'_> {
             return Ok(());
         }
         let name = WalFileName::history(tli);
-        let here = self.dir.join(name.as_str());
+        let here = self.dir().join(name.as_str());
         if here.exists() || self.cfg.layout.wal_path(&name).exists() {
             return Ok(());
         }
         let (_, content) = conn.timeline_history(tli).await?;
         durable::write_file(&here, &content, 0o600).map_err(io_err(&here))?;
-        tracing::info!(server = %self.cfg.server, "received timeline history file {name}");
+        tracing::info!(server = %self.cfg.layout.server, "received timeline history file {name}");
         Ok(())
     }
 }
@@ -275,10 +247,10 @@ fn check_identity(layout: &ServerLayout, sys: &SystemInfo, version: u32) -> Resu
         }
         Ok(Some(_)) => Ok(()),
         Ok(None) => {
-            let major = crate::postgres::major_version(version);
-            if let Err(e) = (Identity { systemid: sys.system_id, version: major }).write_once(&path) {
-                tracing::warn!(server = %layout.server, "cannot record the cluster identity: {e}");
-            }
+            pin_identity(
+                layout,
+                Identity { systemid: sys.system_id, version: crate::postgres::major_version(version) },
+            );
             Ok(())
         }
         Err(e) => {
@@ -291,47 +263,34 @@ fn check_identity(layout: &ServerLayout, sys: &SystemInfo, version: u32) -> Resu
 fn start_error(e: PgError, cfg: &ReceiverConfig, lsn: Lsn, tli: TimelineId) -> ReceiveError {
     match e.sqlstate() {
         // "requested WAL segment ... has already been removed"
-        Some("58P01") => ReceiveError::PositionGone { lsn, tli: tli.0, reason: reason(&e), server: cfg.server.clone() },
+        Some("58P01") => {
+            ReceiveError::PositionGone { lsn, tli: tli.0, reason: e.reason(), server: cfg.layout.server.clone() }
+        }
         // "replication slot ... is active for PID n"
-        Some("55006") => ReceiveError::SlotInUse { slot: cfg.slot.clone().unwrap_or_default(), reason: reason(&e) },
+        Some("55006") => ReceiveError::SlotInUse { slot: cfg.slot.clone().unwrap_or_default(), reason: e.reason() },
         _ => ReceiveError::Pg(e),
     }
 }
 
-fn reason(e: &PgError) -> String {
-    match e {
-        PgError::Query { reason, .. } => reason.clone(),
-        other => other.to_string(),
-    }
-}
-
-/// Streams until `stop` completes (then returns after making everything durable
-/// and reporting it), or an error. Takes no lock: the caller holds the
+/// Streams until `stop` completes, then makes everything durable, reports it and
+/// returns the flush position; or an error. Takes no lock: the caller holds the
 /// receive-wal lock.
-pub async fn receive(
-    cfg: &ReceiverConfig,
-    stop: impl std::future::Future<Output = ()>,
-) -> Result<Stopped, ReceiveError> {
+pub async fn receive(cfg: &ReceiverConfig, stop: impl std::future::Future<Output = ()>) -> Result<Lsn, ReceiveError> {
     let mut conn = ReplicationConnection::connect(&cfg.params, Some(&cfg.application_name)).await?;
     let sys = conn.identify_system().await?;
     check_identity(&cfg.layout, &sys, conn.server_version())?;
     let size = conn.wal_segment_size().await?;
-    let synchronous = match cfg.synchronous {
-        Synchronous::On => true,
-        Synchronous::Off => false,
-        Synchronous::Auto => {
-            is_synchronous_standby(&conn.show("synchronous_standby_names").await?, &cfg.application_name)
-        }
-    };
-    let dir = cfg.layout.streaming_dir.clone();
-    durable::create_dir_all(&dir).map_err(io_err(&dir))?;
-    let (start, tli) = start_position(&mut conn, &dir, size, cfg.slot.as_deref(), &sys).await?;
-    let mut r = Receiver { cfg, dir, size, tli, write: start, flush: start, open: None };
+    // Barman's rule for --synchronous, decided at start.
+    let synchronous = is_synchronous_standby(&conn.show("synchronous_standby_names").await?, &cfg.application_name);
+    let dir = &cfg.layout.streaming_dir;
+    durable::create_dir_all(dir).map_err(io_err(dir))?;
+    let (start, tli) = start_position(&mut conn, dir, size, cfg.slot.as_deref(), &sys).await?;
+    let mut r = Receiver { cfg, size, tli, write: start, flush: start, open: None };
     tokio::pin!(stop);
 
     loop {
         r.fetch_history(&mut conn, r.tli).await?;
-        tracing::info!(server = %cfg.server, "starting WAL streaming at {} on timeline {} (synchronous: {synchronous})", r.write, r.tli.0);
+        tracing::info!(server = %cfg.layout.server, "starting WAL streaming at {} on timeline {} (synchronous: {synchronous})", r.write, r.tli.0);
         conn.start(cfg.slot.as_deref(), r.write, r.tli).await.map_err(|e| start_error(e, cfg, r.write, r.tli))?;
         let mut next_status = Instant::now() + cfg.status_interval;
         // Tell the server where we are at once, so the slot and
@@ -353,8 +312,8 @@ pub async fn receive(
                     conn.send_status(r.write, r.flush, false).await?;
                     let flushed = r.flush;
                     conn.close().await;
-                    tracing::info!(server = %cfg.server, "receive-wal stopped at {flushed}");
-                    return Ok(Stopped::Requested { flushed });
+                    tracing::info!(server = %cfg.layout.server, "receive-wal stopped at {flushed}");
+                    return Ok(flushed);
                 }
             };
             // Everything already received is written before it is made durable
@@ -395,7 +354,7 @@ pub async fn receive(
                 // The old timeline's last segment stays `.partial` (as pg_receivewal).
                 r.make_durable()?;
                 r.open = None;
-                tracing::info!(server = %cfg.server, "timeline {} ended at {}; switching to timeline {} at {next_start}", r.tli.0, r.write, next_timeline.0);
+                tracing::info!(server = %cfg.layout.server, "timeline {} ended at {}; switching to timeline {} at {next_start}", r.tli.0, r.write, next_timeline.0);
                 if next_timeline.0 <= r.tli.0 {
                     return Err(ReceiveError::Protocol(format!(
                         "server switched from timeline {} to timeline {}",

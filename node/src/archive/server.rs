@@ -51,8 +51,14 @@ pub fn expected_identity(s: &ServerConfig, layout: &ServerLayout) -> Result<Expe
         })
         .map_err(|e| format!("no identity.json yet and PostgreSQL cannot be asked for its system identifier: {e}"))?;
     let id = Identity { systemid: sysid, version: major };
-    if let Err(e) = id.write_once(&layout.identity_path()) {
-        tracing::warn!(server = %s.name, "cannot record the cluster identity: {e}");
-    }
+    pin_identity(layout, id.clone());
     Ok(Expected { seg_size: Some(seg), ..from_identity(&id) })
+}
+
+/// Records the cluster identity in `identity.json` (never replacing one); a
+/// failure is logged, not fatal: the identity is asked again next time.
+pub fn pin_identity(layout: &ServerLayout, id: Identity) {
+    if let Err(e) = id.write_once(&layout.identity_path()) {
+        tracing::warn!(server = %layout.server, "cannot record the cluster identity: {e}");
+    }
 }

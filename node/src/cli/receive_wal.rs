@@ -3,7 +3,7 @@
 
 use super::context::{Ctx, Pick, runtime};
 use super::remote::APPLICATION_NAME;
-use crate::archive::receive_wal::{self as rw, ReceiverConfig, Stopped, Synchronous, newest_streamed};
+use crate::archive::receive_wal::{self as rw, ReceiverConfig, newest_streamed};
 use crate::catalog::ServerLayout;
 use crate::catalog::lock::{Lock, LockError, LockKind, holder};
 use crate::config::ServerConfig;
@@ -48,7 +48,8 @@ pub fn streaming_params(raw: &str) -> Result<ConnParams, String> {
         .map_err(|e| format!("streaming_conninfo: {e}"))
 }
 
-fn app_name(s: &ServerConfig) -> String {
+/// `streaming_archiver_name`: the application name of WAL streaming.
+pub fn app_name(s: &ServerConfig) -> String {
     s.opts.streaming_archiver_name.clone().unwrap_or_else(|| "barman_receive_wal".into())
 }
 
@@ -154,12 +155,10 @@ fn replication<T>(
 pub fn create_slot(ctx: &mut Ctx, s: &ServerConfig, if_not_exists: bool) {
     let slot = s.opts.slot_name.as_ref().map(|n| n.0.clone()).unwrap_or_default();
     let name = s.name.clone();
-    let announce =
-        |ctx: &mut Ctx| ctx.out.info(format!("Creating physical replication slot '{slot}' on server '{name}'"));
     let Some(r) = replication(ctx, s, "create", async |c| c.create_physical_slot(&slot).await) else {
         return;
     };
-    announce(ctx);
+    ctx.out.info(format!("Creating physical replication slot '{slot}' on server '{name}'"));
     match r {
         Ok(()) => ctx.out.info(format!("Replication slot '{slot}' created")),
         Err(e) if e.sqlstate() == Some("42710") && if_not_exists => ctx.out.info(format!(
@@ -169,7 +168,7 @@ pub fn create_slot(ctx: &mut Ctx, s: &ServerConfig, if_not_exists: bool) {
         Err(e) if e.sqlstate() == Some("53400") => ctx.out.error(format!(
             "All replication slots for server '{name}' are in use\nFree one or increase the max_replication_slots value on your PostgreSQL server."
         )),
-        Err(e) => ctx.out.error(format!("Cannot create replication slot '{slot}' on server '{name}': {}", reason(&e))),
+        Err(e) => ctx.out.error(format!("Cannot create replication slot '{slot}' on server '{name}': {}", e.reason())),
     }
 }
 
@@ -184,14 +183,7 @@ pub fn drop_slot(ctx: &mut Ctx, s: &ServerConfig) {
         Err(e) if e.sqlstate() == Some("55006") => {
             ctx.out.error(format!("Cannot drop replication slot '{slot}' on server '{name}' because it is in use."))
         }
-        Err(e) => ctx.out.error(format!("Cannot drop replication slot '{slot}' on server '{name}': {}", reason(&e))),
-    }
-}
-
-fn reason(e: &PgError) -> String {
-    match e {
-        PgError::Query { reason, .. } => reason.clone(),
-        other => other.to_string(),
+        Err(e) => ctx.out.error(format!("Cannot drop replication slot '{slot}' on server '{name}': {}", e.reason())),
     }
 }
 
@@ -304,16 +296,14 @@ fn start(ctx: &mut Ctx, s: &ServerConfig, reset: bool) {
         }
     }
     if reset {
-        return reset_status(ctx, s, &l, &params, &pre);
+        return reset_status(ctx, &rt, s, &l, &params, &pre);
     }
     tracing::info!(server = %s.name, "Activating WAL archiving through streaming protocol");
     let cfg = ReceiverConfig {
-        server: s.name.clone(),
         layout: l,
         params,
         application_name: app_name(s),
         slot,
-        synchronous: Synchronous::Auto,
         status_interval: Duration::from_secs(10),
     };
     let result = rt.block_on(async {
@@ -332,20 +322,23 @@ fn start(ctx: &mut Ctx, s: &ServerConfig, reset: bool) {
         rw::receive(&cfg, stop).await
     });
     match result {
-        Ok(Stopped::Requested { .. }) => ctx.out.info("SIGINT received. Terminate gracefully."),
+        Ok(_) => ctx.out.info("SIGINT received. Terminate gracefully."),
         Err(e) => ctx.out.error(format!("{}: {e}", s.name)),
     }
 }
 
 /// Barman's `_reset_streaming_status`, except that a `.partial` holding WAL is
 /// never deleted: it stays for archive-wal, which files it as a partial file.
-fn reset_status(ctx: &mut Ctx, s: &ServerConfig, l: &ServerLayout, params: &ConnParams, pre: &Preflight) {
+fn reset_status(
+    ctx: &mut Ctx,
+    rt: &tokio::runtime::Runtime,
+    s: &ServerConfig,
+    l: &ServerLayout,
+    params: &ConnParams,
+    pre: &Preflight,
+) {
     let Some(current_lsn) = pre.current_lsn else {
         return ctx.out.error("Cannot reset receive-wal: PostgreSQL is in recovery and has no current WAL position");
-    };
-    let rt = match runtime() {
-        Ok(r) => r,
-        Err(e) => return ctx.out.error(e),
     };
     let app = app_name(s);
     let info = rt.block_on(async {
@@ -395,19 +388,15 @@ fn reset_status(ctx: &mut Ctx, s: &ServerConfig, l: &ServerLayout, params: &Conn
         ));
     }
     ctx.out.info("Resetting receive-wal directory status");
-    if last.is_partial() {
-        match Ok::<bool, std::io::Error>(keep) {
-            Ok(false) => {
-                ctx.out.info(format!("Removing status file {}", last_path.display()));
-                if let Err(e) = crate::catalog::durable::remove(&last_path) {
-                    return ctx.out.error(format!("{}: {e}", last_path.display()));
-                }
-            }
-            Ok(true) => ctx.out.info(format!(
-                "Keeping {}: it holds WAL the archive may lack; archive-wal will file it as a partial WAL file",
-                last_path.display()
-            )),
-            Err(e) => return ctx.out.error(format!("{}: {e}", last_path.display())),
+    if keep {
+        ctx.out.info(format!(
+            "Keeping {}: it holds WAL the archive may lack; archive-wal will file it as a partial WAL file",
+            last_path.display()
+        ));
+    } else if last.is_partial() {
+        ctx.out.info(format!("Removing status file {}", last_path.display()));
+        if let Err(e) = crate::catalog::durable::remove(&last_path) {
+            return ctx.out.error(format!("{}: {e}", last_path.display()));
         }
     }
     ctx.out.info(format!("Creating status file {}", restart_partial.display()));

@@ -59,7 +59,7 @@ pub fn streaming_identity(
     let (streaming, _, _) = super::receive_wal::wal_conninfos(s);
     let raw = streaming.ok_or_else(|| format!("Missing 'streaming_conninfo' parameter for server '{}'", s.name))?;
     let params = super::receive_wal::streaming_params(&raw)?;
-    let app = s.opts.streaming_archiver_name.clone().unwrap_or_else(|| "barman_receive_wal".into());
+    let app = super::receive_wal::app_name(s);
     let rt = runtime()?;
     rt.block_on(async {
         let work = async {

@@ -43,6 +43,14 @@ impl PgError {
         }
     }
 
+    /// The server's own words for a failed command, else the whole message.
+    pub fn reason(&self) -> String {
+        match self {
+            PgError::Query { reason, .. } => reason.clone(),
+            other => other.to_string(),
+        }
+    }
+
     pub(crate) fn query(what: &'static str, e: &tokio_postgres::Error) -> PgError {
         PgError::Query { what, reason: one_line(&error_text(e)), sqlstate: e.code().map(|c| c.code().to_string()) }
     }
