@@ -381,6 +381,31 @@ fn make_certs(dir: &Path, ca: &str) {
     );
 }
 
+/// A PostgreSQL with `ssl = on` and a certificate for `localhost` signed by a
+/// test CA (returned); `password` as in [`PgOptions`].
+fn tls_server(dir: &TestDir, password: Option<&str>) -> (PgCluster, std::path::PathBuf) {
+    let certs = dir.path().join("certs");
+    fs::create_dir(&certs).unwrap();
+    make_certs(&certs, "ca.crt");
+    for f in ["server.crt", "server.key"] {
+        chown_to_pg_user(&certs.join(f)).unwrap();
+    }
+    fs::set_permissions(certs.join("server.key"), fs::Permissions::from_mode(0o600)).unwrap();
+    let pg = start(
+        dir,
+        PgOptions {
+            conf: vec![
+                ("ssl".into(), "on".into()),
+                ("ssl_cert_file".into(), conf_quote(&certs.join("server.crt").to_string_lossy())),
+                ("ssl_key_file".into(), conf_quote(&certs.join("server.key").to_string_lossy())),
+            ],
+            password: password.map(str::to_string),
+            ..Default::default()
+        },
+    );
+    (pg, certs.join("ca.crt"))
+}
+
 #[tokio::test]
 async fn tls_modes_against_a_tls_server() {
     if Command::new("openssl").arg("version").output().is_err() {
@@ -388,29 +413,11 @@ async fn tls_modes_against_a_tls_server() {
         return;
     }
     let dir = TestDir::new().unwrap();
-    let certs = dir.path().join("certs");
-    fs::create_dir(&certs).unwrap();
-    make_certs(&certs, "ca.crt");
+    let (pg, ca) = tls_server(&dir, None);
     // Another CA that signed nothing here.
     let other = dir.path().join("other");
     fs::create_dir(&other).unwrap();
     make_certs(&other, "ca.crt");
-    for f in ["server.crt", "server.key"] {
-        chown_to_pg_user(&certs.join(f)).unwrap();
-    }
-    fs::set_permissions(certs.join("server.key"), fs::Permissions::from_mode(0o600)).unwrap();
-    let pg = start(
-        &dir,
-        PgOptions {
-            conf: vec![
-                ("ssl".into(), "on".into()),
-                ("ssl_cert_file".into(), conf_quote(&certs.join("server.crt").to_string_lossy())),
-                ("ssl_key_file".into(), conf_quote(&certs.join("server.key").to_string_lossy())),
-            ],
-            ..Default::default()
-        },
-    );
-    let ca = certs.join("ca.crt");
     let other_ca = other.join("ca.crt");
     let port = pg.port();
     let by_ip = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres");
@@ -554,26 +561,7 @@ async fn replication_over_tls() {
         return;
     }
     let dir = TestDir::new().unwrap();
-    let certs = dir.path().join("certs");
-    fs::create_dir(&certs).unwrap();
-    make_certs(&certs, "ca.crt");
-    for f in ["server.crt", "server.key"] {
-        chown_to_pg_user(&certs.join(f)).unwrap();
-    }
-    fs::set_permissions(certs.join("server.key"), fs::Permissions::from_mode(0o600)).unwrap();
-    let pg = start(
-        &dir,
-        PgOptions {
-            conf: vec![
-                ("ssl".into(), "on".into()),
-                ("ssl_cert_file".into(), conf_quote(&certs.join("server.crt").to_string_lossy())),
-                ("ssl_key_file".into(), conf_quote(&certs.join("server.key").to_string_lossy())),
-            ],
-            password: Some("tls-pw".into()),
-            ..Default::default()
-        },
-    );
-    let ca = certs.join("ca.crt");
+    let (pg, ca) = tls_server(&dir, Some("tls-pw"));
     let port = pg.port();
     let by_ip = format!("host=127.0.0.1 port={port} user=postgres password=tls-pw");
     let by_name = format!("host=localhost hostaddr=127.0.0.1 port={port} user=postgres password=tls-pw");

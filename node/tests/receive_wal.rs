@@ -213,16 +213,12 @@ fn promotion_of_the_upstream_switches_timeline_without_a_gap() {
     wait_streaming(&standby);
 
     // pgbench on the primary while the standby we stream from is promoted.
-    let port = primary.port();
-    let load = std::thread::spawn(move || {
-        Command::new(cluster_tests::util::pg_bin("pgbench"))
-            .args(["-h", "127.0.0.1", "-U", "postgres", "-c", "2", "-T", "6", "-p", &port.to_string(), "postgres"])
-            .output()
-            .unwrap()
+    std::thread::scope(|scope| {
+        let load = scope.spawn(|| primary.pgbench(&["-c", "2", "-T", "6"]));
+        std::thread::sleep(Duration::from_secs(3));
+        standby.promote().unwrap();
+        load.join().unwrap().unwrap();
     });
-    std::thread::sleep(Duration::from_secs(3));
-    standby.promote().unwrap();
-    load.join().unwrap();
     // The new primary writes on timeline 2.
     standby.pgbench(&["-c", "2", "-T", "3"]).unwrap();
     standby.switch_wal().unwrap();
@@ -318,44 +314,15 @@ fn assert_on_disk_up_to(env: &Env, pg: &PgCluster, lsn: u64) {
     }
 }
 
-#[test]
-fn sigkill_under_load_keeps_every_acknowledged_byte() {
-    let env = Env::new();
-    let pg = start_pg(&env, &[]);
-    env.write_config(&server_section(&pg.conninfo(), ""));
-    pg.pgbench_init(1).unwrap();
-    let port = pg.port();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let _ = Command::new(cluster_tests::util::pg_bin("pgbench"))
-                    .args([
-                        "-h",
-                        "127.0.0.1",
-                        "-U",
-                        "postgres",
-                        "-c",
-                        "2",
-                        "-T",
-                        "2",
-                        "-p",
-                        &port.to_string(),
-                        "postgres",
-                    ])
-                    .output();
-            }
-        })
-    };
-    let seed: u64 = std::env::var("KILL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
-    });
+/// 20 rounds of: start the receiver, sample flush_lsn every 50 ms for a random
+/// while, SIGKILL it, check the bytes below the last sample. Returns how many
+/// rounds had a position to check.
+fn kill_rounds(env: &Env, pg: &PgCluster, seed: u64) -> usize {
     let mut rng = seed | 1;
     let mut checked = 0;
-    for round in 0..20 {
-        let mut child = spawn_receiver(&env);
-        wait_streaming(&pg);
+    for _ in 0..20 {
+        let mut child = spawn_receiver(env);
+        wait_streaming(pg);
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
@@ -363,7 +330,7 @@ fn sigkill_under_load_keeps_every_acknowledged_byte() {
         let started = Instant::now();
         let mut sampled = None;
         while started.elapsed() < run_for {
-            if let Some(v) = replication_row(&pg, "flush_lsn") {
+            if let Some(v) = replication_row(pg, "flush_lsn") {
                 sampled = Some(parse_lsn(&v));
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -371,18 +338,47 @@ fn sigkill_under_load_keeps_every_acknowledged_byte() {
         child.kill().unwrap();
         child.wait().unwrap();
         if let Some(lsn) = sampled.filter(|&l| l > 0) {
-            assert_on_disk_up_to(&env, &pg, lsn);
+            assert_on_disk_up_to(env, pg, lsn);
             checked += 1;
         }
-        let _ = round;
         // The walsender notices the dead connection; wait for the slot to be free.
         wait_until(Duration::from_secs(30), "the slot to be released", || {
             pg.psql("SELECT active FROM pg_replication_slots WHERE slot_name = 'barman'").is_ok_and(|v| v == "f")
         })
         .unwrap();
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    load.join().unwrap();
+    checked
+}
+
+struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn sigkill_under_load_keeps_every_acknowledged_byte() {
+    let env = Env::new();
+    let pg = start_pg(&env, &[]);
+    env.write_config(&server_section(&pg.conninfo(), ""));
+    pg.pgbench_init(1).unwrap();
+    let seed: u64 = std::env::var("KILL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    });
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let checked = std::thread::scope(|scope| {
+        // Continuous load until the rounds are done.
+        scope.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = pg.pgbench(&["-c", "2", "-T", "2"]);
+            }
+        });
+        // Stops the load even when a round fails (else the scope would wait forever).
+        let _stop = StopOnDrop(&stop);
+        kill_rounds(&env, &pg, seed)
+    });
     assert!(checked >= 15, "only {checked} rounds had a flush position to check (KILL_SEED={seed})");
 }
 
@@ -557,4 +553,57 @@ fn slot_commands_and_reset_speak_barman() {
     env.barman(&["receive-wal", "--drop-slot", "pg"]).ok();
     let gone = env.barman(&["receive-wal", "--drop-slot", "pg"]);
     assert!(gone.stderr.contains("Replication slot 'barman' does not exist"), "{}", gone.stderr);
+}
+
+#[test]
+fn server_shutdown_and_lost_position_end_with_one_error_line() {
+    let env = Env::new();
+    // No slot, little WAL kept: what the receiver needs can be recycled.
+    let mut pg = PgCluster::start(
+        env.path(),
+        PgOptions { conf: conf(&[("max_wal_size", "'32MB'"), ("min_wal_size", "'32MB'")]), ..Default::default() },
+    )
+    .unwrap();
+    let section = format!(
+        "[pg]\nconninfo = {c}\nstreaming_conninfo = {c}\nbackup_method = postgres\narchiver = on\nstreaming_archiver = on\n",
+        c = pg.conninfo()
+    );
+    env.write_config(&section);
+
+    // PostgreSQL shuts down under the receiver: it exits 1 with one error line,
+    // and what it had reported flushed is on disk.
+    let receiver = spawn_receiver(&env);
+    wait_streaming(&pg);
+    pg.psql("CREATE TABLE s AS SELECT generate_series(1, 10000) g").unwrap();
+    let lsn = pg.current_lsn().unwrap();
+    wait_flushed(&pg, &lsn);
+    pg.stop().unwrap();
+    let out = receiver.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("ERROR")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].starts_with("ERROR: pg: "), "{stderr}");
+
+    // The WAL after our position is recycled while no receiver runs: the
+    // restart says so and names --reset; after --reset streaming resumes.
+    pg.restart().unwrap();
+    pg.psql("CREATE TABLE big (t text)").unwrap();
+    for _ in 0..6 {
+        pg.psql("INSERT INTO big SELECT repeat(md5(g::text), 20) FROM generate_series(1, 20000) g").unwrap();
+        pg.switch_wal().unwrap();
+        pg.psql("CHECKPOINT").unwrap();
+    }
+    refused(&env, "--reset pg");
+    // Room again, so that no checkpoint removes WAL while the receiver catches up.
+    pg.psql("ALTER SYSTEM SET max_wal_size = '1GB'").unwrap();
+    pg.psql("SELECT pg_reload_conf()").unwrap();
+    let reset = env.barman(&["receive-wal", "--reset", "pg"]);
+    reset.ok();
+    assert!(reset.stdout.contains("Creating status file"), "{}", reset.stdout);
+    let receiver = spawn_receiver(&env);
+    wait_streaming(&pg);
+    pg.switch_wal().unwrap();
+    wait_flushed(&pg, &pg.current_lsn().unwrap());
+    stop_receiver(&env, receiver);
 }
