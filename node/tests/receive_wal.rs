@@ -607,3 +607,118 @@ fn server_shutdown_and_lost_position_end_with_one_error_line() {
     wait_flushed(&pg, &pg.current_lsn().unwrap());
     stop_receiver(&env, receiver);
 }
+
+/// Runs the same command with Barman 3.17 and with ours until Barman gives the
+/// same answer twice around ours (positions move while WAL is written), then
+/// asserts ours is that answer: stdout, stderr and exit code.
+fn same_as_barman(env: &Env, args: &[&str]) -> String {
+    let barman = cluster_tests::reference::barman().expect("reference Barman (scripts/setup-reference.sh)");
+    let theirs = || {
+        let o = common::run(Command::new(&barman).arg("-c").arg(&env.config).args(args), None);
+        (o.code, o.stdout, o.stderr)
+    };
+    let ours = || {
+        let o = env.barman(args);
+        (o.code, o.stdout, o.stderr)
+    };
+    let mut last = None;
+    for _ in 0..20 {
+        let (before, mine, after) = (theirs(), ours(), theirs());
+        if before == after {
+            assert_eq!(mine, before, "barman {args:?} differs from Barman 3.17 (left: ours)");
+            return mine.1;
+        }
+        last = Some((before, after));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    panic!("Barman's own answer never settled for {args:?}: {last:?}");
+}
+
+#[test]
+fn replication_status_prints_what_barman_prints() {
+    let env = Env::new();
+    let pg = start_pg(&env, &[]);
+    pg.psql("CREATE ROLE nomon LOGIN").unwrap();
+    // One more WAL streamer, over the Unix socket and without a slot (asynchronous).
+    let socket_streamer = env.path().join("pg_receivewal");
+    std::fs::create_dir_all(&socket_streamer).unwrap();
+    let mut other = Command::new(cluster_tests::util::pg_bin("pg_receivewal"))
+        .arg("-d")
+        .arg(format!(
+            "host={} port={} user=postgres application_name=socket_streamer",
+            pg.socket_dir().display(),
+            pg.port()
+        ))
+        .args(["-n", "-D"])
+        .arg(&socket_streamer)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill<'a>(&'a mut Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _other = Kill(&mut other);
+    let standby = pg.make_standby(env.path(), "false", true).unwrap();
+    standby.set_conf("hot_standby_feedback", "on").unwrap();
+    let down = cluster_tests::util::free_port().unwrap();
+    let mut config = server_section(&pg.conninfo(), "");
+    config.push_str(&format!(
+        "[down]\nconninfo = host=127.0.0.1 port={down} user=postgres dbname=postgres\nbackup_method = postgres\narchiver = on\n\
+         [nomon]\nconninfo = host=127.0.0.1 port={port} user=nomon dbname=postgres\nbackup_method = postgres\narchiver = on\n\
+         [stby]\nconninfo = {stby}\nbackup_method = postgres\narchiver = on\n\
+         [viawal]\nconninfo = host=127.0.0.1 port={down} user=postgres dbname=postgres\nwal_conninfo = {pgci}\n\
+         backup_method = postgres\narchiver = on\n",
+        port = pg.port(),
+        stby = standby.conninfo(),
+        pgci = pg.conninfo(),
+    ));
+    env.write_config(&config);
+    let receiver = spawn_receiver(&env);
+    wait_streaming(&pg);
+    pg.set_conf("synchronous_standby_names", &conf_quote(APP)).unwrap();
+    wait_until(Duration::from_secs(30), "three streaming clients, ours synchronous", || {
+        pg.psql(
+            "SELECT string_agg(application_name || ':' || sync_state, ',' ORDER BY application_name) \
+                 FROM pg_stat_replication WHERE state = 'streaming'",
+        )
+        .is_ok_and(|v| v.contains(&format!("{APP}:sync")) && v.split(',').count() == 3)
+    })
+    .unwrap();
+
+    let full = same_as_barman(&env, &["replication-status", "pg", "stby", "down"]);
+    // What the cluster promises to show: our receiver as the synchronous WAL streamer.
+    assert!(full.contains("  1. #1 Sync WAL streamer\n     Application name: barman_receive_wal\n"), "{full}");
+    assert!(full.contains("     Current state   : streaming (sync)\n     Replication slot: barman\n"), "{full}");
+    assert!(full.contains("Async standby") && full.contains("Unix domain socket"), "{full}");
+    assert!(full.contains("Standby's xmin  : "), "{full}");
+    assert!(full.contains("Status of streaming clients for server 'stby':\n  Current LSN on master: "), "{full}");
+    for args in [
+        &["replication-status", "--minimal", "pg", "stby", "viawal"][..],
+        &["replication-status", "--target", "wal-streamer", "pg"],
+        &["replication-status", "--target", "hot-standby", "--minimal", "pg", "stby"],
+        &["replication-status", "--source", "wal-host", "--target", "wal-streamer", "viawal"],
+        &["replication-status", "--source", "backup-host", "viawal"],
+        &["-f", "json", "replication-status", "pg", "stby", "down"],
+        &["-f", "json", "replication-status", "--minimal", "pg"],
+    ] {
+        same_as_barman(&env, args);
+    }
+
+    // A role without monitoring privileges: one line saying so (Barman aborts the
+    // whole command there with a traceback-like EXCEPTION); the next server is still shown.
+    let out = env.barman(&["replication-status", "nomon", "pg"]);
+    assert_eq!(out.code, 1);
+    assert_eq!(
+        out.stderr.lines().collect::<Vec<_>>(),
+        [
+            "ERROR: Postgres user 'nomon' is missing required privileges (see \"Preliminary steps\" in the Barman manual)"
+        ]
+    );
+    assert!(out.stdout.starts_with("Status of streaming clients for server 'pg':"), "{}", out.stdout);
+    stop_receiver(&env, receiver);
+}

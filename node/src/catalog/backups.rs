@@ -48,6 +48,23 @@ fn value(v: &str) -> Option<String> {
     Some(v.to_string())
 }
 
+/// Python's `str()` (and `isoformat(" ")`) of an aware datetime, as Barman
+/// writes it: microseconds only when non-zero, offset as `+HH:MM[:SS]`.
+pub fn format_time(t: &DateTime<FixedOffset>) -> String {
+    let mut s = t.format("%Y-%m-%d %H:%M:%S").to_string();
+    let micros = t.timestamp_subsec_micros();
+    if micros != 0 {
+        s.push_str(&format!(".{micros:06}"));
+    }
+    let off = t.offset().local_minus_utc();
+    let (sign, off) = if off < 0 { ('-', -off) } else { ('+', off) };
+    s.push_str(&format!("{sign}{:02}:{:02}", off / 3600, off / 60 % 60));
+    if off % 60 != 0 {
+        s.push_str(&format!(":{:02}", off % 60));
+    }
+    s
+}
+
 /// Barman's `str()` of an aware datetime; a naive one is local time.
 pub fn parse_time(s: &str) -> Option<DateTime<FixedOffset>> {
     for f in ["%Y-%m-%d %H:%M:%S%.f%:z", "%Y-%m-%d %H:%M:%S%:z"] {
@@ -113,6 +130,14 @@ pub fn list(layout: &ServerLayout) -> Vec<BackupSummary> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_print_as_python_does() {
+        for s in ["2026-11-21 10:20:03.890822+00:00", "2026-11-21 10:20:03+05:30", "2026-01-02 03:04:05.000001-08:00"] {
+            let t = parse_time(s).unwrap();
+            assert_eq!(format_time(&t), s);
+        }
+    }
 
     #[test]
     fn reads_meta_and_legacy_files() {

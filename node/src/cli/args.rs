@@ -17,6 +17,21 @@ pub enum Color {
     Auto,
 }
 
+/// `replication-status --target`: which streaming clients to show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReplicationTarget {
+    All,
+    HotStandby,
+    WalStreamer,
+}
+
+/// `replication-status --source`: which conninfo reaches the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReplicationSource {
+    BackupHost,
+    WalHost,
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "barman",
@@ -157,6 +172,20 @@ pub enum Command {
         /// Drop the replication slot (slot_name)
         #[arg(long = "drop-slot")]
         drop_slot: bool,
+    },
+    /// Show the streaming clients of servers (hot standbys and WAL streamers)
+    ReplicationStatus {
+        #[command(flatten)]
+        servers: Servers,
+        /// Machine readable output
+        #[arg(long)]
+        minimal: bool,
+        /// Clients to show
+        #[arg(long, value_enum, default_value = "all")]
+        target: ReplicationTarget,
+        /// Reach the server through the backup conninfo or the WAL conninfo
+        #[arg(long, value_enum, default_value = "backup-host")]
+        source: ReplicationSource,
     },
     /// Recreate the WAL catalogue from the files in the archive
     RebuildXlogdb {

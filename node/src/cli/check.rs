@@ -21,8 +21,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// Barman's `pretty_size`.
-pub fn pretty_size(n: u64) -> String {
-    let mut size = n as f64;
+pub fn pretty_size(n: impl Into<i128>) -> String {
+    let mut size = n.into() as f64;
     for suffix in ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB", "ZiB"] {
         if size.abs() < 1024.0 || suffix == "ZiB" {
             return if suffix == "B" { format!("{} B", size as i64) } else { format!("{size:.1} {suffix}") };

@@ -8,6 +8,7 @@ mod cron;
 pub mod output;
 mod receive_wal;
 mod remote;
+mod replication_status;
 mod servers;
 mod status;
 mod switch_wal;
@@ -132,6 +133,9 @@ fn dispatch(ctx: &mut Ctx, command: Command) {
             &server,
             receive_wal::Flags { stop, reset, create_slot, drop_slot, if_not_exists },
         ),
+        Command::ReplicationStatus { servers, minimal, target, source } => {
+            replication_status::replication_status(ctx, &servers.servers, minimal, target, source)
+        }
         Command::RebuildXlogdb { servers } => wal::rebuild_xlogdb(ctx, &servers.servers),
         Command::ShowServers { servers } => servers::show_servers(ctx, &servers.servers),
         Command::Status { servers } => status::status(ctx, &servers.servers),

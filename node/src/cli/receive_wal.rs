@@ -41,6 +41,13 @@ pub fn wal_conninfos(s: &ServerConfig) -> (Option<String>, Option<String>, Vec<S
     (streaming, sql, overrides)
 }
 
+/// Barman's line naming the conninfo overrides a WAL command applies.
+pub fn announce_overrides(ctx: &mut Ctx, overrides: &[String]) {
+    if !overrides.is_empty() {
+        ctx.out.info(format!("Configuration overrides applied: {}", overrides.join(" and ")));
+    }
+}
+
 /// Resolved parameters of the replication connection (Barman's streaming conninfo).
 pub fn streaming_params(raw: &str) -> Result<ConnParams, String> {
     let ci = Conninfo::parse(raw).map_err(|e| format!("streaming_conninfo: {e}"))?;
@@ -228,9 +235,7 @@ fn start(ctx: &mut Ctx, s: &ServerConfig, reset: bool) {
         return;
     }
     let (streaming, sql, overrides) = wal_conninfos(s);
-    if !overrides.is_empty() {
-        ctx.out.info(format!("Configuration overrides applied: {}", overrides.join(" and ")));
-    }
+    announce_overrides(ctx, &overrides);
     let impossible = |ctx: &mut Ctx, why: &str| {
         tracing::error!(server = %s.name, "{why}");
         ctx.out.error(format!(

@@ -25,6 +25,9 @@ pub enum PgError {
         "Postgres user '{user}' is missing required privileges for {operation} (see \"Preliminary steps\" in the Barman manual)"
     )]
     MissingPrivileges { user: String, operation: &'static str },
+    /// Barman's wording when monitoring roles are missing.
+    #[error("Postgres user '{user}' is missing required privileges (see \"Preliminary steps\" in the Barman manual)")]
+    MissingMonitoringPrivileges { user: String },
     #[error("unexpected result from {what}: {value}")]
     BadValue { what: &'static str, value: String },
     /// A replication session broke (I/O or a message we cannot read).

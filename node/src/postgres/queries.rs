@@ -532,6 +532,107 @@ fn backup_privileges_sql(version: u32) -> String {
     )
 }
 
+/// Which clients of `pg_stat_replication` to list (`replication-status --target`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientKind {
+    /// Every streaming client.
+    Any,
+    /// Clients that replay WAL: hot standbys.
+    Standby,
+    /// Clients that never replay (`replay_lsn` is NULL): pg_receivewal, barman receive-wal.
+    WalStreamer,
+}
+
+/// One row of Barman's `get_replication_stats` query: a WAL sender, its physical
+/// slot if any, and the server's current position at the time of the query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatReplication {
+    pub pid: i32,
+    pub usename: Option<String>,
+    pub application_name: Option<String>,
+    /// `host(client_addr)`: NULL for a Unix socket.
+    pub client_addr: Option<String>,
+    pub client_hostname: Option<String>,
+    pub client_port: Option<i32>,
+    pub backend_start: Option<DateTime<FixedOffset>>,
+    /// An xid, as text (psycopg2 has no typecaster for xid either).
+    pub backend_xmin: Option<String>,
+    pub state: Option<String>,
+    pub sent_lsn: Option<Lsn>,
+    pub write_lsn: Option<Lsn>,
+    pub flush_lsn: Option<Lsn>,
+    pub replay_lsn: Option<Lsn>,
+    pub sync_priority: Option<i32>,
+    pub sync_state: Option<String>,
+    pub slot_name: Option<String>,
+    /// Written position on a primary, received position on a standby.
+    pub current_lsn: Option<Lsn>,
+}
+
+impl PgConnection {
+    /// Barman's `get_replication_stats`: the WAL senders of `kind`, physical slot
+    /// users only, ordered as Barman orders them (`sync_state DESC, sync_priority`).
+    /// Needs monitoring privileges, as Barman demands.
+    pub async fn replication_stats(&self, kind: ClientKind) -> Result<Vec<StatReplication>, PgError> {
+        const WHAT: &str = "pg_stat_replication";
+        if !self.has_monitoring_privileges().await? {
+            return Err(PgError::MissingMonitoringPrivileges { user: self.user().to_string() });
+        }
+        let v = self.server_version_num();
+        let (sent, write, flush, replay) = if v < 100000 {
+            ("sent_location", "write_location", "flush_location", "replay_location")
+        } else {
+            ("sent_lsn", "write_lsn", "flush_lsn", "replay_lsn")
+        };
+        let receive = if v < 100000 { "pg_last_xlog_receive_location" } else { "pg_last_wal_receive_lsn" };
+        let current = names(v).current_wal_lsn;
+        let filter = match kind {
+            ClientKind::Any => String::new(),
+            ClientKind::Standby => format!(" AND r.{replay} IS NOT NULL"),
+            ClientKind::WalStreamer => format!(" AND r.{replay} IS NULL"),
+        };
+        let sql = format!(
+            "SELECT r.pid, r.usename::text, r.application_name, host(r.client_addr), r.client_hostname, \
+               r.client_port, {start}, r.backend_xmin::text, r.state, \
+               r.{sent}::text, r.{write}::text, r.{flush}::text, r.{replay}::text, \
+               r.sync_priority, r.sync_state, rs.slot_name::text, \
+               (CASE WHEN pg_is_in_recovery() THEN {receive}() ELSE {current}() END)::text \
+             FROM pg_stat_replication r \
+             LEFT JOIN pg_replication_slots rs ON (r.pid = rs.active_pid) \
+             WHERE (rs.slot_type IS NULL OR rs.slot_type = 'physical'){filter} \
+             ORDER BY sync_state DESC, sync_priority",
+            start = ts_sql("r.backend_start"),
+        );
+        let rows = self.client().query(sql.as_str(), &[]).await.map_err(|e| PgError::query(WHAT, &e))?;
+        let lsn = |row: &Row, i: usize| -> Result<Option<Lsn>, PgError> {
+            get::<Option<String>>(row, i, WHAT)?.map(|s| parse_lsn(WHAT, &s)).transpose()
+        };
+        rows.iter()
+            .map(|row| {
+                Ok(StatReplication {
+                    pid: get(row, 0, WHAT)?,
+                    usename: get(row, 1, WHAT)?,
+                    application_name: get(row, 2, WHAT)?,
+                    client_addr: get(row, 3, WHAT)?,
+                    client_hostname: get(row, 4, WHAT)?,
+                    client_port: get(row, 5, WHAT)?,
+                    backend_start: ts_from(WHAT, get(row, 6, WHAT)?, get(row, 7, WHAT)?)?,
+                    backend_xmin: get(row, 8, WHAT)?,
+                    state: get(row, 9, WHAT)?,
+                    sent_lsn: lsn(row, 10)?,
+                    write_lsn: lsn(row, 11)?,
+                    flush_lsn: lsn(row, 12)?,
+                    replay_lsn: lsn(row, 13)?,
+                    sync_priority: get(row, 14, WHAT)?,
+                    sync_state: get(row, 15, WHAT)?,
+                    slot_name: get(row, 16, WHAT)?,
+                    current_lsn: lsn(row, 17)?,
+                })
+            })
+            .collect()
+    }
+}
+
 /// A query refused because the server is a standby, as the typed error.
 fn in_recovery_as(operation: &'static str, e: PgError) -> PgError {
     if e.sqlstate() == Some(SQLSTATE_NOT_IN_PREREQUISITE_STATE) { PgError::InRecovery { operation } } else { e }
