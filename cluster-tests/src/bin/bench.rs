@@ -1,8 +1,8 @@
 //! Benchmarks of our `barman`, `barman-wal-archive` and `barman-wal-restore` on real WAL,
 //! each against references timed in the same run on the same data (`cp`, bare `ssh`, the
-//! codec alone, and Barman 3.17). Prints Markdown tables; see docs/benchmarks.md.
+//! codec alone, Barman 3.17, and `pg_receivewal` for WAL streaming). Prints Markdown tables; see docs/benchmarks.md.
 //!
-//! Usage: `bench [--quick] [--out FILE] [--only get-wal,restore,archive,put-wal]`; our release
+//! Usage: `bench [--quick] [--out FILE] [--only get-wal,restore,archive,put-wal,stream]`; our release
 //! binaries are taken from the directory of this executable.
 
 /// When the run started, for the progress lines on stderr.
@@ -33,6 +33,8 @@ mod put_wal;
 mod report;
 #[path = "bench/restore.rs"]
 mod restore;
+#[path = "bench/stream.rs"]
+mod stream;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -70,6 +72,12 @@ pub struct Counts {
     pub breakdown_reps: usize,
     pub put_wal: usize,
     pub barman_put_wal: usize,
+    /// Backlog streamed by each catch-up run, in segments.
+    pub stream_segments: usize,
+    pub stream_reps: usize,
+    /// Length of each synchronous pgbench run.
+    pub sync_seconds: u64,
+    pub sync_reps: usize,
 }
 
 impl Counts {
@@ -92,6 +100,10 @@ impl Counts {
             breakdown_reps: 6,
             put_wal: 20,
             barman_put_wal: 10,
+            stream_segments: 64,
+            stream_reps: 4,
+            sync_seconds: 20,
+            sync_reps: 3,
         }
     }
 
@@ -114,6 +126,10 @@ impl Counts {
             breakdown_reps: 3,
             put_wal: 5,
             barman_put_wal: 3,
+            stream_segments: 12,
+            stream_reps: 1,
+            sync_seconds: 5,
+            sync_reps: 1,
         }
     }
 }
@@ -154,7 +170,7 @@ struct Args {
     only: Option<Vec<String>>,
 }
 
-const BENCHMARKS: [&str; 4] = ["get-wal", "restore", "archive", "put-wal"];
+const BENCHMARKS: [&str; 5] = ["get-wal", "restore", "archive", "put-wal", "stream"];
 
 fn parse_args() -> Result<Args> {
     let mut a = Args { quick: false, out: None, only: None };
@@ -260,6 +276,9 @@ fn real_main() -> Result<()> {
     }
     if wanted("archive") {
         tables.extend(archive::run(&ctx)?);
+    }
+    if wanted("stream") {
+        tables.extend(stream::run(&ctx)?);
     }
 
     let mut text = header(&ctx, args.quick);

@@ -130,7 +130,7 @@ fn segment_files(dir: &Path) -> Result<Vec<String>> {
 }
 
 /// The number of the segment PostgreSQL writes to now.
-fn current_segno(pg: &PgCluster) -> Result<u64> {
+pub fn current_segno(pg: &PgCluster) -> Result<u64> {
     let out = pg.psql("SELECT floor((pg_current_wal_lsn() - '0/0'::pg_lsn) / 16777216)::bigint")?;
     out.parse().with_context(|| format!("parsing a segment number from {out:?}"))
 }
