@@ -1,12 +1,14 @@
 //! The catalog room: Barman's on-disk layout, durable writes, lock files,
 //! `xlog.db`, `identity.json` and the errors directory.
 
+pub mod backup_info;
 pub mod backups;
 pub mod durable;
 pub mod identity;
 pub mod layout;
 pub mod lock;
 pub mod pyjson;
+pub mod pyliteral;
 pub mod rejects;
 pub mod xlogdb;
 
