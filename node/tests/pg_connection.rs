@@ -448,7 +448,7 @@ async fn tls_modes_against_a_tls_server() {
 // The replication connection (walsender sessions) over the same conninfo rules.
 
 use barman::postgres::ConnParams;
-use barman::postgres::replication::{ReplicationConnection, StreamEvent};
+use barman::postgres::replication::{BackupEvent, BackupStart, BaseBackupOptions, ReplicationConnection, StreamEvent};
 use barman::wal::{Lsn, TimelineId};
 
 const WALRCV: &str = "barman_receive_wal";
@@ -595,4 +595,111 @@ async fn replication_over_tls() {
     let plain = repl_with(&format!("{by_ip} sslmode=disable application_name=plain"), &env()).await.unwrap();
     assert_eq!(walsender_ssl("plain").await, "f");
     drop(plain);
+}
+
+/// Runs a whole BASE_BACKUP; the archives and the manifest land in `out` under
+/// the names the server gives them. Returns the start, the archive names, the
+/// number of progress reports and the end position.
+async fn take_base_backup(
+    r: &mut ReplicationConnection,
+    opts: &BaseBackupOptions,
+    out: &Path,
+) -> (BackupStart, Vec<String>, usize, Lsn) {
+    use std::io::Write;
+    let start = r.base_backup(opts).await.unwrap();
+    let (mut names, mut progress) = (Vec::new(), 0);
+    let mut file: Option<fs::File> = None;
+    loop {
+        match r.base_backup_next().await.unwrap() {
+            BackupEvent::Archive { name, .. } => {
+                file = Some(fs::File::create(out.join(&name)).unwrap());
+                names.push(name);
+            }
+            BackupEvent::Manifest => file = Some(fs::File::create(out.join("backup_manifest")).unwrap()),
+            BackupEvent::Data(d) => file.as_mut().expect("data inside an archive").write_all(&d).unwrap(),
+            BackupEvent::Progress(_) => progress += 1,
+            BackupEvent::End { end, timeline } => {
+                assert_eq!(timeline, start.timeline);
+                return (start, names, progress, end);
+            }
+        }
+    }
+}
+
+fn tar(args: &[&str], dir: &Path) {
+    let out = Command::new("tar").args(args).current_dir(dir).output().unwrap();
+    assert!(out.status.success(), "tar {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test]
+async fn base_backup_streams_archives_and_a_manifest_pg_verifybackup_accepts() {
+    let dir = TestDir::new().unwrap();
+    let pg = start(&dir, PgOptions::default());
+    let ts = dir.path().join("ts");
+    fs::create_dir_all(&ts).unwrap();
+    chown_to_pg_user(&ts).unwrap();
+    pg.psql(&format!("CREATE TABLESPACE ts LOCATION '{}'", ts.display())).unwrap();
+    pg.psql("CREATE TABLE in_ts TABLESPACE ts AS SELECT g, md5(g::text) FROM generate_series(1, 20000) g").unwrap();
+    pg.psql("CREATE TABLE in_base AS SELECT g FROM generate_series(1, 20000) g").unwrap();
+    let oid: u32 = pg.psql("SELECT oid FROM pg_tablespace WHERE spcname = 'ts'").unwrap().parse().unwrap();
+
+    let mut r = repl_with(&pg.conninfo(), &env()).await.unwrap();
+    let out = dir.path().join("plain");
+    fs::create_dir_all(&out).unwrap();
+    let opts = BaseBackupOptions {
+        label: "barman's test".into(),
+        fast_checkpoint: true,
+        manifest: true,
+        max_rate_kb: None,
+        compression: None,
+        compression_detail: None,
+        progress: true,
+    };
+    let (start, names, progress, end) = take_base_backup(&mut r, &opts, &out).await;
+    assert!(end > start.start, "end {end} not after start {}", start.start);
+    assert_eq!(names, vec![format!("{oid}.tar"), "base.tar".to_string()]);
+    assert!(progress > 0, "no progress report");
+    let spc: Vec<_> = start.tablespaces.iter().map(|t| (t.oid, t.location.clone())).collect();
+    assert_eq!(spc, vec![(Some(oid), Some(ts.display().to_string())), (None, None)]);
+    assert!(start.tablespaces.iter().all(|t| t.size_kb.is_some()), "PROGRESS sizes every tablespace");
+
+    // As a plain backup: data/ from base.tar, the tablespace beside it, linked in.
+    let data = out.join("data");
+    let tsdir = out.join(oid.to_string());
+    fs::create_dir_all(&data).unwrap();
+    fs::create_dir_all(&tsdir).unwrap();
+    tar(&["-xf", "../base.tar"], &data);
+    tar(&["-xf", &format!("../{oid}.tar")], &tsdir);
+    assert!(fs::read_to_string(data.join("backup_label")).unwrap().contains("LABEL: barman's test"));
+    assert!(fs::read_to_string(data.join("tablespace_map")).unwrap().starts_with(&format!("{oid} ")));
+    fs::create_dir_all(data.join("pg_tblspc")).unwrap();
+    std::os::unix::fs::symlink(&tsdir, data.join("pg_tblspc").join(oid.to_string())).unwrap();
+    fs::rename(out.join("backup_manifest"), data.join("backup_manifest")).unwrap();
+    let verify = Command::new(cluster_tests::util::pg_bin("pg_verifybackup")).arg("-n").arg(&data).output().unwrap();
+    assert!(
+        verify.status.success(),
+        "pg_verifybackup: {}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+
+    // Server-side compression: the server names and compresses the archives.
+    let gz = dir.path().join("gz");
+    fs::create_dir_all(&gz).unwrap();
+    let opts = BaseBackupOptions {
+        compression: Some("gzip".into()),
+        compression_detail: Some("level=1".into()),
+        progress: false,
+        ..opts
+    };
+    let (_, names, _, _) = take_base_backup(&mut r, &opts, &gz).await;
+    assert_eq!(names, vec![format!("{oid}.tar.gz"), "base.tar.gz".to_string()]);
+    tar(&["-xzf", "base.tar.gz", "PG_VERSION"], &gz);
+    assert_eq!(fs::read_to_string(gz.join("PG_VERSION")).unwrap().trim(), "15");
+
+    // A refused option is the server's error, and the session stays usable.
+    let bad = BaseBackupOptions { max_rate_kb: Some(1), compression: None, ..opts };
+    let e = r.base_backup(&bad).await.unwrap_err();
+    assert!(e.to_string().contains("outside the valid range for parameter \"MAX_RATE\""), "{e}");
+    assert_eq!(r.identify_system().await.unwrap().timeline, TimelineId(1));
 }

@@ -20,6 +20,9 @@ use postgres_protocol::message::{backend, frontend};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+mod base_backup;
+pub use base_backup::{BackupEvent, BackupStart, BackupTablespace, BaseBackupOptions};
+
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
