@@ -3,6 +3,7 @@
 //! the rooms below it.
 
 pub mod archive;
+pub mod backup;
 pub mod catalog;
 pub mod cli;
 pub mod config;

@@ -1,0 +1,3 @@
+//! Base backups: writing what `BASE_BACKUP` sends into Barman's layout.
+
+pub mod extract;
