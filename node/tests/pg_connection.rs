@@ -673,7 +673,11 @@ async fn base_backup_streams_archives_and_a_manifest_pg_verifybackup_accepts() {
     let base = extract("base.tar", &data);
     let spc = extract(&format!("{oid}.tar"), &tsdir);
     assert!(base.files > 900 && spc.files >= 2, "{base:?} {spc:?}");
-    assert!(fs::read_to_string(data.join("backup_label")).unwrap().contains("LABEL: barman's test"));
+    let label = fs::read_to_string(data.join("backup_label")).unwrap();
+    assert!(label.contains("LABEL: barman's test"), "{label}");
+    // What Barman takes from the label agrees with what the server announced.
+    let begin = barman::backup::label::parse(&label, 16 << 20).unwrap();
+    assert_eq!((begin.begin_xlog, TimelineId(begin.timeline)), (start.start, start.timeline));
     assert!(fs::read_to_string(data.join("tablespace_map")).unwrap().starts_with(&format!("{oid} ")));
     fs::create_dir_all(data.join("pg_tblspc")).unwrap();
     std::os::unix::fs::symlink(&tsdir, data.join("pg_tblspc").join(oid.to_string())).unwrap();

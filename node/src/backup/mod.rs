@@ -1,3 +1,4 @@
 //! Base backups: writing what `BASE_BACKUP` sends into Barman's layout.
 
 pub mod extract;
+pub mod label;
