@@ -1,5 +1,6 @@
 //! Base backups: writing what `BASE_BACKUP` sends into Barman's layout.
 
+pub mod check;
 pub mod extract;
 pub mod label;
 pub mod retention;
