@@ -82,6 +82,12 @@ enum Frame {
     Other(backend::Message),
 }
 
+/// One message of a COPY stream, or its end.
+enum CopyMsg {
+    Data(u8, Bytes),
+    Done,
+}
+
 fn server_error(fields: &backend::ErrorResponseBody) -> (String, Option<String>) {
     use fallible_iterator::FallibleIterator;
     let (mut severity, mut message, mut code, mut detail) = (None, None, None, None);
@@ -480,8 +486,9 @@ impl ReplicationConnection {
         self.buffered_len().is_some_and(|len| self.rbuf.len() > len)
     }
 
-    /// The next thing the server sends while streaming.
-    pub async fn next_event(&mut self) -> Result<StreamEvent, PgError> {
+    /// The next message of a COPY stream, split into its type byte and body
+    /// (empty ones skipped), or the stream's end; a server error as `what`'s.
+    async fn next_copy(&mut self, what: &'static str) -> Result<CopyMsg, PgError> {
         loop {
             match self.read_frame().await? {
                 Frame::Other(backend::Message::CopyData(body)) => {
@@ -489,31 +496,44 @@ impl ReplicationConnection {
                     if d.is_empty() {
                         continue;
                     }
-                    match d.get_u8() {
-                        b'w' if d.len() >= 24 => {
-                            let start = Lsn(d.get_u64());
-                            let server_end = Lsn(d.get_u64());
-                            let _clock = d.get_i64();
-                            return Ok(StreamEvent::XLogData { start, server_end, data: d });
-                        }
-                        b'k' if d.len() >= 17 => {
-                            let server_end = Lsn(d.get_u64());
-                            let _clock = d.get_i64();
-                            return Ok(StreamEvent::Keepalive { server_end, reply: d.get_u8() != 0 });
-                        }
-                        other => {
-                            return Err(self.lost(format!("unexpected streaming message type {:?}", other as char)));
-                        }
-                    }
+                    let tag = d.get_u8();
+                    return Ok(CopyMsg::Data(tag, d));
                 }
-                Frame::Other(backend::Message::CopyDone) => return self.finish_stream().await,
+                Frame::Other(backend::Message::CopyDone) => return Ok(CopyMsg::Done),
                 Frame::Other(backend::Message::ErrorResponse(body)) => {
                     let (reason, sqlstate) = server_error(&body);
-                    self.streaming = false;
-                    return Err(PgError::Query { what: "START_REPLICATION", reason, sqlstate });
+                    return Err(PgError::Query { what, reason, sqlstate });
                 }
                 _ => {}
             }
+        }
+    }
+
+    /// The next thing the server sends while streaming.
+    pub async fn next_event(&mut self) -> Result<StreamEvent, PgError> {
+        let (tag, mut d) = match self.next_copy("START_REPLICATION").await {
+            Ok(CopyMsg::Data(tag, d)) => (tag, d),
+            Ok(CopyMsg::Done) => return self.finish_stream().await,
+            Err(e) => {
+                if matches!(e, PgError::Query { .. }) {
+                    self.streaming = false;
+                }
+                return Err(e);
+            }
+        };
+        match tag {
+            b'w' if d.len() >= 24 => {
+                let start = Lsn(d.get_u64());
+                let server_end = Lsn(d.get_u64());
+                let _clock = d.get_i64();
+                Ok(StreamEvent::XLogData { start, server_end, data: d })
+            }
+            b'k' if d.len() >= 17 => {
+                let server_end = Lsn(d.get_u64());
+                let _clock = d.get_i64();
+                Ok(StreamEvent::Keepalive { server_end, reply: d.get_u8() != 0 })
+            }
+            other => Err(self.lost(format!("unexpected streaming message type {:?}", other as char))),
         }
     }
 

@@ -2,7 +2,7 @@
 //! archives (`base.tar[.ext]`, `<oid>.tar[.ext]`), the backup manifest, progress
 //! reports, then the end position.
 
-use super::{Frame, ReplicationConnection, Row, column, server_error, text};
+use super::{CopyMsg, Frame, ReplicationConnection, Row, column, server_error, text};
 use crate::postgres::error::PgError;
 use crate::wal::{Lsn, TimelineId};
 use bytes::{Buf, Bytes};
@@ -149,42 +149,35 @@ impl ReplicationConnection {
 
     /// The next piece of the backup started by [`Self::base_backup`].
     pub async fn base_backup_next(&mut self) -> Result<BackupEvent, PgError> {
-        loop {
-            match self.read_frame().await? {
-                Frame::Other(backend::Message::CopyData(body)) => {
-                    let mut d = body.into_bytes();
-                    if d.is_empty() {
-                        continue;
-                    }
-                    match d.get_u8() {
-                        b'd' => return Ok(BackupEvent::Data(d)),
-                        b'n' => {
-                            let mut fields = d.split(|b| *b == 0);
-                            let name = fields.next().map(|f| String::from_utf8_lossy(f).into_owned());
-                            let location = fields.next().map(|f| String::from_utf8_lossy(f).into_owned());
-                            let name =
-                                name.filter(|n| !n.is_empty()).ok_or_else(|| self.lost("an archive without a name"))?;
-                            return Ok(BackupEvent::Archive { name, tablespace: location.filter(|l| !l.is_empty()) });
-                        }
-                        b'p' if d.len() >= 8 => return Ok(BackupEvent::Progress(d.get_u64())),
-                        b'm' => return Ok(BackupEvent::Manifest),
-                        other => return Err(self.lost(format!("unexpected backup message type {:?}", other as char))),
-                    }
-                }
-                Frame::Other(backend::Message::CopyDone) => {
-                    let rows = self.read_result(W).await?;
-                    let row = rows.first().ok_or_else(|| PgError::bad_value(W, "no end position"))?;
-                    let end = column::<Lsn>(row, 0, W)?.ok_or_else(|| PgError::bad_value(W, "no end position"))?;
-                    let timeline = column::<u32>(row, 1, W)?.ok_or_else(|| PgError::bad_value(W, "no timeline"))?;
-                    return Ok(BackupEvent::End { end, timeline: TimelineId(timeline) });
-                }
-                Frame::Other(backend::Message::ErrorResponse(body)) => {
-                    let (reason, sqlstate) = server_error(&body);
-                    let _ = self.read_result(W).await;
-                    return Err(PgError::Query { what: W, reason, sqlstate });
-                }
-                _ => {}
+        let (tag, mut d) = match self.next_copy(W).await {
+            Ok(CopyMsg::Data(tag, d)) => (tag, d),
+            Ok(CopyMsg::Done) => {
+                let rows = self.read_result(W).await?;
+                let row = rows.first().ok_or_else(|| PgError::bad_value(W, "no end position"))?;
+                let end = column::<Lsn>(row, 0, W)?.ok_or_else(|| PgError::bad_value(W, "no end position"))?;
+                let timeline = column::<u32>(row, 1, W)?.ok_or_else(|| PgError::bad_value(W, "no timeline"))?;
+                return Ok(BackupEvent::End { end, timeline: TimelineId(timeline) });
             }
+            Err(e) => {
+                if matches!(e, PgError::Query { .. }) {
+                    // The server sends ReadyForQuery after the error: consume it.
+                    let _ = self.read_result(W).await;
+                }
+                return Err(e);
+            }
+        };
+        match tag {
+            b'd' => Ok(BackupEvent::Data(d)),
+            b'n' => {
+                let mut fields = d.split(|b| *b == 0);
+                let name = fields.next().map(|f| String::from_utf8_lossy(f).into_owned());
+                let location = fields.next().map(|f| String::from_utf8_lossy(f).into_owned());
+                let name = name.filter(|n| !n.is_empty()).ok_or_else(|| self.lost("an archive without a name"))?;
+                Ok(BackupEvent::Archive { name, tablespace: location.filter(|l| !l.is_empty()) })
+            }
+            b'p' if d.len() >= 8 => Ok(BackupEvent::Progress(d.get_u64())),
+            b'm' => Ok(BackupEvent::Manifest),
+            other => Err(self.lost(format!("unexpected backup message type {:?}", other as char))),
         }
     }
 }
