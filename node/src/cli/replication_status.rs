@@ -4,11 +4,11 @@
 
 use super::args::{ReplicationSource, ReplicationTarget};
 use super::check::pretty_size;
-use super::context::{Ctx, Pick, runtime};
+use super::context::{Ctx, Pick};
 use super::output::Writer;
-use super::remote::APPLICATION_NAME;
+use super::remote;
 use crate::catalog::backups::format_time;
-use crate::postgres::{ClientKind, Conninfo, PgConnection, PgError, StatReplication};
+use crate::postgres::{ClientKind, PgError, StatReplication};
 use crate::wal::Lsn;
 use serde_json::{Map, Value, json};
 use std::fmt::Display;
@@ -66,23 +66,18 @@ enum Failure {
 /// The clients and the server's own position (`None` when it cannot be read).
 fn fetch(raw: Option<String>, target: ReplicationTarget) -> Result<(Option<Lsn>, Vec<StatReplication>), Failure> {
     let raw = raw.ok_or_else(|| Failure::Unreachable("no conninfo".into()))?;
-    let ci = Conninfo::parse(&raw).map_err(|e| Failure::Unreachable(e.to_string()))?;
     let kind = match target {
         ReplicationTarget::All => ClientKind::Any,
         ReplicationTarget::HotStandby => ClientKind::Standby,
         ReplicationTarget::WalStreamer => ClientKind::WalStreamer,
     };
-    let rt = runtime().map_err(Failure::Unreachable)?;
-    rt.block_on(async {
-        let c = PgConnection::connect(&ci, Some(APPLICATION_NAME))
-            .await
-            .map_err(|e| Failure::Unreachable(e.to_string()))?;
-        let clients = c.replication_stats(kind).await.map_err(|e| match e {
-            PgError::MissingMonitoringPrivileges { .. } => Failure::Privileges(e),
-            e => Failure::Unreachable(e.to_string()),
-        })?;
-        Ok((c.current_lsn().await.ok(), clients))
+    // Missing privileges are kept apart from every other failure.
+    remote::with_connection(&raw, async |c| match c.replication_stats(kind).await {
+        Ok(clients) => Ok(Ok((c.current_lsn().await.ok(), clients))),
+        Err(e @ PgError::MissingMonitoringPrivileges { .. }) => Ok(Err(Failure::Privileges(e))),
+        Err(e) => Err(e),
     })
+    .map_err(Failure::Unreachable)?
 }
 
 fn title(target: ReplicationTarget) -> &'static str {

@@ -75,6 +75,7 @@ struct Names {
     walfile_name: &'static str,
     walfile_name_offset: &'static str,
     last_wal_replay_lsn: &'static str,
+    last_wal_receive_lsn: &'static str,
     current_wal_lsn: &'static str,
     current_wal_insert_lsn: &'static str,
     backup_start: &'static str,
@@ -89,6 +90,7 @@ fn names(version: u32) -> Names {
         walfile_name: if pre10 { "pg_xlogfile_name" } else { "pg_walfile_name" },
         walfile_name_offset: if pre10 { "pg_xlogfile_name_offset" } else { "pg_walfile_name_offset" },
         last_wal_replay_lsn: if pre10 { "pg_last_xlog_replay_location" } else { "pg_last_wal_replay_lsn" },
+        last_wal_receive_lsn: if pre10 { "pg_last_xlog_receive_location" } else { "pg_last_wal_receive_lsn" },
         current_wal_lsn: if pre10 { "pg_current_xlog_location" } else { "pg_current_wal_lsn" },
         current_wal_insert_lsn: if pre10 { "pg_current_xlog_insert_location" } else { "pg_current_wal_insert_lsn" },
         backup_start: if pre15 { "pg_start_backup" } else { "pg_backup_start" },
@@ -584,8 +586,7 @@ impl PgConnection {
         } else {
             ("sent_lsn", "write_lsn", "flush_lsn", "replay_lsn")
         };
-        let receive = if v < 100000 { "pg_last_xlog_receive_location" } else { "pg_last_wal_receive_lsn" };
-        let current = names(v).current_wal_lsn;
+        let n = names(v);
         let filter = match kind {
             ClientKind::Any => String::new(),
             ClientKind::Standby => format!(" AND r.{replay} IS NOT NULL"),
@@ -602,6 +603,8 @@ impl PgConnection {
              WHERE (rs.slot_type IS NULL OR rs.slot_type = 'physical'){filter} \
              ORDER BY sync_state DESC, sync_priority",
             start = ts_sql("r.backend_start"),
+            receive = n.last_wal_receive_lsn,
+            current = n.current_wal_lsn,
         );
         let rows = self.client().query(sql.as_str(), &[]).await.map_err(|e| PgError::query(WHAT, &e))?;
         let lsn = |row: &Row, i: usize| -> Result<Option<Lsn>, PgError> {
