@@ -290,14 +290,20 @@ pub async fn receive(cfg: &ReceiverConfig, stop: impl std::future::Future<Output
         // pg_stat_replication show us from the start.
         conn.send_status(r.write, r.flush, false).await?;
         let mut reported = r.flush;
-        // One timer, moved when a status goes out: a new timer per message would
-        // wake the runtime's driver (an eventfd write) for every message.
+        // One timer, re-armed lazily when it fires early: a new timer (or a reset)
+        // per message would touch the runtime's timer wheel and wake its driver
+        // (an eventfd write) for every message.
         let status_timer = tokio::time::sleep_until(next_status);
         tokio::pin!(status_timer);
         let ended = loop {
             let event = tokio::select! {
                 ev = conn.next_event() => ev.map_err(|e| start_error(e, cfg, r.write, r.tli))?,
                 () = &mut status_timer => {
+                    // A status went out since it was armed: wait for the interval from then.
+                    if Instant::now() < next_status {
+                        status_timer.as_mut().reset(next_status);
+                        continue;
+                    }
                     r.make_durable()?;
                     conn.send_status(r.write, r.flush, false).await?;
                     reported = r.flush;
@@ -345,7 +351,6 @@ pub async fn receive(cfg: &ReceiverConfig, stop: impl std::future::Future<Output
                 conn.send_status(r.write, r.flush, false).await?;
                 reported = r.flush;
                 next_status = Instant::now() + cfg.status_interval;
-                status_timer.as_mut().reset(next_status);
             }
         };
         match ended {
