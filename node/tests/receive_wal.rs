@@ -237,8 +237,7 @@ fn promotion_of_the_upstream_switches_timeline_without_a_gap() {
     let new: Vec<&(String, PathBuf)> = archived.iter().filter(|(n, _)| tli(n) == 2).collect();
     assert!(!new.is_empty(), "{archived:?}");
     // The switch segment on timeline 2 follows timeline 1's last whole segment.
-    let (hi, lo) = switch_lsn.split_once('/').unwrap();
-    let switch_seg = (u64::from_str_radix(hi, 16).unwrap() << 32 | u64::from_str_radix(lo, 16).unwrap()) >> 24;
+    let switch_seg = parse_lsn(switch_lsn) >> 24;
     assert_eq!(seg_number(&new[0].0), switch_seg, "{archived:?} {history}");
     // (None when streaming began in the switch segment: then only its .partial is there.)
     assert!(old.last().is_none_or(|&l| l + 1 >= switch_seg), "{archived:?} {history}");
@@ -265,13 +264,11 @@ fn promotion_of_the_upstream_switches_timeline_without_a_gap() {
 }
 
 fn switch_lsn_offset(lsn: &str) -> u64 {
-    let (_, lo) = lsn.split_once('/').unwrap();
-    u64::from_str_radix(lo, 16).unwrap() & ((16 << 20) - 1)
+    parse_lsn(lsn) & ((16 << 20) - 1)
 }
 
 fn parse_lsn(s: &str) -> u64 {
-    let (hi, lo) = s.trim().split_once('/').unwrap();
-    u64::from_str_radix(hi, 16).unwrap() << 32 | u64::from_str_radix(lo, 16).unwrap()
+    s.trim().parse::<barman::wal::Lsn>().unwrap().0
 }
 
 /// The streamed bytes below `lsn` (timeline 1) equal PostgreSQL's.

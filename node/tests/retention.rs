@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 use barman::backup::retention::{Candidate, Keep, report};
-use barman::config::types::{RetentionPolicy, WindowUnit};
+use barman::config::types::RetentionPolicy;
 use chrono::{DateTime, Duration, FixedOffset};
 use cluster_tests::reference;
 use serde_json::{Value, json};
@@ -139,22 +139,6 @@ fn cases() -> Vec<Case> {
 const ID: [&str; 6] =
     ["20260101T000000", "20260102T000000", "20260103T000000", "20260104T000000", "20260105T000000", "20260106T000000"];
 
-fn policy(text: &str) -> RetentionPolicy {
-    let w: Vec<&str> = text.split_whitespace().collect();
-    match w.as_slice() {
-        ["REDUNDANCY", n] => RetentionPolicy::Redundancy(n.parse().unwrap()),
-        ["RECOVERY", "WINDOW", "OF", n, u] => RetentionPolicy::Window {
-            value: n.parse().unwrap(),
-            unit: match *u {
-                "DAYS" => WindowUnit::Days,
-                "WEEKS" => WindowUnit::Weeks,
-                _ => WindowUnit::Months,
-            },
-        },
-        _ => panic!("bad policy {text}"),
-    }
-}
-
 /// Barman's labels for every case, computed by its RetentionPolicyFactory with
 /// a catalog stub holding the same backups (end times relative to its own now).
 fn barmans(cases: &[Case]) -> Vec<Value> {
@@ -232,7 +216,7 @@ fn retention_labels_are_barmans() {
                 parent: parent.map(|p| ID[p].to_string()),
             })
             .collect();
-        let ours = report(policy(case.policy), case.minimum_redundancy, now, &candidates);
+        let ours = report(RetentionPolicy::parse_text(case.policy).unwrap(), case.minimum_redundancy, now, &candidates);
         let ours: serde_json::Map<String, Value> = ours.into_iter().map(|(k, v)| (k, json!(v.to_string()))).collect();
         assert_eq!(Value::Object(ours), want, "case {:?}: ours (left) differs from Barman's", case.name);
     }

@@ -66,21 +66,15 @@ pub fn last_archived(wals_dir: &Path) -> BTreeMap<String, String> {
 /// The decision for `info` against the archive in `wals_dir`.
 pub fn check_wals(info: &BackupInfo, wals_dir: &Path) -> WalCheck {
     let (Some(begin), Some(end)) = (&info.begin_wal, &info.end_wal) else { return WalCheck::Unknown };
-    let (begin, end) = (begin.as_str(), end.as_str());
-    let timeline = begin.get(..8).unwrap_or("");
+    let timeline = begin.as_str().get(..8).unwrap_or("");
     let archived = last_archived(wals_dir);
     let Some(last) = archived.get(timeline) else { return WalCheck::Waiting };
     // Names compare as text, as Barman compares them.
-    if last.as_str() < begin {
+    if last.as_str() < begin.as_str() {
         return WalCheck::Waiting;
     }
     let Ok(size) = SegmentSize::new(info.xlog_segment_size) else { return WalCheck::Waiting };
-    let (Some(mut seg), Some(stop)) = (
-        info.begin_wal.as_ref().and_then(WalFileName::segment_id),
-        info.end_wal.as_ref().and_then(WalFileName::segment_id),
-    ) else {
-        return WalCheck::Waiting;
-    };
+    let (Some(mut seg), Some(stop)) = (begin.segment_id(), end.segment_id()) else { return WalCheck::Waiting };
     while (seg.log, seg.seg) <= (stop.log, stop.seg) {
         let name = WalFileName::segment(seg);
         if name.as_str() > last.as_str() {
@@ -92,7 +86,7 @@ pub fn check_wals(info: &BackupInfo, wals_dir: &Path) -> WalCheck {
         }
         seg = seg.next(size);
     }
-    if end <= last.as_str() { WalCheck::Done } else { WalCheck::Waiting }
+    if end.as_str() <= last.as_str() { WalCheck::Done } else { WalCheck::Waiting }
 }
 
 #[cfg(test)]

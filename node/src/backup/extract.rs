@@ -3,6 +3,7 @@
 //! path leaving the destination is refused. Everything written is fsynced,
 //! files then directories, before the extraction returns.
 
+use crate::catalog::durable::fsync_dir;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -98,11 +99,8 @@ pub fn extract_tar(input: impl Read, dest: &Path) -> Result<Extracted, ExtractEr
     // Deepest directories first, the destination's parent last.
     dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
     dirs.dedup();
-    for d in &dirs {
-        File::open(d).and_then(|f| f.sync_all()).map_err(io_at(d))?;
-    }
-    if let Some(parent) = dest.parent() {
-        File::open(parent).and_then(|f| f.sync_all()).map_err(io_at(parent))?;
+    for d in dirs.iter().map(PathBuf::as_path).chain(dest.parent()) {
+        fsync_dir(d).map_err(io_at(d))?;
     }
     Ok(written)
 }

@@ -451,7 +451,8 @@ pub enum WindowUnit {
 }
 
 impl RetentionPolicy {
-    fn parse_text(raw: &str) -> Option<Self> {
+    /// Barman's grammar: `REDUNDANCY n` or `RECOVERY WINDOW OF n DAY[S]|WEEK[S]|MONTH[S]`, any case.
+    pub fn parse_text(raw: &str) -> Option<Self> {
         let w: Vec<String> = raw.split_whitespace().map(|s| s.to_ascii_lowercase()).collect();
         match w.as_slice() {
             [r, n] if r == "redundancy" => n.parse().ok().map(RetentionPolicy::Redundancy),

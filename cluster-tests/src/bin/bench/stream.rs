@@ -164,8 +164,7 @@ impl Running {
 }
 
 fn parse_lsn(s: &str) -> Result<u64> {
-    let (hi, lo) = s.trim().split_once('/').with_context(|| format!("{s:?} is not an LSN"))?;
-    Ok((u64::from_str_radix(hi, 16)? << 32) | u64::from_str_radix(lo, 16)?)
+    Ok(s.trim().parse::<barman::wal::Lsn>()?.0)
 }
 
 #[derive(Default)]
