@@ -111,6 +111,39 @@ impl PgCluster {
         Ok(cluster)
     }
 
+    /// Starts PostgreSQL on a data directory made elsewhere (a restored
+    /// backup) in `dir/data`: the directories in `owned` (and `dir`) are given
+    /// to the PostgreSQL OS user, this cluster's port, socket and log settings
+    /// are appended to postgresql.conf, then `extra_conf`.
+    pub fn adopt(dir: &Path, owned: &[&Path], extra_conf: &str) -> Result<PgCluster> {
+        let data_dir = dir.join("data");
+        if crate::util::is_root() {
+            let user = crate::util::pg_os_user()?;
+            for p in std::iter::once(dir).chain(owned.iter().copied()) {
+                let mut chown = Command::new("chown");
+                chown.arg("-R").arg(format!("{}:{}", user.uid, user.gid)).arg(p);
+                run(&mut chown, "chown -R")?;
+            }
+        }
+        let mut cluster = PgCluster {
+            log_path: dir.join("postgresql.log"),
+            port: free_port()?,
+            data_dir,
+            dir: dir.to_path_buf(),
+            password: None,
+            running: false,
+        };
+        let conf = format!(
+            "\n# cluster-tests (adopted)\nlisten_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = {}\n\
+             logging_collector = off\n{extra_conf}\n",
+            cluster.port,
+            conf_quote(&cluster.dir.to_string_lossy())
+        );
+        cluster.append_conf(&conf)?;
+        cluster.start_server()?;
+        Ok(cluster)
+    }
+
     /// The data directory.
     pub fn data_dir(&self) -> &Path {
         &self.data_dir

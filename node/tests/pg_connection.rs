@@ -654,6 +654,7 @@ async fn base_backup_streams_archives_and_a_manifest_pg_verifybackup_accepts() {
         compression: None,
         compression_detail: None,
         progress: true,
+        tablespace_map: true,
     };
     let (start, names, progress, end) = take_base_backup(&mut r, &opts, &out).await;
     assert!(end > start.start, "end {end} not after start {}", start.start);
@@ -697,6 +698,7 @@ async fn base_backup_streams_archives_and_a_manifest_pg_verifybackup_accepts() {
         compression: Some("gzip".into()),
         compression_detail: Some("level=1".into()),
         progress: false,
+        tablespace_map: true,
         ..opts
     };
     let (_, names, _, _) = take_base_backup(&mut r, &opts, &gz).await;

@@ -52,6 +52,34 @@ fn target(dest: &Path, name: &Path) -> Result<PathBuf, ExtractError> {
 
 /// Extracts the tar stream `input` into `dest` (created if missing).
 pub fn extract_tar(input: impl Read, dest: &Path) -> Result<Extracted, ExtractError> {
+    extract_tar_relinked(input, dest, &|_| None)
+}
+
+/// Copies a member into its file: a failed read is the stream's fault, a
+/// failed write the destination's (a full disk names the file).
+fn copy_member(entry: &mut impl Read, f: &mut File, path: &Path) -> Result<u64, ExtractError> {
+    use std::io::Write;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = match entry.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(ExtractError::Stream(e)),
+        };
+        f.write_all(&buf[..n]).map_err(io_at(path))?;
+        total += n as u64;
+    }
+}
+
+/// As [`extract_tar`]; a symbolic link whose target `relink` maps is written
+/// pointing at the new target (pg_basebackup's tablespace mapping).
+pub fn extract_tar_relinked(
+    input: impl Read,
+    dest: &Path,
+    relink: &dyn Fn(&Path) -> Option<PathBuf>,
+) -> Result<Extracted, ExtractError> {
     fs::create_dir_all(dest).map_err(io_at(dest))?;
     let mut archive = tar::Archive::new(input);
     let mut written = Extracted::default();
@@ -78,7 +106,7 @@ pub fn extract_tar(input: impl Read, dest: &Path) -> Result<Extracted, ExtractEr
                 .mode(mode)
                 .open(&path)
                 .map_err(io_at(&path))?;
-            written.bytes += io::copy(&mut entry, &mut f).map_err(ExtractError::Stream)?;
+            written.bytes += copy_member(&mut entry, &mut f, &path)?;
             written.files += 1;
             files.push(path);
         } else if kind.is_symlink() {
@@ -86,6 +114,7 @@ pub fn extract_tar(input: impl Read, dest: &Path) -> Result<Extracted, ExtractEr
                 name: name.display().to_string(),
                 kind: "symbolic link without a target".into(),
             })?;
+            let link = relink(&link).unwrap_or_else(|| link.into_owned());
             std::os::unix::fs::symlink(&link, &path).map_err(io_at(&path))?;
         } else if kind.is_pax_global_extensions() || kind.is_pax_local_extensions() || kind.is_gnu_longname() {
             // Read by the tar crate itself.

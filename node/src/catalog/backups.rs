@@ -2,10 +2,11 @@
 //! legacy `base/<id>/backup.info`), with the fields `check` and `status` need.
 
 use super::ServerLayout;
+use super::backup_info::{BackupInfo, BackupInfoError};
 use chrono::{DateTime, FixedOffset, Local, NaiveDateTime, TimeZone};
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct BackupSummary {
@@ -102,9 +103,9 @@ fn parse_file(id: &str, path: &Path) -> Option<BackupSummary> {
     })
 }
 
-/// Every backup of a server, sorted by id (`meta/` wins over the legacy place).
-pub fn list(layout: &ServerLayout) -> Vec<BackupSummary> {
-    let mut found: BTreeMap<String, std::path::PathBuf> = BTreeMap::new();
+/// Where every backup's metadata is, by id (`meta/` wins over the legacy place).
+pub fn scan(layout: &ServerLayout) -> BTreeMap<String, PathBuf> {
+    let mut found: BTreeMap<String, PathBuf> = BTreeMap::new();
     if let Ok(rd) = fs::read_dir(&layout.base_dir) {
         for e in rd.flatten() {
             let id = e.file_name().to_string_lossy().into_owned();
@@ -124,7 +125,83 @@ pub fn list(layout: &ServerLayout) -> Vec<BackupSummary> {
             }
         }
     }
-    found.iter().filter_map(|(id, p)| parse_file(id, p)).collect()
+    found
+}
+
+/// Where a backup's metadata is written: `meta/<id>-backup.info`.
+pub fn meta_path(layout: &ServerLayout, id: &str) -> PathBuf {
+    layout.meta_dir().join(format!("{id}-backup.info"))
+}
+
+/// Every backup of a server, sorted by id.
+pub fn list(layout: &ServerLayout) -> Vec<BackupSummary> {
+    scan(layout).iter().filter_map(|(id, p)| parse_file(id, p)).collect()
+}
+
+/// One backup of the catalogue, read in full.
+#[derive(Debug, Clone)]
+pub struct Backup {
+    pub id: String,
+    /// Where its backup.info was read from.
+    pub path: PathBuf,
+    pub info: BackupInfo,
+}
+
+/// "Copy done": the statuses shortcuts, names and restores consider.
+pub const COPY_DONE: [&str; 2] = ["WAITING_FOR_WALS", "DONE"];
+
+impl Backup {
+    pub fn is_copy_done(&self) -> bool {
+        COPY_DONE.contains(&self.info.status.as_str())
+    }
+    /// Barman's `backup_type`: snapshot, rsync, incremental or full.
+    pub fn backup_type(&self) -> &'static str {
+        let mode = self.info.mode.as_deref().unwrap_or("");
+        if mode.starts_with("snapshot") {
+            "snapshot"
+        } else if mode.starts_with("rsync") {
+            "rsync"
+        } else if self.info.parent_backup_id.is_some() {
+            "incremental"
+        } else {
+            "full"
+        }
+    }
+}
+
+/// Every backup with its backup.info, sorted by id. An unreadable file stops
+/// the reading, as Barman's catalogue does.
+pub fn load(layout: &ServerLayout) -> Result<Vec<Backup>, BackupInfoError> {
+    scan(layout).into_iter().map(|(id, path)| BackupInfo::read(&path).map(|info| Backup { id, path, info })).collect()
+}
+
+/// Barman's `parse_backup_id`: an id, a shortcut (`latest`/`last`,
+/// `oldest`/`first`, `last-failed` and, as Barman's substring test has it,
+/// any part of that word, `latest-full`/`last-full`), or a backup name.
+pub fn resolve<'a>(backups: &'a [Backup], arg: &str, server: &str) -> Result<&'a Backup, String> {
+    let done = || backups.iter().filter(|b| b.is_copy_done());
+    let id: Option<String> = match arg {
+        "latest" | "last" => done().next_back().map(|b| b.id.clone()),
+        "oldest" | "first" => done().next().map(|b| b.id.clone()),
+        "latest-full" | "last-full" => done().rfind(|b| b.backup_type() == "full").map(|b| b.id.clone()),
+        a if "last-failed".contains(a) => {
+            backups.iter().rfind(|b| b.info.status == "FAILED").map(|b| b.id.clone())
+        }
+        a if is_backup_id(a) => Some(a.to_string()),
+        a => {
+            let named: Vec<&Backup> = done().filter(|b| b.info.backup_name.as_deref() == Some(a)).collect();
+            if named.len() > 1 {
+                let ids: Vec<&str> = named.iter().map(|b| b.id.as_str()).collect();
+                return Err(format!(
+                    "Multiple backups found matching name '{a}' (try using backup ID instead): {}",
+                    ids.join(" ")
+                ));
+            }
+            named.first().map(|b| b.id.clone())
+        }
+    };
+    id.and_then(|id| backups.iter().find(|b| b.id == id))
+        .ok_or_else(|| format!("Unknown backup '{arg}' for server '{server}'"))
 }
 
 #[cfg(test)]

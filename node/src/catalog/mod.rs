@@ -10,6 +10,7 @@ pub mod lock;
 pub mod pyjson;
 pub mod pyliteral;
 pub mod rejects;
+pub mod wal_removal;
 pub mod xlogdb;
 
 pub use layout::ServerLayout;

@@ -146,6 +146,18 @@ impl<'a> XlogDb<'a> {
         Ok(out)
     }
 
+    /// Keeps the entries `keep` accepts and rewrites the file durably; the
+    /// entries left out are returned (their files are the caller's to remove).
+    pub fn retain(&self, held: &Lock, keep: &dyn Fn(&XlogEntry) -> bool) -> Result<Vec<XlogEntry>, XlogDbError> {
+        let (kept, dropped): (Vec<XlogEntry>, Vec<XlogEntry>) = self.read(held)?.into_iter().partition(|e| keep(e));
+        if !dropped.is_empty() {
+            let path = self.path();
+            let text: String = kept.iter().map(XlogEntry::to_line).collect();
+            durable::write_file(&path, text.as_bytes(), 0o600).map_err(io_err(&path))?;
+        }
+        Ok(dropped)
+    }
+
     /// Whether the catalogue holds no line (a missing file counts as empty).
     pub fn is_empty(&self, _held: &Lock) -> Result<bool, XlogDbError> {
         match fs::metadata(self.path()) {

@@ -76,6 +76,65 @@ pub struct Servers {
 pub enum Command {
     /// Archive the WAL files waiting in the incoming and streaming directories
     ArchiveWal { server: String },
+    /// Take a base backup of servers
+    Backup {
+        #[command(flatten)]
+        servers: Servers,
+        /// Ask PostgreSQL for an immediate checkpoint (overrides immediate_checkpoint)
+        #[arg(long = "immediate-checkpoint", overrides_with = "no_immediate_checkpoint")]
+        immediate_checkpoint: bool,
+        /// Let PostgreSQL spread the checkpoint (overrides immediate_checkpoint)
+        #[arg(long = "no-immediate-checkpoint")]
+        no_immediate_checkpoint: bool,
+        /// Parent backup of an incremental backup (PostgreSQL 17+)
+        #[arg(long = "incremental", value_name = "BACKUP_ID")]
+        incremental: Option<String>,
+        /// File-level reuse of the previous backup (rsync method only); bare = link
+        #[arg(long = "reuse-backup", num_args = 0..=1, default_missing_value = "link", value_parser = ["off", "copy", "link"])]
+        reuse_backup: Option<String>,
+        /// Retries of a failed copy (overrides basebackup_retry_times)
+        #[arg(long = "retry-times", value_parser = non_negative)]
+        retry_times: Option<u32>,
+        /// Seconds between retries (overrides basebackup_retry_sleep)
+        #[arg(long = "retry-sleep", value_parser = non_negative)]
+        retry_sleep: Option<u32>,
+        /// No retry of a failed copy
+        #[arg(long = "no-retry")]
+        no_retry: bool,
+        /// Parallel workers (rsync method; the postgres method copies in one stream)
+        #[arg(short = 'j', long = "jobs", value_parser = positive)]
+        jobs: Option<u32>,
+        /// Seconds between batches of started workers (rsync method)
+        #[arg(long = "jobs-start-batch-period", value_parser = positive)]
+        jobs_start_batch_period: Option<u32>,
+        /// Workers started per batch (rsync method)
+        #[arg(long = "jobs-start-batch-size", value_parser = positive)]
+        jobs_start_batch_size: Option<u32>,
+        /// Bandwidth limit in KB/s, 0 for none (overrides bandwidth_limit)
+        #[arg(long = "bwlimit", value_name = "KBPS", value_parser = non_negative)]
+        bwlimit: Option<u32>,
+        /// Wait for every WAL file the backup needs to be archived
+        #[arg(short = 'w', long = "wait")]
+        wait: bool,
+        /// Seconds to wait with --wait (0: forever)
+        #[arg(long = "wait-timeout", value_name = "TIMEOUT", value_parser = non_negative)]
+        wait_timeout: Option<u32>,
+        /// Keepalive interval of the rsync method's connection
+        #[arg(long = "keepalive-interval", value_parser = non_negative)]
+        keepalive_interval: Option<u32>,
+        /// A friendly name for the backup, usable instead of its id
+        #[arg(long = "name", value_parser = backup_name)]
+        name: Option<String>,
+        /// Generate a backup manifest (rsync method; the postgres method always has one)
+        #[arg(long = "manifest", overrides_with = "no_manifest")]
+        manifest: bool,
+        /// Do not generate a backup manifest (rsync method)
+        #[arg(long = "no-manifest")]
+        no_manifest: bool,
+        /// Seconds the checks before the backup may take (0: no limit)
+        #[arg(long = "check-timeout", value_parser = non_negative)]
+        check_timeout: Option<u32>,
+    },
     /// Check the configuration and the connections of servers
     Check {
         #[command(flatten)]
@@ -86,6 +145,17 @@ pub enum Command {
         /// Seconds before giving up (0: never)
         #[arg(long = "check-timeout")]
         check_timeout: Option<u64>,
+    },
+    /// Check that every WAL file a backup needs is archived (WAITING_FOR_WALS -> DONE)
+    CheckBackup { server: String, backup_id: String },
+    /// List the backups of servers, newest first
+    #[command(alias = "list-backup")]
+    ListBackups {
+        #[command(flatten)]
+        servers: Servers,
+        /// Backup ids only
+        #[arg(long)]
+        minimal: bool,
     },
     /// Check that the WAL archive is empty before a new server uses it
     CheckWalArchive {
@@ -218,6 +288,17 @@ pub enum Command {
         #[arg(long = "archive-timeout", default_value_t = 30)]
         archive_timeout: u64,
     },
+}
+
+fn non_negative(s: &str) -> Result<u32, String> {
+    match s.trim().parse::<i64>() {
+        Ok(n) if (0..=i64::from(u32::MAX)).contains(&n) => Ok(n as u32),
+        _ => Err(format!("'{s}' is not a valid non negative integer")),
+    }
+}
+
+fn backup_name(s: &str) -> Result<String, String> {
+    super::backup::check_backup_name(s)
 }
 
 fn positive(s: &str) -> Result<u32, String> {

@@ -73,6 +73,20 @@ pub fn check(ctx: &mut Ctx, names: &[String], nagios: bool, timeout: Option<u64>
     }
 }
 
+/// The checks `backup` runs first, silently: those that failed.
+pub fn failed_checks(ctx: &mut Ctx, s: &ServerConfig, timeout: Option<u64>) -> Vec<super::output::CheckRecord> {
+    let silent = super::output::Output::new(Writer::Null, true, false, false);
+    let saved = std::mem::replace(&mut ctx.out, silent);
+    let secs = timeout.unwrap_or(s.opts.check_timeout.max(0) as u64);
+    let deadline = (secs > 0).then(|| Instant::now() + Duration::from_secs(secs));
+    let mut c = Checker { ctx, s, deadline, streaming_sysid: None };
+    if !run_checks(&mut c) {
+        c.result("check timeout", false, Some("barman check command timed out"));
+    }
+    let checks = std::mem::replace(&mut ctx.out, saved).take_checks();
+    checks.into_iter().filter(|c| !c.ok).collect()
+}
+
 fn xlogdb_empty(l: &ServerLayout) -> bool {
     std::fs::metadata(l.xlogdb_path()).map(|m| m.len() == 0).unwrap_or(true)
 }

@@ -96,6 +96,8 @@ pub fn cron(ctx: &mut Ctx, keep_descriptors: bool) {
             // SAFETY: sending a signal to a pid read from the lock its holder keeps.
             unsafe { libc::kill(pid as i32, libc::SIGINT) };
         }
+        // Abandoned backups become FAILED; the oldest WAITING_FOR_WALS one is checked.
+        super::backups::cron_backups(ctx, &s);
         drop(cron_lock);
     }
     if ctx.cfg.global.lock_directory_cleanup {

@@ -2,6 +2,8 @@
 //! output, and one module per command family.
 
 pub mod args;
+mod backup;
+mod backups;
 mod check;
 mod context;
 mod cron;
@@ -9,6 +11,7 @@ pub mod output;
 mod receive_wal;
 mod remote;
 mod replication_status;
+mod retention;
 mod servers;
 mod status;
 mod switch_wal;
@@ -86,7 +89,51 @@ fn dispatch(ctx: &mut Ctx, command: Command) {
     use crate::wal::compression::Codec;
     match command {
         Command::ArchiveWal { server } => wal::archive_wal(ctx, &server),
+        Command::Backup {
+            servers,
+            immediate_checkpoint,
+            no_immediate_checkpoint,
+            incremental,
+            reuse_backup,
+            retry_times,
+            retry_sleep,
+            no_retry,
+            bwlimit,
+            wait,
+            wait_timeout,
+            name,
+            check_timeout,
+            ..
+        } => {
+            use crate::config::types::ReuseBackup;
+            let args = backup::BackupArgs {
+                servers: servers.servers,
+                immediate_checkpoint: if immediate_checkpoint {
+                    Some(true)
+                } else if no_immediate_checkpoint {
+                    Some(false)
+                } else {
+                    None
+                },
+                incremental,
+                reuse_backup: reuse_backup.as_deref().map(|r| match r {
+                    "copy" => ReuseBackup::Copy,
+                    "link" => ReuseBackup::Link,
+                    _ => ReuseBackup::Off,
+                }),
+                retry_times: if no_retry { Some(0) } else { retry_times },
+                retry_sleep,
+                bwlimit: bwlimit.map(u64::from),
+                wait,
+                wait_timeout: wait_timeout.map(u64::from),
+                name,
+                check_timeout: check_timeout.map(u64::from),
+            };
+            backup::backup(ctx, &args)
+        }
         Command::Check { servers, nagios, check_timeout } => check::check(ctx, &servers.servers, nagios, check_timeout),
+        Command::CheckBackup { server, backup_id } => backups::check_backup(ctx, &server, &backup_id),
+        Command::ListBackups { servers, minimal } => backups::list_backups(ctx, &servers.servers, minimal),
         Command::CheckWalArchive { server, timeline } => wal::check_wal_archive(ctx, &server, timeline),
         Command::Cron { keep_descriptors } => cron::cron(ctx, keep_descriptors),
         Command::Diagnose { show_config_source } => servers::diagnose(ctx, show_config_source),

@@ -27,7 +27,7 @@ pub struct CheckRecord {
 
 pub struct Output {
     pub writer: Writer,
-    quiet: bool,
+    pub quiet: bool,
     debug: bool,
     color: bool,
     /// An error was reported: the process exits non-zero.
@@ -248,6 +248,11 @@ impl Output {
                 }
             }
         }
+    }
+
+    /// The check results recorded so far.
+    pub fn take_checks(&mut self) -> Vec<CheckRecord> {
+        std::mem::take(&mut self.checks)
     }
 
     /// Prints what is collected and returns the process exit code.

@@ -173,9 +173,76 @@ fn backup_method_checks(s: &mut ServerConfig, warnings: &mut Vec<ConfigWarning>)
             if s.opts.network_compression {
                 s.disable("network_compression option is not supported by postgres backup_method");
             }
+            for issue in backup_compression_issues(s) {
+                s.disable(issue);
+            }
         }
         BackupMethod::Snapshot => {}
     }
+}
+
+/// Barman's validation of `backup_compression` and its companions
+/// (`PgBaseBackupCompressionOption.validate`, for PostgreSQL 15+).
+fn backup_compression_issues(s: &ServerConfig) -> Vec<String> {
+    use super::types::{BackupCompression as C, BackupCompressionFormat, BackupCompressionLocation};
+    let o = &s.opts;
+    let Some(c) = o.backup_compression else { return Vec::new() };
+    let mut issues = Vec::new();
+    if o.backup_compression_format == Some(BackupCompressionFormat::Plain)
+        && o.backup_compression_location != Some(BackupCompressionLocation::Server)
+    {
+        issues.push(format!(
+            "backup_compression_format plain is not compatible with backup_compression_location {}",
+            o.backup_compression_location.map_or("None", |l| l.as_str())
+        ));
+    }
+    let level = o.backup_compression_level;
+    let workers = o.backup_compression_workers;
+    match c {
+        C::Gzip => {
+            if let Some(l) = level.filter(|l| !(1..=9).contains(l) && *l != -1) {
+                let mut m = format!(
+                    "backup_compression_level {l} unsupported by compression algorithm. gzip expects a compression level between 1 and 9 (-1 will use default compression level)."
+                );
+                if l == 0 {
+                    m.push_str("\nIf you need to create an archive not compressed, you should set `backup_compression = none`.");
+                }
+                issues.push(m);
+            }
+            if workers.is_some() {
+                issues.push("backup_compression_workers is not compatible with compression gzip".into());
+            }
+        }
+        C::Lz4 => {
+            if let Some(l) = level.filter(|l| !(0..=12).contains(l)) {
+                issues.push(format!(
+                    "backup_compression_level {l} unsupported by compression algorithm. lz4 expects a compression level between 1 and 12 (0 will use default compression level)."
+                ));
+            }
+            if workers.is_some() {
+                issues.push("backup_compression_workers is not compatible with compression lz4.".into());
+            }
+        }
+        C::Zstd => {
+            if let Some(l) = level.filter(|l| !(-131_072..=22).contains(l)) {
+                issues.push(format!(
+                    "backup_compression_level {l} unsupported by compression algorithm. 'zstd' expects a compression level between -131072 and 22 (3 will use default compression level)."
+                ));
+            }
+            if let Some(w) = workers.filter(|w| *w < 0) {
+                issues.push(format!("backup_compression_workers should be a positive integer: '{w}' is invalid."));
+            }
+        }
+        C::None => {
+            if level.is_some_and(|l| l != 0) {
+                issues.push("backup_compression none only supports backup_compression_level 0.".into());
+            }
+            if workers.is_some() {
+                issues.push("backup_compression_workers is not compatible with compression 'none'.".into());
+            }
+        }
+    }
+    issues
 }
 
 /// Features this version does not implement: a server asking for one is disabled

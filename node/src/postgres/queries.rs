@@ -463,6 +463,28 @@ impl PgConnection {
         Ok(s.as_deref().map(parse_synchronous_standby_names).unwrap_or_default())
     }
 
+    /// Barman's `get_tablespaces`: `(name, oid, location)` of every tablespace
+    /// outside the data directory.
+    pub async fn tablespaces(&self) -> Result<Vec<(String, u32, String)>, PgError> {
+        const WHAT: &str = "pg_tablespace";
+        let rows = self
+            .client()
+            .query(
+                "SELECT spcname::text, oid::int8, pg_tablespace_location(oid) FROM pg_tablespace \
+                 WHERE pg_tablespace_location(oid) != '' ORDER BY oid",
+                &[],
+            )
+            .await
+            .map_err(|e| PgError::query(WHAT, &e))?;
+        rows.iter()
+            .map(|r| {
+                let oid: i64 = get(r, 1, WHAT)?;
+                let oid = u32::try_from(oid).map_err(|_| PgError::bad_value(WHAT, oid))?;
+                Ok((get(r, 0, WHAT)?, oid, get(r, 2, WHAT)?))
+            })
+            .collect()
+    }
+
     /// Total size of all tablespaces in bytes (Barman's `current_size`).
     pub async fn current_size(&self) -> Result<Option<u64>, PgError> {
         const WHAT: &str = "pg_tablespace_size()";

@@ -25,6 +25,9 @@ pub struct BaseBackupOptions {
     pub compression_detail: Option<String>,
     /// Progress reports (`PROGRESS`): the server first sizes the data directory.
     pub progress: bool,
+    /// `TABLESPACE_MAP`: a `tablespace_map` file in base.tar instead of the
+    /// links in pg_tblspc (pg_basebackup asks it for tar output).
+    pub tablespace_map: bool,
 }
 
 /// One tablespace as the server announces it; the data directory has no oid.
@@ -73,7 +76,9 @@ impl BaseBackupOptions {
         o.push(format!("CHECKPOINT {}", quote(if self.fast_checkpoint { "fast" } else { "spread" })));
         // The WAL is the archive's business (receive-wal / archive_command), as Barman asks.
         o.push("WAIT false".into());
-        o.push("TABLESPACE_MAP".into());
+        if self.tablespace_map {
+            o.push("TABLESPACE_MAP".into());
+        }
         if self.manifest {
             o.push("MANIFEST 'yes'".into());
             o.push("MANIFEST_CHECKSUMS 'CRC32C'".into());
@@ -196,6 +201,7 @@ mod tests {
             compression: Some("lz4".into()),
             compression_detail: Some("level=3".into()),
             progress: false,
+            tablespace_map: true,
         };
         assert_eq!(
             o.command(),
