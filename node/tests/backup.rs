@@ -212,3 +212,212 @@ fn backup_under_pgbench_with_a_tablespace_recovers_to_the_same_tables() {
     .unwrap();
     assert_eq!(by_barman.psql(CHECKSUMS).unwrap(), want);
 }
+
+/// Extracts a stored tar archive with the system's tar and the algorithm's own tool.
+fn untar(archive: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    let name = archive.file_name().unwrap().to_string_lossy().into_owned();
+    let mut c = Command::new("tar");
+    c.arg("-x").arg("-f").arg(archive).arg("-C").arg(to);
+    if name.ends_with(".gz") {
+        c.arg("-z");
+    } else if name.ends_with(".lz4") {
+        c.args(["-I", "lz4"]);
+    } else if name.ends_with(".zst") {
+        c.args(["-I", "zstd"]);
+    }
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "tar {name}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn compressed_and_tar_backups_are_stored_as_barman_stores_them() {
+    let env = Env::new();
+    let (pg, _ts) = primary(&env);
+    let oid = pg.psql("SELECT oid FROM pg_tablespace WHERE spcname = 'ts'").unwrap();
+    // (configuration, stored suffix, backup.info compression)
+    let variants = [
+        ("backup_compression = none\n", "", "'none'"),
+        ("backup_compression = gzip\nbackup_compression_level = 1\n", ".gz", "'gzip'"),
+        ("backup_compression = lz4\nbackup_compression_location = server\n", ".lz4", "'lz4'"),
+        ("backup_compression = zstd\nbackup_compression_workers = 2\n", ".zst", "'zstd'"),
+        (
+            "backup_compression = zstd\nbackup_compression_location = server\nbackup_compression_level = 5\n",
+            ".zst",
+            "'zstd'",
+        ),
+    ];
+    let mut done = 0;
+    for (extra, suffix, compression) in variants {
+        config(&env, &pg, extra);
+        env.barman(&["backup", "pg"]).ok();
+        done += 1;
+        let ids = backup_ids(&env);
+        assert_eq!(ids.len(), done, "{ids:?}");
+        let id = &ids[0];
+        let text = info(&env, id);
+        assert_eq!(field(&text, "compression"), compression.trim_matches('\''), "{extra}");
+        let data = env.server_dir("pg").join("base").join(id).join("data");
+        let mut stored: Vec<String> =
+            fs::read_dir(&data).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        stored.sort();
+        let mut want = vec![format!("{oid}.tar{suffix}"), "backup_manifest".to_string(), format!("base.tar{suffix}")];
+        want.sort();
+        assert_eq!(stored, want, "{extra}");
+        // What the system's tar makes of it is a backup pg_verifybackup accepts.
+        let x = env.path().join(format!("x{done}"));
+        untar(&data.join(format!("base.tar{suffix}")), &x.join("data"));
+        untar(&data.join(format!("{oid}.tar{suffix}")), &x.join("ts"));
+        let map = fs::read_to_string(x.join("data/tablespace_map")).unwrap();
+        assert!(map.starts_with(&format!("{oid} ")), "{map}");
+        fs::create_dir_all(x.join("data/pg_tblspc")).unwrap();
+        std::os::unix::fs::symlink(x.join("ts"), x.join("data/pg_tblspc").join(&oid)).unwrap();
+        fs::copy(data.join("backup_manifest"), x.join("data/backup_manifest")).unwrap();
+        let verify = Command::new(pg_bin("pg_verifybackup")).arg("-n").arg(x.join("data")).output().unwrap();
+        assert!(verify.status.success(), "{extra}: pg_verifybackup: {}", String::from_utf8_lossy(&verify.stderr));
+        let label = fs::read_to_string(x.join("data/backup_label")).unwrap();
+        assert!(label.contains(&format!("LABEL: Barman backup pg {id}")), "{label}");
+        assert_eq!(field(&text, "backup_label"), format!("{:?}", label).replace('"', "'"), "{extra}");
+    }
+
+    // Plain storage of a server-compressed stream: decompressed as it arrives.
+    config(
+        &env,
+        &pg,
+        "backup_compression = gzip\nbackup_compression_format = plain\nbackup_compression_location = server\n",
+    );
+    env.barman(&["backup", "pg"]).ok();
+    let id = backup_ids(&env)[0].clone();
+    assert_eq!(field(&info(&env, &id), "compression"), "None");
+    let data = env.server_dir("pg").join("base").join(&id).join("data");
+    assert!(data.join("PG_VERSION").is_file() && data.join("backup_manifest").is_file());
+    let verify = Command::new(pg_bin("pg_verifybackup")).arg("-n").arg(&data).output().unwrap();
+    assert!(verify.status.success(), "pg_verifybackup: {}", String::from_utf8_lossy(&verify.stderr));
+
+    // Barman's own validation of the options: the server is disabled with its words.
+    config(&env, &pg, "backup_compression = gzip\nbackup_compression_format = plain\n");
+    let out = env.barman(&["backup", "pg"]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("backup_compression_format plain is not compatible with backup_compression_location None"),
+        "{}",
+        out.stderr
+    );
+}
+
+fn wait_status(env: &Env, server: &str, want: &str) -> String {
+    let meta = env.server_dir(server).join("meta");
+    let mut found = String::new();
+    cluster_tests::util::wait_until(Duration::from_secs(60), &format!("a backup {want}"), || {
+        let Ok(rd) = fs::read_dir(&meta) else { return false };
+        for e in rd.flatten() {
+            let text = fs::read_to_string(e.path()).unwrap_or_default();
+            if text.contains(&format!("status={want}\n")) {
+                found = e.file_name().to_string_lossy().trim_end_matches("-backup.info").to_string();
+                return true;
+            }
+        }
+        false
+    })
+    .unwrap();
+    found
+}
+
+#[test]
+fn killed_locked_hooked_and_full_disk_backups_fail_cleanly() {
+    let env = Env::new();
+    let (pg, _ts) = primary(&env);
+    config(&env, &pg, "");
+    env.barman(&["backup", "pg"]).ok();
+    let first = backup_ids(&env)[0].clone();
+    let first_info = info(&env, &first);
+
+    // A slow backup (bandwidth_limit), killed with SIGKILL while it copies; a
+    // second backup meanwhile is refused by the lock.
+    config(&env, &pg, "bandwidth_limit = 1024\n");
+    let mut slow = env.barman_cmd(&["backup", "pg"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let killed = wait_status(&env, "pg", "STARTED");
+    let second = env.barman(&["backup", "pg"]);
+    assert_eq!(second.code, 1);
+    assert_eq!(second.stderr.trim(), "ERROR: Another backup process is running");
+    slow.kill().unwrap();
+    slow.wait().unwrap();
+    assert!(info(&env, &killed).contains("status=STARTED\n"));
+    // check-backup (and cron) see the lock free: the backup can never end.
+    env.barman(&["check-backup", "pg", &killed]).ok();
+    let text = info(&env, &killed);
+    assert!(text.contains("status=FAILED\n"), "{text}");
+    assert!(field(&text, "error").contains("the backup process ended while the backup was STARTED"), "{text}");
+    assert_eq!(info(&env, &first), first_info, "the other backup is untouched");
+    let listed = env.barman(&["list-backups", "pg"]);
+    assert!(listed.stdout.contains(&format!("pg {killed} - F - FAILED")), "{}", listed.stdout);
+
+    // SIGINT stops a backup too, which then says why it FAILED.
+    let slow = env.barman_cmd(&["backup", "pg"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let interrupted = wait_status(&env, "pg", "STARTED");
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(slow.id() as i32, libc::SIGINT) };
+    let out = slow.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = info(&env, &interrupted);
+    assert_eq!(field(&text, "error"), "failure copying files (interrupted by SIGINT)", "{text}");
+
+    // The next backup succeeds.
+    config(&env, &pg, "");
+    env.barman(&["backup", "pg", "--wait"]).ok();
+    let next = backup_ids(&env)[0].clone();
+    assert!(info(&env, &next).contains("status=DONE\n"));
+
+    // A standard hook that hangs is killed after the hook timeout; the backup goes on.
+    config(&env, &pg, "pre_backup_script = sleep 300\n");
+    let mut c = env.barman_cmd(&["backup", "pg"]);
+    c.env("BARMAN_HOOK_TIMEOUT", "2");
+    let out = common::run(&mut c, None);
+    out.ok();
+    let log = fs::read_to_string(env.path().join("barman.log")).unwrap();
+    assert!(log.contains("pre_backup_script 'sleep 300' did not end within 2 seconds and was killed"), "{log}");
+
+    // ABORT_STOP from a pre retry hook fails the backup.
+    config(&env, &pg, "pre_backup_retry_script = exit 63\n");
+    let out = env.barman(&["backup", "pg"]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("ERROR: Backup failed starting backup."), "{}", out.stderr);
+    let aborted = backup_ids(&env).len();
+    let failed = env.barman(&["list-backups", "pg"]);
+    assert!(failed.stdout.lines().next().unwrap().ends_with("- F - FAILED"), "{}", failed.stdout);
+    assert!(aborted >= 5);
+
+    // An unknown backup id is one clear line.
+    let out = env.barman(&["check-backup", "pg", "20200101T000000"]);
+    assert_eq!((out.code, out.stderr.trim()), (1, "ERROR: Unknown backup '20200101T000000' for server 'pg'"));
+
+    // A destination that fills up: FAILED with the reason, the other server's
+    // backups and its archive untouched.
+    let small = env.path().join("small");
+    let Some(_mount) = cluster_tests::util::small_filesystem(&small, 20).unwrap() else { return };
+    let before = backup_ids(&env);
+    env.write_config(&format!(
+        "[pg]\nconninfo = {ci}\nbackup_method = postgres\narchiver = on\nimmediate_checkpoint = true\n\
+         [full]\nconninfo = {ci}\nbackup_method = postgres\narchiver = on\nimmediate_checkpoint = true\n\
+         basebackups_directory = {}\n",
+        small.display(),
+        ci = pg.conninfo()
+    ));
+    // The archive check of the new server needs one WAL file in its archive.
+    let incoming = env.server_dir("full").join("incoming");
+    fs::create_dir_all(&incoming).unwrap();
+    let seg = env.server_dir("pg").join("wals");
+    copy_wals(&seg, &incoming);
+    env.barman(&["archive-wal", "full"]).ok();
+    let out = env.barman(&["backup", "full"]);
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert!(out.stderr.contains("ERROR: Backup failed copying files."), "{}", out.stderr);
+    assert!(out.stderr.contains("No space left on device"), "{}", out.stderr);
+    let full_meta = env.server_dir("full").join("meta");
+    let name = fs::read_dir(&full_meta).unwrap().next().unwrap().unwrap().path();
+    let text = fs::read_to_string(name).unwrap();
+    assert!(text.contains("status=FAILED\n"), "{text}");
+    assert!(field(&text, "error").starts_with("failure copying files (data transfer failure"), "{text}");
+    assert_eq!(backup_ids(&env), before, "the other server's catalogue is untouched");
+}

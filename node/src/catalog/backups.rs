@@ -184,9 +184,7 @@ pub fn resolve<'a>(backups: &'a [Backup], arg: &str, server: &str) -> Result<&'a
         "latest" | "last" => done().next_back().map(|b| b.id.clone()),
         "oldest" | "first" => done().next().map(|b| b.id.clone()),
         "latest-full" | "last-full" => done().rfind(|b| b.backup_type() == "full").map(|b| b.id.clone()),
-        a if "last-failed".contains(a) => {
-            backups.iter().rfind(|b| b.info.status == "FAILED").map(|b| b.id.clone())
-        }
+        a if "last-failed".contains(a) => backups.iter().rfind(|b| b.info.status == "FAILED").map(|b| b.id.clone()),
         a if is_backup_id(a) => Some(a.to_string()),
         a => {
             let named: Vec<&Backup> = done().filter(|b| b.info.backup_name.as_deref() == Some(a)).collect();

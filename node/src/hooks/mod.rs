@@ -59,6 +59,25 @@ const EXIT_ABORT_STOP: i32 = 63;
 const ATTEMPTS_BEFORE_NAP: u32 = 5;
 const BREAK_TIME: Duration = Duration::from_secs(3);
 const NAP_TIME: Duration = Duration::from_secs(60);
+/// How long one run of a hook may take before it is killed: an hour, or
+/// `BARMAN_HOOK_TIMEOUT` seconds.
+const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(3600);
+
+fn hook_timeout() -> Duration {
+    std::env::var("BARMAN_HOOK_TIMEOUT")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|n| *n > 0)
+        .map_or(DEFAULT_HOOK_TIMEOUT, Duration::from_secs)
+}
+
+/// How one run of a script ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ran {
+    Code(i32),
+    NotRun,
+    TimedOut,
+}
 
 /// Runs the hooks of one server.
 pub struct Hooks<'a> {
@@ -144,28 +163,75 @@ impl<'a> Hooks<'a> {
         c
     }
 
-    /// Runs a script once; its exit code, or None if it could not run.
-    fn exec(&self, option: &str, script: &str, mut cmd: Command) -> Option<i32> {
-        match cmd.output() {
-            Ok(out) => {
-                let code = out.status.code().unwrap_or(-1);
-                if code != 0 {
-                    tracing::warn!(
-                        server = %self.server.name,
-                        "{option} '{script}' returned {code}: {}{}",
-                        String::from_utf8_lossy(&out.stdout).trim(),
-                        String::from_utf8_lossy(&out.stderr).trim()
-                    );
-                } else {
-                    tracing::debug!(server = %self.server.name, "{option} returned 0");
-                }
-                Some(code)
-            }
+    /// Runs a script once; its exit code, or None if it could not run or was
+    /// killed for running past the hook timeout.
+    fn exec(&self, option: &str, script: &str, mut cmd: Command) -> Ran {
+        use std::io::Read;
+        use std::os::unix::process::CommandExt;
+        use std::process::Stdio;
+        // Its own process group, so a timeout kills whatever the script started.
+        cmd.process_group(0).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
             Err(e) => {
                 tracing::warn!(server = %self.server.name, "cannot run {option} '{script}': {e}");
-                None
+                return Ran::NotRun;
             }
+        };
+        let drain = |r: Option<Box<dyn Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut s = String::new();
+                if let Some(mut r) = r {
+                    let _ = r.read_to_string(&mut s);
+                }
+                s
+            })
+        };
+        let out = drain(child.stdout.take().map(|o| Box::new(o) as Box<dyn Read + Send>));
+        let err = drain(child.stderr.take().map(|e| Box::new(e) as Box<dyn Read + Send>));
+        let limit = hook_timeout();
+        let start = std::time::Instant::now();
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(st)) => break Ok(st),
+                Ok(None) if start.elapsed() >= limit => {
+                    // SAFETY: signalling the process group the child leads.
+                    unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+                    let _ = child.wait();
+                    break Err(Ran::TimedOut);
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                Err(e) => {
+                    tracing::warn!(server = %self.server.name, "waiting for {option} '{script}': {e}");
+                    break Err(Ran::NotRun);
+                }
+            }
+        };
+        let (stdout, stderr) = (out.join().unwrap_or_default(), err.join().unwrap_or_default());
+        let status = match status {
+            Ok(st) => st,
+            Err(Ran::TimedOut) => {
+                tracing::error!(
+                    server = %self.server.name,
+                    "{option} '{script}' did not end within {} seconds and was killed (BARMAN_HOOK_TIMEOUT sets the limit)",
+                    limit.as_secs()
+                );
+                return Ran::TimedOut;
+            }
+            Err(r) => return r,
+        };
+        let code = status.code().unwrap_or(-1);
+        if code != 0 {
+            tracing::warn!(
+                server = %self.server.name,
+                "{option} '{script}' returned {code}: {}{}",
+                stdout.trim(),
+                stderr.trim()
+            );
+        } else {
+            tracing::debug!(server = %self.server.name, "{option} returned 0");
         }
+        Ran::Code(code)
     }
 
     fn run_standard(&self, hook: &str, phase: Phase, env: &[(&str, String)], error: Option<&str>) {
@@ -189,12 +255,14 @@ impl<'a> Hooks<'a> {
         loop {
             let cmd = self.command(&script, hook, phase, true, env, error);
             match self.exec(&option, &script, cmd) {
-                Some(0) => return Ok(()),
-                Some(EXIT_ABORT_CONTINUE) => {
+                // A hang is not retried forever: the operation goes on, as with 62.
+                Ran::TimedOut => return Ok(()),
+                Ran::Code(0) => return Ok(()),
+                Ran::Code(EXIT_ABORT_CONTINUE) => {
                     tracing::warn!(server = %self.server.name, "{script} was aborted (got exit status 62, Barman resumes)");
                     return Ok(());
                 }
-                Some(EXIT_ABORT_STOP) => {
+                Ran::Code(EXIT_ABORT_STOP) => {
                     tracing::error!(server = %self.server.name, "{script} was aborted (got exit status 63, Barman requested to stop)");
                     return Err(AbortStop { script });
                 }
