@@ -148,6 +148,23 @@ pub enum Command {
     },
     /// Check that every WAL file a backup needs is archived (WAITING_FOR_WALS -> DONE)
     CheckBackup { server: String, backup_id: String },
+    /// Delete a backup (and the WAL only it needed)
+    Delete { server: String, backup_id: String },
+    /// Keep a backup beyond the retention policy, show or release the keep
+    #[command(group(clap::ArgGroup::new("keep_action").args(["release", "status", "target"])))]
+    Keep {
+        server: String,
+        backup_id: String,
+        /// Release the keep annotation
+        #[arg(short = 'r', long)]
+        release: bool,
+        /// Show the keep annotation
+        #[arg(short = 's', long)]
+        status: bool,
+        /// Keep the backup with every WAL file (full) or only those it needs (standalone)
+        #[arg(long, value_parser = ["full", "standalone"])]
+        target: Option<String>,
+    },
     /// List the backups of servers, newest first
     #[command(alias = "list-backup")]
     ListBackups {

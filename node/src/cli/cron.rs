@@ -98,6 +98,7 @@ pub fn cron(ctx: &mut Ctx, keep_descriptors: bool) {
         }
         // Abandoned backups become FAILED; the oldest WAITING_FOR_WALS one is checked.
         super::backups::cron_backups(ctx, &s);
+        super::delete::cron_retention(ctx, &s);
         drop(cron_lock);
     }
     if ctx.cfg.global.lock_directory_cleanup {

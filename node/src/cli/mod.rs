@@ -7,6 +7,7 @@ mod backups;
 mod check;
 mod context;
 mod cron;
+mod delete;
 pub mod output;
 mod receive_wal;
 mod remote;
@@ -133,6 +134,10 @@ fn dispatch(ctx: &mut Ctx, command: Command) {
         }
         Command::Check { servers, nagios, check_timeout } => check::check(ctx, &servers.servers, nagios, check_timeout),
         Command::CheckBackup { server, backup_id } => backups::check_backup(ctx, &server, &backup_id),
+        Command::Delete { server, backup_id } => delete::delete(ctx, &server, &backup_id),
+        Command::Keep { server, backup_id, release, status, target } => {
+            delete::keep(ctx, &server, &backup_id, target.as_deref(), status, release)
+        }
         Command::ListBackups { servers, minimal } => backups::list_backups(ctx, &servers.servers, minimal),
         Command::CheckWalArchive { server, timeline } => wal::check_wal_archive(ctx, &server, timeline),
         Command::Cron { keep_descriptors } => cron::cron(ctx, keep_descriptors),
