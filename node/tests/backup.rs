@@ -421,3 +421,56 @@ fn killed_locked_hooked_and_full_disk_backups_fail_cleanly() {
     assert!(field(&text, "error").starts_with("failure copying files (data transfer failure"), "{text}");
     assert_eq!(backup_ids(&env), before, "the other server's catalogue is untouched");
 }
+
+#[test]
+fn backup_from_a_standby_runs_hooks_with_barmans_environment() {
+    let env = Env::new();
+    let pg = PgCluster::start(
+        env.path(),
+        PgOptions { conf: vec![("archive_mode".into(), "on".into())], ..Default::default() },
+    )
+    .unwrap();
+    let incoming = env.server_dir("pg").join("incoming");
+    fs::create_dir_all(&incoming).unwrap();
+    chown_to_pg_user(&incoming).unwrap();
+    pg.set_conf("archive_command", &conf_quote(&format!("cp %p {}/%f", incoming.display()))).unwrap();
+    pg.pgbench(&["-i", "-s", "1", "-q"]).unwrap();
+    let standby = pg.make_standby(env.path(), "/bin/false", true).unwrap();
+    standby.wait_replay(&pg.current_lsn().unwrap(), Duration::from_secs(30)).unwrap();
+    let hooks = env.path().join("hooks");
+    fs::create_dir_all(&hooks).unwrap();
+    let dump = |phase: &str| format!("env | grep ^BARMAN_ | sort > {}/{phase}.env", hooks.display());
+    env.write_config(&format!(
+        "[pg]\nconninfo = {sb}\nstreaming_conninfo = {sb}\nprimary_conninfo = {p}\nbackup_method = postgres\n\
+         archiver = on\nimmediate_checkpoint = true\npre_backup_script = {}\npost_backup_script = {}\n",
+        dump("pre"),
+        dump("post"),
+        sb = standby.conninfo(),
+        p = pg.conninfo()
+    ));
+    // The archive check wants one archived WAL file first.
+    pg.switch_wal().unwrap();
+    let out = env.barman(&["backup", "pg", "--wait", "--wait-timeout", "60"]);
+    out.ok();
+    let id = backup_ids(&env)[0].clone();
+    let text = info(&env, &id);
+    assert_eq!(field(&text, "status"), "DONE", "the primary switched WAL so the end segment arrived\n{text}");
+    let data = env.server_dir("pg").join("base").join(&id).join("data");
+    let verify = Command::new(pg_bin("pg_verifybackup")).arg("-n").arg(&data).output().unwrap();
+    assert!(verify.status.success(), "pg_verifybackup: {}", String::from_utf8_lossy(&verify.stderr));
+
+    let meta = env.server_dir("pg").join("meta").join(format!("{id}-backup.info"));
+    let base = env.server_dir("pg").join("base").join(&id);
+    for (phase, status) in [("pre", "EMPTY"), ("post", "DONE")] {
+        let got = fs::read_to_string(hooks.join(format!("{phase}.env"))).unwrap();
+        let want = format!(
+            "BARMAN_BACKUP_DIR={}\nBARMAN_BACKUP_ID={id}\nBARMAN_BACKUP_INFO_PATH={}\nBARMAN_CONFIGURATION={}\n\
+             BARMAN_ERROR=\nBARMAN_HOOK=backup_script\nBARMAN_NEXT_ID=\nBARMAN_PHASE={phase}\nBARMAN_PREVIOUS_ID=\n\
+             BARMAN_RETRY=0\nBARMAN_SERVER=pg\nBARMAN_STATUS={status}\nBARMAN_VERSION=3.17.0\n",
+            base.display(),
+            meta.display(),
+            env.config.display()
+        );
+        assert_eq!(got, want, "{phase}");
+    }
+}

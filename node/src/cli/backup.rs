@@ -320,7 +320,12 @@ impl<'a> Run<'a> {
         let in_recovery = here.file_name.is_none();
         let begin_wal = match &here.file_name {
             Some(n) => n.clone(),
-            None => WalFileName::segment(SegmentId::containing(here.location, crate::wal::TimelineId(1), segsize)),
+            // A standby has no current file: the segment of its replay position
+            // on the timeline of its last restartpoint.
+            None => {
+                let tli = rt.block_on(pg.checkpoint_timeline())?;
+                WalFileName::segment(SegmentId::containing(here.location, tli, segsize))
+            }
         };
         self.info.begin_xlog = Some(here.location);
         self.info.begin_wal = Some(begin_wal.clone());

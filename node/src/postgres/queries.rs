@@ -463,6 +463,14 @@ impl PgConnection {
         Ok(s.as_deref().map(parse_synchronous_standby_names).unwrap_or_default())
     }
 
+    /// The timeline of the last checkpoint (or restartpoint, on a standby).
+    pub async fn checkpoint_timeline(&self) -> Result<crate::wal::TimelineId, PgError> {
+        const WHAT: &str = "pg_control_checkpoint()";
+        let row = self.one(WHAT, "SELECT timeline_id::int8 FROM pg_control_checkpoint()", &[]).await?;
+        let t: i64 = get(&row, 0, WHAT)?;
+        u32::try_from(t).map(crate::wal::TimelineId).map_err(|_| PgError::bad_value(WHAT, t))
+    }
+
     /// Barman's `get_tablespaces`: `(name, oid, location)` of every tablespace
     /// outside the data directory.
     pub async fn tablespaces(&self) -> Result<Vec<(String, u32, String)>, PgError> {
