@@ -25,6 +25,19 @@ pub enum ReplicationTarget {
     WalStreamer,
 }
 
+/// `list-files --target`: which files of a backup to list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ListFilesTarget {
+    /// The base backup files and the WAL files needed for consistency
+    Standalone,
+    /// The base backup files only
+    Data,
+    /// The WAL files from the backup's begin up to the next backup (history files included)
+    Wal,
+    /// data + wal
+    Full,
+}
+
 /// `replication-status --source`: which conninfo reaches the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ReplicationSource {
@@ -284,6 +297,20 @@ pub enum Command {
     ShowServers {
         #[command(flatten)]
         servers: Servers,
+    },
+    /// Show everything known about one backup
+    #[command(alias = "show-backups")]
+    ShowBackup { server: String, backup_id: String },
+    /// List the files of one backup
+    ListFiles {
+        server: String,
+        backup_id: String,
+        /// standalone (data + WAL needed), data, wal (WAL up to the next backup) or full (data + wal)
+        #[arg(long, value_enum, default_value = "standalone")]
+        target: ListFilesTarget,
+        /// Also list empty directories
+        #[arg(long = "list-empty-directories")]
+        list_empty_directories: bool,
     },
     /// Show the state of servers
     Status {

@@ -14,6 +14,7 @@ mod remote;
 mod replication_status;
 mod retention;
 mod servers;
+mod show_backup;
 mod status;
 mod switch_wal;
 mod wal;
@@ -190,6 +191,10 @@ fn dispatch(ctx: &mut Ctx, command: Command) {
         }
         Command::RebuildXlogdb { servers } => wal::rebuild_xlogdb(ctx, &servers.servers),
         Command::ShowServers { servers } => servers::show_servers(ctx, &servers.servers),
+        Command::ShowBackup { server, backup_id } => show_backup::show_backup(ctx, &server, &backup_id),
+        Command::ListFiles { server, backup_id, target, list_empty_directories } => {
+            show_backup::list_files(ctx, &server, &backup_id, target, list_empty_directories)
+        }
         Command::Status { servers } => status::status(ctx, &servers.servers),
         Command::SwitchWal { servers, force, archive, archive_timeout } => {
             switch_wal::switch_wal(ctx, &servers.servers, force, archive, archive_timeout)
