@@ -68,6 +68,12 @@ pub fn check_one(l: &ServerLayout, b: &mut Backup) -> Result<(), String> {
     wal_check::check_wals(&b.info, &l.wals_dir).apply(&mut b.info);
     if b.info.status != before {
         b.info.save(&backups::meta_path(l, &b.id)).map_err(|e| e.to_string())?;
+        if b.info.status == "FAILED" {
+            return Err(format!(
+                "This backup has been marked as FAILED due to the following reason: {}",
+                b.info.error.as_deref().unwrap_or_default()
+            ));
+        }
     }
     Ok(())
 }
