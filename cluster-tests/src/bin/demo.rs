@@ -135,6 +135,20 @@ fn main() -> Result<()> {
         pg.psql(q)?,
         standby.psql(q)?
     );
+    println!("7. A base backup over the replication protocol: barman backup pg --wait");
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(&config)? + "immediate_checkpoint = true\nbackup_compression = zstd\n",
+    )?;
+    print!("{}", indent(&barman(&bin, &config, &["backup", "--wait", "--wait-timeout", "120", "pg"])?));
+    print!("{}", indent(&barman(&bin, &config, &["list-backups", "pg"])?));
+    let id =
+        barman(&bin, &config, &["list-backups", "--minimal", "pg"])?.lines().next().unwrap_or_default().to_string();
+    let stored = home.join("pg/base").join(&id).join("data");
+    let mut files: Vec<String> =
+        std::fs::read_dir(&stored)?.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    files.sort();
+    println!("    stored in {}: {}", stored.display(), files.join(", "));
     println!("Done.");
     Ok(())
 }

@@ -152,9 +152,7 @@ fn backup_server(ctx: &mut Ctx, s: &ServerConfig, args: &BackupArgs) {
     };
     drop(lock);
     // As Barman: archive what arrived, then decide whether the backup is complete.
-    let quiet = std::mem::replace(&mut ctx.out.quiet, true);
     super::wal::run_archiver(ctx, s, false);
-    ctx.out.quiet = quiet;
     let (id, mut info) = info;
     if info.status == "WAITING_FOR_WALS" {
         check_and_save(ctx, &layout, &id, &mut info);
@@ -572,28 +570,13 @@ impl<'a> Run<'a> {
     /// `--wait`: until `end_wal` is archived (or `--wait-timeout` passes), then check-backup.
     fn wait_for_end_wal(&mut self) {
         let Some(end) = self.info.end_wal.clone() else { return };
-        let deadline = self.args.wait_timeout.filter(|t| *t > 0).map(|t| Instant::now() + Duration::from_secs(t));
-        self.ctx.out.info(format!("Waiting for the WAL file {end} from server '{}'", self.s.name));
-        loop {
-            let quiet = std::mem::replace(&mut self.ctx.out.quiet, true);
-            super::wal::run_archiver(self.ctx, self.s, false);
-            self.ctx.out.quiet = quiet;
-            if self.layout.wal_path(&end).exists() {
-                break;
-            }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                self.ctx.out.error(format!(
-                    "The WAL file {end} has not been received in {} seconds",
-                    self.args.wait_timeout.unwrap_or(0)
-                ));
-                return;
-            }
-            std::thread::sleep(Duration::from_secs(1));
-        }
-        let decision = wal_check::check_wals(&self.info, &self.layout.wals_dir);
-        decision.apply(&mut self.info);
-        if self.info.status == "DONE" {
-            self.ctx.out.info(format!("The backup {} is now complete (status DONE)", self.id));
+        super::switch_wal::wait_for_wal(self.ctx, self.s, Some(&end), self.args.wait_timeout.unwrap_or(0));
+        wal_check::check_wals(&self.info, &self.layout.wals_dir).apply(&mut self.info);
+        if self.info.status == "FAILED" {
+            self.ctx.out.error(format!(
+                "This backup has been marked as FAILED due to the following reason: {}",
+                self.info.error.as_deref().unwrap_or_default()
+            ));
         }
     }
 }
