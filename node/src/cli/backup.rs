@@ -153,29 +153,20 @@ fn backup_server(ctx: &mut Ctx, s: &ServerConfig, args: &BackupArgs) {
     drop(lock);
     // As Barman: archive what arrived, then decide whether the backup is complete.
     super::wal::run_archiver(ctx, s, false);
-    let (id, mut info) = info;
-    if info.status == "WAITING_FOR_WALS" {
-        check_and_save(ctx, &layout, &id, &mut info);
+    let (id, info) = info;
+    let mut b = backups::Backup { path: backups::meta_path(&layout, &id), id, info };
+    if b.info.status == "WAITING_FOR_WALS"
+        && let Err(e) = super::backups::check_one(&layout, &mut b)
+    {
+        ctx.out.error(e);
     }
-    if info.status == "WAITING_FOR_WALS" {
+    if b.info.status == "WAITING_FOR_WALS" {
         ctx.out.warning(
             "IMPORTANT: this backup is classified as WAITING_FOR_WALS, meaning that Barman has not received yet all \
              the required WAL files for the backup consistency.\nThis is a common behaviour in concurrent backup \
              scenarios, and Barman automatically set the backup as DONE once all the required WAL files have been \
              archived.\nHint: execute the backup command with '--wait'",
         );
-    }
-}
-
-/// check-backup's decision for `info`, saved when it changes the status.
-pub fn check_and_save(ctx: &mut Ctx, layout: &ServerLayout, id: &str, info: &mut BackupInfo) {
-    let decision = wal_check::check_wals(info, &layout.wals_dir);
-    let before = info.status.clone();
-    decision.apply(info);
-    if info.status != before
-        && let Err(e) = info.save(&backups::meta_path(layout, id))
-    {
-        ctx.out.error(e.to_string());
     }
 }
 
@@ -287,7 +278,6 @@ impl<'a> Run<'a> {
         hooks.run(Event::Backup, Phase::Pre, &env, None)?;
 
         // PostgreSQL's metadata (Barman's _pg_get_metadata).
-        self.action = "initialising postgres backup_method";
         self.action = "detecting data directory";
         self.info.pgdata = Some(rt.block_on(pg.data_directory())?);
         self.info.version = Some(pg.server_version_num());
