@@ -1,8 +1,9 @@
 //! Benchmarks of our `barman`, `barman-wal-archive` and `barman-wal-restore` on real WAL,
 //! each against references timed in the same run on the same data (`cp`, bare `ssh`, the
-//! codec alone, Barman 3.17, and `pg_receivewal` for WAL streaming). Prints Markdown tables; see docs/benchmarks.md.
+//! codec alone, Barman 3.17, `pg_receivewal` for WAL streaming, `pg_basebackup` and pgBackRest for
+//! base backups). Prints Markdown tables; see docs/benchmarks.md.
 //!
-//! Usage: `bench [--quick] [--out FILE] [--only get-wal,restore,archive,put-wal,stream]`; our release
+//! Usage: `bench [--quick] [--out FILE] [--only get-wal,restore,archive,put-wal,stream,backup]`; our release
 //! binaries are taken from the directory of this executable.
 
 /// When the run started, for the progress lines on stderr.
@@ -21,6 +22,8 @@ macro_rules! progress {
 
 #[path = "bench/archive.rs"]
 mod archive;
+#[path = "bench/backup.rs"]
+mod backup;
 #[path = "bench/fixture.rs"]
 mod fixture;
 #[path = "bench/get_wal.rs"]
@@ -78,6 +81,10 @@ pub struct Counts {
     /// Length of each synchronous pgbench run.
     pub sync_seconds: u64,
     pub sync_reps: usize,
+    /// `pgbench -i` scale of the cluster the base backups copy (100: about 1.5 GB).
+    pub backup_scale: u32,
+    /// Runs of each base backup variant.
+    pub backup_reps: usize,
 }
 
 impl Counts {
@@ -104,6 +111,8 @@ impl Counts {
             stream_reps: 4,
             sync_seconds: 20,
             sync_reps: 3,
+            backup_scale: 100,
+            backup_reps: 3,
         }
     }
 
@@ -130,6 +139,8 @@ impl Counts {
             stream_reps: 1,
             sync_seconds: 5,
             sync_reps: 1,
+            backup_scale: 10,
+            backup_reps: 2,
         }
     }
 }
@@ -170,7 +181,7 @@ struct Args {
     only: Option<Vec<String>>,
 }
 
-const BENCHMARKS: [&str; 5] = ["get-wal", "restore", "archive", "put-wal", "stream"];
+const BENCHMARKS: [&str; 6] = ["get-wal", "restore", "archive", "put-wal", "stream", "backup"];
 
 fn parse_args() -> Result<Args> {
     let mut a = Args { quick: false, out: None, only: None };
@@ -190,7 +201,8 @@ fn parse_args() -> Result<Args> {
             "-h" | "--help" => {
                 println!(
                     "usage: bench [--quick] [--out FILE] [--only {}]\n\
-                     Benchmarks our release binaries (next to this executable) against cp, ssh and Barman 3.17.",
+                     Benchmarks our release binaries (next to this executable) against cp, ssh, Barman 3.17, \
+                     pg_receivewal, pg_basebackup and pgBackRest.",
                     BENCHMARKS.join(",")
                 );
                 std::process::exit(0);
@@ -279,6 +291,9 @@ fn real_main() -> Result<()> {
     }
     if wanted("stream") {
         tables.extend(stream::run(&ctx)?);
+    }
+    if wanted("backup") {
+        tables.extend(backup::run(&ctx)?);
     }
 
     let mut text = header(&ctx, args.quick);

@@ -10,7 +10,9 @@ use anyhow::{Result, bail};
 use barman::wal::compression::{Codec, Codecs, Level};
 
 use crate::Ctx;
-use crate::fixture::{Home, Segment, ServerOptions, count_files, renamed_segment, synthetic_name, visible_files};
+use crate::fixture::{
+    Home, Segment, ServerOptions, count_files, renamed_segment, synthetic_name, tree_bytes, visible_files,
+};
 use crate::get_wal::codec_label;
 use crate::measure::{Sample, median, sync_all};
 use crate::report::{Table, fmt_mib, fmt_rate, fmt_ratio, verdict};
@@ -114,7 +116,7 @@ fn one_run(ctx: &Ctx, pool: &Path, codec: Option<Codec>, n: usize, jobs: Option<
     let errors = count_files(&home.server_dir().join("errors"));
     let wals = home.server_dir().join("wals");
     let archived = count_files(&wals).saturating_sub(1); // minus the xlog.db
-    let stored = dir_bytes(&wals) - fs::metadata(wals.join("pg-xlog.db")).map(|m| m.len()).unwrap_or(0);
+    let stored = tree_bytes(&wals) - fs::metadata(wals.join("pg-xlog.db")).map(|m| m.len()).unwrap_or(0);
     if !left.is_empty() || errors != 0 || archived != n {
         bail!(
             "archive-wal with {} left {} files in incoming, {errors} in errors and archived {archived} of {n} (see {})",
@@ -129,17 +131,6 @@ fn one_run(ctx: &Ctx, pool: &Path, codec: Option<Codec>, n: usize, jobs: Option<
         rss_mib: s.maxrss_kib as f64 / 1024.0,
         stored_pct: 100.0 * stored as f64 / (n * crate::fixture::SEGMENT_SIZE) as f64,
     })
-}
-
-/// Total size of the regular files under `dir`.
-fn dir_bytes(dir: &Path) -> u64 {
-    let Ok(rd) = fs::read_dir(dir) else { return 0 };
-    rd.filter_map(|e| e.ok())
-        .map(|e| {
-            let p = e.path();
-            if p.is_dir() { dir_bytes(&p) } else { fs::metadata(&p).map(|m| m.len()).unwrap_or(0) }
-        })
-        .sum()
 }
 
 /// The codec alone, in this process, one thread, over the same sequence of real segments as a

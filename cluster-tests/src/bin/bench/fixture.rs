@@ -289,3 +289,15 @@ pub fn count_files(dir: &Path) -> usize {
         })
         .sum()
 }
+
+/// Total size of the regular files under `dir`, recursively; symbolic links are not followed.
+pub fn tree_bytes(dir: &Path) -> u64 {
+    let Ok(rd) = fs::read_dir(dir) else { return 0 };
+    rd.filter_map(|e| e.ok())
+        .map(|e| match e.path().symlink_metadata() {
+            Ok(m) if m.is_dir() => tree_bytes(&e.path()),
+            Ok(m) if m.is_file() => m.len(),
+            _ => 0,
+        })
+        .sum()
+}

@@ -14,6 +14,8 @@ pub struct Sample {
     pub wall: Duration,
     /// ru_maxrss of the child and the descendants it waited for, in KiB.
     pub maxrss_kib: u64,
+    /// User + system CPU time of the child and the descendants it waited for.
+    pub cpu: Duration,
 }
 
 /// Runs commands with their stderr kept in a scratch file, shown when they fail.
@@ -47,7 +49,7 @@ impl Runner {
                 cluster_tests::util::tail(&text, 30)
             );
         }
-        Ok(Sample { wall, maxrss_kib: usage.ru_maxrss.max(0) as u64 })
+        Ok(Sample { wall, maxrss_kib: usage.ru_maxrss.max(0) as u64, cpu: cpu_time(&usage) })
     }
 
     /// [`Runner::timed`] with stdout into `out` (created or truncated before the clock starts).
@@ -77,6 +79,11 @@ fn wait4(pid: libc::pid_t) -> Result<(i32, libc::rusage)> {
             return Err(e).context("wait4");
         }
     }
+}
+
+fn cpu_time(usage: &libc::rusage) -> Duration {
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec.max(0) as u64, (t.tv_usec.clamp(0, 999_999) * 1000) as u32);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
 /// The samples of one measured variant.

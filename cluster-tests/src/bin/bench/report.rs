@@ -60,6 +60,11 @@ pub fn fmt_ms(v: f64) -> String {
     }
 }
 
+/// Seconds, with the same precision rule as [`fmt_ms`].
+pub fn fmt_secs(v: f64) -> String {
+    fmt_ms(v)
+}
+
 /// A ratio such as `1.34×`.
 pub fn fmt_ratio(v: f64) -> String {
     if v.is_nan() || v.is_infinite() { "—".into() } else { format!("{v:.2}×") }
