@@ -411,7 +411,7 @@ fn table(
          replication protocol (WAIT false, manifest with CRC32C checksums), then the restore point and the \
          archiver over incoming/, as Barman does. The copy's writer threads are in the same process: its CPU \
          and peak RSS are all of it. Our untimed first backup stays to the end, so no timed backup purges WAL \
-         as a first backup does; the removed ones are deleted by hand (no `barman delete` yet).",
+         as a first backup does; the measured ones are removed by hand between runs, untimed.",
     );
     t.note(
         "pg_basebackup: `-h 127.0.0.1 -U postgres -Ft -X fetch -c fast -D DIR`, fsync at the end (its default); \
