@@ -268,7 +268,7 @@ impl<'a> Bench<'a> {
         Ok((sample, id.clone()))
     }
 
-    /// There is no `barman delete` yet: the backup's directory and its backup.info, by hand.
+    /// The backup's directory and its backup.info, removed by hand (untimed, and without `barman delete`'s WAL cleanup, which would change what the next run archives).
     fn remove_ours(&self, id: &str) -> Result<()> {
         let dir = self.server.join("base").join(id);
         fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
