@@ -101,9 +101,27 @@ fn delete_keep_and_retention_as_barman() {
     env.barman(&["keep", "pg", &b1, "--release"]).ok();
     assert_eq!(env.barman(&["keep", "pg", &b1, "--status"]).stdout, "Server pg:\n\tKeep: nokeep\n");
 
-    // delete of the oldest: its data and the WAL before the next backup go.
+    // delete of the oldest: its data and the WAL before the next backup go,
+    // each WAL file between its hooks.
+    let hooks = env.path().join("hooks.log");
+    let h = hooks.display();
+    config(
+        &env,
+        &pg,
+        &format!(
+            "minimum_redundancy = 1\npre_delete_script = echo \"pre $BARMAN_BACKUP_ID $BARMAN_STATUS $BARMAN_NEXT_ID\" >> {h}\n\
+             post_wal_delete_script = echo \"wal $BARMAN_SEGMENT $BARMAN_PHASE\" >> {h}\n"
+        ),
+    );
     let out = env.barman(&["delete", "pg", "oldest"]);
     out.ok();
+    let log = fs::read_to_string(&hooks).unwrap();
+    let mut lines = log.lines();
+    assert_eq!(lines.next().unwrap(), format!("pre {b1} DONE {b2}"));
+    let removed: Vec<&str> = out.stdout.lines().filter_map(|l| l.strip_prefix('\t')).collect();
+    let hooked: Vec<String> = lines.map(str::to_string).collect();
+    assert!(!removed.is_empty());
+    assert_eq!(hooked, removed.iter().map(|w| format!("wal {w} post")).collect::<Vec<_>>());
     assert!(out.stdout.contains(&format!("Deleting backup {b1} for server pg")), "{}", out.stdout);
     assert!(out.stdout.contains("Delete associated WAL segments:"), "{}", out.stdout);
     assert!(out.stdout.contains(&format!("Deleted backup {b1} (start time: ")), "{}", out.stdout);
@@ -152,4 +170,23 @@ fn delete_keep_and_retention_as_barman() {
     let wals = archived(&env.server_dir("pg").join("wals"));
     assert!(wals.iter().all(|w| w.as_str() >= b4_begin.as_str()), "{b4_begin}: {wals:?}");
     assert_eq!(env.barman(&["list-backups", "pg"]).stdout, theirs(&env, &["list-backups", "pg"]).stdout);
+}
+
+#[test]
+fn check_reports_the_backup_checks_as_barman() {
+    let env = Env::new();
+    let pg = setup(&env);
+    config(
+        &env,
+        &pg,
+        "minimum_redundancy = 2\nlast_backup_maximum_age = 1 day\nretention_policy = RECOVERY WINDOW OF 2 WEEKS\n",
+    );
+    backup(&env, &pg);
+    let ours = env.barman(&["check", "pg"]);
+    let theirs = theirs(&env, &["check", "pg"]);
+    // Barman's executor checks are about the pg_basebackup program, which the
+    // postgres method here does not use.
+    let want: Vec<&str> = theirs.stdout.lines().filter(|l| !l.contains("pg_basebackup")).collect();
+    assert_eq!(ours.stdout.lines().collect::<Vec<_>>(), want, "ours:\n{}\ntheirs:\n{}", ours.stdout, theirs.stdout);
+    assert_eq!(ours.code, theirs.code);
 }
