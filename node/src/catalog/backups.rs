@@ -36,19 +36,6 @@ pub fn is_backup_id(s: &str) -> bool {
     b.len() == 15 && b[8] == b'T' && b.iter().enumerate().all(|(i, c)| i == 8 || c.is_ascii_digit())
 }
 
-fn value(v: &str) -> Option<String> {
-    let v = v.trim();
-    if v == "None" || v.is_empty() {
-        return None;
-    }
-    // Python repr of a str: strip one pair of quotes (the fields read here have no escapes).
-    let b = v.as_bytes();
-    if b.len() >= 2 && (b[0] == b'\'' || b[0] == b'"') && b[b.len() - 1] == b[0] {
-        return Some(v[1..v.len() - 1].to_string());
-    }
-    Some(v.to_string())
-}
-
 /// Python's `str()` (and `isoformat(" ")`) of an aware datetime, as Barman
 /// writes it: microseconds only when non-zero, offset as `+HH:MM[:SS]`.
 pub fn format_time(t: &DateTime<FixedOffset>) -> String {
@@ -77,29 +64,19 @@ pub fn parse_time(s: &str) -> Option<DateTime<FixedOffset>> {
     Local.from_local_datetime(&naive).single().map(|t| t.fixed_offset())
 }
 
-fn parse_file(id: &str, path: &Path) -> Option<BackupSummary> {
-    let text = fs::read_to_string(path).ok()?;
-    let mut kv: BTreeMap<&str, &str> = BTreeMap::new();
-    for line in text.lines() {
-        let l = line.trim();
-        if l.is_empty() || l.starts_with('#') {
-            continue;
-        }
-        if let Some((k, v)) = l.split_once('=') {
-            kv.insert(k.trim(), v.trim());
-        }
-    }
-    let get = |k: &str| kv.get(k).and_then(|v| value(v));
+/// The summary of a backup.info read in full (an unreadable file is left out).
+fn summary(id: &str, path: &Path) -> Option<BackupSummary> {
+    let i = BackupInfo::read(path).ok()?;
     Some(BackupSummary {
         id: id.to_string(),
-        status: get("status").unwrap_or_else(|| "EMPTY".into()),
-        mode: get("mode"),
-        parent_backup_id: get("parent_backup_id"),
-        begin_wal: get("begin_wal"),
-        end_wal: get("end_wal"),
-        end_time: get("end_time").and_then(|t| parse_time(&t)),
-        size: get("size").and_then(|s| s.parse().ok()),
-        timeline: get("timeline").and_then(|s| s.parse().ok()),
+        status: i.status,
+        mode: i.mode,
+        parent_backup_id: i.parent_backup_id,
+        begin_wal: i.begin_wal.map(|w| w.to_string()),
+        end_wal: i.end_wal.map(|w| w.to_string()),
+        end_time: i.end_time,
+        size: i.size,
+        timeline: i.timeline,
     })
 }
 
@@ -135,7 +112,7 @@ pub fn meta_path(layout: &ServerLayout, id: &str) -> PathBuf {
 
 /// Every backup of a server, sorted by id.
 pub fn list(layout: &ServerLayout) -> Vec<BackupSummary> {
-    scan(layout).iter().filter_map(|(id, p)| parse_file(id, p)).collect()
+    scan(layout).iter().filter_map(|(id, p)| summary(id, p)).collect()
 }
 
 /// One backup of the catalogue, read in full.
