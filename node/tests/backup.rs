@@ -6,8 +6,8 @@
 
 mod common;
 
-use cluster_tests::pg::{PgCluster, PgOptions, conf_quote, sql_quote};
-use cluster_tests::util::{chown_to_pg_user, pg_bin};
+use cluster_tests::pg::PgCluster;
+use cluster_tests::util::pg_bin;
 use common::Env;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -25,22 +25,8 @@ const CHECKSUMS: &str = "SELECT string_agg(x, ' ' ORDER BY x) FROM ( \
 /// A primary archiving into the server's incoming directory, with a tablespace
 /// holding the pgbench tables.
 fn primary(env: &Env) -> (PgCluster, PathBuf) {
-    let pg = PgCluster::start(
-        env.path(),
-        PgOptions {
-            conf: vec![("archive_mode".into(), "on".into()), ("wal_keep_size".into(), "'1GB'".into())],
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let incoming = env.server_dir("pg").join("incoming");
-    fs::create_dir_all(&incoming).unwrap();
-    chown_to_pg_user(&incoming).unwrap();
-    pg.set_conf("archive_command", &conf_quote(&format!("cp %p {}/%f", incoming.display()))).unwrap();
-    let ts = env.path().join("tblspc");
-    fs::create_dir_all(&ts).unwrap();
-    chown_to_pg_user(&ts).unwrap();
-    pg.psql(&format!("CREATE TABLESPACE ts LOCATION {}", sql_quote(&ts.display().to_string()))).unwrap();
+    let pg = env.archiving_primary(&[("wal_keep_size", "'1GB'")]);
+    let ts = env.tablespace(&pg);
     pg.pgbench(&["-i", "-s", "4", "--tablespace=ts", "-q"]).unwrap();
     (pg, ts)
 }
@@ -425,15 +411,7 @@ fn killed_locked_hooked_and_full_disk_backups_fail_cleanly() {
 #[test]
 fn backup_from_a_standby_runs_hooks_with_barmans_environment() {
     let env = Env::new();
-    let pg = PgCluster::start(
-        env.path(),
-        PgOptions { conf: vec![("archive_mode".into(), "on".into())], ..Default::default() },
-    )
-    .unwrap();
-    let incoming = env.server_dir("pg").join("incoming");
-    fs::create_dir_all(&incoming).unwrap();
-    chown_to_pg_user(&incoming).unwrap();
-    pg.set_conf("archive_command", &conf_quote(&format!("cp %p {}/%f", incoming.display()))).unwrap();
+    let pg = env.archiving_primary(&[]);
     pg.pgbench(&["-i", "-s", "1", "-q"]).unwrap();
     let standby = pg.make_standby(env.path(), "/bin/false", true).unwrap();
     standby.wait_replay(&pg.current_lsn().unwrap(), Duration::from_secs(30)).unwrap();

@@ -7,8 +7,7 @@
 
 mod common;
 
-use cluster_tests::pg::{PgCluster, PgOptions, conf_quote, sql_quote};
-use cluster_tests::util::chown_to_pg_user;
+use cluster_tests::pg::PgCluster;
 use common::{Env, Out, run};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -17,19 +16,8 @@ use std::time::Duration;
 
 /// A primary archiving into the server's incoming directory, with a table in a tablespace.
 fn primary(env: &Env) -> PgCluster {
-    let pg = PgCluster::start(
-        env.path(),
-        PgOptions { conf: vec![("archive_mode".into(), "on".into())], ..Default::default() },
-    )
-    .unwrap();
-    let incoming = env.server_dir("pg").join("incoming");
-    fs::create_dir_all(&incoming).unwrap();
-    chown_to_pg_user(&incoming).unwrap();
-    pg.set_conf("archive_command", &conf_quote(&format!("cp %p {}/%f", incoming.display()))).unwrap();
-    let ts = env.path().join("tblspc");
-    fs::create_dir_all(&ts).unwrap();
-    chown_to_pg_user(&ts).unwrap();
-    pg.psql(&format!("CREATE TABLESPACE ts LOCATION {}", sql_quote(&ts.display().to_string()))).unwrap();
+    let pg = env.archiving_primary(&[]);
+    env.tablespace(&pg);
     pg.psql("CREATE TABLE t (i int, s text) TABLESPACE ts").unwrap();
     pg.psql("INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 50000) g").unwrap();
     pg

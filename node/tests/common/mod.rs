@@ -84,6 +84,34 @@ impl Env {
         self.home.join(server)
     }
 
+    /// A PostgreSQL primary whose `archive_command` copies into server `pg`'s
+    /// incoming directory (made for the PostgreSQL OS user); `conf` is added.
+    pub fn archiving_primary(&self, conf: &[(&str, &str)]) -> cluster_tests::pg::PgCluster {
+        let mut c = vec![("archive_mode".to_string(), "on".to_string())];
+        c.extend(conf.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let pg = cluster_tests::pg::PgCluster::start(
+            self.path(),
+            cluster_tests::pg::PgOptions { conf: c, ..Default::default() },
+        )
+        .expect("postgres");
+        let incoming = self.server_dir("pg").join("incoming");
+        std::fs::create_dir_all(&incoming).expect("incoming");
+        cluster_tests::util::chown_to_pg_user(&incoming).expect("chown incoming");
+        pg.set_conf("archive_command", &cluster_tests::pg::conf_quote(&format!("cp %p {}/%f", incoming.display())))
+            .expect("archive_command");
+        pg
+    }
+
+    /// Creates tablespace `ts` in `<test dir>/tblspc`; its directory.
+    pub fn tablespace(&self, pg: &cluster_tests::pg::PgCluster) -> PathBuf {
+        let ts = self.path().join("tblspc");
+        std::fs::create_dir_all(&ts).expect("tablespace dir");
+        cluster_tests::util::chown_to_pg_user(&ts).expect("chown tablespace dir");
+        pg.psql(&format!("CREATE TABLESPACE ts LOCATION {}", cluster_tests::pg::sql_quote(&ts.display().to_string())))
+            .expect("CREATE TABLESPACE");
+        ts
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("barman.log")).unwrap_or_default()
     }
