@@ -280,6 +280,14 @@ fn compressed_and_tar_backups_are_stored_as_barman_stores_them() {
     let verify = Command::new(pg_bin("pg_verifybackup")).arg("-n").arg(&data).output().unwrap();
     assert!(verify.status.success(), "pg_verifybackup: {}", String::from_utf8_lossy(&verify.stderr));
 
+    // On a terminal, a progress line; elsewhere (every run above) none.
+    config(&env, &pg, "");
+    let cmd = format!("{} -c {} backup pg", env.bin.join("barman").display(), env.config.display());
+    let tty = Command::new("script").args(["-qec", &cmd, "/dev/null"]).output().unwrap();
+    let shown = String::from_utf8_lossy(&tty.stdout);
+    assert!(tty.status.success(), "{shown}");
+    assert!(shown.contains(" kB (100%)"), "no progress line on a terminal:\n{shown}");
+
     // Barman's own validation of the options: the server is disabled with its words.
     config(&env, &pg, "backup_compression = gzip\nbackup_compression_format = plain\n");
     let out = env.barman(&["backup", "pg"]);

@@ -506,7 +506,11 @@ impl<'a> Run<'a> {
                 r
             });
             if progress_on {
-                eprintln!();
+                // The last line says what arrived, as pg_basebackup's final report does.
+                match &r {
+                    Ok(c) => eprintln!("\r{}", progress_line(CopyProgress { done: c.bytes, total: Some(c.bytes) })),
+                    Err(_) => eprintln!(),
+                }
             }
             match r {
                 Ok(c) => return Ok(c),
