@@ -152,6 +152,13 @@ pub fn load(layout: &ServerLayout) -> Result<Vec<Backup>, BackupInfoError> {
     scan(layout).into_iter().map(|(id, path)| BackupInfo::read(&path).map(|info| Backup { id, path, info })).collect()
 }
 
+/// The copy-done backups just before and after `id` (Barman's previous/next backup).
+pub fn neighbours(all: &[Backup], id: &str) -> (Option<String>, Option<String>) {
+    let prev = all.iter().rev().find(|b| b.id.as_str() < id && b.is_copy_done()).map(|b| b.id.clone());
+    let next = all.iter().find(|b| b.id.as_str() > id && b.is_copy_done()).map(|b| b.id.clone());
+    (prev, next)
+}
+
 /// Barman's `parse_backup_id`: an id, a shortcut (`latest`/`last`,
 /// `oldest`/`first`, `last-failed` and, as Barman's substring test has it,
 /// any part of that word, `latest-full`/`last-full`), or a backup name.

@@ -222,15 +222,14 @@ impl<'a> Run<'a> {
     }
 
     fn hook_env(&self) -> Vec<(&'static str, String)> {
-        let ids = backups::scan(self.layout);
-        let prev = ids.range(..self.id.clone()).next_back().map(|(k, _)| k.clone()).unwrap_or_default();
-        let next = ids.range(self.id.clone()..).map(|(k, _)| k.clone()).find(|k| *k != self.id).unwrap_or_default();
+        let all = backups::load(self.layout).unwrap_or_default();
+        let (prev, next) = backups::neighbours(&all, &self.id);
         vec![
             ("BARMAN_BACKUP_DIR", self.backup_dir().display().to_string()),
             ("BARMAN_BACKUP_INFO_PATH", self.path.display().to_string()),
             ("BARMAN_BACKUP_ID", self.id.clone()),
-            ("BARMAN_PREVIOUS_ID", prev),
-            ("BARMAN_NEXT_ID", next),
+            ("BARMAN_PREVIOUS_ID", prev.unwrap_or_default()),
+            ("BARMAN_NEXT_ID", next.unwrap_or_default()),
             ("BARMAN_STATUS", self.info.status.clone()),
         ]
     }

@@ -44,9 +44,7 @@ fn is_orphan(l: &ServerLayout, b: &Backup) -> bool {
 }
 
 fn hook_env(l: &ServerLayout, all: &[Backup], b: &Backup) -> Vec<(&'static str, String)> {
-    let pos = all.iter().position(|x| x.id == b.id);
-    let prev = pos.and_then(|i| all[..i].iter().rev().find(|x| x.is_copy_done())).map(|x| x.id.clone());
-    let next = pos.and_then(|i| all[i + 1..].iter().find(|x| x.is_copy_done())).map(|x| x.id.clone());
+    let (prev, next) = backups::neighbours(all, &b.id);
     vec![
         ("BARMAN_BACKUP_DIR", l.base_dir.join(&b.id).display().to_string()),
         ("BARMAN_BACKUP_INFO_PATH", b.path.display().to_string()),
