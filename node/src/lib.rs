@@ -9,4 +9,5 @@ pub mod cli;
 pub mod config;
 pub mod hooks;
 pub mod postgres;
+pub mod recover;
 pub mod wal;

@@ -258,3 +258,132 @@ fn backup_info_is_byte_identical_to_barmans() {
     assert_eq!(std::fs::read_to_string(&resaved).unwrap(), theirs, "Barman did not read our file back unchanged");
     assert_eq!(BackupInfo::read(&theirs_path).unwrap(), ours, "we did not read Barman's file back unchanged");
 }
+
+/// The recovery settings lines and the configuration mangling of a recovery,
+/// against Barman's own `_generate_recovery_conf` and `ConfigurationFileMangeler`
+/// on the same inputs.
+#[test]
+fn recovery_settings_and_mangling_are_byte_identical_to_barmans() {
+    use barman::recover::settings::{Targets, WalSource, mangle, recovery_lines};
+    let dir = tempfile::tempdir().unwrap();
+    // (source, standby, targets) and the Python arguments producing the same.
+    let get_wal = WalSource::GetWal { user: "barman".into(), server: "pg".into() };
+    let remote = WalSource::WalRestore {
+        user: "barman".into(),
+        port: Some(2222),
+        host: "backup.example.com".into(),
+        server: "pg".into(),
+        parallel_jobs: 4,
+    };
+    let copied = WalSource::Copied { wal_dest: "/var/lib/pgsql/data/barman_wal".into() };
+    let t = |f: &dyn Fn(&mut Targets)| {
+        let mut x = Targets::default();
+        f(&mut x);
+        x
+    };
+    let cases: Vec<(WalSource, bool, Targets, &str)> = vec![
+        (get_wal.clone(), false, Targets::default(), "get_wal=True, remote=None, standby=False"),
+        (get_wal.clone(), true, Targets::default(), "get_wal=True, remote=None, standby=True"),
+        (
+            remote.clone(),
+            false,
+            t(&|x| x.name = Some("barman_x".into())),
+            "get_wal=True, remote='ssh pg', standby=False, name='barman_x', port=2222, jobs=4",
+        ),
+        (
+            copied.clone(),
+            false,
+            t(&|x| {
+                x.time = Some("2026-11-21 10:00:00+00:00".into());
+                x.exclusive = true;
+                x.tli = Some("latest".into());
+                x.action = Some("promote".into());
+            }),
+            "get_wal=False, remote=None, standby=False, time='2026-11-21 10:00:00+00:00', exclusive=True, tli='latest', action='promote'",
+        ),
+        (
+            copied.clone(),
+            false,
+            t(&|x| x.xid = Some("1234".into())),
+            "get_wal=False, remote=None, standby=False, xid='1234'",
+        ),
+        (
+            copied.clone(),
+            false,
+            t(&|x| x.lsn = Some("0/3000060".into())),
+            "get_wal=False, remote=None, standby=False, lsn='0/3000060'",
+        ),
+        (
+            copied.clone(),
+            false,
+            t(&|x| {
+                x.lsn = Some("0/3000060".into());
+                x.exclusive = true;
+            }),
+            "get_wal=False, remote=None, standby=False, lsn='0/3000060', exclusive=True",
+        ),
+        (copied, true, t(&|x| x.immediate = true), "get_wal=False, remote=None, standby=True, immediate=True"),
+    ];
+    let mut py = String::from(
+        "import json, sys, os, tempfile, types\n\
+         import barman.output\n\
+         from barman.recovery_executor import RecoveryExecutor, ConfigurationFileMangeler\n\
+         def gen(get_wal, remote, standby, time=None, xid=None, lsn=None, name=None, immediate=None, exclusive=False, tli=None, action=None, port=None, jobs=1):\n\
+         \x20   ex = RecoveryExecutor.__new__(RecoveryExecutor)\n\
+         \x20   ex.config = types.SimpleNamespace(config=types.SimpleNamespace(user='barman'), name='pg', parallel_jobs=jobs, bandwidth_limit=None, network_compression=False)\n\
+         \x20   ex.server = types.SimpleNamespace(path=None)\n\
+         \x20   d = tempfile.mkdtemp()\n\
+         \x20   info = {'wal_dest': '/var/lib/pgsql/data/barman_wal', 'get_wal': get_wal, 'recovery_option_port': port, 'results': {}, 'tempdir': d, 'target_datetime': time}\n\
+         \x20   if action: info['recovery_target_action'] = action\n\
+         \x20   import socket\n\
+         \x20   socket.getfqdn = lambda: 'backup.example.com'\n\
+         \x20   import barman.recovery_executor as re_mod\n\
+         \x20   re_mod.RsyncPgData = lambda **kw: types.SimpleNamespace(from_file_list=lambda *a: None)\n\
+         \x20   ex._generate_recovery_conf(info, types.SimpleNamespace(version=150000), d, immediate, exclusive, remote, name, time, tli, xid, lsn, standby)\n\
+         \x20   return info['auto_conf_append_lines']\n\
+         out = []\n",
+    );
+    let mut ours = Vec::new();
+    for (source, standby, targets, args) in &cases {
+        py.push_str(&format!("out.append(gen({args}))\n"));
+        ours.push(recovery_lines(source, *standby, targets));
+    }
+    // Mangling: several files, with and without a final newline, settings in every shape.
+    let files: Vec<(&str, &[u8])> = vec![
+        ("a.conf", b"# comment\narchive_command = 'cp %p /x/%f'\n  recovery_target_time='2020-01-01'\nshared_buffers = 128MB\n#archive_command = 'old'\n"),
+        ("b.conf", b"archive_mode = on\narchive_command='rsync %p host:/a'"),
+        ("c.conf", b"recovery_target_name\nport = 5433"),
+        ("d.conf", b""),
+    ];
+    let append = vec!["restore_command = 'cp /w/%f %p'".to_string(), "recovery_target = 'immediate'".to_string()];
+    py.push_str("mangled = []\n");
+    for (name, content) in &files {
+        let p = dir.path().join(name);
+        std::fs::write(&p, content).unwrap();
+        py.push_str(&format!(
+            "m = ConfigurationFileMangeler().mangle_options({p:?}, {orig:?}, {append:?})\n\
+             mangled.append([[a.line, a.key, a.value] for a in m])\n",
+            p = p.display().to_string(),
+            orig = format!("{}.origin", p.display()),
+            append = append,
+        ));
+    }
+    py.push_str("print(json.dumps({'lines': out, 'mangled': mangled}))\n");
+    let out = Command::new(reference::python().expect("reference Barman")).args(["-c", &py]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let theirs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(serde_json::json!(ours), theirs["lines"]);
+    for (i, (name, content)) in files.iter().enumerate() {
+        let (mine, changed) = mangle(content, &append);
+        let p = dir.path().join(name);
+        assert_eq!(String::from_utf8_lossy(&mine), std::fs::read_to_string(&p).unwrap(), "{name}");
+        assert_eq!(
+            std::fs::read(format!("{}.origin", p.display())).unwrap(),
+            *content,
+            "{name}: Barman kept the original"
+        );
+        let changed: Vec<serde_json::Value> =
+            changed.iter().map(|m| serde_json::json!([m.line, m.key, m.value])).collect();
+        assert_eq!(serde_json::json!(changed), theirs["mangled"][i], "{name}");
+    }
+}
