@@ -38,7 +38,17 @@ impl Algorithm {
             Algorithm::Zstd => ".zst",
         }
     }
-    fn decoder<'a>(self, r: impl Read + 'a) -> io::Result<Box<dyn Read + 'a>> {
+    /// The algorithm of a backup.info `compression` value (`none`: no algorithm).
+    pub fn from_name(name: &str) -> Option<Algorithm> {
+        match name {
+            "gzip" => Some(Algorithm::Gzip),
+            "lz4" => Some(Algorithm::Lz4),
+            "zstd" => Some(Algorithm::Zstd),
+            _ => None,
+        }
+    }
+    /// A reader of the decompressed stream.
+    pub fn decoder<'a>(self, r: impl Read + 'a) -> io::Result<Box<dyn Read + 'a>> {
         Ok(match self {
             Algorithm::Gzip => Box::new(flate2::read::MultiGzDecoder::new(r)),
             Algorithm::Lz4 => Box::new(lz4_flex::frame::FrameDecoder::new(r)),

@@ -287,6 +287,52 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "backup-host")]
         source: ReplicationSource,
     },
+    /// Restore a backup into a PostgreSQL data directory (point in time recovery)
+    #[command(alias = "recover")]
+    Restore {
+        server: String,
+        backup_id: String,
+        destination_directory: PathBuf,
+        /// Recover up to this time (with a time zone, else the local one)
+        #[arg(long = "target-time")]
+        target_time: Option<String>,
+        /// Recover up to this transaction id
+        #[arg(long = "target-xid")]
+        target_xid: Option<String>,
+        /// Recover up to this LSN
+        #[arg(long = "target-lsn")]
+        target_lsn: Option<String>,
+        /// Recover up to this restore point
+        #[arg(long = "target-name")]
+        target_name: Option<String>,
+        /// End recovery as soon as the backup is consistent
+        #[arg(long = "target-immediate")]
+        target_immediate: bool,
+        /// The timeline to recover (a number, current or latest)
+        #[arg(long = "target-tli")]
+        target_tli: Option<String>,
+        /// What PostgreSQL does at the target: pause, shutdown or promote
+        #[arg(long = "target-action")]
+        target_action: Option<String>,
+        /// Stop just before the target
+        #[arg(long = "exclusive")]
+        exclusive: bool,
+        /// Start as a standby (standby.signal)
+        #[arg(long = "standby-mode")]
+        standby_mode: bool,
+        /// Fetch WAL with barman get-wal during recovery
+        #[arg(long = "get-wal", overrides_with = "no_get_wal")]
+        get_wal: bool,
+        /// Copy the WAL the targets need instead
+        #[arg(long = "no-get-wal")]
+        no_get_wal: bool,
+        /// NAME:LOCATION of a tablespace's destination (repeatable)
+        #[arg(long = "tablespace")]
+        tablespace: Vec<String>,
+        /// Recover to another host through this ssh command
+        #[arg(long = "remote-ssh-command")]
+        remote_ssh_command: Option<String>,
+    },
     /// Recreate the WAL catalogue from the files in the archive
     RebuildXlogdb {
         #[command(flatten)]

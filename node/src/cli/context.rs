@@ -27,6 +27,8 @@ impl Pick {
 pub struct Ctx {
     pub cfg: Config,
     pub out: Output,
+    /// `barman_user`: the user commands run as (named in recovery settings).
+    pub user: String,
 }
 
 /// Switches to `barman_user` when running as root; as anyone else the user must

@@ -10,6 +10,7 @@ mod cron;
 mod delete;
 pub mod output;
 mod receive_wal;
+mod recover;
 mod remote;
 mod replication_status;
 mod retention;
@@ -79,7 +80,7 @@ pub fn run(argv: Vec<std::ffi::OsString>) -> i32 {
         Format::Console => Writer::Console,
         Format::Json => Writer::Json,
     };
-    let mut ctx = Ctx { out: Output::new(writer, cli.quiet, cli.debug, color), cfg };
+    let mut ctx = Ctx { out: Output::new(writer, cli.quiet, cli.debug, color), cfg, user };
     for w in ctx.cfg.warnings.clone() {
         ctx.out.warning(w.to_string());
     }
@@ -189,6 +190,49 @@ fn dispatch(ctx: &mut Ctx, command: Command) {
         Command::ReplicationStatus { servers, minimal, target, source } => {
             replication_status::replication_status(ctx, &servers.servers, minimal, target, source)
         }
+        Command::Restore {
+            server,
+            backup_id,
+            destination_directory,
+            target_time,
+            target_xid,
+            target_lsn,
+            target_name,
+            target_immediate,
+            target_tli,
+            target_action,
+            exclusive,
+            standby_mode,
+            get_wal,
+            no_get_wal,
+            tablespace,
+            remote_ssh_command,
+        } => recover::recover(
+            ctx,
+            &recover::RecoverArgs {
+                server,
+                backup_id,
+                dest: destination_directory,
+                target_time,
+                target_xid,
+                target_lsn,
+                target_name,
+                target_immediate,
+                target_tli,
+                target_action,
+                exclusive,
+                standby_mode,
+                get_wal: if get_wal {
+                    Some(true)
+                } else if no_get_wal {
+                    Some(false)
+                } else {
+                    None
+                },
+                tablespaces: tablespace,
+                remote_ssh_command,
+            },
+        ),
         Command::RebuildXlogdb { servers } => wal::rebuild_xlogdb(ctx, &servers.servers),
         Command::ShowServers { servers } => servers::show_servers(ctx, &servers.servers),
         Command::ShowBackup { server, backup_id } => show_backup::show_backup(ctx, &server, &backup_id),

@@ -1,0 +1,568 @@
+//! `recover` (alias `restore`) SERVER BACKUP_ID DEST on this host, with
+//! Barman's checks, steps, messages and written files: the base backup copied
+//! (plain) or unpacked (tar, any compression), tablespaces where they were or
+//! where `--tablespace` says, the WAL the targets need copied (or get-wal as
+//! restore_command), the recovery settings and the configuration mangling.
+
+use super::context::{Ctx, Pick};
+use crate::archive::get_wal::{Delivery, WalSource as ArchiveSource};
+use crate::archive::server::codecs_for;
+use crate::backup::extract::extract_tar_relinked;
+use crate::backup::store::Algorithm;
+use crate::catalog::ServerLayout;
+use crate::catalog::backups::{self, Backup};
+use crate::catalog::xlogdb::{XlogDb, XlogEntry};
+use crate::config::ServerConfig;
+use crate::config::types::human_duration;
+use crate::hooks::{Event, Hooks, Phase};
+use crate::recover::settings::{Targets, WalSource, mangle, recovery_lines};
+use crate::wal::{Lsn, SegmentId, SegmentSize, TimelineId, WalFileName};
+use chrono::{DateTime, FixedOffset, Local, NaiveDateTime, TimeZone};
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// The command line of `recover`.
+#[derive(Debug, Clone, Default)]
+pub struct RecoverArgs {
+    pub server: String,
+    pub backup_id: String,
+    pub dest: PathBuf,
+    pub target_time: Option<String>,
+    pub target_xid: Option<String>,
+    pub target_lsn: Option<String>,
+    pub target_name: Option<String>,
+    pub target_immediate: bool,
+    pub target_tli: Option<String>,
+    pub target_action: Option<String>,
+    pub exclusive: bool,
+    pub standby_mode: bool,
+    pub get_wal: Option<bool>,
+    pub tablespaces: Vec<String>,
+    pub remote_ssh_command: Option<String>,
+}
+
+/// Why a recovery stops: one error line.
+struct Stop(String);
+
+impl<E: std::fmt::Display> From<E> for Stop {
+    fn from(e: E) -> Self {
+        Stop(e.to_string())
+    }
+}
+
+pub fn recover(ctx: &mut Ctx, a: &RecoverArgs) {
+    let pick = Pick { skip_inactive: false, skip_disabled: false, inactive_is_error: false, disabled_is_error: true };
+    let Some(s) = ctx.server(&a.server, pick) else { return };
+    if let Err(Stop(msg)) = run(ctx, &s, a) {
+        ctx.out.error(msg);
+    }
+}
+
+/// The target time as Barman reads it (`dateutil`): with an offset, or local time.
+fn parse_target_time(ctx: &mut Ctx, raw: &str) -> Result<DateTime<FixedOffset>, Stop> {
+    let t = raw.trim();
+    for f in ["%Y-%m-%d %H:%M:%S%.f%:z", "%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M:%S%.f%:z", "%Y-%m-%d %H:%M:%S%:z"] {
+        if let Ok(d) = DateTime::parse_from_str(t, f) {
+            return Ok(d);
+        }
+    }
+    for f in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M"] {
+        if let Ok(n) = NaiveDateTime::parse_from_str(t, f)
+            && let Some(d) = Local.from_local_datetime(&n).single()
+        {
+            ctx.out.warning(
+                "No time zone has been specified through '--target-time' command-line option. Barman assumed the \
+                 same time zone from the Barman host.",
+            );
+            return Ok(d.fixed_offset());
+        }
+    }
+    Err(Stop(format!("Unable to parse the target time parameter '{raw}'")))
+}
+
+/// `ls`-style emptiness, as Barman checks a destination (hidden entries are not seen).
+fn is_empty_dir(p: &Path) -> bool {
+    match fs::read_dir(p) {
+        Err(_) => true,
+        Ok(rd) => rd.flatten().all(|e| e.file_name().to_string_lossy().starts_with('.')),
+    }
+}
+
+fn run(ctx: &mut Ctx, s: &ServerConfig, a: &RecoverArgs) -> Result<(), Stop> {
+    let given = [
+        a.target_time.is_some(),
+        a.target_xid.is_some(),
+        a.target_lsn.is_some(),
+        a.target_name.is_some(),
+        a.target_immediate,
+    ];
+    if given.iter().filter(|g| **g).count() > 1 {
+        return Err(Stop("You cannot specify multiple targets for the recovery operation".into()));
+    }
+    if a.remote_ssh_command.is_some() {
+        return Err(Stop("remote recovery (--remote-ssh-command) is not supported by this version yet".into()));
+    }
+    let l = ServerLayout::new(&ctx.cfg.global, s);
+    let all = backups::load(&l)?;
+    let b = resolve(&all, a, &s.name)?;
+    if !b.is_copy_done() {
+        return Err(Stop(format!(
+            "Cannot restore from backup '{}' of server '{}': backup status is not DONE",
+            a.backup_id, s.name
+        )));
+    }
+    if a.dest.to_string_lossy().contains(':') {
+        return Err(Stop(format!(
+            "The destination directory '{}' contains ':': for a remote recovery use --remote-ssh-command",
+            a.dest.display()
+        )));
+    }
+    let dest = if a.dest.is_absolute() { a.dest.clone() } else { std::env::current_dir()?.join(&a.dest) };
+    // --tablespace NAME:LOCATION, split at the first ':'.
+    let spcs = b.info.tablespaces.clone().unwrap_or_default();
+    let mut relocated: Vec<(String, String)> = Vec::new();
+    for rule in &a.tablespaces {
+        let Some((name, loc)) = rule.split_once(':') else {
+            return Err(Stop(format!("Invalid tablespace relocation rule '{rule}': expected NAME:LOCATION")));
+        };
+        if !spcs.iter().any(|t| t.name == name) {
+            return Err(Stop(format!("Invalid tablespace name '{name}'")));
+        }
+        relocated.push((name.to_string(), loc.to_string()));
+    }
+    let location = |name: &str, original: &str| {
+        relocated.iter().find(|(n, _)| n == name).map_or(original.to_string(), |(_, l)| l.clone())
+    };
+    if !is_empty_dir(&dest) {
+        return Err(Stop(format!("Destination directory '{}' must be empty", dest.display())));
+    }
+    for t in &spcs {
+        let loc = location(&t.name, &t.location);
+        if !is_empty_dir(Path::new(&loc)) {
+            return Err(Stop(format!("Tablespace destination directory '{loc}' must be empty")));
+        }
+    }
+    let segsize = SegmentSize::new(b.info.xlog_segment_size).map_err(|e| Stop(e.to_string()))?;
+
+    // Targets (Barman's _set_pitr_targets).
+    let mut targets = Targets {
+        xid: a.target_xid.clone(),
+        lsn: a.target_lsn.clone(),
+        name: a.target_name.clone(),
+        immediate: a.target_immediate,
+        exclusive: a.exclusive,
+        tli: a.target_tli.clone(),
+        ..Targets::default()
+    };
+    let target_tli = parse_tli(&l, &b, a.target_tli.as_deref())?;
+    let is_pitr = a.target_time.is_some()
+        || a.target_xid.is_some()
+        || a.target_tli.is_some()
+        || a.target_name.is_some()
+        || a.target_immediate
+        || a.target_lsn.is_some();
+    if let Some(raw) = &a.target_time {
+        let t = parse_target_time(ctx, raw)?;
+        if let Some(end) = b.info.end_time
+            && end > t
+        {
+            return Err(Stop(format!(
+                "The requested target time {} is before the backup end time {}",
+                crate::catalog::backups::format_time(&t),
+                crate::catalog::backups::format_time(&end)
+            )));
+        }
+        targets.time = Some(crate::catalog::backups::format_time(&t));
+    }
+    if let Some(lsn) = &a.target_lsn {
+        lsn.parse::<Lsn>().map_err(|_| Stop(format!("'{lsn}' is not a valid LSN")))?;
+    }
+    if is_pitr {
+        if let Some(act) = &a.target_action {
+            if !["pause", "shutdown", "promote"].contains(&act.as_str()) {
+                return Err(Stop(format!("Illegal target action '{act}' for this version of PostgreSQL")));
+            }
+            targets.action = Some(act.clone());
+        }
+    } else if a.target_action.is_some() {
+        return Err(Stop("Can't enable recovery target action when PITR is not required".into()));
+    }
+    let get_wal = a.get_wal.unwrap_or_else(|| s.opts.recovery_options.0.contains("get-wal"));
+
+    // Barman: archive what waits first, then the pre hooks.
+    super::wal::run_archiver(ctx, s, false);
+    let hooks = Hooks::new(s, &ctx.cfg.file);
+    let env = hook_env(&l, &all, &b, &dest, &relocated, a);
+    hooks.run(Event::Recovery, Phase::Pre, &env, None).map_err(|e| Stop(e.to_string()))?;
+    let started = Local::now();
+    ctx.out.info(format!("Starting local restore for server {} using backup {}", s.name, b.id));
+    ctx.out.info(format!("Destination directory: {}", dest.display()));
+    if !get_wal && b.info.status == "WAITING_FOR_WALS" {
+        ctx.out.warning(
+            "IMPORTANT: You have requested a recovery operation for a backup that does not have yet all the WAL files \
+             that are required for consistency.",
+        );
+    }
+    if is_pitr {
+        let mut shown = Vec::new();
+        if let Some(v) = &targets.time {
+            shown.push(format!("time: '{v}'"));
+        }
+        if let Some(v) = &targets.xid {
+            shown.push(format!("xid: '{v}'"));
+        }
+        if let Some(v) = &targets.lsn {
+            shown.push(format!("lsn: '{v}'"));
+        }
+        if a.target_tli.is_some() {
+            shown.push(format!("timeline: '{}'", target_tli.0));
+        }
+        if let Some(v) = &targets.name {
+            shown.push(format!("name: '{v}'"));
+        }
+        if targets.immediate {
+            shown.push("immediate: True".into());
+        }
+        ctx.out.info(format!("Doing PITR. Recovery target {}", shown.join(", ")));
+    }
+
+    ctx.out.info("Copying the base backup.");
+    copy_base(&l, &b, &dest).map_err(|e| Stop(format!("Failure copying base backup: {e}")))?;
+    for t in &spcs {
+        let loc = location(&t.name, &t.location);
+        place_tablespace(&l, &b, &dest, t.oid, &loc)
+            .map_err(|e| Stop(format!("unable to prepare '{}' tablespace (destination '{loc}'): {e}", t.name)))?;
+        ctx.out.info(format!("\t{}, {}, {}", t.oid, t.name, loc));
+    }
+    b.info.save(&dest.join(".barman-recover.info"))?;
+    let manifest = dest.join("backup_manifest");
+    if manifest.exists() {
+        fs::rename(&manifest, dest.join(format!("backup_manifest.{}", b.id)))?;
+    }
+
+    let wal_dest = if is_pitr { dest.join("barman_wal") } else { dest.join("pg_wal") };
+    if !get_wal {
+        crate::catalog::durable::create_dir_all(&wal_dest)?;
+        ctx.out.info("Copying required WAL segments.");
+        let needed = required_wals(&l, &b, target_tli, a.target_lsn.as_deref(), a.target_immediate, segsize)?;
+        let codecs = codecs_for(s);
+        let src = ArchiveSource {
+            layout: &l,
+            codecs: &codecs,
+            custom_decompression: s.opts.custom_decompression_filter.is_some(),
+        };
+        for e in &needed {
+            let path = wal_dest.join(e.name.as_str());
+            let mut f = fs::File::create(&path)?;
+            src.send(&e.name, Delivery::default(), &mut f)
+                .map_err(|err| Stop(format!("Failure copying WAL files: {err}")))?;
+            f.sync_all()?;
+        }
+        if !is_pitr {
+            ctx.out.info("Generating archive status files");
+            let status = wal_dest.join("archive_status");
+            crate::catalog::durable::create_dir_all(&status)?;
+            for e in &needed {
+                fs::write(status.join(format!("{}.done", e.name)), b"")?;
+            }
+        }
+    }
+    let mut append = Vec::new();
+    if is_pitr || get_wal || a.standby_mode {
+        ctx.out.info("Generating recovery configuration");
+        let source = if get_wal {
+            WalSource::GetWal {
+                user: if ctx.user.is_empty() { "barman".into() } else { ctx.user.clone() },
+                server: s.name.clone(),
+            }
+        } else {
+            WalSource::Copied { wal_dest: wal_dest.display().to_string() }
+        };
+        append = recovery_lines(&source, a.standby_mode, &targets);
+        let signal = if a.standby_mode { "standby.signal" } else { "recovery.signal" };
+        fs::OpenOptions::new().create(true).append(true).open(dest.join(signal))?;
+    }
+    crate::catalog::durable::create_dir_all(&wal_dest.join("archive_status"))?;
+    // Barman's mangling: postgresql.conf, then postgresql.auto.conf with the settings.
+    let mut changes = Vec::new();
+    let mut missing = Vec::new();
+    for (name, lines) in [("postgresql.conf", &Vec::new()), ("postgresql.auto.conf", &append)] {
+        let p = dest.join(name);
+        let Ok(content) = fs::read(&p) else {
+            missing.push(name);
+            continue;
+        };
+        let (mangled, changed) = mangle(&content, lines);
+        let origin = dest.join(format!("{name}.origin"));
+        fs::rename(&p, &origin)?;
+        fs::write(&p, &mangled)?;
+        fs::set_permissions(&p, fs::metadata(&origin)?.permissions())?;
+        changes.extend(changed.into_iter().map(|c| (name, c)));
+    }
+    for name in ["pg_hba.conf", "pg_ident.conf"] {
+        if !dest.join(name).exists() {
+            missing.push(name);
+        }
+    }
+    ctx.out.info("Identify dangerous settings in destination directory.");
+    let env = hook_env(&l, &all, &b, &dest, &relocated, a);
+    let _ = hooks.run(Event::Recovery, Phase::Post, &env, None);
+    // Barman's result_recovery.
+    if !changes.is_empty() {
+        ctx.out.info("");
+        ctx.out.info("IMPORTANT");
+        ctx.out.info("These settings have been modified to prevent data losses");
+        ctx.out.info("");
+        for (file, c) in &changes {
+            ctx.out.info(format!("{file} line {}: {} = {}", c.line, c.key, c.value.unwrap_or("None")));
+        }
+    }
+    if !missing.is_empty() {
+        ctx.out.info("");
+        ctx.out.info("WARNING");
+        ctx.out.info(
+            "The following configuration files have not been saved during backup, hence they have not been restored.",
+        );
+        ctx.out.info("You need to manually restore them in order to start the restored PostgreSQL instance:");
+        ctx.out.info("");
+        for m in &missing {
+            ctx.out.info(format!("    {m}"));
+        }
+    }
+    if get_wal {
+        ctx.out.info("");
+        ctx.out.info("WARNING: 'get-wal' is in the specified 'recovery_options'.");
+        ctx.out.info("Before you start up the PostgreSQL server, please review the postgresql.auto.conf file");
+        ctx.out.info(
+            "inside the target directory. Make sure that 'restore_command' can be executed by the PostgreSQL user.",
+        );
+    }
+    ctx.out.info("");
+    ctx.out.info(format!(
+        "Restore operation completed (start time: {}, elapsed time: {})",
+        crate::catalog::backups::format_time(&started.fixed_offset()),
+        human_duration((Local::now() - started).num_seconds().max(0) as u64)
+    ));
+    ctx.out.info("Your PostgreSQL server has been successfully prepared for recovery!");
+    Ok(())
+}
+
+/// The backup, by id, shortcut or name; `auto` picks the newest copy-done backup.
+fn resolve(all: &[Backup], a: &RecoverArgs, server: &str) -> Result<Backup, Stop> {
+    if a.backup_id == "auto" {
+        if a.target_xid.is_some() || a.target_name.is_some() || a.target_immediate {
+            return Err(Stop(
+                "For PITR without a backup_id, the only possible recovery targets are target_time and target_lsn."
+                    .into(),
+            ));
+        }
+        return all
+            .iter()
+            .rev()
+            .find(|b| b.is_copy_done())
+            .cloned()
+            .ok_or_else(|| Stop("Cannot find any candidate backup for recovery.".into()));
+    }
+    backups::resolve(all, &a.backup_id, server).cloned().map_err(Stop)
+}
+
+/// `--target-tli`: a number, `current` (the backup's) or `latest` (the newest archived).
+fn parse_tli(l: &ServerLayout, b: &Backup, raw: Option<&str>) -> Result<TimelineId, Stop> {
+    let own = TimelineId(b.info.timeline.unwrap_or(1));
+    match raw {
+        None | Some("current") => Ok(own),
+        Some("latest") => {
+            let newest = read_xlogdb(l)?.iter().map(|e| e.name.timeline().0).max().unwrap_or(own.0);
+            Ok(TimelineId(newest.max(own.0)))
+        }
+        Some(n) => n
+            .parse::<u32>()
+            .map(TimelineId)
+            .map_err(|_| Stop(format!("'{n}' is not a valid timeline (a number, 'current' or 'latest')"))),
+    }
+}
+
+fn read_xlogdb(l: &ServerLayout) -> Result<Vec<XlogEntry>, Stop> {
+    let db = XlogDb::new(l);
+    let lock = db.lock()?;
+    Ok(db.read(&lock)?)
+}
+
+/// Barman's `get_required_xlog_files`: history files, then from begin_wal on
+/// the target timeline and before, up to the end WAL for an immediate target,
+/// up to the target LSN's segment, else everything.
+fn required_wals(
+    l: &ServerLayout,
+    b: &Backup,
+    tli: TimelineId,
+    target_lsn: Option<&str>,
+    immediate: bool,
+    segsize: SegmentSize,
+) -> Result<Vec<XlogEntry>, Stop> {
+    let begin = b.info.begin_wal.as_ref().map(WalFileName::to_string).unwrap_or_default();
+    let mut end = b.info.end_wal.as_ref().map(WalFileName::to_string).unwrap_or_default();
+    let target_wal = target_lsn
+        .and_then(|s| s.parse::<Lsn>().ok())
+        .map(|lsn| WalFileName::segment(SegmentId::containing(lsn, tli, segsize)).to_string());
+    let mut out = Vec::new();
+    for e in read_xlogdb(l)? {
+        let name = e.name.to_string();
+        if e.name.is_history() {
+            out.push(e);
+            continue;
+        }
+        if name < begin || e.name.timeline().0 > tli.0 {
+            continue;
+        }
+        if name > end {
+            if immediate || target_wal.as_ref().is_some_and(|t| name > *t) {
+                break;
+            }
+            end = name;
+        }
+        out.push(e);
+    }
+    Ok(out)
+}
+
+/// Files a restore leaves out of the data directory (Barman's rsync exclusions).
+fn excluded(rel: &Path) -> bool {
+    let s = rel.to_string_lossy();
+    let top = rel.components().next().map(|c| c.as_os_str().to_string_lossy().into_owned()).unwrap_or_default();
+    matches!(s.as_ref(), "postmaster.pid" | "recovery.conf" | "tablespace_map")
+        || (["pg_log", "log", "pg_xlog", "pg_wal"].contains(&top.as_str()) && rel.components().count() > 1)
+}
+
+/// The data directory into `dest`: a plain copy, or the main tar archive unpacked.
+fn copy_base(l: &ServerLayout, b: &Backup, dest: &Path) -> io::Result<()> {
+    let data = l.base_dir.join(&b.id).join("data");
+    fs::create_dir_all(dest)?;
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(dest, fs::Permissions::from_mode(0o700))?;
+    if let Some(archive) = tar_archive(&data, "base") {
+        unpack(&archive, b, dest)?;
+        for rel in ["postmaster.pid", "recovery.conf", "tablespace_map"] {
+            let _ = fs::remove_file(dest.join(rel));
+        }
+        fs::create_dir_all(dest.join("pg_wal"))?;
+        return Ok(());
+    }
+    copy_tree(&data, dest, Path::new(""))
+}
+
+/// `data/<stem>.tar[.ext]` when the backup is stored as tar.
+fn tar_archive(data: &Path, stem: &str) -> Option<PathBuf> {
+    ["", ".gz", ".lz4", ".zst"].iter().map(|ext| data.join(format!("{stem}.tar{ext}"))).find(|p| p.is_file())
+}
+
+fn unpack(archive: &Path, b: &Backup, dest: &Path) -> io::Result<()> {
+    let f = io::BufReader::new(fs::File::open(archive)?);
+    let algo = b.info.compression.as_deref().and_then(Algorithm::from_name);
+    let input: Box<dyn io::Read> = match algo {
+        Some(a) => a.decoder(f)?,
+        None => Box::new(f),
+    };
+    extract_tar_relinked(input, dest, &|_| None).map_err(io::Error::other)?;
+    Ok(())
+}
+
+fn copy_tree(from: &Path, to: &Path, rel: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for e in fs::read_dir(from)? {
+        let e = e?;
+        let r = rel.join(e.file_name());
+        if excluded(&r) {
+            continue;
+        }
+        let src = e.path();
+        let dst = to.join(e.file_name());
+        let m = src.symlink_metadata()?;
+        if m.file_type().is_symlink() {
+            // pg_tblspc links are made again for the tablespaces' destinations.
+            if r.starts_with("pg_tblspc") {
+                continue;
+            }
+            std::os::unix::fs::symlink(fs::read_link(&src)?, &dst)?;
+        } else if m.is_dir() {
+            fs::create_dir_all(&dst)?;
+            fs::set_permissions(&dst, fs::Permissions::from_mode(m.permissions().mode() & 0o7777))?;
+            copy_tree(&src, &dst, &r)?;
+        } else {
+            fs::copy(&src, &dst)?;
+        }
+    }
+    Ok(())
+}
+
+/// A tablespace into `location`, linked from `pg_tblspc/<oid>`.
+fn place_tablespace(l: &ServerLayout, b: &Backup, dest: &Path, oid: u32, location: &str) -> io::Result<()> {
+    let loc = Path::new(location);
+    fs::create_dir_all(loc)?;
+    let stored = l.base_dir.join(&b.id).join(oid.to_string());
+    let data = l.base_dir.join(&b.id).join("data");
+    if let Some(archive) = tar_archive(&data, &oid.to_string()) {
+        unpack(&archive, b, loc)?;
+    } else {
+        copy_tree(&stored, loc, Path::new(""))?;
+    }
+    let link = dest.join("pg_tblspc").join(oid.to_string());
+    fs::create_dir_all(dest.join("pg_tblspc"))?;
+    let _ = fs::remove_file(&link);
+    std::os::unix::fs::symlink(loc, &link)
+}
+
+/// The recovery hooks' environment (§9).
+fn hook_env(
+    l: &ServerLayout,
+    all: &[Backup],
+    b: &Backup,
+    dest: &Path,
+    relocated: &[(String, String)],
+    a: &RecoverArgs,
+) -> Vec<(&'static str, String)> {
+    let (prev, next) = backups::neighbours(all, &b.id);
+    let tablespaces = if relocated.is_empty() {
+        String::new()
+    } else {
+        let sorted: std::collections::BTreeMap<&str, &str> =
+            relocated.iter().map(|(n, loc)| (n.as_str(), loc.as_str())).collect();
+        serde_json::to_string(&sorted).unwrap_or_default()
+    };
+    let mut opts = std::collections::BTreeMap::new();
+    for (k, v) in [
+        ("target_time", a.target_time.clone()),
+        ("target_xid", a.target_xid.clone()),
+        ("target_lsn", a.target_lsn.clone()),
+        ("target_name", a.target_name.clone()),
+        ("target_tli", a.target_tli.clone()),
+        ("target_action", a.target_action.clone()),
+    ] {
+        if let Some(v) = v {
+            opts.insert(k, serde_json::json!(v));
+        }
+    }
+    if a.target_immediate {
+        opts.insert("target_immediate", serde_json::json!(true));
+    }
+    if a.exclusive {
+        opts.insert("exclusive", serde_json::json!(true));
+    }
+    if a.standby_mode {
+        opts.insert("standby_mode", serde_json::json!(true));
+    }
+    let recover_options =
+        if opts.is_empty() { String::new() } else { serde_json::to_string(&opts).unwrap_or_default() };
+    vec![
+        ("BARMAN_BACKUP_DIR", l.base_dir.join(&b.id).display().to_string()),
+        ("BARMAN_BACKUP_INFO_PATH", b.path.display().to_string()),
+        ("BARMAN_BACKUP_ID", b.id.clone()),
+        ("BARMAN_PREVIOUS_ID", prev.unwrap_or_default()),
+        ("BARMAN_NEXT_ID", next.unwrap_or_default()),
+        ("BARMAN_STATUS", b.info.status.clone()),
+        ("BARMAN_DESTINATION_DIRECTORY", dest.display().to_string()),
+        ("BARMAN_TABLESPACES", tablespaces),
+        ("BARMAN_REMOTE_COMMAND", a.remote_ssh_command.clone().unwrap_or_default()),
+        ("BARMAN_RECOVER_OPTIONS", recover_options),
+    ]
+}
