@@ -109,3 +109,85 @@ fn point_in_time_recovery_to_every_target_kind() {
     assert!(!Path::new(&env.server_dir("pg").join("wals").join("00000002.history")).exists());
     assert!(fs::read_dir(env.server_dir("pg").join("incoming")).unwrap().next().is_none());
 }
+
+/// What our recover writes is what the real Barman 3.17 writes for the same
+/// backup and options: the same files, the same settings, the same mangling.
+#[test]
+fn recover_writes_what_barman_writes() {
+    let env = Env::new();
+    let pg = env.archiving_primary(&[]);
+    pg.pgbench(&["-i", "-s", "1", "-q"]).unwrap();
+    // Something for the mangling to find in both configuration files.
+    pg.psql("ALTER SYSTEM SET recovery_target_timeline = 'latest'").unwrap();
+    env.write_config(&format!(
+        "[pg]\nconninfo = {}\nbackup_method = postgres\narchiver = on\nimmediate_checkpoint = true\n",
+        pg.conninfo()
+    ));
+    pg.switch_wal().unwrap();
+    env.barman(&["backup", "pg", "--wait"]).ok();
+    pg.psql("SELECT pg_create_restore_point('rp')").unwrap();
+    pg.switch_wal().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    env.barman(&["archive-wal", "pg"]).ok();
+    let barman = cluster_tests::reference::barman().expect("reference Barman");
+    for (case, args) in [
+        ("name", vec!["--target-name", "rp", "--target-action", "promote"]),
+        ("getwal", vec!["--get-wal", "--target-immediate"]),
+        ("standby", vec!["--get-wal", "--standby-mode"]),
+        ("end", vec![]),
+    ] {
+        let ours_dir = env.path().join(format!("ours_{case}"));
+        let theirs_dir = env.path().join(format!("theirs_{case}"));
+        let mut a = vec!["recover", "pg", "latest"];
+        let o = ours_dir.display().to_string();
+        a.push(&o);
+        a.extend(args.iter().copied());
+        let ours = env.barman(&a);
+        ours.ok();
+        let t = theirs_dir.display().to_string();
+        a[3] = &t;
+        let theirs = common::run(std::process::Command::new(&barman).arg("-c").arg(&env.config).args(&a), None);
+        theirs.ok();
+        let listing = |d: &Path| {
+            let mut v: Vec<String> = fs::read_dir(d)
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n != "pg_wal" && n != "barman_wal")
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(listing(&ours_dir), listing(&theirs_dir), "{case}: top-level files");
+        for f in [
+            "postgresql.auto.conf",
+            "postgresql.conf",
+            "postgresql.auto.conf.origin",
+            "recovery.signal",
+            "standby.signal",
+        ] {
+            let read =
+                |d: &Path| fs::read_to_string(d.join(f)).ok().map(|s| s.replace(&d.display().to_string(), "DEST"));
+            assert_eq!(read(&ours_dir), read(&theirs_dir), "{case}: {f}");
+        }
+        let wals = |d: &Path, sub: &str| -> Vec<String> {
+            let mut v: Vec<String> = fs::read_dir(d.join(sub))
+                .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+                .unwrap_or_default();
+            v.sort();
+            v
+        };
+        for sub in ["pg_wal", "barman_wal", "pg_wal/archive_status"] {
+            assert_eq!(wals(&ours_dir, sub), wals(&theirs_dir, sub), "{case}: {sub}");
+        }
+        // Their messages, ours: the same lines but for times and paths.
+        let norm = |s: &str, d: &Path| -> Vec<String> {
+            s.replace(&d.display().to_string(), "DEST")
+                .lines()
+                .filter(|l| !l.starts_with("Restore operation completed") && !l.starts_with("Processing xlog segments"))
+                .map(str::to_string)
+                .collect()
+        };
+        assert_eq!(norm(&ours.stdout, &ours_dir), norm(&theirs.stdout, &theirs_dir), "{case}: output");
+    }
+}

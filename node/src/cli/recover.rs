@@ -15,7 +15,7 @@ use crate::catalog::xlogdb::{XlogDb, XlogEntry};
 use crate::config::ServerConfig;
 use crate::config::types::human_duration;
 use crate::hooks::{Event, Hooks, Phase};
-use crate::recover::settings::{Targets, WalSource, mangle, recovery_lines};
+use crate::recover::settings::{Targets, WalSource, dangerous_settings, mangle, recovery_lines};
 use crate::wal::{Lsn, SegmentId, SegmentSize, TimelineId, WalFileName};
 use chrono::{DateTime, FixedOffset, Local, NaiveDateTime, TimeZone};
 use std::fs;
@@ -286,6 +286,7 @@ fn run(ctx: &mut Ctx, s: &ServerConfig, a: &RecoverArgs) -> Result<(), Stop> {
     crate::catalog::durable::create_dir_all(&wal_dest.join("archive_status"))?;
     // Barman's mangling: postgresql.conf, then postgresql.auto.conf with the settings.
     let mut changes = Vec::new();
+    let mut warnings = Vec::new();
     let mut missing = Vec::new();
     for (name, lines) in [("postgresql.conf", &Vec::new()), ("postgresql.auto.conf", &append)] {
         let p = dest.join(name);
@@ -299,6 +300,7 @@ fn run(ctx: &mut Ctx, s: &ServerConfig, a: &RecoverArgs) -> Result<(), Stop> {
         fs::write(&p, &mangled)?;
         fs::set_permissions(&p, fs::metadata(&origin)?.permissions())?;
         changes.extend(changed.into_iter().map(|c| (name, c)));
+        warnings.extend(dangerous_settings(&mangled).into_iter().map(|w| (name, w)));
     }
     for name in ["pg_hba.conf", "pg_ident.conf"] {
         if !dest.join(name).exists() {
@@ -316,6 +318,15 @@ fn run(ctx: &mut Ctx, s: &ServerConfig, a: &RecoverArgs) -> Result<(), Stop> {
         ctx.out.info("");
         for (file, c) in &changes {
             ctx.out.info(format!("{file} line {}: {} = {}", c.line, c.key, c.value.unwrap_or("None")));
+        }
+    }
+    if !warnings.is_empty() {
+        ctx.out.info("");
+        ctx.out.info("WARNING");
+        ctx.out.info("You are required to review the following options as potentially dangerous");
+        ctx.out.info("");
+        for (file, (line, key, value)) in &warnings {
+            ctx.out.info(format!("{file} line {line}: {key} = {value}"));
         }
     }
     if !missing.is_empty() {

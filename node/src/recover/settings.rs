@@ -152,6 +152,45 @@ pub fn mangle(content: &[u8], append: &[String]) -> (Vec<u8>, Vec<Mangled>) {
     (out, changed)
 }
 
+/// Settings a recovered cluster may not want as they are (paths of the source
+/// host): Barman's `ConfigIssueDetection.DANGEROUS_OPTIONS`.
+const DANGEROUS: [&str; 14] = [
+    "data_directory",
+    "config_file",
+    "hba_file",
+    "ident_file",
+    "external_pid_file",
+    "ssl_cert_file",
+    "ssl_key_file",
+    "ssl_ca_file",
+    "ssl_crl_file",
+    "unix_socket_directory",
+    "unix_socket_directories",
+    "include",
+    "include_dir",
+    "include_if_exists",
+];
+
+/// Barman's `detect_issues`: `(0-based line, key, value as written)` of every
+/// dangerous setting in `content`.
+pub fn dangerous_settings(content: &[u8]) -> Vec<(usize, String, String)> {
+    let mut out = Vec::new();
+    for (n, line) in content.split_inclusive(|b| *b == b'\n').enumerate() {
+        let Some(key) = setting_key(line) else { continue };
+        let key = String::from_utf8_lossy(key).into_owned();
+        if !DANGEROUS.contains(&key.as_str()) {
+            continue;
+        }
+        let text = String::from_utf8_lossy(line);
+        let text = text.strip_suffix('\n').unwrap_or(&text);
+        let after_key = &text[text.find(&key).map_or(0, |i| i + key.len())..];
+        let rest = after_key.trim_start();
+        let rest = rest.strip_prefix('=').unwrap_or(rest).trim_start();
+        out.push((n, key, rest.to_string()));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,5 +202,15 @@ mod tests {
         assert_eq!(setting_key(b"#archive_command = 'x'\n"), Some(&b"#archive_command"[..]));
         assert_eq!(setting_key(b"\n"), None);
         assert_eq!(setting_key(b"   \n"), None);
+    }
+
+    #[test]
+    fn dangerous_settings_with_their_values() {
+        let got =
+            dangerous_settings(b"port = 5432\n  data_directory = '/srv/pg'\ninclude_dir 'conf.d'\n#hba_file = 'x'\n");
+        assert_eq!(
+            got,
+            vec![(1, "data_directory".into(), "'/srv/pg'".into()), (2, "include_dir".into(), "'conf.d'".into())]
+        );
     }
 }
