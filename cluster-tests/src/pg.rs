@@ -300,6 +300,16 @@ impl PgCluster {
         Ok(())
     }
 
+    /// Stops PostgreSQL as a crash would (`pg_ctl -m immediate`): no shutdown
+    /// checkpoint, nothing more sent to clients or standbys.
+    pub fn crash(&mut self) -> Result<()> {
+        let mut cmd = self.pg_ctl();
+        cmd.args(["-w", "-t", "60", "-m", "immediate", "stop"]);
+        run(as_pg_user(&mut cmd)?, "pg_ctl stop -m immediate").map_err(|e| self.with_log(e))?;
+        self.running = false;
+        Ok(())
+    }
+
     /// Promotes a standby and waits until it accepts writes.
     pub fn promote(&self) -> Result<()> {
         let mut cmd = self.pg_ctl();

@@ -191,3 +191,182 @@ fn recover_writes_what_barman_writes() {
         assert_eq!(norm(&ours.stdout, &ours_dir), norm(&theirs.stdout, &theirs_dir), "{case}: output");
     }
 }
+
+/// A configuration for server `pg` run as the PostgreSQL OS user, so that the
+/// recovered cluster's restore_command (`barman get-wal`) can read the archive.
+fn config_as_pg_user(env: &Env, server: &str) {
+    let user = cluster_tests::util::pg_os_user().unwrap();
+    fs::write(
+        &env.config,
+        format!(
+            "[barman]\nbarman_home = {}\nbarman_user = {}\nlog_file = {}/barman.log\nlog_level = DEBUG\n\n{server}",
+            env.home.display(),
+            user.name,
+            env.home.display()
+        ),
+    )
+    .unwrap();
+    if cluster_tests::util::is_root() {
+        let st = std::process::Command::new("chown")
+            .arg("-R")
+            .arg(format!("{}:{}", user.uid, user.gid))
+            .arg(&env.home)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        // The PostgreSQL user reads the configuration and runs our binaries.
+        for p in [env.config.as_path(), env.path()] {
+            std::os::unix::fs::chown(p, Some(user.uid), Some(user.gid)).unwrap();
+        }
+    }
+}
+
+/// Commits one row per transaction until the server goes away; every row the
+/// server acknowledged is counted.
+fn writer(conninfo: String, acked: std::sync::Arc<std::sync::atomic::AtomicU64>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let Ok((client, conn)) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await else { return };
+            tokio::spawn(conn);
+            for n in 1u64.. {
+                if client.execute("INSERT INTO acks VALUES ($1)", &[&(n as i64)]).await.is_err() {
+                    return;
+                }
+                acked.store(n, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+    })
+}
+
+/// A crash of the primary while a synchronous streamer receives its WAL: a
+/// recovery to the end with get-wal (which serves the streamer's last
+/// `.partial`) holds every commit the primary acknowledged.
+#[test]
+fn recovery_to_the_end_holds_every_commit_the_synchronous_streamer_acknowledged() {
+    let env = Env::new();
+    let mut pg = PgCluster::start(
+        env.path(),
+        cluster_tests::pg::PgOptions {
+            conf: vec![("synchronous_standby_names".into(), "'barman_receive_wal'".into())],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    config_as_pg_user(
+        &env,
+        &format!(
+            "[pg]\nconninfo = {ci}\nstreaming_conninfo = {ci}\nbackup_method = postgres\nstreaming_archiver = on\n\
+             slot_name = barman\ncreate_slot = auto\nimmediate_checkpoint = true\n",
+            ci = pg.conninfo()
+        ),
+    );
+    let mut receiver = env
+        .barman_cmd(&["receive-wal", "pg"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    cluster_tests::util::wait_until(Duration::from_secs(30), "the synchronous streamer", || {
+        pg.psql("SELECT sync_state FROM pg_stat_replication WHERE application_name = 'barman_receive_wal'")
+            .is_ok_and(|v| v == "sync")
+    })
+    .unwrap();
+    pg.psql("CREATE TABLE acks (n bigint PRIMARY KEY)").unwrap();
+    pg.pgbench(&["-i", "-s", "1", "-q"]).unwrap();
+    pg.switch_wal().unwrap();
+    env.barman(&["backup", "pg", "--wait", "--wait-timeout", "60"]).ok();
+
+    let acked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let w = writer(pg.conninfo(), acked.clone());
+    std::thread::sleep(Duration::from_secs(3));
+    pg.crash().unwrap();
+    w.join().unwrap();
+    let acked = acked.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(acked > 10, "the writer committed {acked} rows");
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = receiver.kill();
+    let _ = receiver.wait();
+    let partial = fs::read_dir(env.server_dir("pg").join("streaming"))
+        .unwrap()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().ends_with(".partial"));
+    assert!(partial, "the streamer kept the segment it was writing as .partial");
+
+    let dir = env.path().join("restored");
+    let data = dir.join("data");
+    let out = env.barman(&["recover", "pg", "latest", &data.display().to_string(), "--get-wal"]);
+    out.ok();
+    let auto = fs::read_to_string(data.join("postgresql.auto.conf")).unwrap();
+    assert!(auto.contains("restore_command = 'barman get-wal -P pg %f > %p'"), "{auto}");
+    // The generated command relies on barman in PATH and the default configuration;
+    // here the same command names our binary and configuration.
+    fs::write(
+        data.join("postgresql.auto.conf"),
+        format!(
+            "{auto}restore_command = '{} -c {} get-wal -P pg %f > %p'\n",
+            env.bin.join("barman").display(),
+            env.config.display()
+        ),
+    )
+    .unwrap();
+    let r = PgCluster::adopt(&dir, &[], "").unwrap();
+    cluster_tests::util::wait_until(Duration::from_secs(60), "end of recovery", || {
+        r.psql("SELECT pg_is_in_recovery()").is_ok_and(|v| v == "f")
+    })
+    .unwrap();
+    let got = r.psql("SELECT count(*), coalesce(max(n), 0) FROM acks").unwrap();
+    let (count, max) = got.split_once('|').unwrap();
+    let (count, max): (u64, u64) = (count.parse().unwrap(), max.parse().unwrap());
+    assert!(max >= acked, "acknowledged {acked}, recovered up to {max}");
+    assert_eq!(count, max, "no acknowledged row is missing");
+}
+
+/// `--standby-mode` with get-wal: a standby that keeps replaying what the
+/// archive receives after the recovery.
+#[test]
+fn a_standby_mode_recovery_follows_the_archive() {
+    let env = Env::new();
+    let pg = env.archiving_primary(&[]);
+    pg.pgbench(&["-i", "-s", "1", "-q"]).unwrap();
+    config_as_pg_user(
+        &env,
+        &format!(
+            "[pg]\nconninfo = {}\nbackup_method = postgres\narchiver = on\nimmediate_checkpoint = true\n",
+            pg.conninfo()
+        ),
+    );
+    pg.switch_wal().unwrap();
+    env.barman(&["backup", "pg", "--wait", "--wait-timeout", "60"]).ok();
+    let dir = env.path().join("standby");
+    let data = dir.join("data");
+    env.barman(&["recover", "pg", "latest", &data.display().to_string(), "--get-wal", "--standby-mode"]).ok();
+    assert!(data.join("standby.signal").exists());
+    let auto = fs::read_to_string(data.join("postgresql.auto.conf")).unwrap();
+    assert!(auto.contains("restore_command = 'barman get-wal  pg %f > %p'"), "{auto}");
+    fs::write(
+        data.join("postgresql.auto.conf"),
+        format!(
+            "{auto}restore_command = '{} -c {} get-wal pg %f > %p'\n",
+            env.bin.join("barman").display(),
+            env.config.display()
+        ),
+    )
+    .unwrap();
+    let standby = PgCluster::adopt(&dir, &[], "hot_standby = on\nwal_retrieve_retry_interval = '1s'").unwrap();
+    // New writes on the primary reach the standby only through the archive.
+    for round in 0..2 {
+        pg.pgbench(&["-n", "-t", "200"]).unwrap();
+        let lsn = pg.psql("SELECT pg_current_wal_lsn()").unwrap();
+        pg.switch_wal().unwrap();
+        cluster_tests::util::wait_until(Duration::from_secs(60), "the archive to receive the segment", || {
+            env.barman(&["archive-wal", "pg"]);
+            standby.wait_replay(&lsn, Duration::from_secs(1)).is_ok()
+        })
+        .unwrap();
+        let q = "SELECT count(*) FROM pgbench_history";
+        assert_eq!(standby.psql(q).unwrap(), pg.psql(q).unwrap(), "round {round}");
+    }
+    assert_eq!(standby.psql("SELECT pg_is_in_recovery()").unwrap(), "t");
+}
