@@ -370,3 +370,111 @@ fn a_standby_mode_recovery_follows_the_archive() {
     }
     assert_eq!(standby.psql("SELECT pg_is_in_recovery()").unwrap(), "t");
 }
+
+/// Bad requests: one error line each, and nothing written.
+#[test]
+fn recover_refuses_bad_requests_with_one_line() {
+    let env = Env::new();
+    let pg = env.archiving_primary(&[]);
+    pg.pgbench(&["-i", "-s", "1", "-q"]).unwrap();
+    env.write_config(&format!(
+        "[pg]\nconninfo = {}\nbackup_method = postgres\narchiver = on\nimmediate_checkpoint = true\n",
+        pg.conninfo()
+    ));
+    pg.switch_wal().unwrap();
+    env.barman(&["backup", "pg", "--wait"]).ok();
+    let dest = env.path().join("dest");
+    let d = dest.display().to_string();
+    let refused = |args: &[&str], want: &str| {
+        let mut a = vec!["recover"];
+        a.extend_from_slice(args);
+        let out = env.barman(&a);
+        assert_eq!(out.code, 1, "{args:?}: {}", out.stdout);
+        assert!(out.stderr.contains(want) && out.stderr.lines().count() == 1, "{args:?}: {}", out.stderr);
+    };
+    refused(
+        &["pg", "latest", &d, "--target-name", "x", "--target-xid", "5"],
+        "ERROR: You cannot specify multiple targets for the recovery operation",
+    );
+    refused(
+        &["pg", "latest", &d, "--target-action", "promote"],
+        "ERROR: Can't enable recovery target action when PITR is not required",
+    );
+    refused(&["pg", "latest", &d, "--target-time", "2000-01-01 00:00:00+00:00"], "is before the backup end time");
+    refused(&["pg", "latest", &d, "--tablespace", "nope:/tmp/x"], "ERROR: Invalid tablespace name 'nope'");
+    refused(
+        &["pg", "auto", &d, "--target-xid", "5"],
+        "'target_xid' recovery target is not allowed without a backup_id.",
+    );
+    refused(
+        &["pg", "auto", &d, "--target-time", "2000-01-01 00:00:00+00:00"],
+        "ERROR: Cannot find any candidate backup for recovery.",
+    );
+    refused(&["pg", "20200101T000000", &d], "ERROR: Unknown backup '20200101T000000' for server 'pg'");
+    assert!(!dest.exists(), "nothing written");
+    fs::create_dir_all(&dest).unwrap();
+    fs::write(dest.join("postmaster.pid"), "12345\n").unwrap();
+    refused(&["pg", "latest", &d], "(it holds postmaster.pid): stop it and choose an empty destination");
+    fs::remove_file(dest.join("postmaster.pid")).unwrap();
+    fs::write(dest.join("PG_VERSION"), "15\n").unwrap();
+    refused(&["pg", "latest", &d], &format!("ERROR: Destination directory '{d}' must be empty"));
+    assert_eq!(fs::read_dir(&dest).unwrap().count(), 1, "the destination is left as it was");
+    // A destination too small for the cluster.
+    let small = env.path().join("small");
+    let Some(_mount) = cluster_tests::util::small_filesystem(&small, 2).unwrap() else { return };
+    let s = small.join("data").display().to_string();
+    refused(&["pg", "latest", &s], "available");
+    // `auto` finds the backup for a later target time.
+    env.barman(&[
+        "recover",
+        "pg",
+        "auto",
+        &env.path().join("auto").display().to_string(),
+        "--target-time",
+        "2999-01-01 00:00:00+00:00",
+    ])
+    .ok();
+}
+
+/// A compressed tar backup with a tablespace, recovered with the tablespace
+/// relocated: the same tables as the source.
+#[test]
+fn recover_unpacks_a_compressed_tar_backup_and_relocates_its_tablespace() {
+    let env = Env::new();
+    let pg = env.archiving_primary(&[]);
+    env.tablespace(&pg);
+    pg.pgbench(&["-i", "-s", "2", "-q", "--tablespace=ts"]).unwrap();
+    pg.psql("CREATE TABLE marker (i int)").unwrap();
+    env.write_config(&format!(
+        "[pg]\nconninfo = {}\nbackup_method = postgres\narchiver = on\nimmediate_checkpoint = true\nbackup_compression = lz4\n",
+        pg.conninfo()
+    ));
+    pg.switch_wal().unwrap();
+    env.barman(&["backup", "pg", "--wait"]).ok();
+    pg.pgbench(&["-n", "-t", "300"]).unwrap();
+    let want = pg.psql(CHECKSUMS).unwrap();
+    pg.switch_wal().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    env.barman(&["archive-wal", "pg"]).ok();
+    let dir = env.path().join("restored");
+    let ts = env.path().join("restored_ts");
+    let out = env.barman(&[
+        "recover",
+        "pg",
+        "latest",
+        &dir.join("data").display().to_string(),
+        "--tablespace",
+        &format!("ts:{}", ts.display()),
+    ]);
+    out.ok();
+    let oid = pg.psql("SELECT oid FROM pg_tablespace WHERE spcname = 'ts'").unwrap();
+    assert!(out.stdout.contains(&format!("\t{oid}, ts, {}", ts.display())), "{}", out.stdout);
+    assert_eq!(fs::read_link(dir.join("data/pg_tblspc").join(&oid)).unwrap(), ts);
+    assert!(!dir.join("data/tablespace_map").exists(), "the links replace the map");
+    let r = PgCluster::adopt(&dir, &[&ts], "").unwrap();
+    cluster_tests::util::wait_until(Duration::from_secs(60), "end of recovery", || {
+        r.psql("SELECT pg_is_in_recovery()").is_ok_and(|v| v == "f")
+    })
+    .unwrap();
+    assert_eq!(r.psql(CHECKSUMS).unwrap(), want);
+}

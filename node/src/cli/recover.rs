@@ -105,7 +105,7 @@ fn run(ctx: &mut Ctx, s: &ServerConfig, a: &RecoverArgs) -> Result<(), Stop> {
     }
     let l = ServerLayout::new(&ctx.cfg.global, s);
     let all = backups::load(&l)?;
-    let b = resolve(&all, a, &s.name)?;
+    let b = resolve(ctx, &l, &all, a, &s.name)?;
     if !b.is_copy_done() {
         return Err(Stop(format!(
             "Cannot restore from backup '{}' of server '{}': backup status is not DONE",
@@ -134,6 +134,13 @@ fn run(ctx: &mut Ctx, s: &ServerConfig, a: &RecoverArgs) -> Result<(), Stop> {
     let location = |name: &str, original: &str| {
         relocated.iter().find(|(n, _)| n == name).map_or(original.to_string(), |(_, l)| l.clone())
     };
+    if dest.join("postmaster.pid").exists() {
+        return Err(Stop(format!(
+            "A PostgreSQL server may be running in '{}' (it holds postmaster.pid): stop it and choose an empty \
+             destination",
+            dest.display()
+        )));
+    }
     if !is_empty_dir(&dest) {
         return Err(Stop(format!("Destination directory '{}' must be empty", dest.display())));
     }
@@ -144,6 +151,19 @@ fn run(ctx: &mut Ctx, s: &ServerConfig, a: &RecoverArgs) -> Result<(), Stop> {
         }
     }
     let segsize = SegmentSize::new(b.info.xlog_segment_size).map_err(|e| Stop(e.to_string()))?;
+    // Room for the data directory at least (tar backups unpack to about their cluster size).
+    let need = b.info.cluster_size.or(b.info.size).unwrap_or(0);
+    if let Some(free) = free_bytes(&dest)
+        && free < need
+    {
+        return Err(Stop(format!(
+            "Not enough free space in '{}' for backup {}: {} needed, {} available",
+            dest.display(),
+            b.id,
+            super::check::pretty_size(need),
+            super::check::pretty_size(free)
+        )));
+    }
 
     // Targets (Barman's _set_pitr_targets).
     let mut targets = Targets {
@@ -359,23 +379,61 @@ fn run(ctx: &mut Ctx, s: &ServerConfig, a: &RecoverArgs) -> Result<(), Stop> {
     Ok(())
 }
 
-/// The backup, by id, shortcut or name; `auto` picks the newest copy-done backup.
-fn resolve(all: &[Backup], a: &RecoverArgs, server: &str) -> Result<Backup, Stop> {
-    if a.backup_id == "auto" {
-        if a.target_xid.is_some() || a.target_name.is_some() || a.target_immediate {
-            return Err(Stop(
-                "For PITR without a backup_id, the only possible recovery targets are target_time and target_lsn."
-                    .into(),
-            ));
-        }
-        return all
-            .iter()
-            .rev()
-            .find(|b| b.is_copy_done())
-            .cloned()
-            .ok_or_else(|| Stop("Cannot find any candidate backup for recovery.".into()));
+/// The backup, by id, shortcut or name; `auto` as Barman's candidate search:
+/// the newest copy-done backup that ended before the target time or LSN, on
+/// the target timeline if one is given.
+fn resolve(ctx: &mut Ctx, l: &ServerLayout, all: &[Backup], a: &RecoverArgs, server: &str) -> Result<Backup, Stop> {
+    if a.backup_id != "auto" {
+        return backups::resolve(all, &a.backup_id, server).cloned().map_err(Stop);
     }
-    backups::resolve(all, &a.backup_id, server).cloned().map_err(Stop)
+    let which = [
+        ("target_immediate", a.target_immediate),
+        ("target_xid", a.target_xid.is_some()),
+        ("target_name", a.target_name.is_some()),
+    ];
+    if let Some((opt, _)) = which.iter().find(|(_, set)| *set) {
+        return Err(Stop(format!(
+            "For PITR without a backup_id, the only possible recovery targets are target_time and target_lsn. \
+             '{opt}' recovery target is not allowed without a backup_id."
+        )));
+    }
+    let tli = match a.target_tli.as_deref() {
+        None => None,
+        Some("current") => {
+            return Err(Stop("'current' is not a valid timeline keyword when recovering without a backup_id".into()));
+        }
+        // The newest timeline the archive has.
+        Some("latest") => Some(read_xlogdb(l)?.iter().map(|e| e.name.timeline().0).max().unwrap_or(1)),
+        Some(raw) => Some(raw.parse::<u32>().map_err(|_| Stop(format!("'{raw}' is not a valid timeline")))?),
+    };
+    let time = a.target_time.as_deref().map(|t| parse_target_time(ctx, t)).transpose()?;
+    let lsn = a
+        .target_lsn
+        .as_deref()
+        .map(|v| v.parse::<Lsn>().map_err(|_| Stop(format!("'{v}' is not a valid LSN"))))
+        .transpose()?;
+    all.iter()
+        .rev()
+        .filter(|b| b.is_copy_done())
+        .filter(|b| time.is_none_or(|t| b.info.end_time.is_some_and(|e| e <= t)))
+        .filter(|b| lsn.is_none_or(|t| b.info.end_xlog.is_some_and(|e| e <= t)))
+        .find(|b| tli.is_none_or(|t| b.info.timeline == Some(t)))
+        .cloned()
+        .ok_or_else(|| Stop("Cannot find any candidate backup for recovery.".into()))
+}
+
+/// Bytes free for an unprivileged writer on the filesystem holding `p` (or its
+/// nearest existing parent).
+fn free_bytes(p: &Path) -> Option<u64> {
+    let mut dir = p;
+    while !dir.exists() {
+        dir = dir.parent()?;
+    }
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: statvfs fills the zeroed struct for a NUL-terminated path.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 /// `--target-tli`: a number, `current` (the backup's) or `latest` (the newest archived).
