@@ -221,6 +221,16 @@ fn config_as_pg_user(env: &Env, server: &str) {
     }
 }
 
+/// Checks the generated restore_command, then appends the same command naming
+/// our binary and configuration (the generated one relies on `barman` in PATH
+/// and its default configuration file).
+fn name_our_barman(env: &Env, data: &Path, generated: &str, args: &str) {
+    let auto = fs::read_to_string(data.join("postgresql.auto.conf")).unwrap();
+    assert!(auto.contains(&format!("restore_command = '{generated}'")), "{auto}");
+    let ours = format!("{} -c {} {args}", env.bin.join("barman").display(), env.config.display());
+    fs::write(data.join("postgresql.auto.conf"), format!("{auto}restore_command = '{ours}'\n")).unwrap();
+}
+
 /// Commits one row per transaction until the server goes away; every row the
 /// server acknowledged is counted.
 fn writer(conninfo: String, acked: std::sync::Arc<std::sync::atomic::AtomicU64>) -> std::thread::JoinHandle<()> {
@@ -298,19 +308,7 @@ fn recovery_to_the_end_holds_every_commit_the_synchronous_streamer_acknowledged(
     let data = dir.join("data");
     let out = env.barman(&["recover", "pg", "latest", &data.display().to_string(), "--get-wal"]);
     out.ok();
-    let auto = fs::read_to_string(data.join("postgresql.auto.conf")).unwrap();
-    assert!(auto.contains("restore_command = 'barman get-wal -P pg %f > %p'"), "{auto}");
-    // The generated command relies on barman in PATH and the default configuration;
-    // here the same command names our binary and configuration.
-    fs::write(
-        data.join("postgresql.auto.conf"),
-        format!(
-            "{auto}restore_command = '{} -c {} get-wal -P pg %f > %p'\n",
-            env.bin.join("barman").display(),
-            env.config.display()
-        ),
-    )
-    .unwrap();
+    name_our_barman(&env, &data, "barman get-wal -P pg %f > %p", "get-wal -P pg %f > %p");
     let r = PgCluster::adopt(&dir, &[], "").unwrap();
     cluster_tests::util::wait_until(Duration::from_secs(60), "end of recovery", || {
         r.psql("SELECT pg_is_in_recovery()").is_ok_and(|v| v == "f")
@@ -343,17 +341,7 @@ fn a_standby_mode_recovery_follows_the_archive() {
     let data = dir.join("data");
     env.barman(&["recover", "pg", "latest", &data.display().to_string(), "--get-wal", "--standby-mode"]).ok();
     assert!(data.join("standby.signal").exists());
-    let auto = fs::read_to_string(data.join("postgresql.auto.conf")).unwrap();
-    assert!(auto.contains("restore_command = 'barman get-wal  pg %f > %p'"), "{auto}");
-    fs::write(
-        data.join("postgresql.auto.conf"),
-        format!(
-            "{auto}restore_command = '{} -c {} get-wal pg %f > %p'\n",
-            env.bin.join("barman").display(),
-            env.config.display()
-        ),
-    )
-    .unwrap();
+    name_our_barman(&env, &data, "barman get-wal  pg %f > %p", "get-wal pg %f > %p");
     let standby = PgCluster::adopt(&dir, &[], "hot_standby = on\nwal_retrieve_retry_interval = '1s'").unwrap();
     // New writes on the primary reach the standby only through the archive.
     for round in 0..2 {

@@ -223,15 +223,7 @@ impl<'a> Run<'a> {
 
     fn hook_env(&self) -> Vec<(&'static str, String)> {
         let all = backups::load(self.layout).unwrap_or_default();
-        let (prev, next) = backups::neighbours(&all, &self.id);
-        vec![
-            ("BARMAN_BACKUP_DIR", self.backup_dir().display().to_string()),
-            ("BARMAN_BACKUP_INFO_PATH", self.path.display().to_string()),
-            ("BARMAN_BACKUP_ID", self.id.clone()),
-            ("BARMAN_PREVIOUS_ID", prev.unwrap_or_default()),
-            ("BARMAN_NEXT_ID", next.unwrap_or_default()),
-            ("BARMAN_STATUS", self.info.status.clone()),
-        ]
+        super::backups::backup_hook_env(self.layout, &all, &self.id, &self.path, &self.info.status)
     }
 
     fn execute(&mut self) {

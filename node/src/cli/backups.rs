@@ -229,3 +229,22 @@ pub fn list_backups(ctx: &mut Ctx, names: &[String], minimal: bool) {
         }
     }
 }
+
+/// The variables every backup-related hook gets (Barman's `env_from_backup_info`).
+pub fn backup_hook_env(
+    l: &ServerLayout,
+    all: &[Backup],
+    id: &str,
+    info_path: &std::path::Path,
+    status: &str,
+) -> Vec<(&'static str, String)> {
+    let (prev, next) = backups::neighbours(all, id);
+    vec![
+        ("BARMAN_BACKUP_DIR", l.base_dir.join(id).display().to_string()),
+        ("BARMAN_BACKUP_INFO_PATH", info_path.display().to_string()),
+        ("BARMAN_BACKUP_ID", id.to_string()),
+        ("BARMAN_PREVIOUS_ID", prev.unwrap_or_default()),
+        ("BARMAN_NEXT_ID", next.unwrap_or_default()),
+        ("BARMAN_STATUS", status.to_string()),
+    ]
+}

@@ -44,16 +44,9 @@ fn is_orphan(l: &ServerLayout, b: &Backup) -> bool {
 }
 
 fn hook_env(l: &ServerLayout, all: &[Backup], b: &Backup) -> Vec<(&'static str, String)> {
-    let (prev, next) = backups::neighbours(all, &b.id);
-    vec![
-        ("BARMAN_BACKUP_DIR", l.base_dir.join(&b.id).display().to_string()),
-        ("BARMAN_BACKUP_INFO_PATH", b.path.display().to_string()),
-        ("BARMAN_BACKUP_ID", b.id.clone()),
-        ("BARMAN_PREVIOUS_ID", prev.unwrap_or_default()),
-        ("BARMAN_NEXT_ID", next.unwrap_or_default()),
-        ("BARMAN_STATUS", b.info.status.clone()),
-        ("BARMAN_ERROR", b.info.error.clone().unwrap_or_default()),
-    ]
+    let mut env = super::backups::backup_hook_env(l, all, &b.id, &b.path, &b.info.status);
+    env.push(("BARMAN_ERROR", b.info.error.clone().unwrap_or_default()));
+    env
 }
 
 /// Barman's `should_remove_wals`: WAL goes only when no older backup needs it

@@ -590,7 +590,6 @@ fn hook_env(
     relocated: &[(String, String)],
     a: &RecoverArgs,
 ) -> Vec<(&'static str, String)> {
-    let (prev, next) = backups::neighbours(all, &b.id);
     let tablespaces = if relocated.is_empty() {
         String::new()
     } else {
@@ -622,16 +621,12 @@ fn hook_env(
     }
     let recover_options =
         if opts.is_empty() { String::new() } else { serde_json::to_string(&opts).unwrap_or_default() };
-    vec![
-        ("BARMAN_BACKUP_DIR", l.base_dir.join(&b.id).display().to_string()),
-        ("BARMAN_BACKUP_INFO_PATH", b.path.display().to_string()),
-        ("BARMAN_BACKUP_ID", b.id.clone()),
-        ("BARMAN_PREVIOUS_ID", prev.unwrap_or_default()),
-        ("BARMAN_NEXT_ID", next.unwrap_or_default()),
-        ("BARMAN_STATUS", b.info.status.clone()),
+    let mut env = super::backups::backup_hook_env(l, all, &b.id, &b.path, &b.info.status);
+    env.extend([
         ("BARMAN_DESTINATION_DIRECTORY", dest.display().to_string()),
         ("BARMAN_TABLESPACES", tablespaces),
         ("BARMAN_REMOTE_COMMAND", a.remote_ssh_command.clone().unwrap_or_default()),
         ("BARMAN_RECOVER_OPTIONS", recover_options),
-    ]
+    ]);
+    env
 }
