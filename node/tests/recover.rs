@@ -119,9 +119,13 @@ fn recover_writes_what_barman_writes() {
     pg.pgbench(&["-i", "-s", "1", "-q"]).unwrap();
     // Something for the mangling to find in both configuration files.
     pg.psql("ALTER SYSTEM SET recovery_target_timeline = 'latest'").unwrap();
+    let hooks = env.path().join("hooks");
+    fs::create_dir_all(&hooks).unwrap();
     env.write_config(&format!(
-        "[pg]\nconninfo = {}\nbackup_method = postgres\narchiver = on\nimmediate_checkpoint = true\n",
-        pg.conninfo()
+        "[pg]\nconninfo = {}\nbackup_method = postgres\narchiver = on\nimmediate_checkpoint = true\n\
+         pre_recovery_script = env | grep ^BARMAN_ | sort > {}/$(basename $BARMAN_DESTINATION_DIRECTORY).env\n",
+        pg.conninfo(),
+        hooks.display()
     ));
     pg.switch_wal().unwrap();
     env.barman(&["backup", "pg", "--wait"]).ok();
@@ -189,6 +193,18 @@ fn recover_writes_what_barman_writes() {
                 .collect()
         };
         assert_eq!(norm(&ours.stdout, &ours_dir), norm(&theirs.stdout, &theirs_dir), "{case}: output");
+        // The recovery hook's environment, but for the destination's own name.
+        let hook_env = |d: &Path| {
+            let name = d.file_name().unwrap().to_string_lossy().into_owned();
+            fs::read_to_string(hooks.join(format!("{name}.env"))).unwrap().replace(&d.display().to_string(), "DEST")
+        };
+        let strip = |s: String| -> String {
+            s.lines()
+                .filter(|l| !l.starts_with("BARMAN_TEST_") && !l.starts_with("BARMAN_REFERENCE_"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        assert_eq!(strip(hook_env(&ours_dir)), strip(hook_env(&theirs_dir)), "{case}: pre_recovery_script environment");
     }
 }
 

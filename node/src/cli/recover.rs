@@ -595,7 +595,7 @@ fn hook_env(
     } else {
         let sorted: std::collections::BTreeMap<&str, &str> =
             relocated.iter().map(|(n, loc)| (n.as_str(), loc.as_str())).collect();
-        serde_json::to_string(&sorted).unwrap_or_default()
+        crate::catalog::pyjson::dumps(&serde_json::json!(sorted), None, true)
     };
     let mut opts = std::collections::BTreeMap::new();
     for (k, v) in [
@@ -619,8 +619,11 @@ fn hook_env(
     if a.standby_mode {
         opts.insert("standby_mode", serde_json::json!(true));
     }
-    let recover_options =
-        if opts.is_empty() { String::new() } else { serde_json::to_string(&opts).unwrap_or_default() };
+    let recover_options = if opts.is_empty() {
+        String::new()
+    } else {
+        crate::catalog::pyjson::dumps(&serde_json::json!(opts), None, true)
+    };
     let mut env = super::backups::backup_hook_env(l, all, &b.id, &b.path, &b.info.status);
     env.extend([
         ("BARMAN_DESTINATION_DIRECTORY", dest.display().to_string()),
