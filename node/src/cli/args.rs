@@ -85,6 +85,66 @@ pub struct Servers {
     pub servers: Vec<String>,
 }
 
+/// `restore` / `recover`.
+#[derive(Debug, Clone, Args)]
+pub struct RestoreArgs {
+    pub server: String,
+    pub backup_id: String,
+    pub destination_directory: PathBuf,
+    /// Recover up to this time (with a time zone, else the local one)
+    #[arg(long = "target-time")]
+    pub target_time: Option<String>,
+    /// Recover up to this transaction id
+    #[arg(long = "target-xid")]
+    pub target_xid: Option<String>,
+    /// Recover up to this LSN
+    #[arg(long = "target-lsn")]
+    pub target_lsn: Option<String>,
+    /// Recover up to this restore point
+    #[arg(long = "target-name")]
+    pub target_name: Option<String>,
+    /// End recovery as soon as the backup is consistent
+    #[arg(long = "target-immediate")]
+    pub target_immediate: bool,
+    /// The timeline to recover (a number, current or latest)
+    #[arg(long = "target-tli")]
+    pub target_tli: Option<String>,
+    /// What PostgreSQL does at the target: pause, shutdown or promote
+    #[arg(long = "target-action")]
+    pub target_action: Option<String>,
+    /// Stop just before the target
+    #[arg(long = "exclusive")]
+    pub exclusive: bool,
+    /// Start as a standby (standby.signal)
+    #[arg(long = "standby-mode")]
+    pub standby_mode: bool,
+    /// Fetch WAL with barman get-wal during recovery
+    #[arg(long = "get-wal", overrides_with = "no_get_wal")]
+    pub get_wal: bool,
+    /// Copy the WAL the targets need instead
+    #[arg(long = "no-get-wal")]
+    pub no_get_wal: bool,
+    /// NAME:LOCATION of a tablespace's destination (repeatable)
+    #[arg(long = "tablespace")]
+    pub tablespace: Vec<String>,
+    /// Recover to another host through this ssh command
+    #[arg(long = "remote-ssh-command")]
+    pub remote_ssh_command: Option<String>,
+}
+
+impl RestoreArgs {
+    /// `--get-wal` / `--no-get-wal`, or neither (then `recovery_options` decides).
+    pub fn get_wal_choice(&self) -> Option<bool> {
+        if self.get_wal {
+            Some(true)
+        } else if self.no_get_wal {
+            Some(false)
+        } else {
+            None
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Archive the WAL files waiting in the incoming and streaming directories
@@ -289,50 +349,7 @@ pub enum Command {
     },
     /// Restore a backup into a PostgreSQL data directory (point in time recovery)
     #[command(alias = "recover")]
-    Restore {
-        server: String,
-        backup_id: String,
-        destination_directory: PathBuf,
-        /// Recover up to this time (with a time zone, else the local one)
-        #[arg(long = "target-time")]
-        target_time: Option<String>,
-        /// Recover up to this transaction id
-        #[arg(long = "target-xid")]
-        target_xid: Option<String>,
-        /// Recover up to this LSN
-        #[arg(long = "target-lsn")]
-        target_lsn: Option<String>,
-        /// Recover up to this restore point
-        #[arg(long = "target-name")]
-        target_name: Option<String>,
-        /// End recovery as soon as the backup is consistent
-        #[arg(long = "target-immediate")]
-        target_immediate: bool,
-        /// The timeline to recover (a number, current or latest)
-        #[arg(long = "target-tli")]
-        target_tli: Option<String>,
-        /// What PostgreSQL does at the target: pause, shutdown or promote
-        #[arg(long = "target-action")]
-        target_action: Option<String>,
-        /// Stop just before the target
-        #[arg(long = "exclusive")]
-        exclusive: bool,
-        /// Start as a standby (standby.signal)
-        #[arg(long = "standby-mode")]
-        standby_mode: bool,
-        /// Fetch WAL with barman get-wal during recovery
-        #[arg(long = "get-wal", overrides_with = "no_get_wal")]
-        get_wal: bool,
-        /// Copy the WAL the targets need instead
-        #[arg(long = "no-get-wal")]
-        no_get_wal: bool,
-        /// NAME:LOCATION of a tablespace's destination (repeatable)
-        #[arg(long = "tablespace")]
-        tablespace: Vec<String>,
-        /// Recover to another host through this ssh command
-        #[arg(long = "remote-ssh-command")]
-        remote_ssh_command: Option<String>,
-    },
+    Restore(RestoreArgs),
     /// Recreate the WAL catalogue from the files in the archive
     RebuildXlogdb {
         #[command(flatten)]

@@ -190,49 +190,7 @@ fn dispatch(ctx: &mut Ctx, command: Command) {
         Command::ReplicationStatus { servers, minimal, target, source } => {
             replication_status::replication_status(ctx, &servers.servers, minimal, target, source)
         }
-        Command::Restore {
-            server,
-            backup_id,
-            destination_directory,
-            target_time,
-            target_xid,
-            target_lsn,
-            target_name,
-            target_immediate,
-            target_tli,
-            target_action,
-            exclusive,
-            standby_mode,
-            get_wal,
-            no_get_wal,
-            tablespace,
-            remote_ssh_command,
-        } => recover::recover(
-            ctx,
-            &recover::RecoverArgs {
-                server,
-                backup_id,
-                dest: destination_directory,
-                target_time,
-                target_xid,
-                target_lsn,
-                target_name,
-                target_immediate,
-                target_tli,
-                target_action,
-                exclusive,
-                standby_mode,
-                get_wal: if get_wal {
-                    Some(true)
-                } else if no_get_wal {
-                    Some(false)
-                } else {
-                    None
-                },
-                tablespaces: tablespace,
-                remote_ssh_command,
-            },
-        ),
+        Command::Restore(args) => recover::recover(ctx, &args),
         Command::RebuildXlogdb { servers } => wal::rebuild_xlogdb(ctx, &servers.servers),
         Command::ShowServers { servers } => servers::show_servers(ctx, &servers.servers),
         Command::ShowBackup { server, backup_id } => show_backup::show_backup(ctx, &server, &backup_id),

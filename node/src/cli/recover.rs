@@ -22,25 +22,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-/// The command line of `recover`.
-#[derive(Debug, Clone, Default)]
-pub struct RecoverArgs {
-    pub server: String,
-    pub backup_id: String,
-    pub dest: PathBuf,
-    pub target_time: Option<String>,
-    pub target_xid: Option<String>,
-    pub target_lsn: Option<String>,
-    pub target_name: Option<String>,
-    pub target_immediate: bool,
-    pub target_tli: Option<String>,
-    pub target_action: Option<String>,
-    pub exclusive: bool,
-    pub standby_mode: bool,
-    pub get_wal: Option<bool>,
-    pub tablespaces: Vec<String>,
-    pub remote_ssh_command: Option<String>,
-}
+use super::args::RestoreArgs as RecoverArgs;
 
 /// Why a recovery stops: one error line.
 struct Stop(String);
@@ -112,17 +94,21 @@ fn run(ctx: &mut Ctx, s: &ServerConfig, a: &RecoverArgs) -> Result<(), Stop> {
             a.backup_id, s.name
         )));
     }
-    if a.dest.to_string_lossy().contains(':') {
+    if a.destination_directory.to_string_lossy().contains(':') {
         return Err(Stop(format!(
             "The destination directory '{}' contains ':': for a remote recovery use --remote-ssh-command",
-            a.dest.display()
+            a.destination_directory.display()
         )));
     }
-    let dest = if a.dest.is_absolute() { a.dest.clone() } else { std::env::current_dir()?.join(&a.dest) };
+    let dest = if a.destination_directory.is_absolute() {
+        a.destination_directory.clone()
+    } else {
+        std::env::current_dir()?.join(&a.destination_directory)
+    };
     // --tablespace NAME:LOCATION, split at the first ':'.
     let spcs = b.info.tablespaces.clone().unwrap_or_default();
     let mut relocated: Vec<(String, String)> = Vec::new();
-    for rule in &a.tablespaces {
+    for rule in &a.tablespace {
         let Some((name, loc)) = rule.split_once(':') else {
             return Err(Stop(format!("Invalid tablespace relocation rule '{rule}': expected NAME:LOCATION")));
         };
@@ -208,7 +194,7 @@ fn run(ctx: &mut Ctx, s: &ServerConfig, a: &RecoverArgs) -> Result<(), Stop> {
     } else if a.target_action.is_some() {
         return Err(Stop("Can't enable recovery target action when PITR is not required".into()));
     }
-    let get_wal = a.get_wal.unwrap_or_else(|| s.opts.recovery_options.0.contains("get-wal"));
+    let get_wal = a.get_wal_choice().unwrap_or_else(|| s.opts.recovery_options.0.contains("get-wal"));
 
     // Barman: archive what waits first, then the pre hooks.
     super::wal::run_archiver(ctx, s, false);
