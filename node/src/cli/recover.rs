@@ -4,6 +4,7 @@
 //! where `--tablespace` says, the WAL the targets need copied (or get-wal as
 //! restore_command), the recovery settings and the configuration mangling.
 
+use super::args::RestoreArgs as RecoverArgs;
 use super::context::{Ctx, Pick};
 use crate::archive::get_wal::{Delivery, WalSource as ArchiveSource};
 use crate::archive::server::codecs_for;
@@ -21,8 +22,6 @@ use chrono::{DateTime, FixedOffset, Local, NaiveDateTime, TimeZone};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-
-use super::args::RestoreArgs as RecoverArgs;
 
 /// Why a recovery stops: one error line.
 struct Stop(String);
