@@ -47,8 +47,14 @@ impl Algorithm {
             _ => None,
         }
     }
-    /// A reader of the decompressed stream.
-    pub fn decoder<'a>(self, r: impl Read + 'a) -> io::Result<Box<dyn Read + 'a>> {
+    /// `r` decompressed with `algo`, or as it is without one.
+    pub fn decoded<'a>(algo: Option<Algorithm>, r: impl Read + 'a) -> io::Result<Box<dyn Read + 'a>> {
+        match algo {
+            None => Ok(Box::new(r)),
+            Some(a) => a.decoder(r),
+        }
+    }
+    fn decoder<'a>(self, r: impl Read + 'a) -> io::Result<Box<dyn Read + 'a>> {
         Ok(match self {
             Algorithm::Gzip => Box::new(flate2::read::MultiGzDecoder::new(r)),
             Algorithm::Lz4 => Box::new(lz4_flex::frame::FrameDecoder::new(r)),
@@ -173,16 +179,9 @@ impl StoreSpec {
                 .collect();
             let server = self.server;
             Ok(spawn(dest.display().to_string(), move |rx| {
-                let input = ChanReader::new(rx);
+                let input = Algorithm::decoded(server, ChanReader::new(rx)).map_err(io_at(&dest))?;
                 let relink = |target: &Path| links.iter().find(|(from, _)| from == target).map(|(_, to)| to.clone());
-                let got = match server {
-                    None => extract_tar_relinked(input, &dest, &relink)?,
-                    Some(a) => {
-                        let dec = a.decoder(input).map_err(io_at(&dest))?;
-                        extract_tar_relinked(dec, &dest, &relink)?
-                    }
-                };
-                Ok(got.bytes)
+                Ok(extract_tar_relinked(input, &dest, &relink)?.bytes)
             }))
         }
     }
@@ -202,10 +201,7 @@ impl StoreSpec {
         let p = self.base_archive();
         let f = File::open(&p).map_err(io_at(&p))?;
         let algo = self.server.or(self.client.map(|c| c.algorithm));
-        let input: Box<dyn Read> = match algo {
-            None => Box::new(f),
-            Some(a) => a.decoder(io::BufReader::new(f)).map_err(io_at(&p))?,
-        };
+        let input = Algorithm::decoded(algo, io::BufReader::new(f)).map_err(io_at(&p))?;
         let mut archive = tar::Archive::new(input);
         for entry in archive.entries().map_err(io_at(&p))? {
             let mut entry = entry.map_err(io_at(&p))?;

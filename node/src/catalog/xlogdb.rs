@@ -158,6 +158,12 @@ impl<'a> XlogDb<'a> {
         Ok(dropped)
     }
 
+    /// All entries, read under the lock taken here.
+    pub fn read_locked(&self) -> Result<Vec<XlogEntry>, XlogDbError> {
+        let held = self.lock()?;
+        self.read(&held)
+    }
+
     /// Whether the catalogue holds no line (a missing file counts as empty).
     pub fn is_empty(&self, _held: &Lock) -> Result<bool, XlogDbError> {
         match fs::metadata(self.path()) {

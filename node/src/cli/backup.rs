@@ -4,7 +4,7 @@
 //! or FAILED with the failing action recorded).
 
 use super::check;
-use super::context::{Ctx, Pick, runtime};
+use super::context::{Ctx, Pick, interrupted, runtime};
 use super::remote::APPLICATION_NAME;
 use crate::backup::check as wal_check;
 use crate::backup::copy::{CopyProgress, copy};
@@ -19,7 +19,7 @@ use crate::catalog::pyliteral::PyValue;
 use crate::catalog::wal_removal::{Protect, remove_wals};
 use crate::config::ServerConfig;
 use crate::config::types::{
-    BackupCompression, BackupCompressionFormat, BackupCompressionLocation, BackupMethod, ReuseBackup, human_duration,
+    BackupCompressionFormat, BackupCompressionLocation, BackupMethod, ReuseBackup, human_duration,
 };
 use crate::hooks::{Event, Hooks, Phase};
 use crate::postgres::replication::{BaseBackupOptions, ReplicationConnection};
@@ -80,9 +80,7 @@ pub fn check_backup_name(name: &str) -> Result<String, String> {
 
 pub fn backup(ctx: &mut Ctx, args: &BackupArgs) {
     let pick = Pick { skip_inactive: true, ..Pick::DEFAULT };
-    let mut servers = ctx.servers(&args.servers, pick);
-    servers.sort_by(|a, b| a.name.cmp(&b.name));
-    for s in servers {
+    for s in ctx.servers(&args.servers, pick) {
         if s.passive {
             ctx.out.info(format!("Skipping passive server '{}'", s.name));
             continue;
@@ -322,7 +320,7 @@ impl<'a> Run<'a> {
         // The copy.
         self.action = "copying files";
         self.ctx.out.info(format!("Starting backup copy via pg_basebackup protocol for {}", self.id));
-        let spec = self.store_spec()?;
+        let spec = self.store_spec();
         let copy_start = Local::now();
         let copied = self.copy_with_retries(&rt, &spec)?;
         let copy_secs = (Local::now() - copy_start).as_seconds_f64();
@@ -399,21 +397,16 @@ impl<'a> Run<'a> {
         self.s.opts.backup_compression.map_or("none", |c| c.as_str()).to_string()
     }
 
-    fn store_spec(&self) -> Result<StoreSpec, Failure> {
+    fn store_spec(&self) -> StoreSpec {
         let o = &self.s.opts;
-        let algo = match o.backup_compression {
-            None | Some(BackupCompression::None) => None,
-            Some(BackupCompression::Gzip) => Some(Algorithm::Gzip),
-            Some(BackupCompression::Lz4) => Some(Algorithm::Lz4),
-            Some(BackupCompression::Zstd) => Some(Algorithm::Zstd),
-        };
+        let algo = o.backup_compression.and_then(|c| Algorithm::from_name(c.as_str()));
         // pg_basebackup's default format is plain; Barman asks tar whenever compression is set.
         let tar = match o.backup_compression {
             None => false,
             Some(_) => o.backup_compression_format != Some(BackupCompressionFormat::Plain),
         };
         let server_side = o.backup_compression_location == Some(BackupCompressionLocation::Server);
-        let spec = StoreSpec {
+        StoreSpec {
             backup_dir: self.backup_dir(),
             tar,
             server: algo.filter(|_| server_side),
@@ -423,8 +416,7 @@ impl<'a> Run<'a> {
                 workers: o.backup_compression_workers.map(|w| w.max(0) as u32),
             }),
             tablespaces: self.info.tablespaces.iter().flatten().map(|t| (t.oid, t.location.clone())).collect(),
-        };
-        Ok(spec)
+        }
     }
 
     fn base_backup_options(&self, spec: &StoreSpec) -> BaseBackupOptions {
@@ -489,7 +481,8 @@ impl<'a> Run<'a> {
                     .map_err(|e| CopyFailure::Failed(e.to_string()))?;
                 let r = tokio::select! {
                     r = copy(&mut conn, &opts, spec, &mut draw) => r.map_err(|e| CopyFailure::Failed(e.to_string())),
-                    s = interrupted() => Err(CopyFailure::Interrupted(s)),
+                    // A backup stopped so is FAILED, not left STARTED.
+                    sig = interrupted() => Err(CopyFailure::Interrupted(format!("interrupted by {sig}"))),
                 };
                 if r.is_ok() {
                     conn.close().await;
@@ -558,10 +551,7 @@ impl<'a> Run<'a> {
         super::switch_wal::wait_for_wal(self.ctx, self.s, Some(&end), self.args.wait_timeout.unwrap_or(0));
         wal_check::check_wals(&self.info, &self.layout.wals_dir).apply(&mut self.info);
         if self.info.status == "FAILED" {
-            self.ctx.out.error(format!(
-                "This backup has been marked as FAILED due to the following reason: {}",
-                self.info.error.as_deref().unwrap_or_default()
-            ));
+            self.ctx.out.error(super::backups::marked_failed(&self.info));
         }
     }
 }
@@ -579,18 +569,6 @@ fn progress_line(p: CopyProgress) -> String {
             format!("{done_kb}/{} kB ({pct}%)", t / 1024)
         }
         None => format!("{done_kb} kB"),
-    }
-}
-
-/// Resolves on SIGINT or SIGTERM: a backup stopped so is FAILED, not left STARTED.
-async fn interrupted() -> String {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => "interrupted by SIGINT".into(),
-        _ = term.recv() => "interrupted by SIGTERM".into(),
     }
 }
 

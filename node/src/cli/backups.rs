@@ -45,6 +45,14 @@ pub fn fail_abandoned(l: &ServerLayout, b: &mut Backup) -> Result<bool, String> 
     saved.map(|()| true)
 }
 
+/// What check-backup says of a backup it has just marked FAILED.
+pub fn marked_failed(info: &crate::catalog::backup_info::BackupInfo) -> String {
+    format!(
+        "This backup has been marked as FAILED due to the following reason: {}",
+        info.error.as_deref().unwrap_or_default()
+    )
+}
+
 /// check-backup's work on one backup, under the backup-id lock.
 pub fn check_one(l: &ServerLayout, b: &mut Backup) -> Result<(), String> {
     let lock_path = l.lock_dir.join(LockKind::BackupId(b.id.clone()).file_name(&l.server));
@@ -69,10 +77,7 @@ pub fn check_one(l: &ServerLayout, b: &mut Backup) -> Result<(), String> {
     if b.info.status != before {
         b.info.save(&backups::meta_path(l, &b.id)).map_err(|e| e.to_string())?;
         if b.info.status == "FAILED" {
-            return Err(format!(
-                "This backup has been marked as FAILED due to the following reason: {}",
-                b.info.error.as_deref().unwrap_or_default()
-            ));
+            return Err(marked_failed(&b.info));
         }
     }
     Ok(())
@@ -146,8 +151,7 @@ pub fn wal_sizes(b: &Backup, next_end: Option<&str>, entries: &[XlogEntry]) -> (
 }
 
 fn read_xlogdb(l: &ServerLayout) -> Vec<XlogEntry> {
-    let db = XlogDb::new(l);
-    db.lock().and_then(|lock| db.read(&lock)).unwrap_or_default()
+    XlogDb::new(l).read_locked().unwrap_or_default()
 }
 
 /// Python's `datetime.ctime()`.

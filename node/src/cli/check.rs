@@ -388,8 +388,7 @@ fn backup_validity(c: &mut Checker<'_>, catalogue: &[BackupSummary]) {
 
 fn wal_validity(c: &mut Checker<'_>, l: &ServerLayout, catalogue: &[BackupSummary]) {
     let last = last_copy_done(catalogue);
-    let db = XlogDb::new(l);
-    let entries: Vec<XlogEntry> = match db.lock().and_then(|h| db.read(&h)) {
+    let entries: Vec<XlogEntry> = match XlogDb::new(l).read_locked() {
         Ok(e) => e,
         Err(e) => {
             // A catalogue that cannot be read is a failed archive, with the reason.

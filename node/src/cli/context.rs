@@ -186,6 +186,19 @@ impl Ctx {
     }
 }
 
+/// Resolves when SIGINT or SIGTERM arrives, naming it; never when the handlers
+/// cannot be installed. Long-running commands stop on it and say why.
+pub async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
+}
+
 /// A runtime for the PostgreSQL calls of a command.
 pub fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_current_thread()

@@ -313,16 +313,7 @@ fn start(ctx: &mut Ctx, s: &ServerConfig, reset: bool) {
     };
     let result = rt.block_on(async {
         let stop = async {
-            use tokio::signal::unix::{SignalKind, signal};
-            match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
-                (Ok(mut int), Ok(mut term)) => {
-                    tokio::select! {
-                        _ = int.recv() => {}
-                        _ = term.recv() => {}
-                    }
-                }
-                _ => std::future::pending::<()>().await,
-            }
+            super::context::interrupted().await;
         };
         rw::receive(&cfg, stop).await
     });

@@ -161,12 +161,8 @@ fn run(ctx: &mut Ctx, s: &ServerConfig, a: &RecoverArgs) -> Result<(), Stop> {
         ..Targets::default()
     };
     let target_tli = parse_tli(&l, &b, a.target_tli.as_deref())?;
-    let is_pitr = a.target_time.is_some()
-        || a.target_xid.is_some()
-        || a.target_tli.is_some()
-        || a.target_name.is_some()
-        || a.target_immediate
-        || a.target_lsn.is_some();
+    // Barman's PITR: any target, or only a timeline.
+    let is_pitr = given.contains(&true) || a.target_tli.is_some();
     if let Some(raw) = &a.target_time {
         let t = parse_target_time(ctx, raw)?;
         if let Some(end) = b.info.end_time
@@ -438,9 +434,7 @@ fn parse_tli(l: &ServerLayout, b: &Backup, raw: Option<&str>) -> Result<Timeline
 }
 
 fn read_xlogdb(l: &ServerLayout) -> Result<Vec<XlogEntry>, Stop> {
-    let db = XlogDb::new(l);
-    let lock = db.lock()?;
-    Ok(db.read(&lock)?)
+    Ok(XlogDb::new(l).read_locked()?)
 }
 
 /// Barman's `get_required_xlog_files`: history files, then from begin_wal on
@@ -512,11 +506,7 @@ fn tar_archive(data: &Path, stem: &str) -> Option<PathBuf> {
 
 fn unpack(archive: &Path, b: &Backup, dest: &Path) -> io::Result<()> {
     let f = io::BufReader::new(fs::File::open(archive)?);
-    let algo = b.info.compression.as_deref().and_then(Algorithm::from_name);
-    let input: Box<dyn io::Read> = match algo {
-        Some(a) => a.decoder(f)?,
-        None => Box::new(f),
-    };
+    let input = Algorithm::decoded(b.info.compression.as_deref().and_then(Algorithm::from_name), f)?;
     extract_tar_relinked(input, dest, &|_| None).map_err(io::Error::other)?;
     Ok(())
 }

@@ -259,8 +259,7 @@ pub fn diagnose(ctx: &mut Ctx, show_source: bool) {
 }
 
 fn last_archived_per_timeline(l: &ServerLayout) -> Value {
-    let db = crate::catalog::xlogdb::XlogDb::new(l);
-    let entries = db.lock().and_then(|h| db.read(&h)).unwrap_or_default();
+    let entries = crate::catalog::xlogdb::XlogDb::new(l).read_locked().unwrap_or_default();
     let mut per: std::collections::BTreeMap<String, Value> = std::collections::BTreeMap::new();
     for e in entries.iter().filter(|e| e.name.is_segment()) {
         let key = format!("{:08X}", e.name.timeline().0);

@@ -249,8 +249,7 @@ pub fn rebuild_xlogdb(ctx: &mut Ctx, names: &[String]) {
 pub fn check_wal_archive(ctx: &mut Ctx, server: &str, timeline: Option<u32>) {
     let Some(s) = ctx.server(server, Pick::DEFAULT) else { return };
     let l = layout(ctx, &s);
-    let db = XlogDb::new(&l);
-    let entries = match db.lock().and_then(|h| db.read(&h)) {
+    let entries = match XlogDb::new(&l).read_locked() {
         Ok(e) => e,
         Err(e) => {
             ctx.out.error(e.to_string());
