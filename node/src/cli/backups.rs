@@ -2,6 +2,7 @@
 
 use super::check::pretty_size;
 use super::context::{Ctx, Pick};
+use super::status::ctime;
 use crate::backup::check as wal_check;
 use crate::catalog::ServerLayout;
 use crate::catalog::backups::{self, Backup};
@@ -119,44 +120,8 @@ pub fn cron_backups(ctx: &mut Ctx, s: &ServerConfig) {
     }
 }
 
-/// Barman's `get_wal_until_next_backup` sizes: WAL from begin to end, and
-/// after end up to the next backup's end.
-pub fn wal_sizes(b: &Backup, next_end: Option<&str>, entries: &[XlogEntry]) -> (u64, u64, u64, u64) {
-    let (Some(begin), Some(end)) = (b.info.begin_wal.as_ref(), b.info.end_wal.as_ref()) else {
-        return (0, 0, 0, 0);
-    };
-    let (begin, end) = (begin.as_str(), end.as_str());
-    let tli = begin.get(..8).and_then(|t| u32::from_str_radix(t, 16).ok()).unwrap_or(0);
-    let (mut n, mut size, mut next_n, mut next_size) = (0, 0, 0, 0);
-    for e in entries {
-        let name = e.name.as_str();
-        if e.name.is_history() || name < begin || !e.name.is_segment() {
-            continue;
-        }
-        if e.name.timeline().0 > tli {
-            continue;
-        }
-        if next_end.is_some_and(|ne| name > ne) {
-            break;
-        }
-        if name <= end {
-            n += 1;
-            size += e.size;
-        } else {
-            next_n += 1;
-            next_size += e.size;
-        }
-    }
-    (n, size, next_n, next_size)
-}
-
 fn read_xlogdb(l: &ServerLayout) -> Vec<XlogEntry> {
     XlogDb::new(l).read_locked().unwrap_or_default()
-}
-
-/// Python's `datetime.ctime()`.
-pub fn ctime(t: &chrono::DateTime<chrono::FixedOffset>) -> String {
-    t.format("%a %b %e %H:%M:%S %Y").to_string()
 }
 
 pub fn list_backups(ctx: &mut Ctx, names: &[String], minimal: bool) {
@@ -164,8 +129,9 @@ pub fn list_backups(ctx: &mut Ctx, names: &[String], minimal: bool) {
     for s in ctx.servers(names, Pick::ALL) {
         let l = layout(ctx, &s);
         let Some(all) = load(ctx, &l) else { continue };
-        let entries = read_xlogdb(&l);
-        let labels = super::retention::labels(&s, &l, &all);
+        // The WAL catalogue and the keep annotations matter only to the full lines.
+        let entries = if minimal { Vec::new() } else { read_xlogdb(&l) };
+        let labels = if minimal { None } else { super::retention::labels(&s, &l, &all) };
         let mut json_list = Vec::new();
         for (i, b) in all.iter().enumerate().rev() {
             if minimal {
@@ -178,10 +144,15 @@ pub fn list_backups(ctx: &mut Ctx, names: &[String], minimal: bool) {
             let next_end = all[i + 1..].iter().find(|n| n.is_copy_done()).and_then(|n| n.info.end_wal.as_ref());
             let mut size = b.info.size.unwrap_or(0);
             let mut wal_size = 0;
-            if b.is_copy_done() {
-                let (_, w, _, after) = wal_sizes(b, next_end.map(|n| n.as_str()), &entries);
-                size += w;
-                wal_size = after;
+            if b.is_copy_done()
+                && let Some(begin) = &b.info.begin_wal
+            {
+                let w = super::show_backup::wal_info(
+                    b,
+                    &super::show_backup::wal_until_next(&entries, begin, next_end, false),
+                );
+                size += w.size;
+                wal_size = w.until_next_size;
             }
             let server_name = b.info.server_name.clone().unwrap_or_else(|| s.name.clone());
             let mut line = format!("{server_name} {}", b.id);

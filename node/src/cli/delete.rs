@@ -144,7 +144,7 @@ fn delete_one(ctx: &mut Ctx, s: &ServerConfig, l: &ServerLayout, all: &[Backup],
     ctx.out.info(format!(
         "Deleted backup {} (start time: {}, elapsed time: {})",
         b.id,
-        started.format("%a %b %e %H:%M:%S %Y"),
+        super::status::ctime(&started),
         human_duration((Local::now() - started).num_seconds().max(0) as u64)
     ));
     let _ = hooks.run(Event::Delete, Phase::Post, &env, None);

@@ -18,11 +18,11 @@ use std::path::Path;
 
 /// Barman's figures on the WAL of a backup (`Server.get_wal_info`).
 #[derive(Debug, Default, Clone, PartialEq)]
-struct WalInfo {
+pub(super) struct WalInfo {
     num: u64,
-    size: u64,
+    pub(super) size: u64,
     until_next_num: u64,
-    until_next_size: u64,
+    pub(super) until_next_size: u64,
     /// Name of the newest WAL counted.
     last: Option<String>,
     per_second: f64,
@@ -81,7 +81,7 @@ fn truthy_dict(v: Option<&PyValue>) -> Option<&PyValue> {
 
 /// `get_wal_until_next_backup`: the xlog.db entries from the backup's first WAL
 /// on its timeline (and older ones), up to the next backup's end WAL.
-fn wal_until_next<'e>(
+pub(super) fn wal_until_next<'e>(
     entries: &'e [XlogEntry],
     begin: &WalFileName,
     next_end: Option<&WalFileName>,
@@ -108,7 +108,7 @@ fn wal_until_next<'e>(
 }
 
 /// `Server.get_wal_info` over the entries `wal_until_next` gave.
-fn wal_info(b: &Backup, items: &[&XlogEntry]) -> WalInfo {
+pub(super) fn wal_info(b: &Backup, items: &[&XlogEntry]) -> WalInfo {
     let (Some(begin), Some(end)) = (&b.info.begin_wal, &b.info.end_wal) else { return WalInfo::default() };
     let mut w = WalInfo::default();
     let mut first_time = None;
@@ -124,9 +124,9 @@ fn wal_info(b: &Backup, items: &[&XlogEntry]) -> WalInfo {
             w.until_next_num += 1;
             w.until_next_size += e.size;
         }
-        w.last = Some(e.name.to_string());
         last_time = e.time;
     }
+    w.last = items.last().map(|e| e.name.to_string());
     let Some(first_time) = first_time else { return w };
     let total = last_time - first_time;
     if total > 0.0 {
