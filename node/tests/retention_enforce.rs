@@ -185,3 +185,29 @@ fn check_reports_the_backup_checks_as_barman() {
     assert!(ours.stdout.contains("\tbackup maximum age: OK (interval provided: 1 day, latest backup age: "));
     assert_eq!(ours.code, theirs.code);
 }
+
+/// Deleting a backup that is not the oldest keeps every WAL file: the older
+/// backup still needs them to reach the present.
+#[test]
+fn deleting_a_middle_backup_keeps_the_wal_older_backups_need() {
+    let env = Env::new();
+    let pg = setup(&env);
+    config(&env, &pg, "");
+    let b1 = backup(&env, &pg);
+    let b2 = backup(&env, &pg);
+    let b3 = backup(&env, &pg);
+    let wals = env.server_dir("pg").join("wals");
+    let before = archived(&wals);
+    let out = env.barman(&["delete", "pg", &b2]);
+    out.ok();
+    assert!(!out.stdout.contains("Delete associated WAL segments"), "{}", out.stdout);
+    assert_eq!(archived(&wals), before, "no WAL removed");
+    assert_eq!(ids(&env), vec![b3, b1.clone()]);
+    // The oldest backup can still be checked complete from the archive it kept.
+    env.barman(&["check-backup", "pg", &b1]).ok();
+    assert!(
+        fs::read_to_string(env.server_dir("pg").join("meta").join(format!("{b1}-backup.info")))
+            .unwrap()
+            .contains("status=DONE\n")
+    );
+}

@@ -53,7 +53,8 @@ fn hook_env(l: &ServerLayout, all: &[Backup], b: &Backup) -> Vec<(&'static str, 
 /// (older keep:standalone backups only need their own range, when allowed).
 fn wal_plan(l: &ServerLayout, all: &[Backup], b: &Backup, skip_if_standalone: bool) -> Option<Vec<(String, String)>> {
     let mut ranges = Vec::new();
-    let older = all.iter().filter(|x| x.id < b.id && (x.is_copy_done() || x.info.status == b.info.status)).rev();
+    // Barman's find_previous_backup_in: only copied (WAITING_FOR_WALS, DONE) backups count.
+    let older = all.iter().filter(|x| x.id < b.id && x.is_copy_done()).rev();
     for prev in older {
         match keep_of(l, &prev.id) {
             Some(Keep::Standalone) if !skip_if_standalone => {
