@@ -130,9 +130,7 @@ fn recover_writes_what_barman_writes() {
     pg.switch_wal().unwrap();
     env.barman(&["backup", "pg", "--wait"]).ok();
     pg.psql("SELECT pg_create_restore_point('rp')").unwrap();
-    pg.switch_wal().unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    env.barman(&["archive-wal", "pg"]).ok();
+    env.switch_and_archive(&pg);
     let barman = cluster_tests::reference::barman().expect("reference Barman");
     for (case, args) in [
         ("name", vec!["--target-name", "rp", "--target-action", "promote"]),
@@ -423,11 +421,6 @@ fn recover_refuses_bad_requests_with_one_line() {
     fs::write(dest.join("PG_VERSION"), "15\n").unwrap();
     refused(&["pg", "latest", &d], &format!("ERROR: Destination directory '{d}' must be empty"));
     assert_eq!(fs::read_dir(&dest).unwrap().count(), 1, "the destination is left as it was");
-    // A destination too small for the cluster.
-    let small = env.path().join("small");
-    let Some(_mount) = cluster_tests::util::small_filesystem(&small, 2).unwrap() else { return };
-    let s = small.join("data").display().to_string();
-    refused(&["pg", "latest", &s], "available");
     // `auto` finds the backup for a later target time.
     env.barman(&[
         "recover",
@@ -438,6 +431,11 @@ fn recover_refuses_bad_requests_with_one_line() {
         "2999-01-01 00:00:00+00:00",
     ])
     .ok();
+    // A destination too small for the cluster.
+    let small = env.path().join("small");
+    let Some(_mount) = cluster_tests::util::small_filesystem(&small, 2).unwrap() else { return };
+    let s = small.join("data").display().to_string();
+    refused(&["pg", "latest", &s], "available");
 }
 
 /// A compressed tar backup with a tablespace, recovered with the tablespace
@@ -457,9 +455,7 @@ fn recover_unpacks_a_compressed_tar_backup_and_relocates_its_tablespace() {
     env.barman(&["backup", "pg", "--wait"]).ok();
     pg.pgbench(&["-n", "-t", "300"]).unwrap();
     let want = pg.psql(CHECKSUMS).unwrap();
-    pg.switch_wal().unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    env.barman(&["archive-wal", "pg"]).ok();
+    env.switch_and_archive(&pg);
     let dir = env.path().join("restored");
     let ts = env.path().join("restored_ts");
     let out = env.barman(&[

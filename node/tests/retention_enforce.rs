@@ -30,9 +30,7 @@ fn backup(env: &Env, pg: &PgCluster) -> String {
     pg.switch_wal().unwrap();
     env.barman(&["backup", "pg", "--wait"]).ok();
     pg.pgbench(&["-t", "200", "-n"]).unwrap();
-    pg.switch_wal().unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    env.barman(&["archive-wal", "pg"]).ok();
+    env.switch_and_archive(pg);
     env.barman(&["list-backups", "--minimal", "pg"]).stdout.lines().next().unwrap().to_string()
 }
 

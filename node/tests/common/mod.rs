@@ -102,6 +102,18 @@ impl Env {
         pg
     }
 
+    /// Closes PostgreSQL's current WAL segment and runs archive-wal until that
+    /// segment is in server `pg`'s archive (archive_command delivers it when it can).
+    pub fn switch_and_archive(&self, pg: &cluster_tests::pg::PgCluster) {
+        let name = pg.switch_wal().expect("pg_switch_wal");
+        let path = self.server_dir("pg").join("wals").join(&name[..16]).join(&name);
+        cluster_tests::util::wait_until(std::time::Duration::from_secs(60), &format!("{name} in the archive"), || {
+            self.barman(&["archive-wal", "pg"]);
+            path.exists()
+        })
+        .expect("the switched segment archived");
+    }
+
     /// Creates tablespace `ts` in `<test dir>/tblspc`; its directory.
     pub fn tablespace(&self, pg: &cluster_tests::pg::PgCluster) -> PathBuf {
         let ts = self.path().join("tblspc");
