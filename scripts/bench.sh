@@ -6,6 +6,15 @@ set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
+# The backup benchmark compares with pgBackRest (Debian's package).
+if ! command -v pgbackrest >/dev/null; then
+    sudo=""
+    if [ "$(id -u)" -ne 0 ]; then
+        sudo="sudo"
+    fi
+    $sudo apt-get update >&2
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y pgbackrest >&2
+fi
 cargo build --release --workspace >&2
 "$root/scripts/setup-reference.sh" >/dev/null
 exec "$root/target/release/bench" "$@"
