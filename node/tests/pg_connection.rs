@@ -677,7 +677,7 @@ async fn base_backup_streams_archives_and_a_manifest_pg_verifybackup_accepts() {
     let label = fs::read_to_string(data.join("backup_label")).unwrap();
     assert!(label.contains("LABEL: barman's test"), "{label}");
     // What Barman takes from the label agrees with what the server announced.
-    let begin = barman::backup::label::parse(&label, 16 << 20).unwrap();
+    let begin = barman::backup::label::parse(&label, barman::wal::SegmentSize::default()).unwrap();
     assert_eq!((begin.begin_xlog, TimelineId(begin.timeline)), (start.start, start.timeline));
     assert!(fs::read_to_string(data.join("tablespace_map")).unwrap().starts_with(&format!("{oid} ")));
     fs::create_dir_all(data.join("pg_tblspc")).unwrap();

@@ -19,8 +19,8 @@ pub struct LabelStart {
 #[error("cannot read backup_label: {0} (the backup is not usable; take a new one)")]
 pub struct LabelError(String);
 
-/// Barman's `_backup_info_from_backup_label` for a segment size of `segment_size` bytes.
-pub fn parse(label: &str, segment_size: u64) -> Result<LabelStart, LabelError> {
+/// Barman's `_backup_info_from_backup_label` for segments of `segment_size`.
+pub fn parse(label: &str, segment_size: crate::wal::SegmentSize) -> Result<LabelStart, LabelError> {
     let line = |prefix: &str| label.lines().find_map(|l| l.strip_prefix(prefix));
     let wal = line("START WAL LOCATION: ").ok_or_else(|| LabelError("no START WAL LOCATION line".into()))?;
     let (lsn, rest) = wal.split_once(" (file ").ok_or_else(|| LabelError(format!("bad START WAL LOCATION {wal:?}")))?;
@@ -30,10 +30,7 @@ pub fn parse(label: &str, segment_size: u64) -> Result<LabelStart, LabelError> {
     let timeline = u32::from_str_radix(file.get(..8).unwrap_or(""), 16)
         .map_err(|_| LabelError(format!("bad WAL file name {file:?}")))?;
     let start_time = line("START TIME: ").ok_or_else(|| LabelError("no START TIME line".into()))?.to_string();
-    if segment_size == 0 {
-        return Err(LabelError("segment size 0".into()));
-    }
-    Ok(LabelStart { begin_offset: begin_xlog.0 % segment_size, begin_xlog, begin_wal, timeline, start_time })
+    Ok(LabelStart { begin_offset: segment_size.offset(begin_xlog), begin_xlog, begin_wal, timeline, start_time })
 }
 
 #[cfg(test)]
@@ -47,20 +44,22 @@ mod tests {
 
     #[test]
     fn reads_what_barman_reads() {
-        let s = parse(LABEL, 16 << 20).unwrap();
+        let s = parse(LABEL, crate::wal::SegmentSize::default()).unwrap();
         assert_eq!(s.begin_xlog, Lsn(0x2000028));
         assert_eq!(s.begin_wal.as_str(), "000000010000000000000002");
         assert_eq!((s.begin_offset, s.timeline), (0x28, 1));
         assert_eq!(s.start_time, "2026-11-21 11:30:00 UTC");
         let on_tli_3 = LABEL.replace("(file 0000000100", "(file 0000000300");
-        assert_eq!(parse(&on_tli_3, 16 << 20).unwrap().timeline, 3);
+        assert_eq!(parse(&on_tli_3, crate::wal::SegmentSize::default()).unwrap().timeline, 3);
     }
 
     #[test]
     fn a_damaged_label_is_one_clear_error() {
-        let e = parse("LABEL: x\n", 16 << 20).unwrap_err().to_string();
+        let e = parse("LABEL: x\n", crate::wal::SegmentSize::default()).unwrap_err().to_string();
         assert!(e.contains("START WAL LOCATION"), "{e}");
-        let e = parse(&LABEL.replace("(file 000000010000000000000002)", "(file zz)"), 16 << 20).unwrap_err();
+        let e =
+            parse(&LABEL.replace("(file 000000010000000000000002)", "(file zz)"), crate::wal::SegmentSize::default())
+                .unwrap_err();
         assert!(e.to_string().contains("zz"), "{e}");
     }
 }

@@ -306,7 +306,7 @@ impl<'a> Run<'a> {
         };
         self.info.begin_xlog = Some(here.location);
         self.info.begin_wal = Some(begin_wal.clone());
-        self.info.begin_offset = Some(here.location.0 % segsize.bytes());
+        self.info.begin_offset = Some(segsize.offset(here.location));
         self.info.begin_time = Some(here.timestamp);
         self.info.status = "STARTED".into();
         self.save()?;
@@ -314,7 +314,7 @@ impl<'a> Run<'a> {
             "Backup start at LSN: {} ({}, {:08X})",
             here.location,
             begin_wal,
-            here.location.0 % segsize.bytes()
+            segsize.offset(here.location)
         ));
 
         // The copy.
@@ -336,7 +336,7 @@ impl<'a> Run<'a> {
         }
         self.action = "reading the backup label";
         let label_text = spec.read_label()?;
-        let start = label::parse(&label_text, segsize.bytes())?;
+        let start = label::parse(&label_text, segsize)?;
         self.info.backup_label = Some(label_text);
         self.info.timeline = Some(start.timeline);
         self.info.begin_xlog = Some(start.begin_xlog);
@@ -344,10 +344,8 @@ impl<'a> Run<'a> {
         self.info.begin_offset = Some(start.begin_offset);
         self.action = "stopping postgres backup_method";
         self.ctx.out.info("Finalising the backup.");
-        let end_seg = SegmentId::containing(copied.end, copied.end_timeline, segsize);
-        let offset = copied.end.0 % segsize.bytes();
-        // On a boundary the backup ends in the segment just finished.
-        let end_seg = if offset == 0 { end_seg.prev(segsize) } else { end_seg };
+        let end_seg = SegmentId::ending_at(copied.end, copied.end_timeline, segsize);
+        let offset = segsize.offset(copied.end);
         self.info.end_xlog = Some(copied.end);
         self.info.end_wal = Some(WalFileName::segment(end_seg));
         self.info.end_offset = Some(offset);

@@ -28,6 +28,10 @@ impl SegmentSize {
     pub fn bytes(self) -> u64 {
         u64::from(self.0)
     }
+    /// Where `lsn` lies within its segment.
+    pub fn offset(self, lsn: Lsn) -> u64 {
+        lsn.0 % self.bytes()
+    }
     /// Highest segment number within one log id (`0xFFFFFFFF // size`, as Barman computes it).
     pub fn last_seg_in_log(self) -> u32 {
         0xFFFF_FFFF / self.0
@@ -63,6 +67,13 @@ impl SegmentId {
     pub fn containing(lsn: Lsn, tli: TimelineId, size: SegmentSize) -> Self {
         let seg = lsn.low() / size.0;
         SegmentId { tli, log: lsn.high(), seg }
+    }
+
+    /// The segment holding the last byte before `end`: on an exact boundary,
+    /// the segment just finished (where a backup or a switch ends).
+    pub fn ending_at(end: Lsn, tli: TimelineId, size: SegmentSize) -> Self {
+        let seg = Self::containing(end, tli, size);
+        if size.offset(end) == 0 { seg.prev(size) } else { seg }
     }
 
     /// Position of the first byte of the segment.
@@ -124,6 +135,16 @@ mod tests {
         // A boundary maps to the new segment.
         let b = SegmentId::containing("0/3000000".parse().unwrap(), TimelineId(2), s);
         assert_eq!(b.to_string(), "000000020000000000000003");
+    }
+
+    #[test]
+    fn an_end_on_a_boundary_belongs_to_the_segment_it_finishes() {
+        let size = DEFAULT_SEGMENT_SIZE;
+        let t = TimelineId(1);
+        assert_eq!(SegmentId::ending_at(Lsn(0x1_0300_0028), t, size), SegmentId::new(t, 1, 3));
+        assert_eq!(SegmentId::ending_at(Lsn(0x1_0300_0000), t, size), SegmentId::new(t, 1, 2));
+        assert_eq!(SegmentId::ending_at(Lsn(0x2_0000_0000), t, size), SegmentId::new(t, 1, 0xFF));
+        assert_eq!(size.offset(Lsn(0x1_0300_0028)), 0x28);
     }
 
     #[test]
