@@ -468,3 +468,48 @@ fn backup_from_a_standby_runs_hooks_with_barmans_environment() {
         assert_eq!(got, want, "{phase}");
     }
 }
+
+/// A copy cut off mid-way is retried from scratch (basebackup_retry_times) and
+/// the backup is whole; with PostgreSQL down, the checks stop a backup before
+/// anything is written.
+#[test]
+fn a_cut_copy_is_retried_and_failing_checks_stop_the_backup_first() {
+    let env = Env::new();
+    let mut pg = env.archiving_primary(&[]);
+    pg.pgbench(&["-i", "-s", "2", "-q"]).unwrap();
+    config(&env, &pg, "bandwidth_limit = 8192\nbasebackup_retry_times = 1\nbasebackup_retry_sleep = 1\n");
+    let child = env.barman_cmd(&["backup", "pg"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let walsender = "SELECT pid FROM pg_stat_replication WHERE application_name = 'barman_streaming_backup'";
+    cluster_tests::util::wait_until(Duration::from_secs(60), "the backup's walsender", || {
+        pg.psql(walsender).is_ok_and(|p| !p.is_empty())
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    pg.psql(&format!("SELECT pg_terminate_backend(pid) FROM ({walsender}) w")).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stderr.contains("WARNING: Failure executing a backup using pg_basebackup (attempt 1)"), "{stderr}");
+    assert!(
+        stderr.contains("The files copied so far will be removed and the backup process will restart in 1 seconds"),
+        "{stderr}"
+    );
+    let id = backup_ids(&env)[0].clone();
+    let data = env.server_dir("pg").join("base").join(&id).join("data");
+    let verify = Command::new(pg_bin("pg_verifybackup")).arg("-n").arg(&data).output().unwrap();
+    assert!(verify.status.success(), "pg_verifybackup: {}", String::from_utf8_lossy(&verify.stderr));
+
+    pg.stop().unwrap();
+    let before = fs::read_dir(env.server_dir("pg").join("meta")).unwrap().count();
+    let out = env.barman(&["backup", "pg"]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains(
+            "ERROR: Impossible to start the backup. Check the log for more details, or run 'barman check pg'"
+        ),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("PostgreSQL"), "the failed check is named: {}", out.stderr);
+    assert_eq!(fs::read_dir(env.server_dir("pg").join("meta")).unwrap().count(), before, "nothing written");
+}
