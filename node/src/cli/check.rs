@@ -22,10 +22,14 @@ use std::time::{Duration, Instant};
 
 /// Barman's `pretty_size`.
 pub fn pretty_size(n: impl Into<i128>) -> String {
-    let mut size = n.into() as f64;
+    pretty_size_f64(n.into() as f64)
+}
+
+/// Barman's `pretty_size` of any number (`%d B` truncates a float).
+pub fn pretty_size_f64(mut size: f64) -> String {
     for suffix in ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB", "ZiB"] {
-        if size.abs() < 1024.0 || suffix == "ZiB" {
-            return if suffix == "B" { format!("{} B", size as i64) } else { format!("{size:.1} {suffix}") };
+        if size.abs() < 1024.0 {
+            return if suffix == "B" { format!("{} B", size.trunc() as i64) } else { format!("{size:.1} {suffix}") };
         }
         size /= 1024.0;
     }

@@ -5,7 +5,7 @@
 use super::{Done, ExtInfo, dict_get, num, truthy_dict};
 use crate::catalog::backups::format_time;
 use crate::catalog::pyliteral::PyValue;
-use crate::cli::check::pretty_size;
+use crate::cli::check::{pretty_size, pretty_size_f64};
 use serde_json::{Map, Value, json};
 use std::fmt::Display;
 
@@ -15,15 +15,6 @@ struct CopyShown {
     analysis_time: PyValue,
     throughput: Option<f64>,
     workers: PyValue,
-}
-
-/// A Python number as JSON (int stays int).
-fn json_num(v: &PyValue) -> Value {
-    match v {
-        PyValue::Int(i) => json!(i),
-        PyValue::Float(f) => json!(f),
-        other => py_json(other),
-    }
 }
 
 /// A Python value as `json.dumps` writes it.
@@ -54,17 +45,6 @@ fn opt<T: Display>(v: &Option<T>) -> String {
     v.as_ref().map_or_else(|| "None".into(), ToString::to_string)
 }
 
-/// Barman's `pretty_size` of a float (`%d B` truncates).
-fn pretty_float(mut v: f64) -> String {
-    for suffix in ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB", "ZiB"] {
-        if v.abs() < 1024.0 {
-            return if suffix == "B" { format!("{} B", v.trunc() as i64) } else { format!("{v:.1} {suffix}") };
-        }
-        v /= 1024.0;
-    }
-    format!("{v:.1} YiB")
-}
-
 /// Python's `"{:.2%}".format(x)`.
 fn percent(x: f64) -> String {
     format!("{:.2}%", x * 100.0)
@@ -73,22 +53,8 @@ fn percent(x: f64) -> String {
 /// Barman's `human_readable_timedelta(timedelta(seconds=s))`.
 fn human_readable_timedelta(seconds: f64) -> String {
     let micros = (seconds * 1e6).round_ties_even() as i64;
-    let m = micros.unsigned_abs();
-    let days = m / 86_400_000_000;
-    let secs = (m / 1_000_000) % 86_400;
-    let mut parts = Vec::new();
-    for (n, unit) in [(days, "day"), (secs / 3600, "hour"), (secs / 60 % 60, "minute"), (secs % 60, "second")] {
-        match n {
-            0 => {}
-            1 => parts.push(format!("1 {unit}")),
-            n => parts.push(format!("{n} {unit}s")),
-        }
-    }
-    let mut human = if m < 1_000_000 { "less than one second".to_string() } else { parts.join(", ") };
-    if micros < 0 {
-        human.push_str(" ago");
-    }
-    human
+    let human = crate::config::types::human_duration(micros.unsigned_abs() / 1_000_000);
+    if micros < 0 { format!("{human} ago") } else { human }
 }
 
 impl ExtInfo<'_> {
@@ -185,7 +151,7 @@ impl ExtInfo<'_> {
             out.push(nested("WAL Size", &pretty_size(wal_size)));
         }
         if matches!(d.backup_type, "rsync" | "incremental") {
-            let saved = format!("{} ({})", pretty_float(d.est_dedup_size), percent(d.deduplication_ratio));
+            let saved = format!("{} ({})", pretty_size_f64(d.est_dedup_size), percent(d.deduplication_ratio));
             out.push(nested("Resources saved", &saved));
         }
         out.push(nested("Timeline", &opt(&info.timeline)));
@@ -206,7 +172,7 @@ impl ExtInfo<'_> {
             }
             out.push(nested("Copy time", &text));
             if let Some(t) = c.throughput.filter(|t| *t != 0.0) {
-                let mut text = format!("{}/s", pretty_float(t));
+                let mut text = format!("{}/s", pretty_size_f64(t));
                 if num(&c.workers) > 1.0 {
                     text.push_str(&format!(" ({} jobs)", py_str(&c.workers)));
                 }
@@ -359,7 +325,7 @@ impl ExtInfo<'_> {
             "end_lsn": info.end_xlog.map(|l| l.to_string()),
         });
         if matches!(d.backup_type, "rsync" | "incremental") {
-            base["resources_saved"] = json!(pretty_float(d.est_dedup_size));
+            base["resources_saved"] = json!(pretty_size_f64(d.est_dedup_size));
             base["resources_saved_bytes"] = json!(d.est_dedup_size.trunc() as i64);
             base["resources_saved_percentage"] = json!(percent(d.deduplication_ratio));
         }
@@ -369,16 +335,16 @@ impl ExtInfo<'_> {
         if let Some(c) = self.copy_shown(d) {
             let copy = num(&c.copy_time);
             base["copy_time"] = json!(human_readable_timedelta(copy));
-            base["copy_time_seconds"] = json_num(&c.copy_time);
+            base["copy_time_seconds"] = py_json(&c.copy_time);
             if num(&c.analysis_time) >= 1.0 {
                 base["analysis_time"] = json!(human_readable_timedelta(num(&c.analysis_time)));
-                base["analysis_time_seconds"] = json_num(&c.analysis_time);
+                base["analysis_time_seconds"] = py_json(&c.analysis_time);
             }
             let throughput = c.throughput.unwrap_or(dedup as f64 / copy);
-            base["throughput"] = json!(format!("{}/s", pretty_float(throughput)));
+            base["throughput"] = json!(format!("{}/s", pretty_size_f64(throughput)));
             base["throughput_bytes"] = json!(throughput.trunc() as i64);
             if num(&c.workers) != 0.0 {
-                base["number_of_workers"] = json_num(&c.workers);
+                base["number_of_workers"] = py_json(&c.workers);
             }
         }
         o.insert("base_backup_information".into(), base);
@@ -444,9 +410,9 @@ mod tests {
 
     #[test]
     fn sizes_and_percentages_as_python_formats_them() {
-        assert_eq!(pretty_float(1023.9), "1023 B");
-        assert_eq!(pretty_float(1536.0), "1.5 KiB");
-        assert_eq!(pretty_float(3.5 * 1024.0 * 1024.0), "3.5 MiB");
+        assert_eq!(pretty_size_f64(1023.9), "1023 B");
+        assert_eq!(pretty_size_f64(1536.0), "1.5 KiB");
+        assert_eq!(pretty_size_f64(3.5 * 1024.0 * 1024.0), "3.5 MiB");
         assert_eq!(percent(0.0), "0.00%");
         assert_eq!(percent(0.123456), "12.35%");
     }
