@@ -279,11 +279,8 @@ impl<'a> Run<'a> {
         self.info.included_files = (!files.included_files.is_empty()).then_some(files.included_files);
         self.action = "detecting tablespaces";
         let spcs = rt.block_on(pg.tablespaces())?;
-        self.info.tablespaces = (!spcs.is_empty()).then(|| {
-            spcs.iter()
-                .map(|(name, oid, location)| Tablespace { name: name.clone(), oid: *oid, location: location.clone() })
-                .collect()
-        });
+        self.info.tablespaces = (!spcs.is_empty())
+            .then(|| spcs.into_iter().map(|(name, oid, location)| Tablespace { name, oid, location }).collect());
         self.info.data_checksums = rt.block_on(pg.setting("data_checksums"))?;
         self.info.summarize_wal = None;
         if pg.server_version_num() >= 170000 {

@@ -98,6 +98,14 @@ impl BaseBackupOptions {
     }
 }
 
+/// The `(LSN, timeline)` row that starts and ends a backup.
+fn position(row: Option<&Row>, missing: &'static str) -> Result<(Lsn, TimelineId), PgError> {
+    let row = row.ok_or_else(|| PgError::bad_value(W, missing))?;
+    let lsn = column::<Lsn>(row, 0, W)?.ok_or_else(|| PgError::bad_value(W, missing))?;
+    let tli = column::<u32>(row, 1, W)?.ok_or_else(|| PgError::bad_value(W, "no timeline"))?;
+    Ok((lsn, TimelineId(tli)))
+}
+
 impl ReplicationConnection {
     /// Starts `BASE_BACKUP`: the start position and the tablespaces; the archives
     /// then come from [`Self::base_backup_next`] until [`BackupEvent::End`]. The
@@ -131,9 +139,7 @@ impl ReplicationConnection {
                 _ => {}
             }
         }
-        let first = sets.first().and_then(|s| s.first()).ok_or_else(|| PgError::bad_value(W, "no start position"))?;
-        let start = column::<Lsn>(first, 0, W)?.ok_or_else(|| PgError::bad_value(W, "no start position"))?;
-        let timeline = column::<u32>(first, 1, W)?.ok_or_else(|| PgError::bad_value(W, "no timeline"))?;
+        let (start, timeline) = position(sets.first().and_then(|s| s.first()), "no start position")?;
         let tablespaces = sets
             .get(1)
             .map(|rows| {
@@ -149,7 +155,7 @@ impl ReplicationConnection {
             })
             .transpose()?
             .unwrap_or_default();
-        Ok(BackupStart { start, timeline: TimelineId(timeline), tablespaces })
+        Ok(BackupStart { start, timeline, tablespaces })
     }
 
     /// The next piece of the backup started by [`Self::base_backup`].
@@ -158,10 +164,8 @@ impl ReplicationConnection {
             Ok(CopyMsg::Data(tag, d)) => (tag, d),
             Ok(CopyMsg::Done) => {
                 let rows = self.read_result(W).await?;
-                let row = rows.first().ok_or_else(|| PgError::bad_value(W, "no end position"))?;
-                let end = column::<Lsn>(row, 0, W)?.ok_or_else(|| PgError::bad_value(W, "no end position"))?;
-                let timeline = column::<u32>(row, 1, W)?.ok_or_else(|| PgError::bad_value(W, "no timeline"))?;
-                return Ok(BackupEvent::End { end, timeline: TimelineId(timeline) });
+                let (end, timeline) = position(rows.first(), "no end position")?;
+                return Ok(BackupEvent::End { end, timeline });
             }
             Err(e) => {
                 if matches!(e, PgError::Query { .. }) {
