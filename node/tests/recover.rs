@@ -413,6 +413,24 @@ fn recover_refuses_bad_requests_with_one_line() {
         "ERROR: Cannot find any candidate backup for recovery.",
     );
     refused(&["pg", "20200101T000000", &d], "ERROR: Unknown backup '20200101T000000' for server 'pg'");
+    refused(
+        &["pg", "latest", &d, "--tablespace", "ts"],
+        "Invalid tablespace relocation rule 'ts': expected NAME:LOCATION",
+    );
+    refused(&["pg", "latest", &d, "--target-lsn", "nowhere"], "ERROR: 'nowhere' is not a valid LSN");
+    refused(
+        &["pg", "latest", &d, "--target-name", "x", "--target-action", "explode"],
+        "Illegal target action 'explode'",
+    );
+    refused(
+        &["pg", "latest", &d, "--target-time", "yesterday"],
+        "Unable to parse the target time parameter 'yesterday'",
+    );
+    refused(&["pg", "latest", &d, "--target-tli", "sideways"], "'sideways' is not a valid timeline");
+    refused(
+        &["pg", "latest", &d, "--remote-ssh-command", "ssh pg"],
+        "--remote-ssh-command) is not supported by this version yet",
+    );
     assert!(!dest.exists(), "nothing written");
     fs::create_dir_all(&dest).unwrap();
     fs::write(dest.join("postmaster.pid"), "12345\n").unwrap();
