@@ -32,6 +32,17 @@ impl Sshd {
     /// Generates keys and configs in `base/sshN` and starts sshd; remote sessions get
     /// `PATH=<session_path>:/usr/local/bin:/usr/bin:/bin` and the `session_env` variables.
     pub fn start(base: &Path, session_path: &[PathBuf], session_env: &[(String, String)]) -> Result<Sshd> {
+        Sshd::start_with(base, session_path, session_env, false)
+    }
+
+    /// As [`Sshd::start`]; with `pam`, sshd leaves account checks to PAM, so that system
+    /// accounts without a password (locked, as Debian's `postgres`) can log in with the key.
+    pub fn start_with(
+        base: &Path,
+        session_path: &[PathBuf],
+        session_env: &[(String, String)],
+        pam: bool,
+    ) -> Result<Sshd> {
         if is_root() && !Path::new("/run/sshd").exists() {
             // sshd's privilege separation needs it when started as root.
             fs::create_dir_all("/run/sshd").context("creating /run/sshd")?;
@@ -73,13 +84,14 @@ impl Sshd {
             &sshd_config,
             &format!(
                 "ListenAddress 127.0.0.1\nPort {port}\nHostKey {}\nPidFile {}\nAuthorizedKeysFile {}\n\
-                 StrictModes no\nUsePAM no\nPubkeyAuthentication yes\nPasswordAuthentication no\n\
+                 StrictModes no\nUsePAM {pam}\nPubkeyAuthentication yes\nPasswordAuthentication no\n\
                  KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nSetEnv {set_env}\n\
                  Subsystem sftp internal-sftp\nLogLevel VERBOSE\nPrintMotd no\nPrintLastLog no\nUseDNS no\n\
                  MaxStartups 200\nMaxSessions 200\n",
                 quoted(&host_key),
                 quoted(&dir.join("sshd.pid")),
-                quoted(&authorized_keys)
+                quoted(&authorized_keys),
+                pam = if pam { "yes" } else { "no" },
             ),
         )?;
         let log = fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;

@@ -10,4 +10,5 @@ pub mod config;
 pub mod hooks;
 pub mod postgres;
 pub mod recover;
+pub mod transport;
 pub mod wal;

@@ -130,9 +130,74 @@ pub struct RestoreArgs {
     /// Recover to another host through this ssh command
     #[arg(long = "remote-ssh-command")]
     pub remote_ssh_command: Option<String>,
+    /// Where the WAL for a PITR goes (default: DEST/barman_wal)
+    #[arg(long = "staging-wal-directory")]
+    pub staging_wal_directory: Option<String>,
+    /// Total transfer rate of a remote copy, in kilobytes per second (0: no limit)
+    #[arg(long = "bwlimit", value_name = "KBPS", value_parser = non_negative)]
+    pub bwlimit: Option<u32>,
+    /// Retries of a failed remote copy (default: basebackup_retry_times)
+    #[arg(long = "retry-times", value_parser = non_negative)]
+    pub retry_times: Option<u32>,
+    /// Seconds between retries (default: basebackup_retry_sleep)
+    #[arg(long = "retry-sleep", value_parser = non_negative)]
+    pub retry_sleep: Option<u32>,
+    /// No retry of a failed copy
+    #[arg(long = "no-retry")]
+    pub no_retry: bool,
+    /// Parallel copy streams of a remote recovery (default: parallel_jobs)
+    #[arg(short = 'j', long = "jobs", value_name = "NJOBS", value_parser = positive)]
+    pub jobs: Option<u32>,
+    /// Accepted as Barman does (streams start together)
+    #[arg(long = "jobs-start-batch-period", value_parser = positive)]
+    pub jobs_start_batch_period: Option<u32>,
+    /// Accepted as Barman does (streams start together)
+    #[arg(long = "jobs-start-batch-size", value_parser = positive)]
+    pub jobs_start_batch_size: Option<u32>,
+    /// Compress the remote copy on the wire
+    #[arg(long = "network-compression", overrides_with = "no_network_compression")]
+    pub network_compression: bool,
+    /// Do not compress the remote copy on the wire
+    #[arg(long = "no-network-compression")]
+    pub no_network_compression: bool,
+    /// Staging of compressed backups (not needed: archives are unpacked as they stream)
+    #[arg(long = "recovery-staging-path")]
+    pub recovery_staging_path: Option<String>,
+    /// Staging of incremental backups (not needed here)
+    #[arg(long = "local-staging-path")]
+    pub local_staging_path: Option<String>,
+    /// Staging directory (not needed: archives are unpacked as they stream)
+    #[arg(long = "staging-path")]
+    pub staging_path: Option<String>,
+    /// Where --staging-path is: local or remote
+    #[arg(long = "staging-location", value_parser = ["local", "remote"])]
+    pub staging_location: Option<String>,
+    /// The file the recovery settings are appended to (default: postgresql.auto.conf)
+    #[arg(long = "recovery-conf-filename")]
+    pub recovery_conf_filename: Option<String>,
+    /// The port barman-wal-restore connects to (remote get-wal)
+    #[arg(long = "recovery-option-port")]
+    pub recovery_option_port: Option<u16>,
+    /// Delta restore (not supported: the destination must be empty)
+    #[arg(long = "delta-restore", overrides_with = "no_delta_restore")]
+    pub delta_restore: bool,
+    /// Full restore (the default)
+    #[arg(long = "no-delta-restore")]
+    pub no_delta_restore: bool,
 }
 
 impl RestoreArgs {
+    /// `--network-compression` / `--no-network-compression`, or neither.
+    pub fn network_compression_choice(&self) -> Option<bool> {
+        if self.network_compression {
+            Some(true)
+        } else if self.no_network_compression {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
     /// `--get-wal` / `--no-get-wal`, or neither (then `recovery_options` decides).
     pub fn get_wal_choice(&self) -> Option<bool> {
         if self.get_wal {
@@ -349,7 +414,7 @@ pub enum Command {
     },
     /// Restore a backup into a PostgreSQL data directory (point in time recovery)
     #[command(alias = "recover")]
-    Restore(RestoreArgs),
+    Restore(Box<RestoreArgs>),
     /// Recreate the WAL catalogue from the files in the archive
     RebuildXlogdb {
         #[command(flatten)]

@@ -556,7 +556,7 @@ enum CopyFailure {
     Interrupted(String),
 }
 
-fn progress_line(p: CopyProgress) -> String {
+pub(super) fn progress_line(p: CopyProgress) -> String {
     let done_kb = p.done / 1024;
     match p.total.filter(|t| *t > 0) {
         Some(t) => {

@@ -16,12 +16,19 @@ use crate::catalog::xlogdb::{XlogDb, XlogEntry};
 use crate::config::ServerConfig;
 use crate::config::types::human_duration;
 use crate::hooks::{Event, Hooks, Phase};
+use crate::recover::dest::{Dest, Local as LocalDest, RemoteDest};
+use crate::recover::plan::{Placement, excluded, tar_archive};
+use crate::recover::remote::{RemoteCopy, fqdn};
 use crate::recover::settings::{Targets, WalSource, dangerous_settings, mangle, recovery_lines};
+use crate::transport::copy::CopyOptions;
+use crate::transport::ssh::Remote;
 use crate::wal::{Lsn, SegmentId, SegmentSize, TimelineId, WalFileName};
 use chrono::{DateTime, FixedOffset, Local, NaiveDateTime, TimeZone};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 /// Why a recovery stops: one error line.
 struct Stop(String);
@@ -62,14 +69,6 @@ fn parse_target_time(ctx: &mut Ctx, raw: &str) -> Result<DateTime<FixedOffset>, 
     Err(Stop(format!("Unable to parse the target time parameter '{raw}'")))
 }
 
-/// `ls`-style emptiness, as Barman checks a destination (hidden entries are not seen).
-fn is_empty_dir(p: &Path) -> bool {
-    match fs::read_dir(p) {
-        Err(_) => true,
-        Ok(rd) => rd.flatten().all(|e| e.file_name().to_string_lossy().starts_with('.')),
-    }
-}
-
 fn run(ctx: &mut Ctx, s: &ServerConfig, a: &RecoverArgs) -> Result<(), Stop> {
     let given = [
         a.target_time.is_some(),
@@ -81,9 +80,7 @@ fn run(ctx: &mut Ctx, s: &ServerConfig, a: &RecoverArgs) -> Result<(), Stop> {
     if given.iter().filter(|g| **g).count() > 1 {
         return Err(Stop("You cannot specify multiple targets for the recovery operation".into()));
     }
-    if a.remote_ssh_command.is_some() {
-        return Err(Stop("remote recovery (--remote-ssh-command) is not supported by this version yet".into()));
-    }
+    check_staging_options(a)?;
     let l = ServerLayout::new(&ctx.cfg.global, s);
     let all = backups::load(&l)?;
     let b = resolve(ctx, &l, &all, a, &s.name)?;
@@ -99,10 +96,19 @@ fn run(ctx: &mut Ctx, s: &ServerConfig, a: &RecoverArgs) -> Result<(), Stop> {
             a.destination_directory.display()
         )));
     }
-    let dest = if a.destination_directory.is_absolute() {
-        a.destination_directory.clone()
-    } else {
-        std::env::current_dir()?.join(&a.destination_directory)
+    let compress = a.network_compression_choice().unwrap_or(s.opts.network_compression);
+    if a.network_compression && a.remote_ssh_command.is_none() {
+        return Err(Stop("Network compression is only available with --remote-ssh-command".into()));
+    }
+    let dest = match &a.remote_ssh_command {
+        Some(_) if !a.destination_directory.is_absolute() => {
+            return Err(Stop(format!(
+                "The destination directory '{}' must be an absolute path on the remote host",
+                a.destination_directory.display()
+            )));
+        }
+        _ if a.destination_directory.is_absolute() => a.destination_directory.clone(),
+        _ => std::env::current_dir()?.join(&a.destination_directory),
     };
     // --tablespace NAME:LOCATION, split at the first ':'.
     let spcs = b.info.tablespaces.clone().unwrap_or_default();
@@ -119,26 +125,42 @@ fn run(ctx: &mut Ctx, s: &ServerConfig, a: &RecoverArgs) -> Result<(), Stop> {
     let location = |name: &str, original: &str| {
         relocated.iter().find(|(n, _)| n == name).map_or(original.to_string(), |(_, l)| l.clone())
     };
-    if dest.join("postmaster.pid").exists() {
+    let placements: Vec<Placement> = spcs
+        .iter()
+        .map(|t| Placement { oid: t.oid, location: PathBuf::from(location(&t.name, &t.location)) })
+        .collect();
+
+    // The destination: this host, or the remote one (its reachability is the first check).
+    let remote = match &a.remote_ssh_command {
+        Some(cmd) => Some(
+            Remote::connect(cmd, compress)
+                .map_err(|e| Stop(format!("Unable to connect to the target host using the command '{cmd}': {e}")))?,
+        ),
+        None => None,
+    };
+    let target: Box<dyn Dest + '_> = match &remote {
+        Some(r) => Box::new(RemoteDest { remote: r }),
+        None => Box::new(LocalDest),
+    };
+    if target.exists(&dest.join("postmaster.pid"))? {
         return Err(Stop(format!(
             "A PostgreSQL server may be running in '{}' (it holds postmaster.pid): stop it and choose an empty \
              destination",
             dest.display()
         )));
     }
-    if !is_empty_dir(&dest) {
+    if !target.is_empty_dir(&dest)? {
         return Err(Stop(format!("Destination directory '{}' must be empty", dest.display())));
     }
-    for t in &spcs {
-        let loc = location(&t.name, &t.location);
-        if !is_empty_dir(Path::new(&loc)) {
-            return Err(Stop(format!("Tablespace destination directory '{loc}' must be empty")));
+    for p in &placements {
+        if !target.is_empty_dir(&p.location)? {
+            return Err(Stop(format!("Tablespace destination directory '{}' must be empty", p.location.display())));
         }
     }
     let segsize = SegmentSize::new(b.info.xlog_segment_size).map_err(|e| Stop(e.to_string()))?;
     // Room for the data directory at least (tar backups unpack to about their cluster size).
     let need = b.info.cluster_size.or(b.info.size).unwrap_or(0);
-    if let Some(free) = free_bytes(&dest)
+    if let Some(free) = target.free_bytes(&dest)?
         && free < need
     {
         return Err(Stop(format!(
@@ -197,8 +219,12 @@ fn run(ctx: &mut Ctx, s: &ServerConfig, a: &RecoverArgs) -> Result<(), Stop> {
     let env = hook_env(&l, &all, &b, &dest, &relocated, a);
     hooks.run(Event::Recovery, Phase::Pre, &env, None).map_err(|e| Stop(e.to_string()))?;
     let started = Local::now();
-    ctx.out.info(format!("Starting local restore for server {} using backup {}", s.name, b.id));
+    let kind = if remote.is_some() { "remote" } else { "local" };
+    ctx.out.info(format!("Starting {kind} restore for server {} using backup {}", s.name, b.id));
     ctx.out.info(format!("Destination directory: {}", dest.display()));
+    if let Some(cmd) = &a.remote_ssh_command {
+        ctx.out.info(format!("Remote command: {cmd}"));
+    }
     if !get_wal && b.info.status == "WAITING_FOR_WALS" {
         ctx.out.warning(
             "IMPORTANT: You have requested a recovery operation for a backup that does not have yet all the WAL files \
@@ -228,86 +254,177 @@ fn run(ctx: &mut Ctx, s: &ServerConfig, a: &RecoverArgs) -> Result<(), Stop> {
         ctx.out.info(format!("Doing PITR. Recovery target {}", shown.join(", ")));
     }
 
-    ctx.out.info("Copying the base backup.");
-    copy_base(&l, &b, &dest).map_err(|e| Stop(format!("Failure copying base backup: {e}")))?;
-    for t in &spcs {
-        let loc = location(&t.name, &t.location);
-        place_tablespace(&l, &b, &dest, t.oid, &loc)
-            .map_err(|e| Stop(format!("unable to prepare '{}' tablespace (destination '{loc}'): {e}", t.name)))?;
-        ctx.out.info(format!("\t{}, {}, {}", t.oid, t.name, loc));
-    }
-    b.info.save(&dest.join(".barman-recover.info"))?;
-    let manifest = dest.join("backup_manifest");
-    if manifest.exists() {
-        fs::rename(&manifest, dest.join(format!("backup_manifest.{}", b.id)))?;
-    }
-
-    let wal_dest = if is_pitr { dest.join("barman_wal") } else { dest.join("pg_wal") };
-    if !get_wal {
-        crate::catalog::durable::create_dir_all(&wal_dest)?;
-        ctx.out.info("Copying required WAL segments.");
-        let needed = required_wals(&l, &b, target_tli, a.target_lsn.as_deref(), a.target_immediate, segsize)?;
-        let codecs = codecs_for(s);
-        let src = ArchiveSource {
-            layout: &l,
-            codecs: &codecs,
-            custom_decompression: s.opts.custom_decompression_filter.is_some(),
-        };
-        for e in &needed {
-            let path = wal_dest.join(e.name.as_str());
-            let mut f = fs::File::create(&path)?;
-            src.send(&e.name, Delivery::default(), &mut f)
-                .map_err(|err| Stop(format!("Failure copying WAL files: {err}")))?;
-            f.sync_all()?;
-        }
-        if !is_pitr {
-            ctx.out.info("Generating archive status files");
-            let status = wal_dest.join("archive_status");
-            crate::catalog::durable::create_dir_all(&status)?;
-            for e in &needed {
-                fs::write(status.join(format!("{}.done", e.name)), b"")?;
-            }
-        }
-    }
+    let wal_dest = match &a.staging_wal_directory {
+        Some(dir) if is_pitr => PathBuf::from(dir),
+        _ if is_pitr => dest.join("barman_wal"),
+        _ => dest.join("pg_wal"),
+    };
+    let needed = if get_wal {
+        Vec::new()
+    } else {
+        required_wals(&l, &b, target_tli, a.target_lsn.as_deref(), a.target_immediate, segsize)?
+    };
     let mut append = Vec::new();
     if is_pitr || get_wal || a.standby_mode {
-        ctx.out.info("Generating recovery configuration");
-        let source = if get_wal {
-            WalSource::GetWal {
-                user: if ctx.user.is_empty() { "barman".into() } else { ctx.user.clone() },
+        let user = if ctx.user.is_empty() { "barman".into() } else { ctx.user.clone() };
+        let source = match (&remote, get_wal) {
+            (Some(_), true) => WalSource::WalRestore {
+                user,
+                port: a.recovery_option_port,
+                host: fqdn(),
                 server: s.name.clone(),
-            }
-        } else {
-            WalSource::Copied { wal_dest: wal_dest.display().to_string() }
+                parallel_jobs: s.opts.parallel_jobs.max(1) as u32,
+            },
+            (None, true) => WalSource::GetWal { user, server: s.name.clone() },
+            (_, false) => WalSource::Copied { wal_dest: wal_dest.display().to_string() },
         };
         append = recovery_lines(&source, a.standby_mode, &targets);
-        let signal = if a.standby_mode { "standby.signal" } else { "recovery.signal" };
-        fs::OpenOptions::new().create(true).append(true).open(dest.join(signal))?;
     }
-    crate::catalog::durable::create_dir_all(&wal_dest.join("archive_status"))?;
-    // Barman's mangling: postgresql.conf, then postgresql.auto.conf with the settings.
+    let signal = (!append.is_empty()).then_some(if a.standby_mode { "standby.signal" } else { "recovery.signal" });
+
+    ctx.out.info("Copying the base backup.");
+    match &remote {
+        Some(r) => {
+            let jobs = a.jobs.map_or(s.opts.parallel_jobs.max(1) as usize, |j| j as usize);
+            let bandwidth = a.bwlimit.map(u64::from).or(s.opts.bandwidth_limit.map(|b| b.0)).filter(|kb| *kb > 0);
+            let retries =
+                if a.no_retry { 0 } else { a.retry_times.unwrap_or(s.opts.basebackup_retry_times.max(0) as u32) };
+            let sleep = a.retry_sleep.map_or(s.opts.basebackup_retry_sleep.max(0) as u64, u64::from);
+            let remote_copy = RemoteCopy {
+                l: &l,
+                b: &b,
+                dest: &dest,
+                placements: &placements,
+                wal_dest: (!get_wal).then_some(wal_dest.as_path()),
+                needed: &needed,
+                codecs: codecs_for(s),
+                custom_decompression: s.opts.custom_decompression_filter.is_some(),
+                archive_status: !is_pitr,
+                signal,
+            };
+            let mut attempt = 0;
+            loop {
+                let opts = CopyOptions {
+                    jobs,
+                    bandwidth: bandwidth.map(|kb| kb * 1024),
+                    progress: Some(Arc::new(AtomicU64::new(0))),
+                };
+                let shown = progress(ctx, opts.progress.clone(), b.info.cluster_size.or(b.info.size));
+                let res = remote_copy.run(r, &opts);
+                shown.stop();
+                match res {
+                    Ok(_) => break,
+                    Err(e) if attempt < retries => {
+                        attempt += 1;
+                        ctx.out.warning(format!(
+                            "Failure copying base backup: {e} (attempt {attempt} of {retries}, retrying in {sleep} \
+                             seconds)"
+                        ));
+                        std::thread::sleep(std::time::Duration::from_secs(sleep));
+                    }
+                    Err(e) => return Err(Stop(format!("Failure copying base backup: {e}"))),
+                }
+            }
+            for (t, p) in spcs.iter().zip(&placements) {
+                ctx.out.info(format!("\t{}, {}, {}", t.oid, t.name, p.location.display()));
+            }
+            if !get_wal {
+                ctx.out.info("Copying required WAL segments.");
+                if !is_pitr {
+                    ctx.out.info("Generating archive status files");
+                }
+            }
+        }
+        None => {
+            copy_base(&l, &b, &dest).map_err(|e| Stop(format!("Failure copying base backup: {e}")))?;
+            for (t, p) in spcs.iter().zip(&placements) {
+                place_tablespace(&l, &b, &dest, t.oid, &p.location).map_err(|e| {
+                    Stop(format!(
+                        "unable to prepare '{}' tablespace (destination '{}'): {e}",
+                        t.name,
+                        p.location.display()
+                    ))
+                })?;
+                ctx.out.info(format!("\t{}, {}, {}", t.oid, t.name, p.location.display()));
+            }
+            b.info.save(&dest.join(".barman-recover.info"))?;
+            let manifest = dest.join("backup_manifest");
+            if manifest.exists() {
+                fs::rename(&manifest, dest.join(format!("backup_manifest.{}", b.id)))?;
+            }
+            if !get_wal {
+                crate::catalog::durable::create_dir_all(&wal_dest)?;
+                ctx.out.info("Copying required WAL segments.");
+                let codecs = codecs_for(s);
+                let src = ArchiveSource {
+                    layout: &l,
+                    codecs: &codecs,
+                    custom_decompression: s.opts.custom_decompression_filter.is_some(),
+                };
+                for e in &needed {
+                    let path = wal_dest.join(e.name.as_str());
+                    let mut f = fs::File::create(&path)?;
+                    src.send(&e.name, Delivery::default(), &mut f)
+                        .map_err(|err| Stop(format!("Failure copying WAL files: {err}")))?;
+                }
+                if !is_pitr {
+                    ctx.out.info("Generating archive status files");
+                    let status = wal_dest.join("archive_status");
+                    crate::catalog::durable::create_dir_all(&status)?;
+                    for e in &needed {
+                        fs::write(status.join(format!("{}.done", e.name)), b"")?;
+                    }
+                }
+            }
+            if let Some(signal) = signal {
+                fs::OpenOptions::new().create(true).append(true).open(dest.join(signal))?;
+            }
+            crate::catalog::durable::create_dir_all(&wal_dest.join("archive_status"))?;
+        }
+    }
+    if signal.is_some() {
+        ctx.out.info("Generating recovery configuration");
+    }
+    // Barman's mangling: postgresql.conf, then the recovery settings' file with the settings.
+    let settings_file = a.recovery_conf_filename.clone().unwrap_or_else(|| "postgresql.auto.conf".into());
     let mut changes = Vec::new();
     let mut warnings = Vec::new();
     let mut missing = Vec::new();
-    for (name, lines) in [("postgresql.conf", &Vec::new()), ("postgresql.auto.conf", &append)] {
+    let none = Vec::new();
+    let mut edits: Vec<(String, &Vec<String>)> = vec![("postgresql.conf".into(), &none)];
+    if settings_file != "postgresql.auto.conf" {
+        edits.push(("postgresql.auto.conf".into(), &none));
+    }
+    edits.push((settings_file.clone(), &append));
+    for (name, lines) in &edits {
         let p = dest.join(name);
-        let Ok(content) = fs::read(&p) else {
-            missing.push(name);
+        let Some(content) = target.read(&p)? else {
+            if lines.is_empty() {
+                missing.push(name.clone());
+            } else {
+                // A settings file the backup lacks is created with just the settings.
+                let (mangled, _) = mangle(b"", lines);
+                target.write_new(&p, &mangled, 0o600)?;
+            }
             continue;
         };
         let (mangled, changed) = mangle(&content, lines);
-        let origin = dest.join(format!("{name}.origin"));
-        fs::rename(&p, &origin)?;
-        fs::write(&p, &mangled)?;
-        fs::set_permissions(&p, fs::metadata(&origin)?.permissions())?;
-        changes.extend(changed.into_iter().map(|c| (name, c)));
-        warnings.extend(dangerous_settings(&mangled).into_iter().map(|w| (name, w)));
+        target.replace_keeping_origin(&p, &mangled)?;
+        changes.extend(changed.into_iter().map(|c| (name.clone(), c)));
+        warnings.extend(dangerous_settings(&mangled).into_iter().map(|w| (name.clone(), w)));
     }
     for name in ["pg_hba.conf", "pg_ident.conf"] {
-        if !dest.join(name).exists() {
-            missing.push(name);
+        if !target.exists(&dest.join(name))? {
+            missing.push(name.to_string());
         }
     }
+    // Everything written is on disk before we say the destination is ready.
+    let mut synced: Vec<&Path> = vec![&dest];
+    synced.extend(placements.iter().map(|p| p.location.as_path()));
+    if !get_wal && !wal_dest.starts_with(&dest) {
+        synced.push(&wal_dest);
+    }
+    target.sync(&synced)?;
     ctx.out.info("Identify dangerous settings in destination directory.");
     let env = hook_env(&l, &all, &b, &dest, &relocated, a);
     let _ = hooks.run(Event::Recovery, Phase::Post, &env, None);
@@ -345,7 +462,7 @@ fn run(ctx: &mut Ctx, s: &ServerConfig, a: &RecoverArgs) -> Result<(), Stop> {
     if get_wal {
         ctx.out.info("");
         ctx.out.info("WARNING: 'get-wal' is in the specified 'recovery_options'.");
-        ctx.out.info("Before you start up the PostgreSQL server, please review the postgresql.auto.conf file");
+        ctx.out.info(format!("Before you start up the PostgreSQL server, please review the {settings_file} file"));
         ctx.out.info(
             "inside the target directory. Make sure that 'restore_command' can be executed by the PostgreSQL user.",
         );
@@ -357,6 +474,31 @@ fn run(ctx: &mut Ctx, s: &ServerConfig, a: &RecoverArgs) -> Result<(), Stop> {
         human_duration((Local::now() - started).num_seconds().max(0) as u64)
     ));
     ctx.out.info("Your PostgreSQL server has been successfully prepared for recovery!");
+    Ok(())
+}
+
+/// Barman's checks of the staging options. We never stage: tar archives are unpacked as
+/// they are read, so the paths are only validated.
+fn check_staging_options(a: &RecoverArgs) -> Result<(), Stop> {
+    for (what, value) in [
+        ("staging path", &a.staging_path),
+        ("recovery staging path", &a.recovery_staging_path),
+        ("local staging path", &a.local_staging_path),
+    ] {
+        if let Some(v) = value
+            && !Path::new(v).is_absolute()
+        {
+            return Err(Stop(format!("Cannot parse {what}: Invalid value : '{v}' (must be an absolute path)")));
+        }
+    }
+    if a.staging_location.as_deref() == Some("remote") && a.remote_ssh_command.is_none() {
+        return Err(Stop("--staging-location as remote requires --remote-ssh-command to be set".into()));
+    }
+    if a.delta_restore {
+        return Err(Stop(
+            "Delta restore is not supported: recover into an empty directory (--no-delta-restore)".into(),
+        ));
+    }
     Ok(())
 }
 
@@ -401,20 +543,6 @@ fn resolve(ctx: &mut Ctx, l: &ServerLayout, all: &[Backup], a: &RecoverArgs, ser
         .find(|b| tli.is_none_or(|t| b.info.timeline == Some(t)))
         .cloned()
         .ok_or_else(|| Stop("Cannot find any candidate backup for recovery.".into()))
-}
-
-/// Bytes free for an unprivileged writer on the filesystem holding `p` (or its
-/// nearest existing parent).
-fn free_bytes(p: &Path) -> Option<u64> {
-    let mut dir = p;
-    while !dir.exists() {
-        dir = dir.parent()?;
-    }
-    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
-    // SAFETY: statvfs fills the zeroed struct for a NUL-terminated path.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
-    (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 /// `--target-tli`: a number, `current` (the backup's) or `latest` (the newest archived).
@@ -474,14 +602,6 @@ fn required_wals(
     Ok(out)
 }
 
-/// Files a restore leaves out of the data directory (Barman's rsync exclusions).
-fn excluded(rel: &Path) -> bool {
-    let s = rel.to_string_lossy();
-    let top = rel.components().next().map(|c| c.as_os_str().to_string_lossy().into_owned()).unwrap_or_default();
-    matches!(s.as_ref(), "postmaster.pid" | "recovery.conf" | "tablespace_map")
-        || (["pg_log", "log", "pg_xlog", "pg_wal"].contains(&top.as_str()) && rel.components().count() > 1)
-}
-
 /// The data directory into `dest`: a plain copy, or the main tar archive unpacked.
 fn copy_base(l: &ServerLayout, b: &Backup, dest: &Path) -> io::Result<()> {
     let data = l.base_dir.join(&b.id).join("data");
@@ -497,11 +617,6 @@ fn copy_base(l: &ServerLayout, b: &Backup, dest: &Path) -> io::Result<()> {
         return Ok(());
     }
     copy_tree(&data, dest, Path::new(""))
-}
-
-/// `data/<stem>.tar[.ext]` when the backup is stored as tar.
-fn tar_archive(data: &Path, stem: &str) -> Option<PathBuf> {
-    ["", ".gz", ".lz4", ".zst"].iter().map(|ext| data.join(format!("{stem}.tar{ext}"))).find(|p| p.is_file())
 }
 
 fn unpack(archive: &Path, b: &Backup, dest: &Path) -> io::Result<()> {
@@ -540,8 +655,7 @@ fn copy_tree(from: &Path, to: &Path, rel: &Path) -> io::Result<()> {
 }
 
 /// A tablespace into `location`, linked from `pg_tblspc/<oid>`.
-fn place_tablespace(l: &ServerLayout, b: &Backup, dest: &Path, oid: u32, location: &str) -> io::Result<()> {
-    let loc = Path::new(location);
+fn place_tablespace(l: &ServerLayout, b: &Backup, dest: &Path, oid: u32, loc: &Path) -> io::Result<()> {
     fs::create_dir_all(loc)?;
     let stored = l.base_dir.join(&b.id).join(oid.to_string());
     let data = l.base_dir.join(&b.id).join("data");
@@ -607,4 +721,41 @@ fn hook_env(
         ("BARMAN_RECOVER_OPTIONS", recover_options),
     ]);
     env
+}
+
+/// The progress line of a copy, on a terminal only; ends (with a newline) on `stop`.
+struct ProgressLine {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ProgressLine {
+    fn stop(mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn progress(ctx: &Ctx, sent: Option<Arc<AtomicU64>>, total: Option<u64>) -> ProgressLine {
+    use std::io::IsTerminal;
+    let Some(sent) = sent.filter(|_| !ctx.out.quiet && std::io::stderr().is_terminal()) else {
+        return ProgressLine { stop: None, thread: None };
+    };
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let draw = || {
+            let done = sent.load(std::sync::atomic::Ordering::Relaxed);
+            eprint!("\r{}", super::backup::progress_line(crate::backup::copy::CopyProgress { done, total }));
+        };
+        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+            rx.recv_timeout(std::time::Duration::from_millis(200))
+        {
+            draw();
+        }
+        draw();
+        eprintln!();
+    });
+    ProgressLine { stop: Some(tx), thread: Some(thread) }
 }

@@ -4,6 +4,7 @@
 
 pub mod ini;
 pub mod options;
+pub mod os_user;
 mod resolve;
 pub mod types;
 mod validate;
