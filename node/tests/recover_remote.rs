@@ -227,3 +227,80 @@ fn remote_recovery_refuses_bad_requests_with_one_line() {
         "before the backup end",
     );
 }
+
+/// The real Barman 3.17's remote recovery (rsync over ssh) and ours, for the same backup
+/// and options, into the same account: the same files at the top, the same settings and
+/// mangling, the same WAL, the same messages (but for times and paths).
+#[test]
+fn remote_recovery_writes_what_barman_writes() {
+    let env = Env::new();
+    let pg = env.archiving_primary(&[]);
+    pg.pgbench(&["-i", "-s", "1", "-q"]).unwrap();
+    pg.psql("ALTER SYSTEM SET recovery_target_timeline = 'latest'").unwrap();
+    env.write_config(&format!(
+        "[pg]\nconninfo = {}\nbackup_method = postgres\narchiver = on\nimmediate_checkpoint = true\n",
+        pg.conninfo()
+    ));
+    pg.switch_wal().unwrap();
+    env.barman(&["backup", "pg", "--wait"]).ok();
+    pg.psql("SELECT pg_create_restore_point('rp')").unwrap();
+    env.switch_and_archive(&pg);
+    let sshd = Sshd::start_with(env.path(), std::slice::from_ref(&env.bin), &[], is_root()).unwrap();
+    let user = account(&sshd);
+    let root = remote_root(&env);
+    let ssh = format!("ssh -F {} {user}@127.0.0.1", sshd.ssh_config().display());
+    let barman = cluster_tests::reference::barman().expect("reference Barman");
+    // Barman runs ssh and rsync: the wrapper makes its ssh use the test's client config.
+    let path = format!("{}:{}", sshd.wrapper_dir().display(), std::env::var("PATH").unwrap_or_default());
+    for (case, args) in [
+        ("name", vec!["--target-name", "rp", "--target-action", "promote", "--no-get-wal"]),
+        ("getwal", vec!["--get-wal", "--target-immediate"]),
+        ("end", vec!["--no-get-wal"]),
+    ] {
+        let ours_dir = root.join(format!("ours_{case}"));
+        let theirs_dir = root.join(format!("theirs_{case}"));
+        let run = |program: Option<&Path>, dir: &Path| {
+            let d = dir.display().to_string();
+            let mut a = vec!["recover", "--remote-ssh-command", &ssh, "pg", "latest", &d];
+            a.extend(args.iter().copied());
+            match program {
+                None => env.barman(&a),
+                Some(p) => common::run(
+                    std::process::Command::new(p).env("PATH", &path).arg("-c").arg(&env.config).args(&a),
+                    None,
+                ),
+            }
+        };
+        let ours = run(None, &ours_dir);
+        ours.ok();
+        let theirs = run(Some(&barman), &theirs_dir);
+        theirs.ok();
+        let listing = |d: &Path, sub: &str| -> Vec<String> {
+            let mut v: Vec<String> = fs::read_dir(d.join(sub))
+                .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+                .unwrap_or_default();
+            v.sort();
+            v
+        };
+        for sub in ["", "pg_wal", "barman_wal", "pg_wal/archive_status"] {
+            assert_eq!(listing(&ours_dir, sub), listing(&theirs_dir, sub), "{case}: files in '{sub}'");
+        }
+        for f in ["postgresql.auto.conf", "postgresql.conf", "postgresql.auto.conf.origin", "recovery.signal"] {
+            let read =
+                |d: &Path| fs::read_to_string(d.join(f)).ok().map(|s| s.replace(&d.display().to_string(), "DEST"));
+            assert_eq!(read(&ours_dir), read(&theirs_dir), "{case}: {f}");
+            if is_root() && ours_dir.join(f).exists() {
+                let owner = |d: &Path| fs::metadata(d.join(f)).unwrap().uid();
+                assert_eq!(owner(&ours_dir), owner(&theirs_dir), "{case}: {f} belongs to the remote account");
+            }
+        }
+        let norm = |s: &str, d: &Path| -> Vec<String> {
+            s.replace(&d.display().to_string(), "DEST")
+                .lines()
+                .filter(|l| !l.starts_with("Restore operation completed") && !l.starts_with("Processing xlog segments"))
+                .map(str::to_string)
+                .collect()
+        };
+        assert_eq!(norm(&ours.stdout, &ours_dir), norm(&theirs.stdout, &theirs_dir), "{case}: output");
+    }
+}

@@ -295,7 +295,7 @@ fn run(ctx: &mut Ctx, s: &ServerConfig, a: &RecoverArgs) -> Result<(), Stop> {
                 b: &b,
                 dest: &dest,
                 placements: &placements,
-                wal_dest: (!get_wal).then_some(wal_dest.as_path()),
+                wal_dest: &wal_dest,
                 needed: &needed,
                 codecs: codecs_for(s),
                 custom_decompression: s.opts.custom_decompression_filter.is_some(),

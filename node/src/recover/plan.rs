@@ -37,7 +37,7 @@ pub struct Placement {
 
 /// The backup's files for a remote destination: the data directory (without Barman's
 /// exclusions, `backup_manifest` renamed `backup_manifest.<id>`), each tablespace at its
-/// location with its `pg_tblspc` link, and an empty `pg_wal/archive_status`.
+/// location with its `pg_tblspc` link, and an empty `pg_wal` (as Barman's rsync leaves it).
 pub fn backup_units(
     backup_dir: &Path,
     id: &str,
@@ -60,9 +60,7 @@ pub fn backup_units(
         }
         None => tree_units(&data, dest, Path::new(""), &|rel| keep(rel), id, &mut units)?,
     }
-    for dir in ["pg_wal", "pg_wal/archive_status"] {
-        units.push(Unit::Dir { dest: dest.join(dir), mode: 0o700 });
-    }
+    units.push(Unit::Dir { dest: dest.join("pg_wal"), mode: 0o700 });
     units.push(Unit::Dir { dest: dest.join("pg_tblspc"), mode: 0o700 });
     for t in tablespaces {
         units.push(Unit::Dir { dest: t.location.clone(), mode: 0o700 });

@@ -20,8 +20,9 @@ pub struct RemoteCopy<'a> {
     pub b: &'a Backup,
     pub dest: &'a Path,
     pub placements: &'a [Placement],
-    /// Where the copied WAL goes; None with get-wal (nothing copied).
-    pub wal_dest: Option<&'a Path>,
+    /// Where the copied WAL goes (`pg_wal`, or `barman_wal` for a PITR).
+    pub wal_dest: &'a Path,
+    /// The WAL to copy (none with get-wal).
     pub needed: &'a [XlogEntry],
     pub codecs: Codecs,
     pub custom_decompression: bool,
@@ -42,29 +43,29 @@ impl RemoteCopy<'_> {
             backup_units(&backup_dir, &self.b.id, self.b.info.compression.as_deref(), self.dest, self.placements)
                 .map_err(read(&backup_dir))?;
         units.push(made(self.dest.join(".barman-recover.info"), self.b.info.to_text().into_bytes()));
-        if let Some(wal_dest) = self.wal_dest {
-            units.push(Unit::Dir { dest: wal_dest.to_path_buf(), mode: 0o700 });
-            let layout = Arc::new(self.l.clone());
-            let codecs = Arc::new(self.codecs.clone());
-            for e in self.needed {
-                let (layout, codecs, name) = (layout.clone(), codecs.clone(), e.name.clone());
-                let custom_decompression = self.custom_decompression;
-                units.push(Unit::Made {
-                    dest: wal_dest.join(e.name.as_str()),
-                    mode: 0o600,
-                    size: e.size,
-                    produce: Box::new(move || {
-                        let src = ArchiveSource { layout: &layout, codecs: &codecs, custom_decompression };
-                        let mut out = Vec::with_capacity(16 << 20);
-                        src.send(&name, Delivery::default(), &mut out).map_err(std::io::Error::other)?;
-                        Ok(out)
-                    }),
-                });
-                if self.archive_status {
-                    units.push(made(wal_dest.join("archive_status").join(format!("{}.done", e.name)), Vec::new()));
-                }
+        let wal_dest = self.wal_dest;
+        units.push(Unit::Dir { dest: wal_dest.to_path_buf(), mode: 0o700 });
+        // As Barman's: the directory even when get-wal copies nothing into it.
+        units.push(Unit::Dir { dest: wal_dest.join("archive_status"), mode: 0o700 });
+        let layout = Arc::new(self.l.clone());
+        let codecs = Arc::new(self.codecs.clone());
+        for e in self.needed {
+            let (layout, codecs, name) = (layout.clone(), codecs.clone(), e.name.clone());
+            let custom_decompression = self.custom_decompression;
+            units.push(Unit::Made {
+                dest: wal_dest.join(e.name.as_str()),
+                mode: 0o600,
+                size: e.size,
+                produce: Box::new(move || {
+                    let src = ArchiveSource { layout: &layout, codecs: &codecs, custom_decompression };
+                    let mut out = Vec::with_capacity(16 << 20);
+                    src.send(&name, Delivery::default(), &mut out).map_err(std::io::Error::other)?;
+                    Ok(out)
+                }),
+            });
+            if self.archive_status {
+                units.push(made(wal_dest.join("archive_status").join(format!("{}.done", e.name)), Vec::new()));
             }
-            units.push(Unit::Dir { dest: wal_dest.join("archive_status"), mode: 0o700 });
         }
         if let Some(signal) = self.signal {
             units.push(made(self.dest.join(signal), Vec::new()));
