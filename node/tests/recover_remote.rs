@@ -216,6 +216,32 @@ fn remote_recovery_refuses_bad_requests_with_one_line() {
     fs::remove_file(busy.join("postmaster.pid")).unwrap();
     refused(&ssh, &busy, &[], "must be empty");
     assert_eq!(names_in(&busy), ["PG_VERSION"], "the destination is as it was");
+    // The remote account cannot write there: the remote tar's own complaint, in one line.
+    let locked = root.join("locked");
+    fs::create_dir_all(&locked).unwrap();
+    chown_to_pg_user(&locked).unwrap();
+    fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0o555)).unwrap();
+    let moved = format!("ts:{}", root.join("fresh_ts").display());
+    let failed = env.barman(&[
+        "recover",
+        "--remote-ssh-command",
+        &ssh,
+        "--tablespace",
+        &moved,
+        "pg",
+        &id,
+        &locked.join("data").display().to_string(),
+    ]);
+    assert_eq!(failed.code, 1, "{}", failed.stderr);
+    let lines: Vec<&str> = failed.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{}", failed.stderr);
+    assert!(
+        lines[0].contains("Failure copying base backup: tar on") && lines[0].contains("Permission denied"),
+        "{}",
+        lines[0]
+    );
+    assert!(names_in(&locked).is_empty());
+    fs::remove_dir_all(root.join("fresh_ts")).ok();
     refused(&ssh, &fresh, &["--target-name", "rp", "--target-lsn", "0/1"], "multiple targets");
     // The source's own tablespace directory is in use on this (same) host.
     refused(&ssh, &fresh, &[], "Tablespace destination directory");
