@@ -6,6 +6,7 @@ pub mod archive;
 pub mod backup;
 pub mod catalog;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod hooks;
 pub mod postgres;
