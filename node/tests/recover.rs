@@ -429,7 +429,7 @@ fn recover_refuses_bad_requests_with_one_line() {
     refused(&["pg", "latest", &d, "--target-tli", "sideways"], "'sideways' is not a valid timeline");
     refused(
         &["pg", "latest", &d, "--remote-ssh-command", "ssh pg"],
-        "--remote-ssh-command) is not supported by this version yet",
+        "Unable to connect to the target host using the command 'ssh pg'",
     );
     assert!(!dest.exists(), "nothing written");
     fs::create_dir_all(&dest).unwrap();
@@ -578,10 +578,10 @@ fn recovery_past_a_promotion_reaches_the_new_timeline() {
     assert_eq!(current_timeline(&r), 1);
 }
 
-/// KNOWN BUG, fails until fixed: `required_wals` in node/src/cli/recover.rs
-/// stops reading the catalogue at the first segment past an immediate (or LSN)
-/// target, so the history files catalogued after it are not copied; Barman's
-/// `get_required_xlog_files` copies them all. Without 00000002.history the
+/// Regression: `required_wals` stopped reading the catalogue at the first
+/// segment past an immediate (or LSN) target, so the history files catalogued
+/// after it were not copied; Barman's `get_required_xlog_files` copies them
+/// all. Without 00000002.history the
 /// recovered cluster promotes to timeline 2, which the archive already holds
 /// (and a 00000002.history of its own that differs from the archived one);
 /// with it, as after Barman's recovery, to timeline 3.
@@ -708,5 +708,6 @@ fn recover_fails_cleanly_when_a_required_wal_segment_is_missing() {
     assert!(!auto.contains("restore_command"), "{auto}");
     let copied = common::names_in(&dest.join("barman_wal"));
     assert!(copied.contains(&after[0]), "{copied:?}");
+    assert!(!copied.contains(&after[1]), "no empty file under the missing segment's name: {copied:?}");
     assert!(!copied.contains(&after[2]), "nothing copied past the missing segment: {copied:?}");
 }

@@ -362,10 +362,16 @@ fn run(ctx: &mut Ctx, s: &ServerConfig, a: &RecoverArgs) -> Result<(), Stop> {
                     custom_decompression: s.opts.custom_decompression_filter.is_some(),
                 };
                 for e in &needed {
+                    // Under its name only once complete: a failed read leaves no empty segment.
                     let path = wal_dest.join(e.name.as_str());
-                    let mut f = fs::File::create(&path)?;
-                    src.send(&e.name, Delivery::default(), &mut f)
-                        .map_err(|err| Stop(format!("Failure copying WAL files: {err}")))?;
+                    let temp = crate::catalog::durable::temp_path_for(&path);
+                    let mut f = fs::File::create(&temp)?;
+                    if let Err(err) = src.send(&e.name, Delivery::default(), &mut f) {
+                        drop(f);
+                        let _ = fs::remove_file(&temp);
+                        return Err(Stop(format!("Failure copying WAL files: {err}")));
+                    }
+                    fs::rename(&temp, &path)?;
                 }
                 if !is_pitr {
                     ctx.out.info("Generating archive status files");
@@ -582,18 +588,22 @@ fn required_wals(
         .and_then(|s| s.parse::<Lsn>().ok())
         .map(|lsn| WalFileName::segment(SegmentId::containing(lsn, tli, segsize)).to_string());
     let mut out = Vec::new();
+    // Past the target no segment is needed, but every history file still is: without them a
+    // promotion would reuse a timeline the archive already has.
+    let mut past_target = false;
     for e in read_xlogdb(l)? {
         let name = e.name.to_string();
         if e.name.is_history() {
             out.push(e);
             continue;
         }
-        if name < begin || e.name.timeline().0 > tli.0 {
+        if past_target || name < begin || e.name.timeline().0 > tli.0 {
             continue;
         }
         if name > end {
             if immediate || target_wal.as_ref().is_some_and(|t| name > *t) {
-                break;
+                past_target = true;
+                continue;
             }
             end = name;
         }
