@@ -532,7 +532,7 @@ fn resolve(ctx: &mut Ctx, l: &ServerLayout, all: &[Backup], a: &RecoverArgs, ser
             return Err(Stop("'current' is not a valid timeline keyword when recovering without a backup_id".into()));
         }
         // The newest timeline the archive has.
-        Some("latest") => Some(read_xlogdb(l)?.iter().map(|e| e.name.timeline().0).max().unwrap_or(1)),
+        Some("latest") => Some(newest_timeline(l)?.unwrap_or(1)),
         Some(raw) => Some(raw.parse::<u32>().map_err(|_| Stop(format!("'{raw}' is not a valid timeline")))?),
     };
     let time = a.target_time.as_deref().map(|t| parse_target_time(ctx, t)).transpose()?;
@@ -557,7 +557,7 @@ fn parse_tli(l: &ServerLayout, b: &Backup, raw: Option<&str>) -> Result<Timeline
     match raw {
         None | Some("current") => Ok(own),
         Some("latest") => {
-            let newest = read_xlogdb(l)?.iter().map(|e| e.name.timeline().0).max().unwrap_or(own.0);
+            let newest = newest_timeline(l)?.unwrap_or(own.0);
             Ok(TimelineId(newest.max(own.0)))
         }
         Some(n) => n
@@ -565,6 +565,12 @@ fn parse_tli(l: &ServerLayout, b: &Backup, raw: Option<&str>) -> Result<Timeline
             .map(TimelineId)
             .map_err(|_| Stop(format!("'{n}' is not a valid timeline (a number, 'current' or 'latest')"))),
     }
+}
+
+/// `--target-tli latest`: the newest timeline with an archived WAL file (as Barman, history
+/// files do not count: a promotion archives its history before its first segment).
+fn newest_timeline(l: &ServerLayout) -> Result<Option<u32>, Stop> {
+    Ok(read_xlogdb(l)?.iter().filter(|e| !e.name.is_history()).map(|e| e.name.timeline().0).max())
 }
 
 fn read_xlogdb(l: &ServerLayout) -> Result<Vec<XlogEntry>, Stop> {
