@@ -6,15 +6,10 @@
 mod common;
 
 use cluster_tests::pg::PgCluster;
-use common::Env;
+use common::{CHECKSUMS, Env};
 use std::fs;
 use std::path::Path;
 use std::time::Duration;
-
-const CHECKSUMS: &str = "SELECT string_agg(x, ' ' ORDER BY x) FROM ( \
-    SELECT 'a:' || md5(string_agg(t::text, ',' ORDER BY aid)) AS x FROM pgbench_accounts t \
-    UNION ALL SELECT 'h:' || md5(coalesce(string_agg(t::text, ',' ORDER BY t::text), '')) FROM pgbench_history t \
-    UNION ALL SELECT 'm:' || coalesce(string_agg(i::text, ',' ORDER BY i), '') FROM marker) s";
 
 /// Recovers `id` into `<test dir>/<name>` with `args`, starts PostgreSQL on it
 /// and waits for the end of recovery.

@@ -9,16 +9,11 @@ mod common;
 use cluster_tests::pg::PgCluster;
 use cluster_tests::ssh::Sshd;
 use cluster_tests::util::{chown_to_pg_user, free_port, is_root, pg_os_user};
-use common::{Env, names_in};
+use common::{CHECKSUMS, Env, names_in};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-const CHECKSUMS: &str = "SELECT string_agg(x, ' ' ORDER BY x) FROM ( \
-    SELECT 'a:' || md5(string_agg(t::text, ',' ORDER BY aid)) AS x FROM pgbench_accounts t \
-    UNION ALL SELECT 'h:' || md5(coalesce(string_agg(t::text, ',' ORDER BY t::text), '')) FROM pgbench_history t \
-    UNION ALL SELECT 'm:' || coalesce(string_agg(i::text, ',' ORDER BY i), '') FROM marker) s";
 
 /// The account recoveries log in as: the PostgreSQL OS user when root (a second account),
 /// else the current user (sshd cannot switch users without root).

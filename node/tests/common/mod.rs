@@ -7,6 +7,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+/// The pgbench accounts and history tables and a `marker (i int)` table, as one comparable
+/// string: what a recovery must give back.
+pub const CHECKSUMS: &str = "SELECT string_agg(x, ' ' ORDER BY x) FROM ( \
+    SELECT 'a:' || md5(string_agg(t::text, ',' ORDER BY aid)) AS x FROM pgbench_accounts t \
+    UNION ALL SELECT 'h:' || md5(coalesce(string_agg(t::text, ',' ORDER BY t::text), '')) FROM pgbench_history t \
+    UNION ALL SELECT 'm:' || coalesce(string_agg(i::text, ',' ORDER BY i), '') FROM marker) s";
+
 pub struct Out {
     pub code: i32,
     pub stdout: String,
