@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Benchmarks our release binaries against cp, ssh and the reference Barman 3.17 on real WAL
 # (see docs/benchmarks.md). Arguments go to the bench program: --quick, --out FILE,
-# --only get-wal,restore,archive,put-wal,stream,backup. Prints Markdown tables on stdout.
+# --only get-wal,restore,archive,put-wal,stream,backup,recover. Prints Markdown tables on stdout.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-# The backup benchmark compares with pgBackRest (Debian's package).
+# The backup and recover benchmarks compare with pgBackRest (Debian's package).
 if ! command -v pgbackrest >/dev/null; then
     sudo=""
     if [ "$(id -u)" -ne 0 ]; then

@@ -1,10 +1,10 @@
 //! Benchmarks of our `barman`, `barman-wal-archive` and `barman-wal-restore` on real WAL,
 //! each against references timed in the same run on the same data (`cp`, bare `ssh`, the
 //! codec alone, Barman 3.17, `pg_receivewal` for WAL streaming, `pg_basebackup` and pgBackRest for
-//! base backups). Prints Markdown tables; see docs/benchmarks.md.
+//! base backups, `cp -a` and pgBackRest for recovery). Prints Markdown tables; see docs/benchmarks.md.
 //!
-//! Usage: `bench [--quick] [--out FILE] [--only get-wal,restore,archive,put-wal,stream,backup]`; our release
-//! binaries are taken from the directory of this executable.
+//! Usage: `bench [--quick] [--out FILE] [--only get-wal,restore,archive,put-wal,stream,backup,recover]`; our
+//! release binaries are taken from the directory of this executable.
 
 /// When the run started, for the progress lines on stderr.
 static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
@@ -32,6 +32,12 @@ mod get_wal;
 mod measure;
 #[path = "bench/put_wal.rs"]
 mod put_wal;
+#[path = "bench/recover.rs"]
+mod recover;
+#[path = "bench/recover_pitr.rs"]
+mod recover_pitr;
+#[path = "bench/recover_remote.rs"]
+mod recover_remote;
 #[path = "bench/report.rs"]
 mod report;
 #[path = "bench/restore.rs"]
@@ -85,6 +91,16 @@ pub struct Counts {
     pub backup_scale: u32,
     /// Runs of each base backup variant.
     pub backup_reps: usize,
+    /// `pgbench -i` scale of the cluster the recoveries restore (100: about 1.5 GB).
+    pub recover_scale: u32,
+    /// Runs of each recovery variant.
+    pub recover_reps: usize,
+    /// WAL written after the backups and replayed by each point-in-time recovery, in MiB.
+    pub pitr_wal_mib: u64,
+    /// Runs of each point-in-time recovery.
+    pub pitr_reps: usize,
+    /// Segments fetched by hand by each restore_command of the point-in-time recoveries.
+    pub restore_command_calls: usize,
 }
 
 impl Counts {
@@ -113,6 +129,11 @@ impl Counts {
             sync_reps: 3,
             backup_scale: 100,
             backup_reps: 3,
+            recover_scale: 100,
+            recover_reps: 3,
+            pitr_wal_mib: 1024,
+            pitr_reps: 3,
+            restore_command_calls: 24,
         }
     }
 
@@ -141,6 +162,11 @@ impl Counts {
             sync_reps: 1,
             backup_scale: 10,
             backup_reps: 2,
+            recover_scale: 10,
+            recover_reps: 1,
+            pitr_wal_mib: 128,
+            pitr_reps: 1,
+            restore_command_calls: 4,
         }
     }
 }
@@ -181,7 +207,8 @@ struct Args {
     only: Option<Vec<String>>,
 }
 
-const BENCHMARKS: [&str; 6] = ["get-wal", "restore", "archive", "put-wal", "stream", "backup"];
+const BENCHMARKS: [&str; 8] =
+    ["get-wal", "restore", "archive", "put-wal", "stream", "backup", "recover", "recover-remote"];
 
 fn parse_args() -> Result<Args> {
     let mut a = Args { quick: false, out: None, only: None };
@@ -294,6 +321,12 @@ fn real_main() -> Result<()> {
     }
     if wanted("backup") {
         tables.extend(backup::run(&ctx)?);
+    }
+    if wanted("recover") {
+        tables.extend(recover::run(&ctx)?);
+    }
+    if wanted("recover-remote") {
+        tables.extend(recover_remote::run(&ctx)?);
     }
 
     let mut text = header(&ctx, args.quick);
