@@ -123,9 +123,13 @@ pub fn push(remote: &Remote, units: Vec<Unit>, opts: &CopyOptions) -> Result<Cop
         }
         let jobs = opts.jobs.max(1).min(heavy.len());
         let queue = Arc::new(Mutex::new(VecDeque::from(heavy)));
+        // Every connection first: a failure to open one must not leave streams running.
+        let mut sessions = vec![remote.control().clone()];
+        for _ in 1..jobs {
+            sessions.push(remote.open().await?);
+        }
         let mut workers = Vec::new();
-        for i in 0..jobs {
-            let session = if i == 0 { remote.control().clone() } else { remote.open().await? };
+        for session in sessions {
             workers.push(tokio::spawn(stream(session, queue.clone(), limit.clone(), sent.clone(), files.clone())));
         }
         let mut first_error = None;
