@@ -36,6 +36,8 @@ mod put_wal;
 mod recover;
 #[path = "bench/recover_pitr.rs"]
 mod recover_pitr;
+#[path = "bench/recover_remote.rs"]
+mod recover_remote;
 #[path = "bench/report.rs"]
 mod report;
 #[path = "bench/restore.rs"]
@@ -205,7 +207,8 @@ struct Args {
     only: Option<Vec<String>>,
 }
 
-const BENCHMARKS: [&str; 7] = ["get-wal", "restore", "archive", "put-wal", "stream", "backup", "recover"];
+const BENCHMARKS: [&str; 8] =
+    ["get-wal", "restore", "archive", "put-wal", "stream", "backup", "recover", "recover-remote"];
 
 fn parse_args() -> Result<Args> {
     let mut a = Args { quick: false, out: None, only: None };
@@ -321,6 +324,9 @@ fn real_main() -> Result<()> {
     }
     if wanted("recover") {
         tables.extend(recover::run(&ctx)?);
+    }
+    if wanted("recover-remote") {
+        tables.extend(recover_remote::run(&ctx)?);
     }
 
     let mut text = header(&ctx, args.quick);
