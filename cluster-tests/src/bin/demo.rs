@@ -7,7 +7,7 @@
 use anyhow::{Context, Result, bail};
 use cluster_tests::pg::{PgCluster, PgOptions, conf_quote};
 use cluster_tests::ssh::Sshd;
-use cluster_tests::util::{TestDir, chown_to_pg_user, current_os_user, install_binaries};
+use cluster_tests::util::{TestDir, chown_to_pg_user, current_os_user, install_binaries, is_root, pg_os_user};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -52,7 +52,8 @@ fn main() -> Result<()> {
     chown_to_pg_user(&copies)?;
     let pg =
         PgCluster::start(base, PgOptions { conf: vec![("archive_mode".into(), "on".into())], ..Default::default() })?;
-    let sshd = Sshd::start(base, std::slice::from_ref(&bin), &[])?;
+    // With PAM when root, so that step 8 can log in as the (password-locked) postgres account.
+    let sshd = Sshd::start_with(base, std::slice::from_ref(&bin), &[], is_root())?;
     let home = base.join("barman-home");
     let config = base.join("barman.conf");
     std::fs::write(
@@ -149,6 +150,41 @@ fn main() -> Result<()> {
         std::fs::read_dir(&stored)?.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     files.sort();
     println!("    stored in {}: {}", stored.display(), files.join(", "));
+
+    let account = if is_root() { pg_os_user()?.name } else { sshd.login_user() };
+    println!("8. Remote recovery over SSH (our own client, 2 streams) into the account {account}@127.0.0.1");
+    let want = pg.psql("SELECT count(*) FROM pgbench_history")?;
+    let remote = base.join("remote");
+    std::fs::create_dir_all(&remote)?;
+    chown_to_pg_user(&remote)?;
+    let dest = remote.join("restored").join("data");
+    let ssh = format!("ssh -F {} {account}@127.0.0.1", sshd.ssh_config().display());
+    let args = [
+        "recover",
+        "--remote-ssh-command",
+        &ssh,
+        "--jobs",
+        "2",
+        "--target-immediate",
+        "--target-action",
+        "promote",
+        "--no-get-wal",
+        "pg",
+        &id,
+    ];
+    let dest_s = dest.display().to_string();
+    let out = barman(&bin, &config, &[&args[..], &[dest_s.as_str()]].concat())?;
+    let shown = ["Starting remote restore", "Destination directory", "Remote command", "Your PostgreSQL server"];
+    let summary: Vec<&str> = out.lines().filter(|l| shown.iter().any(|p| l.starts_with(p))).collect();
+    print!("{}", indent(&summary.join("\n")));
+    let restored = PgCluster::adopt(&remote.join("restored"), &[], "")?;
+    cluster_tests::util::wait_until(Duration::from_secs(120), "the recovered cluster to promote", || {
+        restored.psql("SELECT pg_is_in_recovery()").is_ok_and(|v| v == "f")
+    })?;
+    println!(
+        "    PostgreSQL started on it: pgbench_history has {} rows (the backup was taken with {want})",
+        restored.psql("SELECT count(*) FROM pgbench_history")?
+    );
     println!("Done.");
     Ok(())
 }
