@@ -303,9 +303,12 @@ fn wait_status(env: &Env, server: &str, want: &str) -> String {
     cluster_tests::util::wait_until(Duration::from_secs(60), &format!("a backup {want}"), || {
         let Ok(rd) = fs::read_dir(&meta) else { return false };
         for e in rd.flatten() {
+            // Not the hidden temporary file a backup.info is written through.
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(id) = name.strip_suffix("-backup.info") else { continue };
             let text = fs::read_to_string(e.path()).unwrap_or_default();
             if text.contains(&format!("status={want}\n")) {
-                found = e.file_name().to_string_lossy().trim_end_matches("-backup.info").to_string();
+                found = id.to_string();
                 return true;
             }
         }
