@@ -488,10 +488,10 @@ fn restore_table(
             fmt_mib(runs[i].iter().map(|r| r.sample.maxrss_kib).max().unwrap_or(0) as f64 / 1024.0),
         ]);
     }
-    for (kind, goal, what) in [(Kind::Plain, 1.1, "uncompressed (plain)"), (Kind::Zstd, 1.3, "zstd")] {
+    for (kind, goal, what) in [(Kind::Plain, 1.1, "an uncompressed (plain)"), (Kind::Zstd, 1.3, "a zstd")] {
         let ours = ratio_of(Tool::Ours(kind)).unwrap_or(f64::NAN);
         t.note(format!(
-            "Goal ≤ {goal}× `cp -a` + sync for an {what} backup — ours {} → {}.",
+            "Goal ≤ {goal}× `cp -a` + sync for {what} backup — ours {} → {}.",
             fmt_ratio(ours),
             verdict(ours <= goal)
         ));
