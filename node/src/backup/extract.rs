@@ -99,7 +99,7 @@ fn spawn_syncer() -> Syncer {
 const WRITEBACK_CHUNK: u64 = 32 << 20;
 
 /// Starts writing `len` bytes at `from` (0: to the end) to disk, without waiting.
-fn start_writeback(f: &File, from: u64, len: u64) {
+pub fn start_writeback(f: &File, from: u64, len: u64) {
     use std::os::fd::AsRawFd;
     // SAFETY: a plain syscall on an open descriptor; failure only loses the hint.
     unsafe {
