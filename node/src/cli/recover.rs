@@ -313,7 +313,7 @@ fn run(ctx: &mut Ctx, s: &ServerConfig, a: &RecoverArgs) -> Result<(), Stop> {
                 let res = remote_copy.run(r, &opts);
                 shown.stop();
                 match res {
-                    Ok(_) => break,
+                    Ok(()) => break,
                     Err(e) if attempt < retries => {
                         attempt += 1;
                         ctx.out.warning(format!(
@@ -363,15 +363,10 @@ fn run(ctx: &mut Ctx, s: &ServerConfig, a: &RecoverArgs) -> Result<(), Stop> {
                 };
                 for e in &needed {
                     // Under its name only once complete: a failed read leaves no empty segment.
-                    let path = wal_dest.join(e.name.as_str());
-                    let temp = crate::catalog::durable::temp_path_for(&path);
-                    let mut f = fs::File::create(&temp)?;
-                    if let Err(err) = src.send(&e.name, Delivery::default(), &mut f) {
-                        drop(f);
-                        let _ = fs::remove_file(&temp);
-                        return Err(Stop(format!("Failure copying WAL files: {err}")));
-                    }
-                    fs::rename(&temp, &path)?;
+                    let mut f = crate::catalog::durable::DurableFile::create(&wal_dest.join(e.name.as_str()))?;
+                    src.send(&e.name, Delivery::default(), &mut f)
+                        .map_err(|err| Stop(format!("Failure copying WAL files: {err}")))?;
+                    f.commit()?;
                 }
                 if !is_pitr {
                     ctx.out.info("Generating archive status files");

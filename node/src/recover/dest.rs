@@ -107,7 +107,7 @@ fn sync_tree(dir: &Path) -> io::Result<()> {
                 fs::File::open(e.path())?.sync_all()?;
             }
         }
-        fs::File::open(&d)?.sync_all()?;
+        crate::catalog::durable::fsync_dir(&d)?;
     }
     Ok(())
 }

@@ -8,7 +8,7 @@ use crate::archive::get_wal::{Delivery, WalSource as ArchiveSource};
 use crate::catalog::ServerLayout;
 use crate::catalog::backups::Backup;
 use crate::catalog::xlogdb::XlogEntry;
-use crate::transport::copy::{CopyError, CopyOptions, CopyStats, Unit, push};
+use crate::transport::copy::{CopyError, CopyOptions, Unit, push};
 use crate::transport::ssh::Remote;
 use crate::wal::compression::Codecs;
 
@@ -33,7 +33,7 @@ pub struct RemoteCopy<'a> {
 }
 
 impl RemoteCopy<'_> {
-    pub fn run(&self, remote: &Remote, opts: &CopyOptions) -> Result<CopyStats, CopyError> {
+    pub fn run(&self, remote: &Remote, opts: &CopyOptions) -> Result<(), CopyError> {
         let read = |path: &Path| {
             let path = path.display().to_string();
             move |source| CopyError::Read { path, source }

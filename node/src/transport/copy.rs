@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use super::lock;
 use super::ssh::{Remote, Session, SshError};
 
 /// Bytes handed to the connection at a time.
@@ -98,25 +99,17 @@ pub struct CopyOptions {
     pub progress: Option<Arc<AtomicU64>>,
 }
 
-/// What a copy moved.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CopyStats {
-    pub files: u64,
-    pub bytes: u64,
-}
-
 /// Sends every unit to `remote`; returns once every remote `tar` exited cleanly.
-pub fn push(remote: &Remote, units: Vec<Unit>, opts: &CopyOptions) -> Result<CopyStats, CopyError> {
+pub fn push(remote: &Remote, units: Vec<Unit>, opts: &CopyOptions) -> Result<(), CopyError> {
     let (structure, mut heavy): (Vec<Unit>, Vec<Unit>) = units.into_iter().partition(Unit::is_structure);
     heavy.sort_by_key(|u| std::cmp::Reverse(u.weight()));
     let limit = opts.bandwidth.filter(|b| *b > 0).map(|b| Arc::new(RateLimit::new(b)));
     let sent = opts.progress.clone().unwrap_or_default();
-    let files = Arc::new(AtomicU64::new(0));
     remote.runtime().block_on(async {
         // Directories and links first, so the parallel streams find their parents.
         if !structure.is_empty() {
             let queue = Arc::new(Mutex::new(VecDeque::from(structure)));
-            stream(remote.control().clone(), queue, limit.clone(), sent.clone(), files.clone()).await?;
+            stream(remote.control().clone(), queue, limit.clone(), sent.clone()).await?;
         }
         if heavy.is_empty() {
             return Ok(());
@@ -130,7 +123,7 @@ pub fn push(remote: &Remote, units: Vec<Unit>, opts: &CopyOptions) -> Result<Cop
         }
         let mut workers = Vec::new();
         for session in sessions {
-            workers.push(tokio::spawn(stream(session, queue.clone(), limit.clone(), sent.clone(), files.clone())));
+            workers.push(tokio::spawn(stream(session, queue.clone(), limit.clone(), sent.clone())));
         }
         let mut first_error = None;
         for w in workers {
@@ -138,12 +131,11 @@ pub fn push(remote: &Remote, units: Vec<Unit>, opts: &CopyOptions) -> Result<Cop
             if let Err(e) = res {
                 // The others stop at their next unit: the queue is emptied.
                 first_error.get_or_insert(e);
-                queue.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                lock(&queue).clear();
             }
         }
         first_error.map_or(Ok(()), Err)
-    })?;
-    Ok(CopyStats { files: files.load(Ordering::Relaxed), bytes: sent.load(Ordering::Relaxed) })
+    })
 }
 
 /// One stream: a builder thread turns units from the queue into tar, this task sends it.
@@ -152,13 +144,12 @@ async fn stream(
     queue: Arc<Mutex<VecDeque<Unit>>>,
     limit: Option<Arc<RateLimit>>,
     sent: Arc<AtomicU64>,
-    files: Arc<AtomicU64>,
 ) -> Result<(), CopyError> {
     let (input, collector) = session.start(UNTAR).await?;
     let (tx, mut rx) = mpsc::channel::<Bytes>(QUEUE);
     let builder = std::thread::Builder::new()
         .name("tar-stream".into())
-        .spawn(move || build(queue, ChunkWriter { tx, buf: Vec::with_capacity(CHUNK) }, &files))
+        .spawn(move || build(queue, ChunkWriter { tx, buf: Vec::with_capacity(CHUNK) }))
         .map_err(|e| CopyError::Stream(format!("starting a stream thread: {e}")))?;
     let mut send_error = None;
     while let Some(chunk) = rx.recv().await {
@@ -201,14 +192,14 @@ fn untar_failed(session: &Session, out: &super::ssh::Output) -> CopyError {
 }
 
 /// The builder thread: units until the queue is empty, then the end-of-archive blocks.
-fn build(queue: Arc<Mutex<VecDeque<Unit>>>, out: ChunkWriter, files: &AtomicU64) -> Result<(), CopyError> {
+fn build(queue: Arc<Mutex<VecDeque<Unit>>>, out: ChunkWriter) -> Result<(), CopyError> {
     let mut tar = tar::Builder::new(out);
     tar.mode(tar::HeaderMode::Complete);
     tar.follow_symlinks(false);
     loop {
-        let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+        let next = lock(&queue).pop_front();
         let Some(unit) = next else { break };
-        append(&mut tar, unit, files)?;
+        append(&mut tar, unit)?;
     }
     let out = tar.into_inner().map_err(stopped)?;
     out.flush_final()
@@ -223,7 +214,7 @@ fn member(dest: &Path) -> PathBuf {
     dest.strip_prefix("/").unwrap_or(dest).to_path_buf()
 }
 
-fn append(tar: &mut tar::Builder<ChunkWriter>, unit: Unit, files: &AtomicU64) -> Result<(), CopyError> {
+fn append(tar: &mut tar::Builder<ChunkWriter>, unit: Unit) -> Result<(), CopyError> {
     let read_err = |p: &Path| {
         let path = p.display().to_string();
         move |source| CopyError::Read { path, source }
@@ -245,13 +236,11 @@ fn append(tar: &mut tar::Builder<ChunkWriter>, unit: Unit, files: &AtomicU64) ->
             // The size read now is the size sent: a file that changes under us fails loudly.
             let mut limited = (&mut f).take(meta.len());
             tar.append_data(&mut h, member(&dest), &mut limited).map_err(|e| sent_or_read(e, &source))?;
-            files.fetch_add(1, Ordering::Relaxed);
         }
         Unit::Made { dest, mode, produce, .. } => {
             let data = produce().map_err(read_err(&dest))?;
             let mut h = header(tar::EntryType::Regular, mode, data.len() as u64);
             tar.append_data(&mut h, member(&dest), data.as_slice()).map_err(stopped)?;
-            files.fetch_add(1, Ordering::Relaxed);
         }
         Unit::Archive { dest, open, keep, .. } => {
             let input = open().map_err(read_err(&dest))?;
@@ -275,9 +264,7 @@ fn append(tar: &mut tar::Builder<ChunkWriter>, unit: Unit, files: &AtomicU64) ->
                     tar.append_link(&mut h, name, target).map_err(stopped)?;
                 } else {
                     tar.append_data(&mut h, name, &mut entry).map_err(|e| sent_or_read(e, &dest))?;
-                    if kind.is_file() {
-                        files.fetch_add(1, Ordering::Relaxed);
-                    }
+                    if kind.is_file() {}
                 }
             }
         }
@@ -351,7 +338,7 @@ impl RateLimit {
 
     async fn wait(&self, n: u64) {
         let due = {
-            let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let mut s = lock(&self.state);
             let (start, total) = s.get_or_insert_with(|| (Instant::now(), 0));
             *total += n;
             *start + Duration::from_secs_f64(*total as f64 / self.per_second as f64)

@@ -3,3 +3,9 @@
 
 pub mod copy;
 pub mod ssh;
+
+/// A mutex's guard even when a panicking thread poisoned it (the data stays usable here:
+/// queues and counters).
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

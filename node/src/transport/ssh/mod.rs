@@ -13,6 +13,8 @@ use russh::{ChannelMsg, client};
 use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
 
+use super::lock;
+
 pub use target::{SshTarget, StrictHostKeyChecking};
 
 /// Without `ConnectTimeout`, how long a TCP connect and handshake may take.
@@ -121,10 +123,6 @@ impl client::Handler for Verifier {
             }
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// One authenticated SSH connection; channels are opened on it as needed.
