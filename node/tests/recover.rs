@@ -27,12 +27,7 @@ fn recovered(env: &Env, name: &str, id: &str, args: &[&str]) -> PgCluster {
         "{}",
         out.stdout
     );
-    let pg = PgCluster::adopt(&dir, &[], "").unwrap();
-    cluster_tests::util::wait_until(Duration::from_secs(60), "end of recovery", || {
-        pg.psql("SELECT pg_is_in_recovery()").is_ok_and(|v| v == "f")
-    })
-    .unwrap();
-    pg
+    common::start_recovered(&dir, &[])
 }
 
 #[test]
@@ -145,17 +140,10 @@ fn recover_writes_what_barman_writes() {
         a[3] = &t;
         let theirs = common::run(std::process::Command::new(&barman).arg("-c").arg(&env.config).args(&a), None);
         theirs.ok();
-        let listing = |d: &Path| {
-            let mut v: Vec<String> = fs::read_dir(d)
-                .unwrap()
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n != "pg_wal" && n != "barman_wal")
-                .collect();
-            v.sort();
-            v
+        let top = |d: &Path| -> Vec<String> {
+            common::names_in(d).into_iter().filter(|n| n != "pg_wal" && n != "barman_wal").collect()
         };
-        assert_eq!(listing(&ours_dir), listing(&theirs_dir), "{case}: top-level files");
+        assert_eq!(top(&ours_dir), top(&theirs_dir), "{case}: top-level files");
         for f in [
             "postgresql.auto.conf",
             "postgresql.conf",
@@ -163,29 +151,17 @@ fn recover_writes_what_barman_writes() {
             "recovery.signal",
             "standby.signal",
         ] {
-            let read =
-                |d: &Path| fs::read_to_string(d.join(f)).ok().map(|s| s.replace(&d.display().to_string(), "DEST"));
-            assert_eq!(read(&ours_dir), read(&theirs_dir), "{case}: {f}");
+            assert_eq!(common::dest_text(&ours_dir, f), common::dest_text(&theirs_dir, f), "{case}: {f}");
         }
-        let wals = |d: &Path, sub: &str| -> Vec<String> {
-            let mut v: Vec<String> = fs::read_dir(d.join(sub))
-                .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-                .unwrap_or_default();
-            v.sort();
-            v
-        };
         for sub in ["pg_wal", "barman_wal", "pg_wal/archive_status"] {
-            assert_eq!(wals(&ours_dir, sub), wals(&theirs_dir, sub), "{case}: {sub}");
+            assert_eq!(common::names_in(&ours_dir.join(sub)), common::names_in(&theirs_dir.join(sub)), "{case}: {sub}");
         }
         // Their messages, ours: the same lines but for times and paths.
-        let norm = |s: &str, d: &Path| -> Vec<String> {
-            s.replace(&d.display().to_string(), "DEST")
-                .lines()
-                .filter(|l| !l.starts_with("Restore operation completed") && !l.starts_with("Processing xlog segments"))
-                .map(str::to_string)
-                .collect()
-        };
-        assert_eq!(norm(&ours.stdout, &ours_dir), norm(&theirs.stdout, &theirs_dir), "{case}: output");
+        assert_eq!(
+            common::recover_output(&ours.stdout, &ours_dir),
+            common::recover_output(&theirs.stdout, &theirs_dir),
+            "{case}: output"
+        );
         // The recovery hook's environment, but for the destination's own name.
         let hook_env = |d: &Path| {
             let name = d.file_name().unwrap().to_string_lossy().into_owned();
@@ -318,11 +294,7 @@ fn recovery_to_the_end_holds_every_commit_the_synchronous_streamer_acknowledged(
     let out = env.barman(&["recover", "pg", "latest", &data.display().to_string(), "--get-wal"]);
     out.ok();
     name_our_barman(&env, &data, "barman get-wal -P pg %f > %p", "get-wal -P pg %f > %p");
-    let r = PgCluster::adopt(&dir, &[], "").unwrap();
-    cluster_tests::util::wait_until(Duration::from_secs(60), "end of recovery", || {
-        r.psql("SELECT pg_is_in_recovery()").is_ok_and(|v| v == "f")
-    })
-    .unwrap();
+    let r = common::start_recovered(&dir, &[]);
     let got = r.psql("SELECT count(*), coalesce(max(n), 0) FROM acks").unwrap();
     let (count, max) = got.split_once('|').unwrap();
     let (count, max): (u64, u64) = (count.parse().unwrap(), max.parse().unwrap());
@@ -484,11 +456,7 @@ fn recover_unpacks_a_compressed_tar_backup_and_relocates_its_tablespace() {
     assert!(out.stdout.contains(&format!("\t{oid}, ts, {}", ts.display())), "{}", out.stdout);
     assert_eq!(fs::read_link(dir.join("data/pg_tblspc").join(&oid)).unwrap(), ts);
     assert!(!dir.join("data/tablespace_map").exists(), "the links replace the map");
-    let r = PgCluster::adopt(&dir, &[&ts], "").unwrap();
-    cluster_tests::util::wait_until(Duration::from_secs(60), "end of recovery", || {
-        r.psql("SELECT pg_is_in_recovery()").is_ok_and(|v| v == "f")
-    })
-    .unwrap();
+    let r = common::start_recovered(&dir, &[&ts]);
     assert_eq!(r.psql(CHECKSUMS).unwrap(), want);
 }
 
@@ -558,11 +526,7 @@ fn recovery_past_a_promotion_reaches_the_new_timeline() {
     out.ok();
     assert!(out.stdout.contains("Doing PITR. Recovery target timeline: '2'"), "{}", out.stdout);
     name_our_barman(&env, &data, "barman get-wal -P pg %f > %p", "get-wal -P pg %f > %p");
-    let r = PgCluster::adopt(&dir, &[], "").unwrap();
-    cluster_tests::util::wait_until(Duration::from_secs(60), "end of recovery", || {
-        r.psql("SELECT pg_is_in_recovery()").is_ok_and(|v| v == "f")
-    })
-    .unwrap();
+    let r = common::start_recovered(&dir, &[]);
     assert_eq!(r.psql(all_rows).unwrap(), "1one,2two", "timeline 2's row through get-wal");
     promote(&r);
     drop(r);
@@ -590,11 +554,7 @@ fn an_immediate_recovery_copies_every_history_file_and_promotes_past_archived_ti
     env.barman(&["recover", "pg", &id, &d, "--no-get-wal", "--target-immediate", "--target-action", "promote"]).ok();
     // barman_wal goes at the end of recovery (recovery_end_command): look now.
     let copied = common::names_in(&data.join("barman_wal"));
-    let r = PgCluster::adopt(&dir, &[], "").unwrap();
-    cluster_tests::util::wait_until(Duration::from_secs(60), "end of recovery", || {
-        r.psql("SELECT pg_is_in_recovery()").is_ok_and(|v| v == "f")
-    })
-    .unwrap();
+    let r = common::start_recovered(&dir, &[]);
     assert_eq!(r.psql("SELECT count(*) FROM marker").unwrap(), "0", "the backup's consistent point");
     assert!(copied.contains(&"00000002.history".to_string()), "every history file is copied: {copied:?}");
     assert_eq!(current_timeline(&r), 3, "a timeline the archive does not hold");

@@ -13,7 +13,6 @@ use common::{CHECKSUMS, Env, names_in};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 /// The account recoveries log in as: the PostgreSQL OS user when root (a second account),
 /// else the current user (sshd cannot switch users without root).
@@ -107,11 +106,7 @@ fn remote_point_in_time_recovery_with_a_relocated_tablespace() {
     let conf = fs::read_to_string(data.join("postgresql.conf")).unwrap();
     assert!(conf.contains("archive_command = false"), "the recovered cluster archives nothing");
 
-    let r = PgCluster::adopt(&root.join("restored"), &[&ts], "").unwrap();
-    cluster_tests::util::wait_until(Duration::from_secs(60), "end of recovery", || {
-        r.psql("SELECT pg_is_in_recovery()").is_ok_and(|v| v == "f")
-    })
-    .unwrap();
+    let r = common::start_recovered(&root.join("restored"), &[&ts]);
     assert_eq!(r.psql(CHECKSUMS).unwrap(), at_rp);
     assert_eq!(r.psql("SHOW archive_command").unwrap(), "false");
 }
@@ -141,11 +136,7 @@ fn remote_recovery_of_a_compressed_backup_and_barman_wal_restore() {
     let data = root.join("restored/data");
     recover(&data, &["--no-get-wal", "--network-compression"]);
     assert!(data.join("pg_wal/archive_status").is_dir());
-    let r = PgCluster::adopt(&root.join("restored"), &[&ts], "").unwrap();
-    cluster_tests::util::wait_until(Duration::from_secs(60), "end of recovery", || {
-        r.psql("SELECT pg_is_in_recovery()").is_ok_and(|v| v == "f")
-    })
-    .unwrap();
+    let r = common::start_recovered(&root.join("restored"), &[&ts]);
     assert_eq!(r.psql(CHECKSUMS).unwrap(), want, "to the end of the archive");
     drop(r);
 
@@ -164,7 +155,8 @@ fn remote_recovery_of_a_compressed_backup_and_barman_wal_restore() {
     assert!(auto.contains(&line), "{line}\n{auto}");
     assert!(auto.contains("# The 'barman-wal-restore' command is provided in the 'barman-cli' package"), "{auto}");
     assert!(auto.contains("recovery_target = 'immediate'"), "{auto}");
-    assert!(names_in(&data.join("pg_wal")).iter().all(|n| n == "archive_status"), "no WAL copied with get-wal");
+    assert_eq!(names_in(&data.join("barman_wal")), ["archive_status"], "no WAL copied with get-wal");
+    assert!(names_in(&data.join("pg_wal")).iter().all(|n| n == "archive_status"), "no WAL in pg_wal either");
 }
 
 #[test]
@@ -198,6 +190,36 @@ fn remote_recovery_refuses_bad_requests_with_one_line() {
         &[],
         "not in the known hosts files",
     );
+    // Without the test's client config: the port, key and known hosts given on the line.
+    let keys = env.path().join("other_keys");
+    fs::create_dir_all(&keys).unwrap();
+    let keygen = |name: &str| {
+        let st = std::process::Command::new("/usr/bin/ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(keys.join(name))
+            .status()
+            .unwrap();
+        assert!(st.success());
+        keys.join(name)
+    };
+    let sshd_dir = sshd.ssh_config().parent().unwrap().to_path_buf();
+    let bare = |key: &Path, known: &Path| {
+        format!(
+            "ssh -F /dev/null -p {} -i {} -o UserKnownHostsFile={} {user}@127.0.0.1",
+            sshd.port(),
+            key.display(),
+            known.display()
+        )
+    };
+    // The host presents another key than the one recorded for it.
+    let impostor = keygen("impostor");
+    let recorded = keys.join("known_hosts");
+    let impostor_pub = fs::read_to_string(impostor.with_extension("pub")).unwrap();
+    fs::write(&recorded, format!("[127.0.0.1]:{} {}", sshd.port(), impostor_pub)).unwrap();
+    refused(&bare(&sshd_dir.join("id_ed25519"), &recorded), &fresh, &[], "differs from the one recorded");
+    // A key the account does not authorize.
+    let stranger = keygen("stranger");
+    refused(&bare(&stranger, &sshd_dir.join("known_hosts")), &fresh, &[], "accepted none of the keys offered");
     refused(&format!("ssh -J jump -F {cfg} {user}@127.0.0.1"), &fresh, &[], "jump hosts");
     refused(&format!("ssh -F {cfg} {user}@127.0.0.1"), Path::new("relative/data"), &[], "absolute path");
     // A destination where PostgreSQL runs, one that is not empty.
@@ -296,32 +318,20 @@ fn remote_recovery_writes_what_barman_writes() {
         ours.ok();
         let theirs = run(Some(&barman), &theirs_dir);
         theirs.ok();
-        let listing = |d: &Path, sub: &str| -> Vec<String> {
-            let mut v: Vec<String> = fs::read_dir(d.join(sub))
-                .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-                .unwrap_or_default();
-            v.sort();
-            v
-        };
         for sub in ["", "pg_wal", "barman_wal", "pg_wal/archive_status"] {
-            assert_eq!(listing(&ours_dir, sub), listing(&theirs_dir, sub), "{case}: files in '{sub}'");
+            assert_eq!(names_in(&ours_dir.join(sub)), names_in(&theirs_dir.join(sub)), "{case}: files in '{sub}'");
         }
         for f in ["postgresql.auto.conf", "postgresql.conf", "postgresql.auto.conf.origin", "recovery.signal"] {
-            let read =
-                |d: &Path| fs::read_to_string(d.join(f)).ok().map(|s| s.replace(&d.display().to_string(), "DEST"));
-            assert_eq!(read(&ours_dir), read(&theirs_dir), "{case}: {f}");
+            assert_eq!(common::dest_text(&ours_dir, f), common::dest_text(&theirs_dir, f), "{case}: {f}");
             if is_root() && ours_dir.join(f).exists() {
                 let owner = |d: &Path| fs::metadata(d.join(f)).unwrap().uid();
                 assert_eq!(owner(&ours_dir), owner(&theirs_dir), "{case}: {f} belongs to the remote account");
             }
         }
-        let norm = |s: &str, d: &Path| -> Vec<String> {
-            s.replace(&d.display().to_string(), "DEST")
-                .lines()
-                .filter(|l| !l.starts_with("Restore operation completed") && !l.starts_with("Processing xlog segments"))
-                .map(str::to_string)
-                .collect()
-        };
-        assert_eq!(norm(&ours.stdout, &ours_dir), norm(&theirs.stdout, &theirs_dir), "{case}: output");
+        assert_eq!(
+            common::recover_output(&ours.stdout, &ours_dir),
+            common::recover_output(&theirs.stdout, &theirs_dir),
+            "{case}: output"
+        );
     }
 }

@@ -171,6 +171,34 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Sorted names of a directory's entries.
+/// PostgreSQL started on the recovered `<dir>/data` (`owned`: tablespace directories to hand
+/// to its OS user too), once its recovery has ended.
+pub fn start_recovered(dir: &Path, owned: &[&Path]) -> cluster_tests::pg::PgCluster {
+    let pg = cluster_tests::pg::PgCluster::adopt(dir, owned, "").expect("starting the recovered cluster");
+    cluster_tests::util::wait_until(std::time::Duration::from_secs(60), "end of recovery", || {
+        pg.psql("SELECT pg_is_in_recovery()").is_ok_and(|v| v == "f")
+    })
+    .expect("end of recovery");
+    pg
+}
+
+/// A file of a recovered destination with the destination's path written DEST, so that two
+/// destinations compare; None when missing.
+pub fn dest_text(dest: &Path, file: &str) -> Option<String> {
+    std::fs::read_to_string(dest.join(file)).ok().map(|s| s.replace(&dest.display().to_string(), "DEST"))
+}
+
+/// recover's output lines, but for its timings and the destination's path.
+pub fn recover_output(stdout: &str, dest: &Path) -> Vec<String> {
+    stdout
+        .replace(&dest.display().to_string(), "DEST")
+        .lines()
+        .filter(|l| !l.starts_with("Restore operation completed") && !l.starts_with("Processing xlog segments"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The sorted names in `dir` (none when it is missing).
 pub fn names_in(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
