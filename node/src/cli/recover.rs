@@ -6,26 +6,22 @@
 
 use super::args::RestoreArgs as RecoverArgs;
 use super::context::{Ctx, Pick};
-use crate::archive::get_wal::{Delivery, WalSource as ArchiveSource};
 use crate::archive::server::codecs_for;
-use crate::backup::extract::extract_tar_relinked;
-use crate::backup::store::Algorithm;
 use crate::catalog::ServerLayout;
 use crate::catalog::backups::{self, Backup};
 use crate::catalog::xlogdb::{XlogDb, XlogEntry};
 use crate::config::ServerConfig;
 use crate::config::types::human_duration;
 use crate::hooks::{Event, Hooks, Phase};
+use crate::recover::copy::BackupCopy;
 use crate::recover::dest::{Dest, Local as LocalDest, RemoteDest};
-use crate::recover::plan::{Placement, excluded, tar_archive};
-use crate::recover::remote::{RemoteCopy, fqdn};
+use crate::recover::plan::Placement;
+use crate::recover::remote::fqdn;
 use crate::recover::settings::{Targets, WalSource, dangerous_settings, mangle, recovery_lines};
 use crate::transport::copy::CopyOptions;
 use crate::transport::ssh::Remote;
 use crate::wal::{Lsn, SegmentId, SegmentSize, TimelineId, WalFileName};
 use chrono::{DateTime, FixedOffset, Local, NaiveDateTime, TimeZone};
-use std::fs;
-use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -127,7 +123,11 @@ fn run(ctx: &mut Ctx, s: &ServerConfig, a: &RecoverArgs) -> Result<(), Stop> {
     };
     let placements: Vec<Placement> = spcs
         .iter()
-        .map(|t| Placement { oid: t.oid, location: PathBuf::from(location(&t.name, &t.location)) })
+        .map(|t| Placement {
+            oid: t.oid,
+            name: t.name.clone(),
+            location: PathBuf::from(location(&t.name, &t.location)),
+        })
         .collect();
 
     // The destination: this host, or the remote one (its reachability is the first check).
@@ -283,104 +283,29 @@ fn run(ctx: &mut Ctx, s: &ServerConfig, a: &RecoverArgs) -> Result<(), Stop> {
     let signal = (!append.is_empty()).then_some(if a.standby_mode { "standby.signal" } else { "recovery.signal" });
 
     ctx.out.info("Copying the base backup.");
+    let copy = BackupCopy {
+        l: &l,
+        b: &b,
+        dest: &dest,
+        placements: &placements,
+        wal_dest: &wal_dest,
+        needed: &needed,
+        codecs: codecs_for(s),
+        custom_decompression: s.opts.custom_decompression_filter.is_some(),
+        archive_status: !is_pitr,
+        signal,
+    };
     match &remote {
-        Some(r) => {
-            let jobs = a.jobs.map_or(s.opts.parallel_jobs.max(1) as usize, |j| j as usize);
-            let bandwidth = a.bwlimit.map(u64::from).or(s.opts.bandwidth_limit.map(|b| b.0)).filter(|kb| *kb > 0);
-            let retries =
-                if a.no_retry { 0 } else { a.retry_times.unwrap_or(s.opts.basebackup_retry_times.max(0) as u32) };
-            let sleep = a.retry_sleep.map_or(s.opts.basebackup_retry_sleep.max(0) as u64, u64::from);
-            let remote_copy = RemoteCopy {
-                l: &l,
-                b: &b,
-                dest: &dest,
-                placements: &placements,
-                wal_dest: &wal_dest,
-                needed: &needed,
-                codecs: codecs_for(s),
-                custom_decompression: s.opts.custom_decompression_filter.is_some(),
-                archive_status: !is_pitr,
-                signal,
-            };
-            let mut attempt = 0;
-            loop {
-                let opts = CopyOptions {
-                    jobs,
-                    bandwidth: bandwidth.map(|kb| kb * 1024),
-                    progress: Some(Arc::new(AtomicU64::new(0))),
-                };
-                let shown = progress(ctx, opts.progress.clone(), b.info.cluster_size.or(b.info.size));
-                let res = remote_copy.run(r, &opts);
-                shown.stop();
-                match res {
-                    Ok(()) => break,
-                    Err(e) if attempt < retries => {
-                        attempt += 1;
-                        ctx.out.warning(format!(
-                            "Failure copying base backup: {e} (attempt {attempt} of {retries}, retrying in {sleep} \
-                             seconds)"
-                        ));
-                        std::thread::sleep(std::time::Duration::from_secs(sleep));
-                    }
-                    Err(e) => return Err(Stop(format!("Failure copying base backup: {e}"))),
-                }
-            }
-            for (t, p) in spcs.iter().zip(&placements) {
-                ctx.out.info(format!("\t{}, {}, {}", t.oid, t.name, p.location.display()));
-            }
-            if !get_wal {
-                ctx.out.info("Copying required WAL segments.");
-                if !is_pitr {
-                    ctx.out.info("Generating archive status files");
-                }
-            }
-        }
-        None => {
-            copy_base(&l, &b, &dest).map_err(|e| Stop(format!("Failure copying base backup: {e}")))?;
-            for (t, p) in spcs.iter().zip(&placements) {
-                place_tablespace(&l, &b, &dest, t.oid, &p.location).map_err(|e| {
-                    Stop(format!(
-                        "unable to prepare '{}' tablespace (destination '{}'): {e}",
-                        t.name,
-                        p.location.display()
-                    ))
-                })?;
-                ctx.out.info(format!("\t{}, {}, {}", t.oid, t.name, p.location.display()));
-            }
-            b.info.save(&dest.join(".barman-recover.info"))?;
-            let manifest = dest.join("backup_manifest");
-            if manifest.exists() {
-                fs::rename(&manifest, dest.join(format!("backup_manifest.{}", b.id)))?;
-            }
-            if !get_wal {
-                crate::catalog::durable::create_dir_all(&wal_dest)?;
-                ctx.out.info("Copying required WAL segments.");
-                let codecs = codecs_for(s);
-                let src = ArchiveSource {
-                    layout: &l,
-                    codecs: &codecs,
-                    custom_decompression: s.opts.custom_decompression_filter.is_some(),
-                };
-                for e in &needed {
-                    // Under its name only once complete: a failed read leaves no empty segment.
-                    let mut f = crate::catalog::durable::DurableFile::create(&wal_dest.join(e.name.as_str()))?;
-                    src.send(&e.name, Delivery::default(), &mut f)
-                        .map_err(|err| Stop(format!("Failure copying WAL files: {err}")))?;
-                    f.commit()?;
-                }
-                if !is_pitr {
-                    ctx.out.info("Generating archive status files");
-                    let status = wal_dest.join("archive_status");
-                    crate::catalog::durable::create_dir_all(&status)?;
-                    for e in &needed {
-                        fs::write(status.join(format!("{}.done", e.name)), b"")?;
-                    }
-                }
-            }
-            if let Some(signal) = signal {
-                fs::OpenOptions::new().create(true).append(true).open(dest.join(signal))?;
-            }
-            crate::catalog::durable::create_dir_all(&wal_dest.join("archive_status"))?;
+        Some(r) => copy_to_remote(ctx, s, a, &copy, r)?,
+        None => copy.to_local().map_err(|e| Stop(e.to_string()))?,
+    }
+    for (t, p) in spcs.iter().zip(&placements) {
+        ctx.out.info(format!("\t{}, {}, {}", t.oid, t.name, p.location.display()));
+    }
+    if !get_wal {
+        ctx.out.info("Copying required WAL segments.");
+        if !is_pitr {
+            ctx.out.info("Generating archive status files");
         }
     }
     if signal.is_some() {
@@ -476,6 +401,34 @@ fn run(ctx: &mut Ctx, s: &ServerConfig, a: &RecoverArgs) -> Result<(), Stop> {
     ));
     ctx.out.info("Your PostgreSQL server has been successfully prepared for recovery!");
     Ok(())
+}
+
+/// The copy through SSH, retried as `--retry-times` / `basebackup_retry_times` say, with a
+/// progress line on a terminal.
+fn copy_to_remote(ctx: &mut Ctx, s: &ServerConfig, a: &RecoverArgs, copy: &BackupCopy, r: &Remote) -> Result<(), Stop> {
+    let jobs = a.jobs.map_or(s.opts.parallel_jobs.max(1) as usize, |j| j as usize);
+    let bandwidth = a.bwlimit.map(u64::from).or(s.opts.bandwidth_limit.map(|b| b.0)).filter(|kb| *kb > 0);
+    let retries = if a.no_retry { 0 } else { a.retry_times.unwrap_or(s.opts.basebackup_retry_times.max(0) as u32) };
+    let sleep = a.retry_sleep.map_or(s.opts.basebackup_retry_sleep.max(0) as u64, u64::from);
+    let mut attempt = 0;
+    loop {
+        let sent = Arc::new(AtomicU64::new(0));
+        let opts = CopyOptions { jobs, bandwidth: bandwidth.map(|kb| kb * 1024), progress: Some(sent.clone()) };
+        let shown = progress(ctx, sent, copy.b.info.cluster_size.or(copy.b.info.size));
+        let res = copy.to_remote(r, &opts);
+        shown.stop();
+        match res {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt < retries => {
+                attempt += 1;
+                ctx.out.warning(format!(
+                    "Failure copying base backup: {e} (attempt {attempt} of {retries}, retrying in {sleep} seconds)"
+                ));
+                std::thread::sleep(std::time::Duration::from_secs(sleep));
+            }
+            Err(e) => return Err(Stop(format!("Failure copying base backup: {e}"))),
+        }
+    }
 }
 
 /// Barman's checks of the staging options. We never stage: tar archives are unpacked as
@@ -613,76 +566,6 @@ fn required_wals(
     Ok(out)
 }
 
-/// The data directory into `dest`: a plain copy, or the main tar archive unpacked.
-fn copy_base(l: &ServerLayout, b: &Backup, dest: &Path) -> io::Result<()> {
-    let data = l.base_dir.join(&b.id).join("data");
-    fs::create_dir_all(dest)?;
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(dest, fs::Permissions::from_mode(0o700))?;
-    if let Some(archive) = tar_archive(&data, "base") {
-        unpack(&archive, b, dest)?;
-        for rel in ["postmaster.pid", "recovery.conf", "tablespace_map"] {
-            let _ = fs::remove_file(dest.join(rel));
-        }
-        fs::create_dir_all(dest.join("pg_wal"))?;
-        return Ok(());
-    }
-    copy_tree(&data, dest, Path::new(""))
-}
-
-fn unpack(archive: &Path, b: &Backup, dest: &Path) -> io::Result<()> {
-    let f = io::BufReader::new(fs::File::open(archive)?);
-    let input = Algorithm::decoded(b.info.compression.as_deref().and_then(Algorithm::from_name), f)?;
-    extract_tar_relinked(input, dest, &|_| None).map_err(io::Error::other)?;
-    Ok(())
-}
-
-fn copy_tree(from: &Path, to: &Path, rel: &Path) -> io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    for e in fs::read_dir(from)? {
-        let e = e?;
-        let r = rel.join(e.file_name());
-        if excluded(&r) {
-            continue;
-        }
-        let src = e.path();
-        let dst = to.join(e.file_name());
-        let m = src.symlink_metadata()?;
-        if m.file_type().is_symlink() {
-            // pg_tblspc links are made again for the tablespaces' destinations.
-            if r.starts_with("pg_tblspc") {
-                continue;
-            }
-            std::os::unix::fs::symlink(fs::read_link(&src)?, &dst)?;
-        } else if m.is_dir() {
-            fs::create_dir_all(&dst)?;
-            fs::set_permissions(&dst, fs::Permissions::from_mode(m.permissions().mode() & 0o7777))?;
-            copy_tree(&src, &dst, &r)?;
-        } else {
-            fs::copy(&src, &dst)?;
-            // Writeback starts now, so the fsync pass at the end finds little left to write.
-            crate::backup::extract::start_writeback(&fs::File::open(&dst)?, 0, 0);
-        }
-    }
-    Ok(())
-}
-
-/// A tablespace into `location`, linked from `pg_tblspc/<oid>`.
-fn place_tablespace(l: &ServerLayout, b: &Backup, dest: &Path, oid: u32, loc: &Path) -> io::Result<()> {
-    fs::create_dir_all(loc)?;
-    let stored = l.base_dir.join(&b.id).join(oid.to_string());
-    let data = l.base_dir.join(&b.id).join("data");
-    if let Some(archive) = tar_archive(&data, &oid.to_string()) {
-        unpack(&archive, b, loc)?;
-    } else {
-        copy_tree(&stored, loc, Path::new(""))?;
-    }
-    let link = dest.join("pg_tblspc").join(oid.to_string());
-    fs::create_dir_all(dest.join("pg_tblspc"))?;
-    let _ = fs::remove_file(&link);
-    std::os::unix::fs::symlink(loc, &link)
-}
-
 /// The recovery hooks' environment (§9).
 fn hook_env(
     l: &ServerLayout,
@@ -751,11 +634,11 @@ impl ProgressLine {
     }
 }
 
-fn progress(ctx: &Ctx, sent: Option<Arc<AtomicU64>>, total: Option<u64>) -> ProgressLine {
+fn progress(ctx: &Ctx, sent: Arc<AtomicU64>, total: Option<u64>) -> ProgressLine {
     use std::io::IsTerminal;
-    let Some(sent) = sent.filter(|_| !ctx.out.quiet && std::io::stderr().is_terminal()) else {
+    if ctx.out.quiet || !std::io::stderr().is_terminal() {
         return ProgressLine { stop: None, thread: None };
-    };
+    }
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     let thread = std::thread::spawn(move || {
         let draw = || {

@@ -32,6 +32,7 @@ pub fn tar_archive(data: &Path, stem: &str) -> Option<PathBuf> {
 #[derive(Debug, Clone)]
 pub struct Placement {
     pub oid: u32,
+    pub name: String,
     pub location: PathBuf,
 }
 
@@ -151,7 +152,7 @@ mod tests {
         fs::create_dir_all(b.join("16400/PG_15")).expect("mkdir");
         fs::write(b.join("16400/PG_15/f"), b"t").expect("write");
         std::os::unix::fs::symlink(b.join("16400"), b.join("data/pg_tblspc/16400")).expect("symlink");
-        let places = [Placement { oid: 16400, location: PathBuf::from("/ts/new") }];
+        let places = [Placement { oid: 16400, name: "ts".into(), location: PathBuf::from("/ts/new") }];
         let units = backup_units(b, "20260101T000000", None, Path::new("/pg/data"), &places).expect("units");
         let files: Vec<String> = units
             .iter()

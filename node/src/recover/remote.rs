@@ -5,35 +5,15 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::archive::get_wal::{Delivery, WalSource as ArchiveSource};
-use crate::catalog::ServerLayout;
-use crate::catalog::backups::Backup;
-use crate::catalog::xlogdb::XlogEntry;
 use crate::transport::copy::{CopyError, CopyOptions, Unit, push};
 use crate::transport::ssh::Remote;
-use crate::wal::compression::Codecs;
 
-use super::plan::{Placement, backup_units};
+use super::copy::BackupCopy;
+use super::plan::backup_units;
 
-/// What a remote recovery sends.
-pub struct RemoteCopy<'a> {
-    pub l: &'a ServerLayout,
-    pub b: &'a Backup,
-    pub dest: &'a Path,
-    pub placements: &'a [Placement],
-    /// Where the copied WAL goes (`pg_wal`, or `barman_wal` for a PITR).
-    pub wal_dest: &'a Path,
-    /// The WAL to copy (none with get-wal).
-    pub needed: &'a [XlogEntry],
-    pub codecs: Codecs,
-    pub custom_decompression: bool,
-    /// `archive_status/<name>.done` for every copied segment (not for a PITR).
-    pub archive_status: bool,
-    /// `recovery.signal` or `standby.signal`, when settings are written.
-    pub signal: Option<&'static str>,
-}
-
-impl RemoteCopy<'_> {
-    pub fn run(&self, remote: &Remote, opts: &CopyOptions) -> Result<(), CopyError> {
+impl BackupCopy<'_> {
+    /// Everything, in one push to the remote host.
+    pub fn to_remote(&self, remote: &Remote, opts: &CopyOptions) -> Result<(), CopyError> {
         let read = |path: &Path| {
             let path = path.display().to_string();
             move |source| CopyError::Read { path, source }
