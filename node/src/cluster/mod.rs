@@ -1,4 +1,5 @@
 //! The cluster: which node owns (streams, backs up) each PostgreSQL server, decided through
-//! Raft. The decision logic is pure and lives here; the Raft plumbing around it comes next.
+//! Raft. The decision logic is pure ([`ownership`]); the replicated types are in [`types`].
 
 pub mod ownership;
+pub mod types;

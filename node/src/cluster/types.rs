@@ -1,0 +1,166 @@
+//! The Raft group's types: members, the commands it replicates and the state they build.
+//! openraft's names stay inside `cluster/` (its 0.10 line rewrites them).
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+use super::ownership::{Command, NodeId, Ownership};
+
+openraft::declare_raft_types!(
+    /// The cluster's openraft configuration.
+    pub TypeConfig:
+        D = Request,
+        R = Response,
+        NodeId = NodeId,
+        Node = Member,
+        SnapshotData = Cursor<Vec<u8>>,
+);
+
+/// A node's id: derived from its `node_name`, so every node computes the same id for a
+/// name in `owner_candidates` or `cluster_peers` without asking anyone.
+pub fn node_id(name: &str) -> NodeId {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(name.as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d[..8]);
+    // 53 bits: exact in JSON readers that parse numbers as doubles.
+    u64::from_be_bytes(b) & ((1 << 53) - 1)
+}
+
+/// A member of the Raft group, as replicated in its membership.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub name: String,
+    pub site: String,
+    /// `host:port` of its gRPC endpoint (`node_advertise`).
+    pub addr: String,
+}
+
+/// What the owner last reported about its stream, carried by its renewals so that every
+/// node's `cluster status` can show it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamReport {
+    /// Flush position told to PostgreSQL (LSN as a number), 0 when not streaming.
+    pub flushed: u64,
+    /// PostgreSQL's current WAL position when last asked, 0 when unknown.
+    pub server_lsn: u64,
+    /// Newest WAL file archived by the owner.
+    pub last_wal: Option<String>,
+}
+
+/// A command replicated through Raft.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Declares a server and the nodes allowed to own it, most preferred first (from the
+    /// proposing node's configuration; the newest declaration wins).
+    Server { name: String, candidates: Vec<NodeId> },
+    /// Removes a server from the cluster's care (it has left every node's configuration).
+    ForgetServer { name: String },
+    /// A change of ownership of `server`.
+    Ownership { server: String, cmd: Command, report: Option<StreamReport> },
+}
+
+/// The outcome of one applied command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Applied,
+    /// The command was stale (a normal race, e.g. a renewal from a deposed owner).
+    Stale(String),
+    /// The command named something the state does not hold.
+    Unknown(String),
+}
+
+/// The replicated record of one server.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerRecord {
+    pub ownership: Ownership,
+    pub candidates: Vec<NodeId>,
+    pub report: StreamReport,
+}
+
+/// The state machine's content (membership is kept by openraft beside it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    pub servers: BTreeMap<String, ServerRecord>,
+}
+
+impl ClusterState {
+    /// Applies one committed command, in log order, the same on every node.
+    pub fn apply(&mut self, req: &Request) -> Response {
+        match req {
+            Request::Server { name, candidates } => {
+                self.servers.entry(name.clone()).or_default().candidates = candidates.clone();
+                Response::Applied
+            }
+            Request::ForgetServer { name } => match self.servers.remove(name) {
+                Some(_) => Response::Applied,
+                None => Response::Unknown(format!("server '{name}' is not in the cluster")),
+            },
+            Request::Ownership { server, cmd, report } => {
+                let Some(rec) = self.servers.get_mut(server) else {
+                    return Response::Unknown(format!("server '{server}' is not in the cluster"));
+                };
+                match rec.ownership.apply(cmd) {
+                    Ok(()) => {
+                        match (cmd, report) {
+                            (Command::Renew { .. }, Some(r)) => rec.report = r.clone(),
+                            (Command::Renew { .. }, None) => {}
+                            _ => rec.report = StreamReport::default(),
+                        }
+                        Response::Applied
+                    }
+                    Err(stale) => Response::Stale(stale.to_string()),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_stable_and_distinct() {
+        assert_eq!(node_id("a"), node_id("a"));
+        assert_ne!(node_id("a"), node_id("b"));
+        assert!(node_id("site-1") < (1 << 53));
+    }
+
+    #[test]
+    fn renewal_carries_the_report_and_a_new_epoch_clears_it() {
+        let mut s = ClusterState::default();
+        let (a, b) = (node_id("a"), node_id("b"));
+        assert_eq!(s.apply(&Request::Server { name: "pg".into(), candidates: vec![a, b] }), Response::Applied);
+        let assign = |node, epoch| Request::Ownership {
+            server: "pg".into(),
+            cmd: Command::Assign { node, epoch, renewals: 0 },
+            report: None,
+        };
+        assert_eq!(s.apply(&assign(a, 1)), Response::Applied);
+        let report = StreamReport { flushed: 42, server_lsn: 50, last_wal: None };
+        let renew = Request::Ownership {
+            server: "pg".into(),
+            cmd: Command::Renew { node: a, epoch: 1 },
+            report: Some(report.clone()),
+        };
+        assert_eq!(s.apply(&renew), Response::Applied);
+        assert_eq!(s.servers["pg"].report, report);
+        assert!(matches!(s.apply(&assign(b, 2)), Response::Stale(_)), "renewal count moved on");
+        let release = Request::Ownership {
+            server: "pg".into(),
+            cmd: Command::Release { node: a, epoch: 1, to: Some(b) },
+            report: None,
+        };
+        assert_eq!(s.apply(&release), Response::Applied);
+        assert_eq!(s.servers["pg"].ownership.owner, Some(b));
+        assert_eq!(s.servers["pg"].report, StreamReport::default());
+        assert!(matches!(s.apply(&renew), Response::Stale(_)), "old owner's renewal");
+        assert!(matches!(
+            s.apply(&Request::Ownership { server: "x".into(), cmd: Command::Renew { node: a, epoch: 1 }, report: None }),
+            Response::Unknown(_)
+        ));
+    }
+}
