@@ -2,4 +2,5 @@
 //! Raft. The decision logic is pure ([`ownership`]); the replicated types are in [`types`].
 
 pub mod ownership;
+pub mod store;
 pub mod types;
