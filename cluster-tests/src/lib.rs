@@ -16,7 +16,10 @@
 //! # Ok(()) }
 //! ```
 
+pub mod netns;
+pub mod nodes;
 pub mod pg;
+pub mod proxy;
 pub mod reference;
 pub mod ssh;
 pub mod util;

@@ -21,6 +21,9 @@ pub struct PgOptions {
     pub password: Option<String>,
     /// Enable data checksums (initdb `-k`).
     pub data_checksums: bool,
+    /// More addresses to listen on besides 127.0.0.1, each `ADDRESS/PREFIX` (e.g. `10.231.7.1/30`):
+    /// clients from that network are let in as from loopback.
+    pub listen: Vec<String>,
 }
 
 /// A running (until stopped or dropped) PostgreSQL cluster listening on 127.0.0.1.
@@ -87,19 +90,23 @@ impl PgCluster {
             running: false,
         };
         let method = if opts.password.is_some() { "scram-sha-256" } else { "trust" };
+        let mut hba = format!(
+            "local all all trust\nlocal replication all trust\n\
+             host all all 127.0.0.1/32 {method}\nhost replication all 127.0.0.1/32 {method}\n"
+        );
+        let mut listen = "127.0.0.1".to_string();
+        for network in &opts.listen {
+            let Some((addr, _)) = network.split_once('/') else { bail!("listen address {network:?} lacks a /PREFIX") };
+            listen.push_str(&format!(",{addr}"));
+            hba.push_str(&format!("host all all {network} {method}\nhost replication all {network} {method}\n"));
+        }
         // Truncating the existing file keeps its owner (the PostgreSQL OS user).
-        fs::write(
-            cluster.data_dir.join("pg_hba.conf"),
-            format!(
-                "local all all trust\nlocal replication all trust\n\
-                 host all all 127.0.0.1/32 {method}\nhost replication all 127.0.0.1/32 {method}\n"
-            ),
-        )
-        .context("writing pg_hba.conf")?;
+        fs::write(cluster.data_dir.join("pg_hba.conf"), hba).context("writing pg_hba.conf")?;
         let mut conf = format!(
-            "\n# cluster-tests\nlisten_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = {}\n\
+            "\n# cluster-tests\nlisten_addresses = {}\nport = {}\nunix_socket_directories = {}\n\
              wal_level = replica\nmax_wal_senders = 10\nmax_replication_slots = 10\nfsync = on\n\
              logging_collector = off\nlog_line_prefix = '%m [%p] %q%u@%d '\n",
+            conf_quote(&listen),
             cluster.port,
             conf_quote(&cluster.dir.to_string_lossy())
         );

@@ -78,6 +78,7 @@ fn password_cluster_requires_the_password() {
         wal_segsize_mb: Some(1),
         data_checksums: true,
         conf: vec![("application_name".into(), "'harness'".into())],
+        ..PgOptions::default()
     };
     let mut pg = PgCluster::start(dir.path(), opts).unwrap();
     assert_eq!(pg.psql("SHOW data_checksums").unwrap(), "on");
