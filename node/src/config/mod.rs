@@ -10,11 +10,13 @@ pub mod types;
 mod validate;
 
 use ini::{Ini, Origin};
-use options::{GLOBAL_OPTIONS, ModelOverrides, SERVER_OPTIONS, Scope, ServerOptions};
+use options::{CLUSTER_SERVER_OPTIONS, GLOBAL_OPTIONS, ModelOverrides, Scope, ServerOptions, server_spec};
 use resolve::Resolver;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+use types::{HostPort, NodeName, Peer};
 
 /// Files tried, in order, when neither `-c` nor `BARMAN_CONFIG_FILE` is given.
 pub const DEFAULT_CONFIG_FILES: &[&str] = &["~/.barman.conf", "/etc/barman.conf", "/etc/barman/barman.conf"];
@@ -77,6 +79,30 @@ pub struct GlobalConfig {
     pub config_changes_queue: PathBuf,
     pub log_file: Option<PathBuf>,
     pub log_level: String,
+    /// This node's name in the cluster; the node and cluster commands require it.
+    pub node_name: Option<NodeName>,
+    /// The data centre of this node; unset is the site `default` ([`GlobalConfig::site`]).
+    pub node_site: Option<String>,
+    /// Where the node's gRPC server binds.
+    pub node_listen: Option<HostPort>,
+    /// Where other nodes dial this one: `node_advertise`, else `node_listen`.
+    pub node_advertise: Option<HostPort>,
+    /// The nodes `cluster init` bootstraps and a starting node looks for the cluster at.
+    pub cluster_peers: Vec<Peer>,
+    pub cluster_ca_file: PathBuf,
+    pub node_cert_file: PathBuf,
+    pub node_key_file: PathBuf,
+    /// How long an owner may stream after its last committed renewal.
+    pub ownership_lease: Duration,
+    /// The Prometheus endpoint; `None`: no endpoint.
+    pub node_metrics_listen: Option<HostPort>,
+}
+
+impl GlobalConfig {
+    /// The site of this node: `node_site`, or `default`.
+    pub fn site(&self) -> &str {
+        self.node_site.as_deref().unwrap_or("default")
+    }
 }
 
 /// A server after inheritance, defaults, models and validation.
@@ -173,6 +199,10 @@ pub struct Config {
     pub warnings: Vec<ConfigWarning>,
     /// Errors between servers (conflicting paths): most commands stop on them.
     pub global_errors: Vec<String>,
+    /// Bad values of the cluster's options, one line each (`file:line: option 'x' in
+    /// [section]: what is wrong; expected ...`). The node and the cluster commands refuse
+    /// to start on any of them; other commands only print the warnings, as Barman would.
+    pub cluster_errors: Vec<String>,
     ini: Ini,
 }
 
@@ -332,6 +362,7 @@ impl Config {
     fn build(file: PathBuf, ini: Ini, mut warnings: Vec<ConfigWarning>) -> Result<Config, ConfigError> {
         let barman_home = global_value(&ini, "barman_home")?.unwrap_or_default();
         let g = |k: &str| global_or_default(&ini, k, &barman_home);
+        let mut cr = Resolver::new(&ini, "barman", vec![("barman_home", barman_home.clone())], true);
         let cleanup = g("lock_directory_cleanup")?.unwrap_or_default();
         let lock_directory_cleanup = parse_bool_text(&cleanup).unwrap_or_else(|| {
             warnings.push(ConfigWarning::general(format!(
@@ -346,7 +377,26 @@ impl Config {
             config_changes_queue: PathBuf::from(g("config_changes_queue")?.unwrap_or_default()),
             log_file: g("log_file")?.map(PathBuf::from),
             log_level: g("log_level")?.unwrap_or_default(),
+            // The cluster's options resolve as server options do: a bad value warns and is
+            // not used (and is a cluster error below), so Barman's own commands still run.
+            // `node_listen` comes before `node_advertise`, whose default refers to it.
+            node_name: cr.resolve("node_name"),
+            node_site: cr.resolve("node_site"),
+            node_listen: cr.resolve("node_listen"),
+            node_advertise: cr.resolve("node_advertise"),
+            cluster_peers: cr.resolve("cluster_peers"),
+            cluster_ca_file: cr.resolve("cluster_ca_file"),
+            node_cert_file: cr.resolve("node_cert_file"),
+            node_key_file: cr.resolve("node_key_file"),
+            ownership_lease: cr.resolve("ownership_lease"),
+            node_metrics_listen: cr.resolve("node_metrics_listen"),
         };
+        warnings.append(&mut cr.warnings);
+        let mut cluster_errors: Vec<String> = cr.rejected.iter().map(|r| r.line()).collect();
+        for e in validate::check_cluster(&global, &cr.sources) {
+            cluster_errors.push(e.to_string());
+            warnings.push(e);
+        }
         warn_unknown_keys(&ini, "barman", true, &mut warnings);
 
         let mut servers = BTreeMap::new();
@@ -381,6 +431,9 @@ impl Config {
             let mut r = Resolver::new(&ini, name, builtins, true);
             let opts = ServerOptions::resolve(&mut r);
             warnings.append(&mut r.warnings);
+            cluster_errors.extend(
+                r.rejected.iter().filter(|x| CLUSTER_SERVER_OPTIONS.iter().any(|s| s.name == x.key)).map(|x| x.line()),
+            );
             warn_unknown_keys(&ini, name, false, &mut warnings);
             let passive = opts.primary_ssh_command.is_some();
             let sc = ServerConfig {
@@ -393,7 +446,8 @@ impl Config {
             };
             servers.insert(name.clone(), sc);
         }
-        let mut cfg = Config { file, global, servers, models, warnings, global_errors: Vec::new(), ini };
+        let mut cfg =
+            Config { file, global, servers, models, warnings, global_errors: Vec::new(), cluster_errors, ini };
         cfg.apply_active_models();
         validate::check_paths(&mut cfg);
         let names: Vec<String> = cfg.servers.keys().cloned().collect();
@@ -444,7 +498,7 @@ impl Config {
 fn warn_unknown_keys(ini: &Ini, section: &str, global: bool, warnings: &mut Vec<ConfigWarning>) {
     let Some(sect) = ini.section(section) else { return };
     for (key, v) in &sect.options {
-        let known_server = SERVER_OPTIONS.iter().find(|s| s.name == key.as_str());
+        let known_server = server_spec(key);
         let known_global = GLOBAL_OPTIONS.iter().any(|s| s.name == key.as_str());
         let msg = if global {
             match known_server {

@@ -54,6 +54,48 @@ pub const GLOBAL_OPTIONS: &[OptionSpec] = &[
         "string",
         "Accepted for compatibility; the log format is fixed.",
     ),
+    // The cluster's own options (Barman does not know them; docs/cluster.md). Read into
+    // typed fields by `Config::build`, checked by `validate::check_cluster`.
+    g(
+        "node_name",
+        None,
+        "name",
+        "Cluster: this node's name, a DNS-style name of letters, digits, -, _ and . (node and cluster commands require it).",
+    ),
+    g("node_site", None, "string", "Cluster: the data centre of this node; unset shows as `default`."),
+    g(
+        "node_listen",
+        None,
+        "host:port",
+        "Cluster: address the node's gRPC server binds (IPv4, [IPv6]:port or host name).",
+    ),
+    g("node_advertise", Some("%(node_listen)s"), "host:port", "Cluster: address other nodes dial to reach this node."),
+    g(
+        "cluster_peers",
+        None,
+        "name=host:port, ...",
+        "Cluster: nodes to bootstrap (cluster init) and to find the cluster through.",
+    ),
+    g(
+        "cluster_ca_file",
+        Some("%(barman_home)s/.node/tls/ca.crt"),
+        "path (PEM)",
+        "Cluster: CA certificate every node's certificate is signed by.",
+    ),
+    g("node_cert_file", Some("%(barman_home)s/.node/tls/node.crt"), "path (PEM)", "Cluster: this node's certificate."),
+    g("node_key_file", Some("%(barman_home)s/.node/tls/node.key"), "path (PEM)", "Cluster: this node's private key."),
+    g(
+        "ownership_lease",
+        Some("3"),
+        "seconds (0.5 to 600)",
+        "Cluster: lease of a server's owner; past it without renewal the owner stops streaming.",
+    ),
+    g(
+        "node_metrics_listen",
+        None,
+        "host:port",
+        "Cluster: address of the Prometheus metrics endpoint (plain HTTP; bind loopback); unset: none.",
+    ),
 ];
 
 const fn g(name: &'static str, default: Option<&'static str>, kind: &'static str, doc: &'static str) -> OptionSpec {
@@ -61,17 +103,22 @@ const fn g(name: &'static str, default: Option<&'static str>, kind: &'static str
 }
 
 macro_rules! server_options {
-    ($( $name:ident : $ty:ty = $default:expr, $scope:ident, $model:literal, $kind:literal, $doc:literal; )*) => {
+    (
+        barman { $( $name:ident : $ty:ty = $default:expr, $scope:ident, $model:literal, $kind:literal, $doc:literal; )* }
+        cluster { $( $cname:ident : $cty:ty = $cdefault:expr, $cscope:ident, $cmodel:literal, $ckind:literal, $cdoc:literal; )* }
+    ) => {
         /// Every server option, typed, after inheritance and defaults.
         #[derive(Debug, Clone)]
         pub struct ServerOptions {
             $( pub $name: $ty, )*
+            $( pub $cname: $cty, )*
         }
 
         /// Options a model overrides (only the ones it sets).
         #[derive(Debug, Clone, Default)]
         pub struct ModelOverrides {
             $( pub $name: Option<$ty>, )*
+            $( pub $cname: Option<$cty>, )*
         }
 
         /// The server option rows, in the order Barman resolves them (defaults may
@@ -87,16 +134,32 @@ macro_rules! server_options {
             }, )*
         ];
 
+        /// The cluster's own server options. Kept apart from [`SERVER_OPTIONS`], which
+        /// `show-servers` and `diagnose` print and tests compare with Barman's output key
+        /// for key: a Barman configuration must show exactly Barman's keys.
+        pub const CLUSTER_SERVER_OPTIONS: &[OptionSpec] = &[
+            $( OptionSpec {
+                name: stringify!($cname),
+                scope: Scope::$cscope,
+                model: $cmodel,
+                default: $cdefault,
+                kind: $ckind,
+                doc: $cdoc,
+            }, )*
+        ];
+
         impl ServerOptions {
             pub(super) fn resolve(r: &mut super::resolve::Resolver<'_>) -> Self {
                 ServerOptions {
                     $( $name: r.resolve::<$ty>(stringify!($name)), )*
+                    $( $cname: r.resolve::<$cty>(stringify!($cname)), )*
                 }
             }
             /// Python's `str()` of an option's value, by name.
             pub fn show(&self, name: &str) -> Option<String> {
                 match name {
                     $( stringify!($name) => Some(self.$name.show()), )*
+                    $( stringify!($cname) => Some(self.$cname.show()), )*
                     _ => None,
                 }
             }
@@ -104,6 +167,7 @@ macro_rules! server_options {
             pub fn json(&self, name: &str) -> Option<serde_json::Value> {
                 match name {
                     $( stringify!($name) => Some(self.$name.json()), )*
+                    $( stringify!($cname) => Some(self.$cname.json()), )*
                     _ => None,
                 }
             }
@@ -112,6 +176,9 @@ macro_rules! server_options {
                 $( if let Some(v) = &m.$name {
                     self.$name = v.clone();
                 } )*
+                $( if let Some(v) = &m.$cname {
+                    self.$cname = v.clone();
+                } )*
             }
         }
 
@@ -119,6 +186,7 @@ macro_rules! server_options {
             pub(super) fn resolve(r: &mut super::resolve::Resolver<'_>) -> Self {
                 ModelOverrides {
                     $( $name: if $model { r.resolve_only_set::<$ty>(stringify!($name)) } else { None }, )*
+                    $( $cname: if $cmodel { r.resolve_only_set::<$cty>(stringify!($cname)) } else { None }, )*
                 }
             }
         }
@@ -126,6 +194,7 @@ macro_rules! server_options {
 }
 
 server_options! {
+barman {
     active: bool = Some("true"), Server, true, "bool", "Whether the server takes part in operations (false: inactive).";
     archiver: bool = Some("off"), Inherited, true, "bool", "Archive WAL files arriving in the incoming directory (archive_command).";
     archiver_batch_size: i64 = Some("0"), Inherited, true, "int", "Most files one archive-wal run takes from incoming (0: all).";
@@ -236,10 +305,19 @@ server_options! {
     worm_mode: bool = Some("off"), Inherited, true, "bool", "Storage is write-once: never purge WAL at the first backup.";
     xlogdb_directory: Option<String> = Some("%(wals_directory)s"), Inherited, false, "path", "Directory of <server>-xlog.db.";
 }
+cluster {
+    owner_candidates: Vec<NodeName> = Some(""), Server, false, "node names, comma-separated", "Cluster: nodes that may own (stream, back up) the server, most preferred first; empty: every member, in name order.";
+}
+}
+
+/// The row of a server option, Barman's or the cluster's.
+pub fn server_spec(name: &str) -> Option<&'static OptionSpec> {
+    SERVER_OPTIONS.iter().chain(CLUSTER_SERVER_OPTIONS).find(|s| s.name == name)
+}
 
 /// The row of an option, server or global.
 pub fn spec(name: &str) -> Option<&'static OptionSpec> {
-    SERVER_OPTIONS.iter().chain(GLOBAL_OPTIONS).find(|s| s.name == name)
+    server_spec(name).or_else(|| GLOBAL_OPTIONS.iter().find(|s| s.name == name))
 }
 
 /// The option reference (Markdown), generated from the table.
@@ -248,9 +326,12 @@ pub fn reference_markdown() -> String {
         "# Configuration options\n\nGenerated from the option table (`node/src/config/options.rs`); \
          `barman` reads the same table. Scope: `global` options go in `[barman]` only; \
          `global, server` options may be set in `[barman]` as a default for every server; \
-         `server` options only in a server section. Model sections accept the options marked `yes`.\n\n",
+         `server` options only in a server section. Model sections accept the options marked `yes`. \
+         Options whose description starts with “Cluster:” are this project's own, read by the node and the cluster \
+         commands ([cluster.md](cluster.md)); Barman does not know them.\n\n",
     );
-    for (title, rows) in [("Global options", GLOBAL_OPTIONS), ("Server options", SERVER_OPTIONS)] {
+    let server_rows: Vec<OptionSpec> = SERVER_OPTIONS.iter().chain(CLUSTER_SERVER_OPTIONS).copied().collect();
+    for (title, rows) in [("Global options", GLOBAL_OPTIONS), ("Server options", server_rows.as_slice())] {
         out.push_str(&format!(
             "## {title}\n\n| option | scope | values | default | model | description |\n|---|---|---|---|---|---|\n"
         ));

@@ -19,6 +19,25 @@ pub(super) struct Resolver<'a> {
     computed: HashMap<&'static str, String>,
     pub sources: HashMap<&'static str, Origin>,
     pub warnings: Vec<ConfigWarning>,
+    /// Values set but not used (bad text, bad interpolation), beside their warnings: the
+    /// cluster's options must refuse, not fall back.
+    pub rejected: Vec<Rejected>,
+}
+
+/// A value the resolver could not use.
+pub(super) struct Rejected {
+    pub key: &'static str,
+    pub section: String,
+    pub origin: Origin,
+    /// What is wrong and what is expected.
+    pub why: String,
+}
+
+impl Rejected {
+    /// `file:line: option 'key' in [section]: why`.
+    pub fn line(&self) -> String {
+        format!("{}: option '{}' in [{}]: {}", self.origin, self.key, self.section, self.why)
+    }
 }
 
 /// What happened to one candidate value.
@@ -37,6 +56,7 @@ impl<'a> Resolver<'a> {
             computed: HashMap::new(),
             sources: HashMap::new(),
             warnings: Vec::new(),
+            rejected: Vec::new(),
         }
     }
 
@@ -59,6 +79,8 @@ impl<'a> Resolver<'a> {
             }
             Err(e) => {
                 self.warnings.push(ConfigWarning::at(&raw.origin, format!("[{section}] {e}; the value is ignored")));
+                let (origin, why) = (raw.origin.clone(), e.to_string());
+                self.rejected.push(Rejected { key, section: section.to_string(), origin, why });
                 None
             }
         }
@@ -85,9 +107,10 @@ impl<'a> Resolver<'a> {
             }
             Parsed::Invalid(why) => {
                 notes.push((
-                    origin,
+                    origin.clone(),
                     format!("ignoring invalid value '{text}' for option '{key}' in [{section}] ({why})"),
                 ));
+                self.rejected.push(Rejected { key, section: section.to_string(), origin, why });
                 Attempt::Skipped
             }
             Parsed::Unset => Attempt::Skipped,

@@ -6,6 +6,12 @@ use crate::wal::compression::{Codec, Level};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 
+mod cluster;
+pub use cluster::{
+    HOST_PORT_FORM, Host, HostPort, HostPortError, NODE_NAME_FORM, NodeName, NodeNameError, Peer, PeerError,
+    parse_seconds, show_seconds,
+};
+
 /// The outcome of parsing one raw value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Parsed<T> {

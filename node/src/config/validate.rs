@@ -1,11 +1,68 @@
 //! The checks that disable a server whose configuration cannot work (Barman's
-//! server initialisation), path conflicts, and the features this version does
-//! not implement: those disable the server instead of being silently ignored.
+//! server initialisation), path conflicts, the features this version does
+//! not implement (those disable the server instead of being silently ignored),
+//! and the cluster's options that parse but cannot work together.
 
-use super::types::BackupMethod;
-use super::{Config, ConfigWarning, ServerConfig};
-use std::collections::BTreeMap;
+use super::ini::Origin;
+use super::types::{BackupMethod, HostPort};
+use super::{Config, ConfigWarning, GlobalConfig, ServerConfig};
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::time::Duration;
+
+/// The shortest and longest `ownership_lease`: below, renewals through Raft cannot keep
+/// up; above, a failed owner leaves its server unstreamed for more than ten minutes.
+const LEASE_RANGE: std::ops::RangeInclusive<Duration> = Duration::from_millis(500)..=Duration::from_secs(600);
+
+/// The cluster's options that parse but cannot work: one line each, at the value's
+/// file and line. Required options are the commands' business, not checked here.
+pub(super) fn check_cluster(g: &GlobalConfig, sources: &HashMap<&'static str, Origin>) -> Vec<ConfigWarning> {
+    let mut out = Vec::new();
+    let mut problem = |key: &str, msg: String| {
+        let msg = format!("option '{key}' in [barman]: {msg}");
+        out.push(match sources.get(key) {
+            Some(o) => ConfigWarning::at(o, msg),
+            None => ConfigWarning::general(msg),
+        });
+    };
+    if !LEASE_RANGE.contains(&g.ownership_lease) {
+        problem(
+            "ownership_lease",
+            format!(
+                "'{}' is out of range; expected seconds from 0.5 to 600",
+                super::types::show_seconds(g.ownership_lease)
+            ),
+        );
+    }
+    if let Some(a) = g.node_advertise.as_ref().filter(|a| a.is_unspecified()) {
+        if sources.contains_key("node_advertise") {
+            problem(
+                "node_advertise",
+                format!(
+                    "'{a}' is a wildcard address no other node can dial; expected this node's address as host:port"
+                ),
+            );
+        } else {
+            problem(
+                "node_listen",
+                format!(
+                    "'{a}' is a wildcard address and node_advertise is unset; expected node_advertise = this node's address as host:port"
+                ),
+            );
+        }
+    }
+    if let (Some(m), Some(l)) = (&g.node_metrics_listen, &g.node_listen)
+        && same_socket(m, l)
+    {
+        problem("node_metrics_listen", format!("'{m}' is also node_listen ('{l}'); expected another host:port"));
+    }
+    out
+}
+
+/// Whether binding both would clash: one port, and one host or a wildcard.
+fn same_socket(a: &HostPort, b: &HostPort) -> bool {
+    a.port == b.port && (a.host == b.host || a.is_unspecified() || b.is_unspecified())
+}
 
 /// Two directory options resolving to the same place: within a server the server
 /// is disabled; across servers it is a global error.
