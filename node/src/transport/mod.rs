@@ -2,7 +2,9 @@
 //! (remote recovery now; sync-backup over SSH and the rsync backup method reuse it).
 
 pub mod copy;
+pub mod grpc;
 pub mod ssh;
+pub mod tls;
 
 /// A mutex's guard even when a panicking thread poisoned it (the data stays usable here:
 /// queues and counters).

@@ -1,0 +1,318 @@
+//! The Raft service other nodes call, and the proposing side.
+//!
+//! Served: openraft's three RPCs, taken only from members of the cluster (a certificate of
+//! our CA for a name outside it must not vote), and `Forward`: a change asked of the leader
+//! by another node, taken from any node of our CA (a node asking to join is not a member
+//! yet). Proposing: carry the change out here when this node leads, else forward it to the
+//! leader, following its hints through elections until a deadline.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use barman_proto::v1::raft_server::{Raft as RaftRpc, RaftServer};
+use barman_proto::v1::{RaftReply, RaftRequest};
+use openraft::error::{ClientWriteError, Fatal, RaftError};
+use openraft::{ChangeMembers, RaftMetrics};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+use tonic::Status;
+use tonic::service::Routes;
+
+use super::network::Peers;
+use super::ownership::NodeId;
+use super::types::{Member, Request, Response, TypeConfig, node_id};
+use crate::transport::grpc;
+
+type Raft = openraft::Raft<TypeConfig>;
+
+/// A change asked of the leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ForwardRequest {
+    /// A command to replicate.
+    Write(Request),
+    /// Adds a node as a voter (first as a learner, until it has caught up).
+    AddNode { id: NodeId, member: Member },
+    /// Takes a node out of the group.
+    RemoveNode { id: NodeId },
+}
+
+/// What the leader (or a node that is not) answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ForwardResponse {
+    /// The command was committed and applied; its outcome.
+    Written(Response),
+    /// The membership change is committed (or there was nothing to change).
+    Done,
+    /// This node does not lead; the leader it knows of, if any.
+    NotLeader { leader: Option<(NodeId, Member)> },
+    /// The leader refused or failed the change.
+    Failed(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProposeError {
+    #[error("no leader took the change within {:.1}s (last: {last}): is a majority of the cluster up?", waited.as_secs_f64())]
+    NoLeader { waited: Duration, last: String },
+    #[error("this node's Raft has stopped: {0}")]
+    Stopped(String),
+}
+
+/// Carries out `req` on this node, which must be the leader (else `NotLeader`).
+pub async fn apply(raft: &Raft, req: ForwardRequest) -> ForwardResponse {
+    match req {
+        ForwardRequest::Write(r) => match raft.client_write(r).await {
+            Ok(written) => ForwardResponse::Written(written.data),
+            Err(e) => refusal(e),
+        },
+        ForwardRequest::AddNode { id, member } => add_node(raft, id, member).await,
+        ForwardRequest::RemoveNode { id } => remove_node(raft, id).await,
+    }
+}
+
+fn refusal(e: RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> ForwardResponse {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            ForwardResponse::NotLeader { leader: f.leader_id.zip(f.leader_node) }
+        }
+        e => ForwardResponse::Failed(e.to_string()),
+    }
+}
+
+async fn add_node(raft: &Raft, id: NodeId, member: Member) -> ForwardResponse {
+    let stored = raft.metrics().borrow().membership_config.clone();
+    let membership = stored.membership();
+    if let Some(known) = membership.get_node(&id) {
+        if *known != member {
+            return ForwardResponse::Failed(format!(
+                "node {id} is already in the cluster as '{}' at {}: remove it first to change it",
+                known.name, known.addr
+            ));
+        }
+        if membership.voter_ids().any(|v| v == id) {
+            return ForwardResponse::Done;
+        }
+    }
+    // Blocking: returns once the learner has caught up, so it votes knowing the log.
+    if let Err(e) = raft.add_learner(id, member, true).await {
+        return refusal(e);
+    }
+    match raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false).await {
+        Ok(_) => ForwardResponse::Done,
+        Err(e) => refusal(e),
+    }
+}
+
+async fn remove_node(raft: &Raft, id: NodeId) -> ForwardResponse {
+    let stored = raft.metrics().borrow().membership_config.clone();
+    let membership = stored.membership();
+    let change = if membership.voter_ids().any(|v| v == id) {
+        // retain = false: the removed voter leaves the nodes too, not kept as a learner.
+        ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+    } else if membership.get_node(&id).is_some() {
+        ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+    } else {
+        return ForwardResponse::Done;
+    };
+    match raft.change_membership(change, false).await {
+        Ok(_) => ForwardResponse::Done,
+        Err(e) => refusal(e),
+    }
+}
+
+/// The Raft service of this node.
+pub struct RaftService {
+    raft: Raft,
+}
+
+impl RaftService {
+    pub fn new(raft: Raft) -> RaftService {
+        RaftService { raft }
+    }
+
+    /// The service as routes for [`grpc::serve`].
+    pub fn routes(self) -> Routes {
+        Routes::new(
+            RaftServer::new(self)
+                .max_decoding_message_size(grpc::MAX_MESSAGE)
+                .max_encoding_message_size(grpc::MAX_MESSAGE),
+        )
+    }
+
+    /// Lets a Raft RPC through only from a member of the cluster. A node not in any cluster
+    /// yet (no members) takes them from any node of our CA: that is how it is sent the log
+    /// when added.
+    fn admit<T>(&self, request: &tonic::Request<T>, rpc: &str) -> Result<(), Status> {
+        let Some(peer) = grpc::peer(request) else {
+            return Err(Status::unauthenticated("no verified peer certificate"));
+        };
+        let name = peer.name.as_deref().unwrap_or_default();
+        let stored = self.raft.metrics().borrow().membership_config.clone();
+        let mut members = stored.membership().nodes().map(|(_, m)| m).peekable();
+        if members.peek().is_none() || members.any(|m| m.name == name) {
+            return Ok(());
+        }
+        tracing::warn!(peer = %peer.addr, "refused {rpc} from '{name}' at {}: not a member of the cluster", peer.addr);
+        Err(Status::permission_denied(format!("'{name}' is not a member of this cluster")))
+    }
+}
+
+fn decode<T: DeserializeOwned>(request: tonic::Request<RaftRequest>) -> Result<T, Status> {
+    grpc::decode(&request.into_inner().data).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+fn reply<T: Serialize>(answer: &T) -> Result<tonic::Response<RaftReply>, Status> {
+    let data = grpc::encode(answer).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(tonic::Response::new(RaftReply { data }))
+}
+
+/// The answer to AppendEntries and Vote: openraft's `RaftError<_, Infallible>` crosses the
+/// wire as its `Fatal` (Infallible has no serde).
+fn reply_fatal<T: Serialize>(answer: Result<T, RaftError<NodeId>>) -> Result<tonic::Response<RaftReply>, Status> {
+    let answer: Result<T, Fatal<NodeId>> = answer.map_err(|e| match e {
+        RaftError::Fatal(f) => f,
+        RaftError::APIError(never) => match never {},
+    });
+    reply(&answer)
+}
+
+#[tonic::async_trait]
+impl RaftRpc for RaftService {
+    async fn append_entries(&self, request: tonic::Request<RaftRequest>) -> Result<tonic::Response<RaftReply>, Status> {
+        self.admit(&request, "AppendEntries")?;
+        reply_fatal(self.raft.append_entries(decode(request)?).await)
+    }
+
+    async fn vote(&self, request: tonic::Request<RaftRequest>) -> Result<tonic::Response<RaftReply>, Status> {
+        self.admit(&request, "Vote")?;
+        reply_fatal(self.raft.vote(decode(request)?).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: tonic::Request<RaftRequest>,
+    ) -> Result<tonic::Response<RaftReply>, Status> {
+        self.admit(&request, "InstallSnapshot")?;
+        reply(&self.raft.install_snapshot(decode(request)?).await)
+    }
+
+    async fn forward(&self, request: tonic::Request<RaftRequest>) -> Result<tonic::Response<RaftReply>, Status> {
+        let req: ForwardRequest = decode(request)?;
+        reply(&apply(&self.raft, req).await)
+    }
+}
+
+/// The leader `metrics` know of, with its address.
+fn leader_of(metrics: &RaftMetrics<NodeId, Member>) -> Option<(NodeId, Member)> {
+    let id = metrics.current_leader?;
+    let member = metrics.membership_config.membership().get_node(&id)?.clone();
+    Some((id, member))
+}
+
+/// Carries out `req` through the cluster: here when this node leads, else on the leader,
+/// following its hints and retrying through elections until `deadline`. A write whose
+/// answer was lost may be applied twice: replicated commands are conditional (epochs,
+/// renewal counts) or idempotent for that reason.
+pub async fn propose(
+    raft: &Raft,
+    peers: &Peers,
+    req: ForwardRequest,
+    deadline: Duration,
+) -> Result<ForwardResponse, ProposeError> {
+    drive(Some(raft), peers, &[], req, deadline).await
+}
+
+/// Like [`propose`] from a node outside the cluster (one asking to join): asks `seeds` in
+/// turn until one leads or names the leader.
+pub async fn propose_via(
+    peers: &Peers,
+    seeds: &[Member],
+    req: ForwardRequest,
+    deadline: Duration,
+) -> Result<ForwardResponse, ProposeError> {
+    drive(None, peers, seeds, req, deadline).await
+}
+
+async fn drive(
+    raft: Option<&Raft>,
+    peers: &Peers,
+    seeds: &[Member],
+    req: ForwardRequest,
+    deadline: Duration,
+) -> Result<ForwardResponse, ProposeError> {
+    let until = Instant::now() + deadline;
+    let mut pause = Duration::from_millis(20);
+    let mut hint: Option<(NodeId, Member)> = None;
+    let mut next_seed = 0;
+    let mut last = String::from("no leader known yet");
+    loop {
+        let mut me = None;
+        let mut known = None;
+        if let Some(raft) = raft {
+            let metrics = raft.metrics();
+            let m = metrics.borrow();
+            if let Err(e) = &m.running_state {
+                return Err(ProposeError::Stopped(e.to_string()));
+            }
+            me = Some(m.id);
+            known = leader_of(&m);
+        }
+        let target = match hint.take().or(known) {
+            Some(t) => Some(t),
+            None => {
+                let seed = seeds.get(next_seed % seeds.len().max(1)).map(|s| (node_id(&s.name), s.clone()));
+                next_seed += 1;
+                seed
+            }
+        };
+        let outcome = match (target, raft) {
+            (Some((id, _)), Some(raft)) if Some(id) == me => {
+                let left = until.saturating_duration_since(Instant::now());
+                tokio::time::timeout(left, apply(raft, req.clone()))
+                    .await
+                    .map_err(|_| "this node leads but did not commit the change in time".to_string())
+            }
+            (Some((id, member)), _) => forward(peers, id, &member, &req, until).await,
+            (None, _) => Err(last.clone()),
+        };
+        match outcome {
+            Ok(ForwardResponse::NotLeader { leader }) => {
+                last = match &leader {
+                    Some((_, m)) => format!("told to ask '{}' at {}", m.name, m.addr),
+                    None => "a node knows no leader (an election?)".into(),
+                };
+                hint = leader;
+            }
+            Ok(done) => return Ok(done),
+            Err(why) => last = why,
+        }
+        let now = Instant::now();
+        if now + pause >= until {
+            return Err(ProposeError::NoLeader { waited: deadline, last });
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(500));
+    }
+}
+
+/// One forwarded attempt; Err is why the node did not answer.
+async fn forward(
+    peers: &Peers,
+    id: NodeId,
+    member: &Member,
+    req: &ForwardRequest,
+    until: Instant,
+) -> Result<ForwardResponse, String> {
+    let who = |why: String| format!("'{}' at {}: {why}", member.name, member.addr);
+    let mut client = peers.client(id, member).map_err(|e| e.to_string())?;
+    let data = grpc::encode(req).map_err(|e| e.to_string())?;
+    let ttl = until.saturating_duration_since(Instant::now());
+    let mut request = tonic::Request::new(RaftRequest { data });
+    request.set_timeout(ttl);
+    let answer = match tokio::time::timeout(ttl, client.forward(request)).await {
+        Err(_) => return Err(who("no answer in time".into())),
+        Ok(Err(s)) => return Err(who(grpc::status_text(&s))),
+        Ok(Ok(r)) => r.into_inner(),
+    };
+    grpc::decode(&answer.data).map_err(|e| who(e.to_string()))
+}

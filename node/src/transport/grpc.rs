@@ -1,0 +1,278 @@
+//! Node-to-node gRPC over mutual TLS. The server runs its own accept loop, so every refused
+//! handshake (no client certificate, another CA, expired...) is seen and logged once with
+//! the peer's address; accepted streams go to tonic, carrying the peer's verified node name
+//! ([`Peer`], read with [`peer`]). Channels to peers connect lazily.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::service::Routes;
+use tonic::transport::server::Connected;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server};
+use tracing::Instrument;
+
+use super::tls::{self, ClientTls};
+
+/// How long a peer may take to complete its TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a TCP connect plus handshake to a peer may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// HTTP/2 pings on idle connections, so a dead peer is noticed.
+const KEEPALIVE: Duration = Duration::from_secs(10);
+/// The largest message either way (batches of log entries, snapshot chunks).
+pub const MAX_MESSAGE: usize = 64 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GrpcError {
+    #[error("the gRPC server failed: {0}")]
+    Serve(#[source] tonic::transport::Error),
+    #[error("cannot set up a channel to {peer} at {addr}: {why}")]
+    Channel { peer: String, addr: String, why: String },
+    #[error("cannot encode a message: {0}")]
+    Encode(String),
+    #[error("cannot decode a message: {0}")]
+    Decode(String),
+}
+
+/// Who is at the other end of an accepted connection, as its verified certificate says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// The node name of its certificate ([`tls::peer_name`]).
+    pub name: Option<String>,
+}
+
+/// The peer of a request served by [`serve`] (None for a request that did not come
+/// through it).
+pub fn peer<T>(request: &tonic::Request<T>) -> Option<&Peer> {
+    request.extensions().get::<Peer>()
+}
+
+/// An accepted, verified TLS stream; tonic puts its [`Peer`] in every request's extensions.
+struct PeerStream {
+    inner: TlsStream<TcpStream>,
+    peer: Peer,
+}
+
+impl Connected for PeerStream {
+    type ConnectInfo = Peer;
+
+    fn connect_info(&self) -> Peer {
+        self.peer.clone()
+    }
+}
+
+impl AsyncRead for PeerStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for PeerStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// Serves `routes` on `listener` with mutual TLS until `shutdown` completes, then lets the
+/// open connections finish. Logs run in the caller's span.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    routes: Routes,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), GrpcError> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (tx, rx) = mpsc::channel(16);
+    let accepting = tokio::spawn(accept_loop(listener, TlsAcceptor::from(tls), tx, stop_rx).in_current_span());
+    let signal = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
+    // Handlers log in the caller's span too (tonic runs them in tasks of its own).
+    let span = tracing::Span::current();
+    let served = Server::builder()
+        .trace_fn(move |_| span.clone())
+        .http2_keepalive_interval(Some(KEEPALIVE))
+        .http2_keepalive_timeout(Some(KEEPALIVE))
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(ReceiverStream::new(rx), signal)
+        .await;
+    accepting.abort();
+    served.map_err(GrpcError::Serve)
+}
+
+/// Accepts connections until told to stop; each handshake runs in its own task, so a slow
+/// or silent peer holds up no one.
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    tx: mpsc::Sender<io::Result<PeerStream>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let (tcp, addr) = tokio::select! {
+            _ = stop.changed() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors, mostly: wait rather than spin.
+                    tracing::warn!("cannot accept a gRPC connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let (acceptor, tx) = (acceptor.clone(), tx.clone());
+        let handshake = async move {
+            match handshake(&acceptor, tcp, addr).await {
+                Ok(stream) => {
+                    let _ = tx.send(Ok(stream)).await;
+                }
+                Err(reason) => tracing::warn!(peer = %addr, "refused a connection from {addr}: {reason}"),
+            }
+        };
+        tokio::spawn(handshake.in_current_span());
+    }
+}
+
+async fn handshake(acceptor: &TlsAcceptor, tcp: TcpStream, addr: SocketAddr) -> Result<PeerStream, String> {
+    let inner = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Err(_) => return Err(format!("no TLS handshake within {}s", HANDSHAKE_TIMEOUT.as_secs())),
+        Ok(Err(e)) => return Err(e.to_string()),
+        Ok(Ok(s)) => s,
+    };
+    let name = inner.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(tls::peer_name);
+    Ok(PeerStream { inner, peer: Peer { addr, name } })
+}
+
+/// A channel to the node `peer_name` at `addr` (`host:port`), connecting on first use:
+/// the server's certificate must be of the cluster CA and name `peer_name`. Call it inside
+/// a Tokio runtime.
+pub fn channel(addr: &str, peer_name: &str, tls: &ClientTls) -> Result<Channel, GrpcError> {
+    let bad = |why: String| GrpcError::Channel { peer: peer_name.into(), addr: addr.into(), why };
+    let config = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(tls.ca_pem()))
+        .identity(Identity::from_pem(tls.cert_pem(), tls.key_pem()))
+        .domain_name(peer_name)
+        .timeout(CONNECT_TIMEOUT);
+    let endpoint = Endpoint::from_shared(format!("https://{addr}"))
+        .map_err(|e| bad(e.to_string()))?
+        .tls_config(config)
+        .map_err(|e| bad(error_chain(&e)))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(KEEPALIVE)
+        .keep_alive_timeout(KEEPALIVE)
+        .keep_alive_while_idle(true);
+    Ok(endpoint.connect_lazy())
+}
+
+/// A status in one line, with the transport error behind it ("transport error" alone
+/// says nothing).
+pub fn status_text(status: &tonic::Status) -> String {
+    let mut text = format!("{:?}: {}", status.code(), status.message());
+    append_sources(&mut text, std::error::Error::source(status));
+    text
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    append_sources(&mut text, e.source());
+    text
+}
+
+/// Appends each cause not already said (tonic and hyper repeat their sources in their
+/// messages).
+fn append_sources(text: &mut String, mut source: Option<&dyn std::error::Error>) {
+    while let Some(s) = source {
+        let said = s.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        source = s.source();
+    }
+}
+
+/// bincode, with a bound on what a message may make us allocate.
+fn bincode_config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<{ 4 * MAX_MESSAGE }>()
+}
+
+/// The bytes of a message's `data` field.
+pub fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, GrpcError> {
+    bincode::serde::encode_to_vec(value, bincode_config()).map_err(|e| GrpcError::Encode(e.to_string()))
+}
+
+/// Reads a message's `data` field back; trailing bytes are an error.
+pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, GrpcError> {
+    let (value, used) =
+        bincode::serde::decode_from_slice(bytes, bincode_config()).map_err(|e| GrpcError::Decode(e.to_string()))?;
+    if used != bytes.len() {
+        return Err(GrpcError::Decode(format!("{} bytes left over", bytes.len() - used)));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_and_garbage_is_refused() {
+        let v: (u64, String, Option<Vec<u8>>) = (7, "n1".into(), Some(vec![1, 2, 3]));
+        let bytes = encode(&v).unwrap();
+        assert_eq!(decode::<(u64, String, Option<Vec<u8>>)>(&bytes).unwrap(), v);
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(decode::<(u64, String, Option<Vec<u8>>)>(&longer).unwrap_err().to_string().contains("left over"));
+        assert!(decode::<(u64, String)>(&bytes[..2]).is_err());
+        // A length prefix claiming 2^60 bytes must not be believed.
+        let huge = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0x10];
+        assert!(decode::<Vec<u8>>(&huge).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_channel_needs_a_usable_address_and_name() {
+        let ca = tls::new_ca("c").unwrap();
+        let node = tls::new_node_cert(&ca, "n1", &[]).unwrap();
+        let client = ClientTls::from_pem(&ca.cert, &node);
+        channel("127.0.0.1:1", "n1", &client).unwrap();
+        let e = channel("127.0.0.1:1", "not a name", &client).unwrap_err().to_string();
+        assert!(e.starts_with("cannot set up a channel to not a name at 127.0.0.1:1"), "{e}");
+        assert!(channel("bad host:x", "n1", &client).is_err());
+    }
+}
