@@ -16,6 +16,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod fixture;
 pub mod netns;
 pub mod nodes;
 pub mod pg;

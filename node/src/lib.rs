@@ -9,6 +9,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod hooks;
+pub mod node;
 pub mod postgres;
 pub mod recover;
 pub mod transport;

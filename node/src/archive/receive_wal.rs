@@ -12,8 +12,9 @@ use crate::archive::server::pin_identity;
 use crate::catalog::ServerLayout;
 use crate::catalog::durable::{self, fsync_dir};
 use crate::catalog::identity::Identity;
+use crate::config::ServerConfig;
 use crate::postgres::replication::{ReplicationConnection, StreamEvent, SystemInfo};
-use crate::postgres::{ConnParams, PgError};
+use crate::postgres::{ConnParams, Conninfo, LibpqEnv, PgError};
 use crate::wal::{Lsn, SegmentId, SegmentSize, SystemId, TimelineId, WalFileName};
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -44,6 +45,14 @@ pub enum ReceiveError {
     Protocol(String),
     #[error("PostgreSQL ended the WAL stream (server shut down?) at {0}")]
     Ended(Lsn),
+    #[error("streaming stopped at {0}: this node's lease on the server ran out (it fenced itself)")]
+    Fenced(Lsn),
+}
+
+/// Decides, before every flush report, whether this receiver may still acknowledge WAL to
+/// PostgreSQL (a cluster node's lease; always yes for a plain `receive-wal`).
+pub trait Fence: Send + Sync {
+    fn may_report(&self) -> bool;
 }
 
 /// What the receiver needs to know.
@@ -55,6 +64,20 @@ pub struct ReceiverConfig {
     pub slot: Option<String>,
     /// Longest time between two status updates (pg_receivewal's 10 s default).
     pub status_interval: Duration,
+    /// Checked before every flush report; when it says no, streaming stops unreported.
+    pub fence: Option<std::sync::Arc<dyn Fence>>,
+    /// Start here (a segment start) instead of the newest file on disk.
+    pub start_at: Option<(Lsn, TimelineId)>,
+    /// Log each completed segment at INFO (a cluster node traces every file to its epoch).
+    pub log_segments: bool,
+    /// Where the last reported flush position is published (LSN as a number).
+    pub progress: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+}
+
+impl ReceiverConfig {
+    fn may_report(&self) -> bool {
+        self.fence.as_ref().is_none_or(|f| f.may_report())
+    }
 }
 
 /// The segment file being written.
@@ -76,6 +99,38 @@ struct Receiver<'a> {
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ReceiveError + '_ {
     move |source| ReceiveError::Io { path: path.to_path_buf(), source }
+}
+
+/// The WAL streaming connections (Barman's `get_wal_conninfo`): the replication
+/// one (`wal_streaming_conninfo`, else `streaming_conninfo`) and the SQL one
+/// for checks (`wal_conninfo`, else `wal_streaming_conninfo`, else `conninfo`),
+/// with the overrides that applied.
+pub fn wal_conninfos(s: &ServerConfig) -> (Option<String>, Option<String>, Vec<String>) {
+    let mut overrides = Vec::new();
+    if let Some(w) = &s.opts.wal_streaming_conninfo {
+        overrides.push(format!("'streaming_conninfo' overridden with '{}'", crate::postgres::mask_password(w)));
+    }
+    let streaming = s.opts.wal_streaming_conninfo.clone().or_else(|| s.opts.streaming_conninfo.clone());
+    let sql = match (&s.opts.wal_conninfo, &s.opts.wal_streaming_conninfo) {
+        (Some(w), _) | (None, Some(w)) => {
+            overrides.push(format!("'conninfo' overridden with '{}'", crate::postgres::mask_password(w)));
+            Some(w.clone())
+        }
+        _ => s.opts.conninfo.clone(),
+    };
+    (streaming, sql, overrides)
+}
+
+/// Resolved parameters of the replication connection (Barman's streaming conninfo).
+pub fn streaming_params(raw: &str) -> Result<ConnParams, String> {
+    let ci = Conninfo::parse(raw).map_err(|e| format!("streaming_conninfo: {e}"))?;
+    ConnParams::resolve(&ci.barman_streaming(), &LibpqEnv::from_process())
+        .map_err(|e| format!("streaming_conninfo: {e}"))
+}
+
+/// `streaming_archiver_name`: the application name of WAL streaming.
+pub fn app_name(s: &ServerConfig) -> String {
+    s.opts.streaming_archiver_name.clone().unwrap_or_else(|| "barman_receive_wal".into())
 }
 
 /// Whether `synchronous_standby_names` makes `app` a (candidate) synchronous standby.
@@ -180,7 +235,11 @@ impl Receiver<'_> {
         fs::rename(&open.partial, &done).map_err(io_err(&done))?;
         fsync_dir(self.dir()).map_err(io_err(self.dir()))?;
         self.flush = self.write;
-        tracing::debug!(server = %self.cfg.layout.server, segment = %WalFileName::segment(open.id), "segment complete");
+        if self.cfg.log_segments {
+            tracing::info!(server = %self.cfg.layout.server, segment = %WalFileName::segment(open.id), "segment complete");
+        } else {
+            tracing::debug!(server = %self.cfg.layout.server, segment = %WalFileName::segment(open.id), "segment complete");
+        }
         Ok(())
     }
 
@@ -265,6 +324,18 @@ fn start_error(e: PgError, cfg: &ReceiverConfig, lsn: Lsn, tli: TimelineId) -> R
     }
 }
 
+/// Before a flush report: past the fence, the error returns and the connection is dropped
+/// (closed) without reporting.
+fn fence_check(cfg: &ReceiverConfig, flushed: Lsn) -> Result<(), ReceiveError> {
+    if !cfg.may_report() {
+        return Err(ReceiveError::Fenced(flushed));
+    }
+    if let Some(p) = &cfg.progress {
+        p.store(flushed.0, std::sync::atomic::Ordering::Relaxed);
+    }
+    Ok(())
+}
+
 /// Streams until `stop` completes, then makes everything durable, reports it and
 /// returns the flush position; or an error. Takes no lock: the caller holds the
 /// receive-wal lock.
@@ -277,7 +348,10 @@ pub async fn receive(cfg: &ReceiverConfig, stop: impl std::future::Future<Output
     let synchronous = is_synchronous_standby(&conn.show("synchronous_standby_names").await?, &cfg.application_name);
     let dir = &cfg.layout.streaming_dir;
     durable::create_dir_all(dir).map_err(io_err(dir))?;
-    let (start, tli) = start_position(&mut conn, dir, size, cfg.slot.as_deref(), &sys).await?;
+    let (start, tli) = match cfg.start_at {
+        Some((lsn, tli)) => (SegmentId::containing(lsn, tli, size).start_lsn(size), tli),
+        None => start_position(&mut conn, dir, size, cfg.slot.as_deref(), &sys).await?,
+    };
     let mut r = Receiver { cfg, size, tli, write: start, flush: start, open: None };
     tokio::pin!(stop);
 
@@ -288,6 +362,7 @@ pub async fn receive(cfg: &ReceiverConfig, stop: impl std::future::Future<Output
         let mut next_status = Instant::now() + cfg.status_interval;
         // Tell the server where we are at once, so the slot and
         // pg_stat_replication show us from the start.
+        fence_check(cfg, r.flush)?;
         conn.send_status(r.write, r.flush, false).await?;
         let mut reported = r.flush;
         // One timer, re-armed lazily when it fires early: a new timer (or a reset)
@@ -305,6 +380,7 @@ pub async fn receive(cfg: &ReceiverConfig, stop: impl std::future::Future<Output
                         continue;
                     }
                     r.make_durable()?;
+                    fence_check(cfg, r.flush)?;
                     conn.send_status(r.write, r.flush, false).await?;
                     reported = r.flush;
                     next_status = Instant::now() + cfg.status_interval;
@@ -313,6 +389,7 @@ pub async fn receive(cfg: &ReceiverConfig, stop: impl std::future::Future<Output
                 }
                 () = &mut stop => {
                     r.make_durable()?;
+                    fence_check(cfg, r.flush)?;
                     conn.send_status(r.write, r.flush, false).await?;
                     let flushed = r.flush;
                     conn.close().await;
@@ -348,6 +425,7 @@ pub async fn receive(cfg: &ReceiverConfig, stop: impl std::future::Future<Output
             }
             // A segment completed (flush moved) is told at once, so the slot follows.
             if report {
+                fence_check(cfg, r.flush)?;
                 conn.send_status(r.write, r.flush, false).await?;
                 reported = r.flush;
                 next_status = Instant::now() + cfg.status_interval;

@@ -460,6 +460,69 @@ pub enum Command {
         #[arg(long = "archive-timeout", default_value_t = 30)]
         archive_timeout: u64,
     },
+    /// The cluster node daemon
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// The cluster: status, membership, hand-overs, certificates
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Run this node: gRPC (mutual TLS), Raft, maintenance, streaming of the servers it owns
+    Run,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Bootstrap the cluster from cluster_peers (every peer's node must be running)
+    Init,
+    /// Add a running node to the cluster as a voter
+    AddNode {
+        /// The new node's node_name
+        name: String,
+        /// Its node_advertise (host:port)
+        addr: String,
+    },
+    /// Remove a node from the cluster
+    RemoveNode { name: String },
+    /// Members, leader, and each server's owner, epoch, lease and stream
+    Status,
+    /// Hand SERVER over to NODE without a gap in the WAL
+    Transfer {
+        server: String,
+        node: String,
+        /// Seconds to wait for NODE to stream
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
+    },
+    /// Certificates for the cluster's mutual TLS
+    #[command(subcommand)]
+    Cert(CertCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertCommand {
+    /// Create the cluster CA (certificate and key) in DIR
+    Ca {
+        /// Directory to write ca.crt and ca.key into
+        #[arg(long, default_value = ".")]
+        dir: std::path::PathBuf,
+    },
+    /// Create the certificate of node NAME, signed by the CA in --ca-dir
+    Node {
+        name: String,
+        /// Host names and addresses the node is reached by (repeatable)
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        /// Directory holding ca.crt and ca.key
+        #[arg(long = "ca-dir", default_value = ".")]
+        ca_dir: std::path::PathBuf,
+        /// Directory to write NAME.crt and NAME.key into
+        #[arg(long, default_value = ".")]
+        dir: std::path::PathBuf,
+    },
 }
 
 fn non_negative(s: &str) -> Result<u32, String> {

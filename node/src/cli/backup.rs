@@ -85,6 +85,10 @@ pub fn backup(ctx: &mut Ctx, args: &BackupArgs) {
             ctx.out.info(format!("Skipping passive server '{}'", s.name));
             continue;
         }
+        if let Some(why) = super::cluster::refused_here(ctx, &s.name, "Backup") {
+            ctx.out.error(why);
+            continue;
+        }
         backup_server(ctx, &s, args);
     }
 }

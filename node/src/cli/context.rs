@@ -114,6 +114,38 @@ pub fn init_logging(log_file: Option<&Path>, level: &str, debug: bool) {
     }
 }
 
+/// The node daemon's log: every event at the configured level (INFO unless set), to
+/// `log_file` or standard error, one line each with its fields (`node`, `server`, `epoch`).
+pub fn init_node_logging(log_file: Option<&Path>, level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let lvl = match level.to_ascii_uppercase().as_str() {
+        "DEBUG" => "debug",
+        "WARNING" | "WARN" => "warn",
+        "ERROR" | "CRITICAL" => "error",
+        _ => "info",
+    };
+    // openraft warns about routine races (late vote responses), h2 about the streams of
+    // RPCs given up on a slow peer; their errors still show.
+    let filter = EnvFilter::new(format!("warn,openraft=error,h2=error,barman={lvl}"));
+    let builder = tracing_subscriber::fmt().with_ansi(false).with_target(false).with_env_filter(filter);
+    let file = log_file.and_then(|p| {
+        p.parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::OpenOptions::new().create(true).append(true).open(p))
+            .map_err(|e| {
+                eprintln!(
+                    "WARNING: Failed opening the requested log file {} ({e}). Using standard error instead.",
+                    p.display()
+                )
+            })
+            .ok()
+    });
+    let _ = match file {
+        Some(f) => builder.with_writer(std::sync::Mutex::new(f)).try_init(),
+        None => builder.with_writer(std::io::stderr).try_init(),
+    };
+}
+
 impl Ctx {
     /// Servers named on the command line (`all` = every server), by Barman's rules.
     /// Unknown names are reported as errors and left out.

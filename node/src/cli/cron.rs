@@ -76,7 +76,10 @@ pub fn cron(ctx: &mut Ctx, keep_descriptors: bool) {
             Err(e) => ctx.out.error(e.to_string()),
         }
         let receiver_lock = l.lock_dir.join(LockKind::ReceiveWal.file_name(&s.name));
-        if s.opts.streaming_archiver {
+        if ctx.cfg.global.node_name.is_some() {
+            // On a cluster node the node daemon streams the servers it owns, and only those.
+            tracing::debug!(server = %s.name, "WAL streaming is supervised by the cluster node");
+        } else if s.opts.streaming_archiver {
             // Exactly one receiver per server: started only when none holds the lock.
             match Lock::acquire(&receiver_lock, false) {
                 Ok(probe) => {

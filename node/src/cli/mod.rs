@@ -5,6 +5,7 @@ pub mod args;
 mod backup;
 mod backups;
 mod check;
+mod cluster;
 mod context;
 mod cron;
 mod delete;
@@ -44,6 +45,10 @@ pub fn run(argv: Vec<std::ffi::OsString>) -> i32 {
         let _ = Cli::command().print_help();
         return 0;
     };
+    // Certificates are made before any configuration exists.
+    if let Command::Cluster(args::ClusterCommand::Cert(c)) = &command {
+        return cluster::cert(c);
+    }
     let main = match crate::config::MainConfig::read(cli.config.as_deref()) {
         Ok(m) => m,
         Err(e) => {
@@ -70,7 +75,11 @@ pub fn run(argv: Vec<std::ffi::OsString>) -> i32 {
         }
     };
     let level = cli.log_level.clone().unwrap_or_else(|| cfg.global.log_level.clone());
-    init_logging(cfg.global.log_file.as_deref(), &level, cli.debug);
+    if matches!(command, Command::Node(_)) {
+        context::init_node_logging(cfg.global.log_file.as_deref(), if cli.debug { "DEBUG" } else { &level });
+    } else {
+        init_logging(cfg.global.log_file.as_deref(), &level, cli.debug);
+    }
     let color = match cli.color {
         Color::Always => true,
         Color::Never => false,
@@ -201,5 +210,7 @@ fn dispatch(ctx: &mut Ctx, command: Command) {
         Command::SwitchWal { servers, force, archive, archive_timeout } => {
             switch_wal::switch_wal(ctx, &servers.servers, force, archive, archive_timeout)
         }
+        Command::Node(args::NodeCommand::Run) => cluster::node_run(ctx),
+        Command::Cluster(c) => cluster::cluster(ctx, &c),
     }
 }

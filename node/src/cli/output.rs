@@ -181,6 +181,11 @@ impl Output {
         self.error_exit_code = code;
     }
 
+    /// Whether the output is JSON (`--format json`).
+    pub fn is_json(&self) -> bool {
+        matches!(self.writer, Writer::Json)
+    }
+
     /// Puts a result under `key` in the JSON output.
     pub fn json_set(&mut self, key: &str, v: Value) {
         self.json.insert(key.to_string(), v);

@@ -4,11 +4,12 @@
 use super::context::{Ctx, Pick, runtime};
 use super::remote::APPLICATION_NAME;
 use crate::archive::receive_wal::{self as rw, ReceiverConfig, newest_streamed};
+pub use crate::archive::receive_wal::{app_name, streaming_params, wal_conninfos};
 use crate::catalog::ServerLayout;
 use crate::catalog::lock::{Lock, LockError, LockKind, holder};
 use crate::config::ServerConfig;
 use crate::postgres::replication::ReplicationConnection;
-use crate::postgres::{ConnParams, Conninfo, LibpqEnv, PgConnection, PgError};
+use crate::postgres::{ConnParams, Conninfo, PgConnection, PgError};
 use crate::wal::{SegmentId, WalFileName};
 use std::time::Duration;
 
@@ -21,43 +22,11 @@ pub struct Flags {
     pub if_not_exists: bool,
 }
 
-/// The WAL streaming connections (Barman's `get_wal_conninfo`): the replication
-/// one (`wal_streaming_conninfo`, else `streaming_conninfo`) and the SQL one
-/// for checks (`wal_conninfo`, else `wal_streaming_conninfo`, else `conninfo`),
-/// with the overrides that applied.
-pub fn wal_conninfos(s: &ServerConfig) -> (Option<String>, Option<String>, Vec<String>) {
-    let mut overrides = Vec::new();
-    if let Some(w) = &s.opts.wal_streaming_conninfo {
-        overrides.push(format!("'streaming_conninfo' overridden with '{}'", crate::postgres::mask_password(w)));
-    }
-    let streaming = s.opts.wal_streaming_conninfo.clone().or_else(|| s.opts.streaming_conninfo.clone());
-    let sql = match (&s.opts.wal_conninfo, &s.opts.wal_streaming_conninfo) {
-        (Some(w), _) | (None, Some(w)) => {
-            overrides.push(format!("'conninfo' overridden with '{}'", crate::postgres::mask_password(w)));
-            Some(w.clone())
-        }
-        _ => s.opts.conninfo.clone(),
-    };
-    (streaming, sql, overrides)
-}
-
 /// Barman's line naming the conninfo overrides a WAL command applies.
 pub fn announce_overrides(ctx: &mut Ctx, overrides: &[String]) {
     if !overrides.is_empty() {
         ctx.out.info(format!("Configuration overrides applied: {}", overrides.join(" and ")));
     }
-}
-
-/// Resolved parameters of the replication connection (Barman's streaming conninfo).
-pub fn streaming_params(raw: &str) -> Result<ConnParams, String> {
-    let ci = Conninfo::parse(raw).map_err(|e| format!("streaming_conninfo: {e}"))?;
-    ConnParams::resolve(&ci.barman_streaming(), &LibpqEnv::from_process())
-        .map_err(|e| format!("streaming_conninfo: {e}"))
-}
-
-/// `streaming_archiver_name`: the application name of WAL streaming.
-pub fn app_name(s: &ServerConfig) -> String {
-    s.opts.streaming_archiver_name.clone().unwrap_or_else(|| "barman_receive_wal".into())
 }
 
 pub fn receive_wal(ctx: &mut Ctx, server: &str, f: Flags) {
@@ -234,6 +203,9 @@ fn start(ctx: &mut Ctx, s: &ServerConfig, reset: bool) {
         );
         return;
     }
+    if let Some(why) = super::cluster::refused_here(ctx, &s.name, "WAL streaming") {
+        return ctx.out.error(why);
+    }
     let (streaming, sql, overrides) = wal_conninfos(s);
     announce_overrides(ctx, &overrides);
     let impossible = |ctx: &mut Ctx, why: &str| {
@@ -310,6 +282,10 @@ fn start(ctx: &mut Ctx, s: &ServerConfig, reset: bool) {
         application_name: app_name(s),
         slot,
         status_interval: Duration::from_secs(10),
+        fence: None,
+        start_at: None,
+        log_segments: false,
+        progress: None,
     };
     let result = rt.block_on(async {
         let stop = async {

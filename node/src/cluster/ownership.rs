@@ -144,6 +144,11 @@ impl Holder {
         self.epoch.is_some() && self.deadline.is_some_and(|d| now < d)
     }
 
+    /// The local time streaming must stop by, once a renewal of the current epoch committed.
+    pub fn deadline(&self) -> Option<Millis> {
+        self.epoch.and(self.deadline)
+    }
+
     /// Time left on the lease at `now` (0 when fenced).
     pub fn lease_left(&self, now: Millis) -> Millis {
         if self.epoch.is_none() {

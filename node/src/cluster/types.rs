@@ -60,6 +60,11 @@ pub enum Request {
     ForgetServer { name: String },
     /// A change of ownership of `server`.
     Ownership { server: String, cmd: Command, report: Option<StreamReport> },
+    /// Asks the owner of `server` to hand it to `to` (`cluster transfer`): the owner stops
+    /// streaming, then proposes the matching `Release`.
+    Transfer { server: String, to: NodeId },
+    /// A node tells its site (from its own `node_site`).
+    Site { node: NodeId, site: String },
 }
 
 /// The outcome of one applied command.
@@ -78,12 +83,15 @@ pub struct ServerRecord {
     pub ownership: Ownership,
     pub candidates: Vec<NodeId>,
     pub report: StreamReport,
+    /// A planned hand-over asked for in the current epoch.
+    pub transfer_to: Option<NodeId>,
 }
 
 /// The state machine's content (membership is kept by openraft beside it).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterState {
     pub servers: BTreeMap<String, ServerRecord>,
+    pub sites: BTreeMap<NodeId, String>,
 }
 
 impl ClusterState {
@@ -107,12 +115,29 @@ impl ClusterState {
                         match (cmd, report) {
                             (Command::Renew { .. }, Some(r)) => rec.report = r.clone(),
                             (Command::Renew { .. }, None) => {}
-                            _ => rec.report = StreamReport::default(),
+                            _ => {
+                                rec.report = StreamReport::default();
+                                rec.transfer_to = None;
+                            }
                         }
                         Response::Applied
                     }
                     Err(stale) => Response::Stale(stale.to_string()),
                 }
+            }
+            Request::Transfer { server, to } => {
+                let Some(rec) = self.servers.get_mut(server) else {
+                    return Response::Unknown(format!("server '{server}' is not in the cluster"));
+                };
+                if rec.ownership.owner.is_none() {
+                    return Response::Stale(format!("server '{server}' has no owner to hand it over"));
+                }
+                rec.transfer_to = (rec.ownership.owner != Some(*to)).then_some(*to);
+                Response::Applied
+            }
+            Request::Site { node, site } => {
+                self.sites.insert(*node, site.clone());
+                Response::Applied
             }
         }
     }
@@ -149,6 +174,8 @@ mod tests {
         assert_eq!(s.apply(&renew), Response::Applied);
         assert_eq!(s.servers["pg"].report, report);
         assert!(matches!(s.apply(&assign(b, 2)), Response::Stale(_)), "renewal count moved on");
+        assert_eq!(s.apply(&Request::Transfer { server: "pg".into(), to: b }), Response::Applied);
+        assert_eq!(s.servers["pg"].transfer_to, Some(b));
         let release = Request::Ownership {
             server: "pg".into(),
             cmd: Command::Release { node: a, epoch: 1, to: Some(b) },
@@ -157,9 +184,14 @@ mod tests {
         assert_eq!(s.apply(&release), Response::Applied);
         assert_eq!(s.servers["pg"].ownership.owner, Some(b));
         assert_eq!(s.servers["pg"].report, StreamReport::default());
+        assert_eq!(s.servers["pg"].transfer_to, None, "a new epoch ends the hand-over request");
         assert!(matches!(s.apply(&renew), Response::Stale(_)), "old owner's renewal");
         assert!(matches!(
-            s.apply(&Request::Ownership { server: "x".into(), cmd: Command::Renew { node: a, epoch: 1 }, report: None }),
+            s.apply(&Request::Ownership {
+                server: "x".into(),
+                cmd: Command::Renew { node: a, epoch: 1 },
+                report: None
+            }),
             Response::Unknown(_)
         ));
     }

@@ -443,6 +443,29 @@ impl PgConnection {
         }))
     }
 
+    /// Walsenders serving `application_name` or holding `slot`: the receivers a cluster
+    /// node must end before it streams (an old owner's, paused or cut off, lives on until
+    /// `wal_sender_timeout`; the epoch, not PostgreSQL, decides who streams).
+    pub async fn receiver_pids(&self, application_name: &str, slot: Option<&str>) -> Result<Vec<i32>, PgError> {
+        const WHAT: &str = "pg_stat_replication";
+        let sql = "SELECT pid FROM pg_stat_replication WHERE application_name = $1 \
+                   UNION SELECT active_pid FROM pg_replication_slots \
+                   WHERE slot_name = $2 AND active_pid IS NOT NULL";
+        let rows = self
+            .client()
+            .query(sql, &[&application_name, &slot.unwrap_or("")])
+            .await
+            .map_err(|e| PgError::query(WHAT, &e))?;
+        rows.iter().map(|r| get(r, 0, WHAT)).collect()
+    }
+
+    /// `pg_terminate_backend(pid)`: true when the signal was sent.
+    pub async fn terminate_backend(&self, pid: i32) -> Result<bool, PgError> {
+        const WHAT: &str = "pg_terminate_backend()";
+        let row = self.one(WHAT, "SELECT pg_terminate_backend($1)", &[&pid]).await?;
+        get(&row, 0, WHAT)
+    }
+
     /// `pg_create_restore_point(name)`; `None` on a standby, where Barman skips it.
     pub async fn create_restore_point(&self, name: &str) -> Result<Option<Lsn>, PgError> {
         const WHAT: &str = "pg_create_restore_point()";
