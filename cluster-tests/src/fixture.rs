@@ -83,7 +83,9 @@ impl TestCluster {
             let home = dir.join(format!("home-{name}"));
             std::fs::create_dir_all(&home)?;
             let pg_host = sites.as_ref().map_or("127.0.0.1".to_string(), |s| s.db_addr_root(i).to_string());
-            let metrics = if opts.metrics { Some(format!("127.0.0.1:{}", free_port()?)) } else { None };
+            // In a site, the node's loopback is its own: metrics listen on its cluster address.
+            let metrics_host = sites.as_ref().map_or("127.0.0.1".to_string(), |s| s.cluster_addr(i).to_string());
+            let metrics = if opts.metrics { Some(format!("{metrics_host}:{}", free_port()?)) } else { None };
             let mut conf = format!(
                 "[barman]\nbarman_home = {home}\nbarman_user = {user}\nlog_level = INFO\n\
                  node_name = {name}\nnode_site = site{site}\nnode_listen = {addr}\n\

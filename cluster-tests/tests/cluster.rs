@@ -255,6 +255,15 @@ fn planned_transfer_under_pgbench_leaves_no_gap() {
     assert_pgbench_clean(&out);
     let v = c.status(owner).unwrap();
     assert_eq!(v["servers"][0]["streaming_here"], false, "the old owner is passive: {v}");
+    // Each segment the new owner completes is logged with its epoch.
+    c.pg.switch_wal().unwrap();
+    c.nodes[to].wait_log(&format!("epoch={} }}: segment complete", epoch + 1), Duration::from_secs(10)).ok();
+    let log = c.nodes[to].log();
+    assert!(
+        log.lines().any(|l| l.contains("segment complete") && l.contains(&format!("epoch={}", epoch + 1))),
+        "no segment traced to epoch {}:\n{log}",
+        epoch + 1
+    );
     check_invariants(&mut c, &from, &[]);
 }
 
@@ -273,4 +282,167 @@ fn only_the_owner_may_stream_or_back_up() {
         assert!(err.contains(&format!("node '{}' owns it (epoch {epoch})", node_name(owner))), "{args:?}: {err}");
         assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
     }
+}
+
+#[test]
+fn losing_the_raft_leader_keeps_one_streamer() {
+    let _g = serial();
+    let dir = TestDir::new().unwrap();
+    let mut c = TestCluster::start(dir.path(), opts(true)).unwrap();
+    c.pg.pgbench_init(1).unwrap();
+    let from = c.pg.current_lsn().unwrap();
+    let watch = WalsenderWatch::start(&c);
+    let bench = pgbench(&c, 15);
+    thread::sleep(Duration::from_secs(2));
+    let leader = c.status(0).unwrap()["leader"].as_str().expect("a leader").to_string();
+    let li = (0..c.nodes.len()).find(|i| node_name(*i) == leader).unwrap();
+    c.nodes[li].kill().unwrap();
+    c.wait(Duration::from_secs(15), "a new leader and one streamer", |c| {
+        let other = (li + 1) % c.nodes.len();
+        c.status(other).ok().is_some_and(|v| v["leader"].as_str().is_some_and(|l| l != leader))
+            && c.walsenders().unwrap_or(0) == 1
+            && c.owner().is_some_and(|(o, _)| o != li)
+    })
+    .unwrap();
+    let out = bench.join().unwrap().unwrap();
+    assert_pgbench_clean(&out);
+    c.nodes[li].restart().unwrap();
+    c.nodes[li].wait_log("node started", Duration::from_secs(30)).unwrap();
+    let max = watch.finish();
+    assert!(max <= 1, "pg_stat_replication showed {max} of our walsenders at once");
+    check_invariants(&mut c, &from, &[]);
+}
+
+#[test]
+fn every_node_restarted_the_cluster_comes_back_and_streams_on() {
+    let _g = serial();
+    let dir = TestDir::new().unwrap();
+    let mut c = TestCluster::start(dir.path(), opts(false)).unwrap();
+    let from = c.pg.current_lsn().unwrap();
+    let (_, epoch) = c.owner().expect("an owner");
+    for n in &mut c.nodes {
+        let status = n.terminate().unwrap();
+        assert!(status.success(), "{} exited with {status} on SIGTERM", n.name());
+    }
+    // SIGTERM handed the lease back: the log says so, and PostgreSQL has no receiver left.
+    let handed = c.logs().iter().filter(|(_, l)| l.contains("lease handed back")).count();
+    assert_eq!(handed, 1, "the owner hands its lease back on SIGTERM");
+    assert_eq!(c.walsenders().unwrap(), 0);
+    c.pg.psql("CREATE TABLE while_down AS SELECT 1 AS x").unwrap();
+    for n in &mut c.nodes {
+        n.restart().unwrap();
+    }
+    let (_, after) = c.wait_streaming(Duration::from_secs(30)).unwrap();
+    assert!(after > epoch, "a new epoch after the restart ({after} after {epoch})");
+    // The Raft state survived: the members are the same three, without a new init.
+    let v = c.status(1).unwrap();
+    assert_eq!(v["members"].as_array().map(Vec::len), Some(3), "{v}");
+    check_invariants(&mut c, &from, &[]);
+}
+
+#[test]
+fn nodes_join_and_leave_a_running_cluster() {
+    let _g = serial();
+    let dir = TestDir::new().unwrap();
+    let mut c = TestCluster::start(dir.path(), ClusterOptions { nodes: 3, ..opts(false) }).unwrap();
+    // n3 leaves, then comes back: membership changes online, through any member.
+    c.barman(0, &["cluster", "remove-node", "n3"]).unwrap();
+    c.wait(Duration::from_secs(10), "n3 out of the members", |c| {
+        c.status(1).ok().is_some_and(|v| v["members"].as_array().is_some_and(|m| m.len() == 2))
+    })
+    .unwrap();
+    let addr = c.nodes[2].spec().advertise.clone();
+    c.barman(1, &["cluster", "add-node", "n3", &addr]).unwrap();
+    c.wait(Duration::from_secs(20), "n3 back as a voter", |c| {
+        c.status(2).ok().is_some_and(|v| {
+            v["members"].as_array().is_some_and(|m| m.len() == 3 && m.iter().all(|x| x["voter"] == true))
+        })
+    })
+    .unwrap();
+    // A name that is not a node refuses the hand-over in one line.
+    let err = c.barman(0, &["cluster", "transfer", "pg", "nope"]).unwrap_err().to_string();
+    assert!(err.contains("node 'nope' is not a voting member of the cluster"), "{err}");
+    let from = c.pg.current_lsn().unwrap();
+    check_invariants(&mut c, &from, &[]);
+}
+
+/// `openssl s_client` against a node, presenting `cert`/`key` if given; its output.
+fn tls_probe(
+    addr: &str,
+    name: &str,
+    ca: &std::path::Path,
+    client: Option<(&std::path::Path, &std::path::Path)>,
+) -> String {
+    let mut cmd = std::process::Command::new("openssl");
+    cmd.args(["s_client", "-connect", addr, "-servername", name, "-CAfile"]).arg(ca);
+    if let Some((cert, key)) = client {
+        cmd.arg("-cert").arg(cert).arg("-key").arg(key);
+    }
+    // Something to send, so that TLS 1.3's late client-certificate check happens.
+    let out = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            if let Some(mut stdin) = child.stdin.take() {
+                let _ = stdin.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+                thread::sleep(Duration::from_millis(500));
+            }
+            child.wait_with_output()
+        })
+        .expect("openssl s_client");
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+#[test]
+fn peers_without_a_certificate_of_our_ca_are_refused_and_logged() {
+    let _g = serial();
+    let dir = TestDir::new().unwrap();
+    let mut c = TestCluster::start(dir.path(), ClusterOptions { metrics: true, ..opts(false) }).unwrap();
+    let tls = c.dir.join("tls");
+    let addr = c.nodes[0].spec().advertise.clone();
+    // No client certificate at all.
+    tls_probe(&addr, "n1", &tls.join("ca.crt"), None);
+    c.nodes[0].wait_log("refused a connection", Duration::from_secs(10)).unwrap();
+    let before = c.nodes[0].log().matches("refused a connection").count();
+    // A certificate for the right name, from another CA.
+    let other = c.dir.join("other");
+    let bin = cluster_tests::nodes::barman_bin().unwrap();
+    for args in [vec!["cluster", "cert", "ca", "--dir"], vec!["cluster", "cert", "node", "n2", "--ca-dir"]] {
+        let mut cmd = std::process::Command::new(&bin);
+        cmd.args(&args).arg(&other);
+        if args.len() == 5 {
+            cmd.arg("--dir").arg(&other);
+        }
+        assert!(cmd.status().unwrap().success());
+    }
+    tls_probe(&addr, "n1", &tls.join("ca.crt"), Some((&other.join("n2.crt"), &other.join("n2.key"))));
+    c.wait(Duration::from_secs(10), "a second refusal in the log", |c| {
+        c.nodes[0].log().matches("refused a connection").count() > before
+    })
+    .unwrap();
+    // The cluster never noticed: still one owner streaming.
+    assert_eq!(c.walsenders().unwrap(), 1);
+    // The owner's metrics say it owns and streams the server.
+    let (owner, epoch) = c.owner().unwrap();
+    let m = c.nodes[owner].spec().metrics.clone().expect("metrics address");
+    let body = http_get(&m, "/metrics");
+    let me = node_name(owner);
+    assert!(body.contains(&format!("barman_server_owned{{node=\"{me}\",server=\"pg\"}} 1")), "{body}");
+    assert!(body.contains(&format!("barman_server_epoch{{node=\"{me}\",server=\"pg\"}} {epoch}")), "{body}");
+    assert!(body.contains(&format!("barman_server_streaming{{node=\"{me}\",server=\"pg\"}} 1")), "{body}");
+    assert!(body.contains("barman_raft_term{"), "{body}");
+    let from = c.pg.current_lsn().unwrap();
+    check_invariants(&mut c, &from, &["refused a connection"]);
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("metrics endpoint");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
 }
