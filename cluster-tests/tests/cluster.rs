@@ -2,6 +2,8 @@
 //! namespace when run as root), one PostgreSQL, pgbench; SIGKILL, SIGSTOP, partitions and
 //! planned hand-overs. Every test checks the fencing invariants on the nodes' own logs.
 
+#![allow(clippy::unwrap_used)]
+
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
