@@ -45,6 +45,22 @@ struct Local {
     last_declared: Millis,
 }
 
+impl Local {
+    fn new(me: NodeId, lease: Millis, now: Millis) -> Local {
+        Local {
+            holder: Holder::new(me, lease),
+            fence: Arc::new(LeaseFence::default()),
+            sup: None,
+            last_renew_sent: 0,
+            renewing: false,
+            seen: ((u64::MAX, u64::MAX), now),
+            handing_over: false,
+            spent: false,
+            last_declared: 0,
+        }
+    }
+}
+
 /// A snapshot for `cluster status` and the metrics.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct ServerStatus {
@@ -111,6 +127,8 @@ pub struct Driver<R: Raft> {
     rx: mpsc::UnboundedReceiver<Event>,
     status: watch::Sender<Vec<ServerStatus>>,
     pub latencies: Arc<std::sync::Mutex<Latencies>>,
+    /// The epoch last proposed per server by this leader, and when.
+    proposed: BTreeMap<String, (u64, Millis)>,
     /// When this node last told its site (0: never).
     site_told: Millis,
 }
@@ -144,6 +162,7 @@ impl<R: Raft> Driver<R> {
             status,
             site_told: 0,
             latencies: Arc::default(),
+            proposed: BTreeMap::new(),
         };
         (d, srx)
     }
@@ -199,17 +218,8 @@ impl<R: Raft> Driver<R> {
         let now = mono_ms();
         for (name, rec) in &state.servers {
             let lease = self.lease;
-            let l = self.locals.entry(name.clone()).or_insert_with(|| Local {
-                holder: Holder::new(self.me, lease),
-                fence: Arc::new(LeaseFence::default()),
-                sup: None,
-                last_renew_sent: 0,
-                renewing: false,
-                seen: ((rec.ownership.renewals, rec.ownership.epoch), now),
-                handing_over: false,
-                spent: false,
-                last_declared: 0,
-            });
+            let me = self.me;
+            let l = self.locals.entry(name.clone()).or_insert_with(|| Local::new(me, lease, now));
             let key = (rec.ownership.renewals, rec.ownership.epoch);
             if l.seen.0 != key {
                 l.seen = (key, now);
@@ -398,6 +408,12 @@ impl<R: Raft> Driver<R> {
         alive.insert(self.me);
         let Some((_, a)) = self.assigner.as_mut() else { return };
         for (server, cmd) in a.decide(now, &views, &alive) {
+            // One proposal per epoch while it is in flight (a tick comes before it applies).
+            let next = state.servers.get(&server).map_or(1, |r| r.ownership.epoch + 1);
+            if self.proposed.get(&server).is_some_and(|(e, at)| *e == next && now.saturating_sub(*at) < self.lease) {
+                continue;
+            }
+            self.proposed.insert(server.clone(), (next, now));
             let raft = self.raft.clone();
             let node = self.name.clone();
             let prev: Ownership = state.servers.get(&server).map(|r| r.ownership.clone()).unwrap_or_default();
@@ -429,17 +445,8 @@ impl<R: Raft> Driver<R> {
             if state.servers.get(&s.name).is_some_and(|r| r.candidates == candidates) {
                 continue;
             }
-            let l = self.locals.entry(s.name.clone()).or_insert_with(|| Local {
-                holder: Holder::new(self.me, self.lease),
-                fence: Arc::new(LeaseFence::default()),
-                sup: None,
-                last_renew_sent: 0,
-                renewing: false,
-                seen: ((0, 0), now),
-                handing_over: false,
-                spent: false,
-                last_declared: 0,
-            });
+            let (me, lease) = (self.me, self.lease);
+            let l = self.locals.entry(s.name.clone()).or_insert_with(|| Local::new(me, lease, now));
             if l.last_declared != 0 && now.saturating_sub(l.last_declared) < 5000 {
                 continue;
             }
