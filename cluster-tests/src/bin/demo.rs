@@ -5,6 +5,7 @@
 //! `barman-wal-restore`. Run with scripts/demo.sh.
 
 use anyhow::{Context, Result, bail};
+use cluster_tests::fixture::{ClusterOptions, TestCluster, node_name};
 use cluster_tests::pg::{PgCluster, PgOptions, conf_quote};
 use cluster_tests::ssh::Sshd;
 use cluster_tests::util::{TestDir, chown_to_pg_user, current_os_user, install_binaries, is_root, pg_os_user};
@@ -185,6 +186,37 @@ fn main() -> Result<()> {
         "    PostgreSQL started on it: pgbench_history has {} rows (the backup was taken with {want})",
         restored.psql("SELECT count(*) FROM pgbench_history")?
     );
+
+    println!("9. A cluster of three nodes on 127.0.0.1 streaming one PostgreSQL (its synchronous standby)");
+    let cdir = base.join("cluster");
+    std::fs::create_dir_all(&cdir)?;
+    let mut c = TestCluster::start(&cdir, ClusterOptions { synchronous: true, ..ClusterOptions::default() })?;
+    c.pg.pgbench_init(1)?;
+    let (owner, epoch) = c.owner().context("no owner")?;
+    let status = c.barman(0, &["cluster", "status"])?;
+    print!("{}", indent(status.trim_end()));
+    println!("    SIGKILL of the owner {} (epoch {epoch}) while pgbench commits", node_name(owner));
+    let port = c.pg.port().to_string();
+    let bench = std::thread::spawn(move || {
+        std::process::Command::new(cluster_tests::util::pg_bin("pgbench"))
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-p", &port, "-n", "-T", "10", "postgres"])
+            .output()
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let t0 = std::time::Instant::now();
+    c.nodes[owner].kill()?;
+    c.wait(Duration::from_secs(20), "another node streaming", |c| {
+        c.owner().is_some_and(|(o, e)| o != owner && e > epoch) && c.walsenders().unwrap_or(0) == 1
+    })?;
+    let (now, e) = c.owner().context("no owner")?;
+    println!("    {} streams in epoch {e} after {} ms", node_name(now), t0.elapsed().as_millis());
+    let out = bench.join().map_err(|_| anyhow::anyhow!("pgbench thread panicked"))??;
+    let failed = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.starts_with("number of failed transactions"))
+        .unwrap_or("pgbench printed no failure count")
+        .to_string();
+    println!("    pgbench: {failed}");
     println!("Done.");
     Ok(())
 }
