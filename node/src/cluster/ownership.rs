@@ -101,11 +101,13 @@ pub struct Holder {
     epoch: Option<u64>,
     /// Streaming is allowed strictly before this local time.
     deadline: Option<Millis>,
+    /// Fenced for a hand-over: no renewal of this epoch counts any more.
+    fenced: bool,
 }
 
 impl Holder {
     pub fn new(node: NodeId, lease: Millis) -> Holder {
-        Holder { node, lease, epoch: None, deadline: None }
+        Holder { node, lease, epoch: None, deadline: None, fenced: false }
     }
 
     /// The epoch this node owns, if any.
@@ -122,17 +124,19 @@ impl Holder {
             (true, _) => {
                 self.epoch = Some(after.epoch);
                 self.deadline = None;
+                self.fenced = false;
             }
             (false, _) => {
                 self.epoch = None;
                 self.deadline = None;
+                self.fenced = false;
             }
         }
     }
 
     /// Our renewal for `epoch`, sent at local time `sent_at`, has committed.
     pub fn renewal_committed(&mut self, epoch: u64, sent_at: Millis) {
-        if self.epoch == Some(epoch) {
+        if self.epoch == Some(epoch) && !self.fenced {
             let d = sent_at.saturating_add(self.lease);
             self.deadline = Some(self.deadline.map_or(d, |old| old.max(d)));
         }
@@ -160,6 +164,7 @@ impl Holder {
     /// A planned hand-over: stop streaming at once; the caller then proposes Release.
     pub fn fence(&mut self) {
         self.deadline = None;
+        self.fenced = true;
     }
 }
 

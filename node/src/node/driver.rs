@@ -229,7 +229,7 @@ impl<R: Raft> Driver<R> {
             if l.holder.epoch() != before {
                 // A new epoch (or none): the old stream's authority ends now.
                 l.spent = false;
-                l.fence.set_deadline(0);
+                l.fence.revoke();
                 l.fence = Arc::new(LeaseFence::default());
                 if let Some(e) = l.holder.epoch() {
                     tracing::info!(node = %self.name, server = %name, epoch = e, "this node owns the server now");
@@ -243,7 +243,7 @@ impl<R: Raft> Driver<R> {
             let Some(rec) = state.servers.get(&name) else {
                 // Forgotten by the cluster: stop whatever we did for it.
                 if let Some(l) = self.locals.remove(&name) {
-                    l.fence.set_deadline(0);
+                    l.fence.revoke();
                     if let Some(s) = l.sup {
                         tokio::spawn(s.stop());
                     }
@@ -263,7 +263,10 @@ impl<R: Raft> Driver<R> {
         let Some(server_cfg) = self.cfg.servers.get(name).cloned() else { return };
         let Some(l) = self.locals.get_mut(name) else { return };
         // Mirror the lease into the fence streaming checks before every flush report.
-        l.fence.set_deadline(l.holder.deadline().unwrap_or(0));
+        match l.holder.deadline() {
+            Some(d) => l.fence.set_deadline(d),
+            None => l.fence.revoke(),
+        }
         let Some(epoch) = l.holder.epoch() else {
             if let Some(s) = l.sup.take() {
                 tokio::spawn(s.stop());
@@ -284,7 +287,7 @@ impl<R: Raft> Driver<R> {
                 if let Some(s) = sup {
                     s.stop().await;
                 }
-                fence.set_deadline(0);
+                fence.revoke();
                 tracing::info!(node = %node, server = %server, epoch, "handing the server over to node {to}");
                 let r = raft
                     .propose(Request::Ownership {
@@ -310,7 +313,7 @@ impl<R: Raft> Driver<R> {
             && now >= d
         {
             l.spent = true;
-            l.fence.set_deadline(0);
+            l.fence.revoke();
             if let Some(s) = l.sup.take() {
                 tokio::spawn(s.stop());
             }
@@ -493,7 +496,7 @@ impl<R: Raft> Driver<R> {
             if let Some(s) = l.sup {
                 s.stop().await;
             }
-            l.fence.set_deadline(0);
+            l.fence.revoke();
             if let Some(epoch) = l.holder.epoch() {
                 releases.push((name, epoch));
             }

@@ -29,8 +29,16 @@ pub struct LeaseFence {
 }
 
 impl LeaseFence {
+    /// The lease's deadline, as the holder computes it from its committed renewals.
     pub fn set_deadline(&self, at: u64) {
         self.deadline.store(at, Ordering::SeqCst);
+    }
+
+    /// Ends the authority now (a lost epoch, a hand-over): the deadline becomes the
+    /// earlier of itself and now, so that it still tells when the authority ended.
+    pub fn revoke(&self) {
+        let now = mono_ms();
+        self.deadline.fetch_min(now, Ordering::SeqCst);
     }
 
     pub fn deadline(&self) -> u64 {

@@ -66,6 +66,11 @@ fn a_holder_streams_only_between_its_first_committed_renewal_and_its_deadline() 
     h.renewal_committed(4, 4_000);
     h.fence();
     assert!(!h.may_stream(4_001), "fenced for a hand-over");
+    h.renewal_committed(4, 4_002);
+    assert!(!h.may_stream(4_003), "a renewal still in flight when fenced does not re-arm the epoch");
+    h.observe(&owned(1, 5, 0));
+    h.renewal_committed(5, 5_000);
+    assert!(h.may_stream(5_001), "a new epoch is a new lease");
 }
 
 #[test]
