@@ -17,6 +17,7 @@
 //! ```
 
 pub mod fixture;
+pub mod invariants;
 pub mod netns;
 pub mod nodes;
 pub mod pg;
