@@ -23,6 +23,19 @@ fn check_invariants(c: &mut TestCluster, from: &str, allowed: &[&str]) {
     cluster_tests::invariants::check_invariants(c, from, allowed).unwrap_or_else(|e| panic!("{e:#}"));
 }
 
+/// `begin_xlog` of the only backup of `pg` in a node's home (`meta/<id>-backup.info`).
+fn backup_begin_lsn(home: &std::path::Path, output: &str) -> String {
+    let meta = home.join("pg").join("meta");
+    let info = std::fs::read_dir(&meta)
+        .unwrap_or_else(|e| panic!("{}: {e}; backup said:\n{output}", meta.display()))
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with("-backup.info"))
+        .unwrap_or_else(|| panic!("no backup.info under {}; backup said:\n{output}", meta.display()));
+    let info = std::fs::read_to_string(info).unwrap();
+    info.lines().find_map(|l| l.strip_prefix("begin_xlog=")).expect("begin_xlog").to_string()
+}
+
 fn opts(synchronous: bool) -> ClusterOptions {
     ClusterOptions { sites: is_root(), synchronous, ..ClusterOptions::default() }
 }
@@ -33,7 +46,10 @@ fn sigkill_of_the_owner_fails_over_under_pgbench() {
     let dir = TestDir::new().unwrap();
     let mut c = TestCluster::start(dir.path(), opts(true)).unwrap();
     c.pg.pgbench_init(1).unwrap();
-    let from = c.pg.current_lsn().unwrap();
+    // A base backup by the owner: the WAL must run without a gap from its start.
+    let (first, _) = c.owner().expect("an owner");
+    let out = c.barman(first, &["backup", "--immediate-checkpoint", "pg"]).unwrap();
+    let from = backup_begin_lsn(&c.homes[first], &out);
     let bench = pgbench(&c, 20);
     thread::sleep(Duration::from_secs(4));
     let (owner, epoch) = c.owner().expect("an owner");
