@@ -24,6 +24,8 @@ macro_rules! progress {
 mod archive;
 #[path = "bench/backup.rs"]
 mod backup;
+#[path = "bench/cluster.rs"]
+mod cluster;
 #[path = "bench/fixture.rs"]
 mod fixture;
 #[path = "bench/get_wal.rs"]
@@ -101,6 +103,10 @@ pub struct Counts {
     pub pitr_reps: usize,
     /// Segments fetched by hand by each restore_command of the point-in-time recoveries.
     pub restore_command_calls: usize,
+    /// Failovers per lease in the cluster benchmark.
+    pub failover_runs: usize,
+    /// The cluster benchmark's steady periods and measurement windows, in seconds.
+    pub cluster_steady_secs: u64,
 }
 
 impl Counts {
@@ -134,6 +140,8 @@ impl Counts {
             pitr_wal_mib: 1024,
             pitr_reps: 3,
             restore_command_calls: 24,
+            failover_runs: 20,
+            cluster_steady_secs: 60,
         }
     }
 
@@ -167,6 +175,8 @@ impl Counts {
             pitr_wal_mib: 128,
             pitr_reps: 1,
             restore_command_calls: 4,
+            failover_runs: 4,
+            cluster_steady_secs: 10,
         }
     }
 }
@@ -207,8 +217,8 @@ struct Args {
     only: Option<Vec<String>>,
 }
 
-const BENCHMARKS: [&str; 8] =
-    ["get-wal", "restore", "archive", "put-wal", "stream", "backup", "recover", "recover-remote"];
+const BENCHMARKS: [&str; 9] =
+    ["get-wal", "restore", "archive", "put-wal", "stream", "backup", "recover", "recover-remote", "cluster"];
 
 fn parse_args() -> Result<Args> {
     let mut a = Args { quick: false, out: None, only: None };
@@ -327,6 +337,9 @@ fn real_main() -> Result<()> {
     }
     if wanted("recover-remote") {
         tables.extend(recover_remote::run(&ctx)?);
+    }
+    if wanted("cluster") {
+        tables.extend(cluster::run(&ctx)?);
     }
 
     let mut text = header(&ctx, args.quick);
