@@ -23,10 +23,13 @@ pub const FAULT_NOISE: &[&str] = &[
     "when Vote ",
     // A peer gave up its TLS handshake while this node was frozen or cut off.
     "tls handshake eof",
+    "no TLS handshake within",
     // A stopped or cut-off node's proposals time out.
     "no leader took the change",
     "lease not handed back",
     "hand-over not committed yet",
+    // A streaming attempt that failed while its node was being faulted, retried.
+    "WAL streaming failed",
 ];
 
 /// Streaming intervals never overlap and epochs grow; no ERROR/WARN line other than

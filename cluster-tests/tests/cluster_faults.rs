@@ -73,6 +73,8 @@ const FAULT_NOISE: &[&str] = &[
     "no leader took the change",
     "lease not handed back",
     "hand-over not committed yet",
+    // A streaming attempt that failed while its node was being faulted, retried.
+    "WAL streaming failed",
 ];
 
 // ---------------------------------------------------------------------------------------

@@ -175,6 +175,12 @@ impl Job {
                         st.streaming = false;
                         st.last_error = Some(why.clone());
                     });
+                    // After the lease ran out (a pause, a partition) the failure is the new
+                    // owner ending our walsender: expected, and nothing to retry.
+                    if !self.fence.may_report() {
+                        tracing::info!(node = %self.node, server = %s, epoch = self.epoch, "streaming ended after the lease ran out: {why}");
+                        return;
+                    }
                     tracing::warn!(node = %self.node, server = %s, epoch = self.epoch, "WAL streaming failed, retrying in {} ms: {why}", backoff.as_millis());
                 }
                 Ok(Ended::PositionGone(at)) => {
