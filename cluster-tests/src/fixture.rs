@@ -131,10 +131,11 @@ impl TestCluster {
         for n in &mut c.nodes {
             n.wait_log("node started", Duration::from_secs(30))?;
         }
-        c.barman(0, &["cluster", "init"])?;
+        // Before the first stream starts: a receiver decides at start whether it is synchronous.
         if opts.synchronous {
             c.pg.set_conf("synchronous_standby_names", "'barman_pg'")?;
         }
+        c.barman(0, &["cluster", "init"])?;
         c.wait_streaming(Duration::from_secs(30))?;
         Ok(c)
     }

@@ -404,7 +404,6 @@ impl<R: Raft> Driver<R> {
         let views: BTreeMap<String, ServerView<'_>> = state
             .servers
             .iter()
-            .filter(|(_, r)| r.transfer_to.is_none())
             .map(|(n, r)| (n.clone(), ServerView { ownership: &r.ownership, candidates: &candidates[n] }))
             .collect();
         let mut alive = self.raft.alive(Duration::from_millis(self.lease));
