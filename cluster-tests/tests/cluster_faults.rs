@@ -49,9 +49,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use barman::node::control::{self, ControlRequest};
 use cluster_tests::fixture::{ClusterOptions, TestCluster, node_name};
-use cluster_tests::nodes::{
-    Node, assert_clean_logs, barman_bin, check_intervals, streaming_intervals, waldump_gap_check,
-};
+use cluster_tests::invariants::{check_invariants, walsenders};
+use cluster_tests::nodes::{Node, barman_bin};
 use cluster_tests::util::{TestDir, is_root, pg_bin};
 
 const NODES: usize = 3;
@@ -61,26 +60,6 @@ const RECOVERY: Duration = Duration::from_secs(20);
 const TRANSFER_WAIT_S: u64 = 15;
 /// `--wait` of a transfer asked for in the middle of a fault (it may fail).
 const TRANSFER_DURING_WAIT_S: u64 = 8;
-
-/// Log lines that are part of the faults injected (the same as `invariants::FAULT_NOISE`).
-const FAULT_NOISE: &[&str] = &[
-    // openraft reports peers it cannot reach (killed, stopped, partitioned) at ERROR.
-    "Unreachable",
-    "RPCError",
-    "while requesting vote",
-    // openraft's own line for a vote that a frozen or cut-off peer did not answer in time.
-    "when Vote ",
-    // A peer gave up its TLS handshake, or went quiet in it, while one of them was frozen
-    // or cut off.
-    "tls handshake eof",
-    "no TLS handshake within",
-    // A stopped or cut-off node's proposals time out.
-    "no leader took the change",
-    "lease not handed back",
-    "hand-over not committed yet",
-    // A streaming attempt that failed while its node was being faulted, retried.
-    "WAL streaming failed",
-];
 
 // ---------------------------------------------------------------------------------------
 // Seeds and the fault plan
@@ -318,17 +297,6 @@ fn view(socket: &Path) -> Option<View> {
         epoch: s["epoch"].as_u64()?,
         streaming_here: s["streaming_here"] == true,
     })
-}
-
-fn walsenders(port: u16) -> Option<usize> {
-    let out = Command::new(pg_bin("psql"))
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-p", &port.to_string(), "-At", "-c"])
-        .arg("SELECT count(*) FROM pg_stat_replication WHERE application_name = 'barman_pg'")
-        .arg("postgres")
-        .stdin(Stdio::null())
-        .output()
-        .ok()?;
-    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
 }
 
 /// What the samples must show: at most one walsender at any time; in every node process's
@@ -697,39 +665,6 @@ fn others(i: usize) -> [usize; 2] {
     [(i + 1) % NODES, (i + 2) % NODES]
 }
 
-/// The checks of `cluster.rs`'s `check_invariants`, returning instead of panicking:
-/// streaming intervals never overlap and epochs grow; no unexpected ERROR/WARN line; the
-/// union of the nodes' WAL has no gap from `from` to PostgreSQL's position now.
-fn check_invariants(c: &mut TestCluster, from: &str) -> Result<()> {
-    let logs = c.logs();
-    let intervals = streaming_intervals(&logs).map_err(|e| anyhow!("streaming intervals: {e}"))?;
-    // An end before the start says nothing of when the node's authority ended, and would
-    // hide any overlap of that interval.
-    let backwards: Vec<String> = intervals
-        .iter()
-        .filter(|i| i.end_ms.is_some_and(|e| e < i.start_ms))
-        .map(|i| format!("{} epoch {} [{}, {:?}]", i.node, i.epoch, i.start_ms, i.end_ms))
-        .collect();
-    ensure!(backwards.is_empty(), "'streaming stopped' with a mono_ms before its start: {}", backwards.join(", "));
-    check_intervals(&intervals).map_err(|e| anyhow!("{e}\n{intervals:#?}"))?;
-    let nodes: Vec<&Node> = c.nodes.iter().collect();
-    assert_clean_logs(&nodes, FAULT_NOISE)?;
-    // Close the current segment so that what the owner holds is a complete file too.
-    c.pg.switch_wal()?;
-    let to = c.pg.current_lsn()?;
-    let dirs = c.wal_dirs();
-    let mut last = Err(anyhow!("not tried"));
-    // The owner needs a moment to receive the switch.
-    for _ in 0..50 {
-        last = waldump_gap_check(&pg_bin("pg_waldump"), &dirs, from, &to);
-        if last.is_ok() {
-            break;
-        }
-        thread::sleep(Duration::from_millis(200));
-    }
-    last.with_context(|| format!("WAL gap in the nodes' archives from {from} to {to}"))
-}
-
 fn scenario(seed: u64, dir: &Path) -> Result<RunReport> {
     let mut rng = Rng(seed);
     let sites = is_root();
@@ -765,7 +700,7 @@ fn scenario(seed: u64, dir: &Path) -> Result<RunReport> {
     report.bench = bench.finish()?;
     let rounds = sampler.finish();
     check_samples(&rounds).map_err(|e| anyhow!("cluster status samples: {e}"))?;
-    check_invariants(&mut c, &from)?;
+    check_invariants(&mut c, &from, &[])?;
     println!("  end checks took {} ms", t.elapsed().as_millis());
     let t = Instant::now();
     drop(c);
