@@ -21,9 +21,6 @@ pub const FAULT_NOISE: &[&str] = &[
     "while requesting vote",
     // openraft's own line for a vote that a frozen or cut-off peer did not answer in time.
     "when Vote ",
-    // A peer gave up its TLS handshake while this node was frozen or cut off.
-    "tls handshake eof",
-    "no TLS handshake within",
     // A stopped or cut-off node's proposals time out.
     "no leader took the change",
     "lease not handed back",

@@ -167,6 +167,15 @@ pub(super) fn listing(dir: &Path) -> io::Result<Vec<PathBuf>> {
     Ok(v)
 }
 
+/// Whether an archive-wal pass would find work: anything in `incoming`, or a completed
+/// file in `streaming` (the `.partial` one being written stays there).
+pub fn has_waiting(layout: &ServerLayout) -> io::Result<bool> {
+    if !listing(&layout.incoming_dir)?.is_empty() {
+        return Ok(true);
+    }
+    Ok(listing(&layout.streaming_dir)?.iter().any(|p| !file_name(p).ends_with(".partial")))
+}
+
 fn file_name(p: &Path) -> String {
     p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }

@@ -66,6 +66,10 @@ impl Identity {
         if path.exists() {
             return Ok(false);
         }
+        // The server's directory may not exist yet: streaming can come before anything else.
+        if let Some(dir) = path.parent() {
+            super::durable::create_dir_all(dir).map_err(io)?;
+        }
         let mut f = super::durable::DurableFile::create(path).map_err(io)?;
         std::io::Write::write_all(&mut f, self.to_json_text().as_bytes()).map_err(io)?;
         f.seal(0o644, None).map_err(io)?;
@@ -80,7 +84,7 @@ mod tests {
     #[test]
     fn round_trip_and_never_overwritten() {
         let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("identity.json");
+        let p = d.path().join("pg").join("identity.json");
         let id = Identity { systemid: SystemId(7_380_000_000_000_000_123), version: "15".into() };
         assert!(id.write_once(&p).unwrap());
         assert_eq!(Identity::read(&p).unwrap(), Some(id.clone()));

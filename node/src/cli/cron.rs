@@ -60,8 +60,12 @@ pub fn cron(ctx: &mut Ctx, keep_descriptors: bool) {
                 continue;
             }
         };
+        // A cluster node runs cron every few seconds: archive-wal only when files wait.
+        let idle = ctx.cfg.global.node_name.is_some()
+            && crate::archive::archive_wal::has_waiting(&l).is_ok_and(|waiting| !waiting);
         // Only start archive-wal when none is running.
         match Lock::acquire(&l.lock_dir.join(LockKind::ArchiveWal.file_name(&s.name)), false) {
+            Ok(_) if idle => tracing::debug!(server = %s.name, "no WAL file waits to be archived"),
             Ok(probe) => {
                 drop(probe);
                 ctx.out.info(format!("Starting WAL archiving for server {}", s.name));

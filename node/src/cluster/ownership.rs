@@ -182,15 +182,23 @@ pub struct Assigner {
     lease: Millis,
     margin: Millis,
     leader_since: Millis,
-    /// Per server: (renewals count, epoch) last seen applied, and when (leader's clock).
+    /// Per server: (renewals count, epoch) last seen applied, and when (this node's clock).
     seen: BTreeMap<String, ((u64, u64), Millis)>,
 }
 
 impl Assigner {
-    /// A leader elected at local time `now`: it knows nothing about earlier renewals, so
-    /// every owned server gets a full lease + margin from now.
+    /// A leader elected at local time `now`: every owned server gets a full lease + margin
+    /// from now, unless what this node saw before its election says less (`inherit`).
     pub fn new(lease: Millis, margin: Millis, now: Millis) -> Assigner {
         Assigner { lease, margin, leader_since: now, seen: BTreeMap::new() }
+    }
+
+    /// What this node saw as a follower: `key` = (renewals, epoch) of `server` first seen
+    /// applied at `at` on this node's clock. Safe to count the lease from: a renewal is
+    /// applied after it was sent, and an assignment is conditioned on the renewal count it
+    /// was decided on, so one decided before a later renewal was applied here is refused.
+    pub fn inherit(&mut self, server: &str, key: (u64, u64), at: Millis) {
+        self.seen.insert(server.to_string(), (key, at.min(self.leader_since)));
     }
 
     /// Called whenever the leader applies a change to `server` (or looks at it): a change of
@@ -227,7 +235,9 @@ impl Assigner {
                     }
                 }
                 Some(owner) => {
-                    let since = self.seen.get(name).map_or(self.leader_since, |(_, t)| *t).max(self.leader_since);
+                    // Seen just above: when this node first saw the current renewal count,
+                    // as follower (inherited) or as leader (from its election at the earliest).
+                    let since = self.seen.get(name).map_or(self.leader_since, |(_, t)| *t);
                     if now < since.saturating_add(self.lease + self.margin) {
                         continue;
                     }

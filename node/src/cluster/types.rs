@@ -65,6 +65,9 @@ pub enum Request {
     Transfer { server: String, to: NodeId },
     /// A node tells its site (from its own `node_site`).
     Site { node: NodeId, site: String },
+    /// Several commands in one log entry, applied in order (an owner's renewals of all its
+    /// servers: one commit a renewal interval however many servers it streams).
+    Batch(Vec<Request>),
 }
 
 /// The outcome of one applied command.
@@ -75,6 +78,8 @@ pub enum Response {
     Stale(String),
     /// The command named something the state does not hold.
     Unknown(String),
+    /// The outcomes of a `Batch`, in its order.
+    Batch(Vec<Response>),
 }
 
 /// The replicated record of one server.
@@ -139,6 +144,7 @@ impl ClusterState {
                 self.sites.insert(*node, site.clone());
                 Response::Applied
             }
+            Request::Batch(reqs) => Response::Batch(reqs.iter().map(|r| self.apply(r)).collect()),
         }
     }
 }
@@ -194,5 +200,40 @@ mod tests {
             }),
             Response::Unknown(_)
         ));
+    }
+
+    #[test]
+    fn a_batch_applies_each_command_in_order() {
+        let mut s = ClusterState::default();
+        let a = node_id("a");
+        let assign = |server: &str| Request::Ownership {
+            server: server.into(),
+            cmd: Command::Assign { node: a, epoch: 1, renewals: 0 },
+            report: None,
+        };
+        let renew = |server: &str, flushed| Request::Ownership {
+            server: server.into(),
+            cmd: Command::Renew { node: a, epoch: 1 },
+            report: Some(StreamReport { flushed, server_lsn: 0, last_wal: None }),
+        };
+        let batch = Request::Batch(vec![
+            Request::Server { name: "pg".into(), candidates: vec![a] },
+            assign("pg"),
+            renew("pg", 7),
+            renew("nope", 1),
+            Request::Batch(vec![renew("pg", 9)]),
+        ]);
+        assert_eq!(
+            s.apply(&batch),
+            Response::Batch(vec![
+                Response::Applied,
+                Response::Applied,
+                Response::Applied,
+                Response::Unknown("server 'nope' is not in the cluster".into()),
+                Response::Batch(vec![Response::Applied]),
+            ])
+        );
+        assert_eq!(s.servers["pg"].ownership.renewals, 2);
+        assert_eq!(s.servers["pg"].report.flushed, 9);
     }
 }

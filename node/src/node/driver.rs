@@ -109,8 +109,15 @@ impl Latencies {
 
 /// Messages back into the driver's loop.
 enum Event {
-    Renewed { server: String, epoch: u64, sent_at: Millis, ok: bool, took_us: u64 },
-    HandedOver { server: String },
+    /// One batch of renewals came back: per server, its epoch and whether it applied.
+    Renewed {
+        renewed: Vec<(String, u64, bool)>,
+        sent_at: Millis,
+        took_us: u64,
+    },
+    HandedOver {
+        server: String,
+    },
 }
 
 pub struct Driver<R: Raft> {
@@ -131,6 +138,8 @@ pub struct Driver<R: Raft> {
     proposed: BTreeMap<String, (u64, Millis)>,
     /// When this node last told its site (0: never).
     site_told: Millis,
+    /// Renewals this pass could send: (server, epoch, report, due now).
+    renewable: Vec<(String, u64, StreamReport, bool)>,
 }
 
 impl<R: Raft> Driver<R> {
@@ -163,6 +172,7 @@ impl<R: Raft> Driver<R> {
             site_told: 0,
             latencies: Arc::default(),
             proposed: BTreeMap::new(),
+            renewable: Vec::new(),
         };
         (d, srx)
     }
@@ -194,14 +204,18 @@ impl<R: Raft> Driver<R> {
 
     fn event(&mut self, ev: Event) {
         match ev {
-            Event::Renewed { server, epoch, sent_at, ok, took_us } => {
-                if ok && let Ok(mut l) = self.latencies.lock() {
+            Event::Renewed { renewed, sent_at, took_us } => {
+                if renewed.iter().any(|(_, _, ok)| *ok)
+                    && let Ok(mut l) = self.latencies.lock()
+                {
                     l.record(took_us);
                 }
-                if let Some(l) = self.locals.get_mut(&server) {
-                    l.renewing = false;
-                    if ok {
-                        l.holder.renewal_committed(epoch, sent_at);
+                for (server, epoch, ok) in renewed {
+                    if let Some(l) = self.locals.get_mut(&server) {
+                        l.renewing = false;
+                        if ok {
+                            l.holder.renewal_committed(epoch, sent_at);
+                        }
                     }
                 }
             }
@@ -252,6 +266,7 @@ impl<R: Raft> Driver<R> {
             };
             self.own(&name, rec, now);
         }
+        self.renew(now);
         self.lead(state, now);
         self.declare(state, now);
         self.publish(state, now);
@@ -333,31 +348,15 @@ impl<R: Raft> Driver<R> {
             });
             return;
         }
-        // Renew: the send time is taken before proposing; the lease runs from it.
-        if !l.renewing && now.saturating_sub(l.last_renew_sent) >= renew_every {
-            l.renewing = true;
-            l.last_renew_sent = now;
-            let (flushed, server_lsn) = l.sup.as_ref().map_or((0, 0), |s| {
+        // Renewals go out together (see `renew`): due after a renewal interval, and taken
+        // along with a due one from half of it, so that an owner's servers fall into step.
+        let since = now.saturating_sub(l.last_renew_sent);
+        if !l.renewing && since >= renew_every / 2 {
+            let report = l.sup.as_ref().map_or_else(StreamReport::default, |s| {
                 let st = s.state.borrow();
-                (st.flushed, st.server_lsn)
+                StreamReport { flushed: st.flushed, server_lsn: st.server_lsn, last_wal: None }
             });
-            let report = StreamReport { flushed, server_lsn, last_wal: None };
-            let (raft, tx, server) = (self.raft.clone(), self.tx.clone(), name.to_string());
-            let me = self.me;
-            tokio::spawn(async move {
-                let sent_at = mono_ms();
-                let t = std::time::Instant::now();
-                let r = raft
-                    .propose(Request::Ownership {
-                        server: server.clone(),
-                        cmd: Command::Renew { node: me, epoch },
-                        report: Some(report),
-                    })
-                    .await;
-                let took_us = t.elapsed().as_micros() as u64;
-                let ok = matches!(r, Ok(Response::Applied));
-                let _ = tx.send(Event::Renewed { server, epoch, sent_at, ok, took_us });
-            });
+            self.renewable.push((name.to_string(), epoch, report, since >= renew_every));
         }
         let may = l.holder.may_stream(now);
         match (&l.sup, may) {
@@ -374,6 +373,47 @@ impl<R: Raft> Driver<R> {
         }
     }
 
+    /// Sends this pass's renewals, if one of them is due, as one Raft entry: one commit a
+    /// renewal interval however many servers this node owns. The send time is taken before
+    /// proposing; the leases run from it.
+    fn renew(&mut self, now: Millis) {
+        let renewable = std::mem::take(&mut self.renewable);
+        if !renewable.iter().any(|(.., due)| *due) {
+            return;
+        }
+        let mut servers = Vec::with_capacity(renewable.len());
+        let mut reqs = Vec::with_capacity(renewable.len());
+        for (server, epoch, report, _) in renewable {
+            if let Some(l) = self.locals.get_mut(&server) {
+                l.renewing = true;
+                l.last_renew_sent = now;
+            }
+            reqs.push(Request::Ownership {
+                server: server.clone(),
+                cmd: Command::Renew { node: self.me, epoch },
+                report: Some(report),
+            });
+            servers.push((server, epoch));
+        }
+        let (raft, tx) = (self.raft.clone(), self.tx.clone());
+        tokio::spawn(async move {
+            let sent_at = mono_ms();
+            let t = std::time::Instant::now();
+            let r = raft.propose(Request::Batch(reqs)).await;
+            let took_us = t.elapsed().as_micros() as u64;
+            let oks: Vec<bool> = match r {
+                Ok(Response::Batch(rs)) => rs.iter().map(|r| matches!(r, Response::Applied)).collect(),
+                _ => Vec::new(),
+            };
+            let renewed = servers
+                .into_iter()
+                .enumerate()
+                .map(|(i, (server, epoch))| (server, epoch, oks.get(i).copied().unwrap_or(false)))
+                .collect();
+            let _ = tx.send(Event::Renewed { renewed, sent_at, took_us });
+        });
+    }
+
     /// The leader's part: hand out servers whose owner is gone.
     fn lead(&mut self, state: &ClusterState, now: Millis) {
         let (leader, term) = self.raft.leader();
@@ -382,8 +422,15 @@ impl<R: Raft> Driver<R> {
             return;
         }
         if self.assigner.as_ref().is_none_or(|(t, _)| *t != term) {
-            tracing::info!(node = %self.name, term, "leading the cluster; owners keep their servers for one more lease");
-            self.assigner = Some((term, Assigner::new(self.lease, self.margin, now)));
+            tracing::info!(node = %self.name, term, "leading the cluster; owners keep their servers until their lease runs out as this node saw it");
+            let mut a = Assigner::new(self.lease, self.margin, now);
+            // The lease of an owner that stopped renewing runs from when this node last saw
+            // its renewal, even as a follower: a failover that lost the leader too does not
+            // wait a whole lease after the election.
+            for (name, l) in &self.locals {
+                a.inherit(name, l.seen.0, l.seen.1);
+            }
+            self.assigner = Some((term, a));
         }
         let voters = self.raft.voters();
         let mut by_name: Vec<(&String, &NodeId)> = voters.iter().map(|(id, n)| (n, id)).collect();

@@ -131,7 +131,7 @@ async fn run_async(
         heartbeat_interval: 150,
         election_timeout_min: 750,
         election_timeout_max: 1500,
-        // Renewals come every second per server: keep the log short.
+        // An owner renews every second (one entry for all its servers): keep the log short.
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(2000),
         max_in_snapshot_log_to_keep: 500,
         ..Default::default()

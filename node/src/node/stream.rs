@@ -26,34 +26,48 @@ const SQL_APPLICATION_NAME: &str = "barman_node";
 #[derive(Debug, Default)]
 pub struct LeaseFence {
     deadline: AtomicU64,
+    /// Wakes the waiters of `expired` when the deadline moves earlier.
+    earlier: tokio::sync::Notify,
 }
 
 impl LeaseFence {
     /// The lease's deadline, as the holder computes it from its committed renewals.
     pub fn set_deadline(&self, at: u64) {
-        self.deadline.store(at, Ordering::SeqCst);
+        if self.deadline.swap(at, Ordering::SeqCst) > at {
+            self.earlier.notify_waiters();
+        }
     }
 
     /// Ends the authority now (a lost epoch, a hand-over): the deadline becomes the
     /// earlier of itself and now, so that it still tells when the authority ended.
     pub fn revoke(&self) {
         let now = mono_ms();
-        self.deadline.fetch_min(now, Ordering::SeqCst);
+        if self.deadline.fetch_min(now, Ordering::SeqCst) > now {
+            self.earlier.notify_waiters();
+        }
     }
 
     pub fn deadline(&self) -> u64 {
         self.deadline.load(Ordering::SeqCst)
     }
 
-    /// Resolves once the deadline has passed (extensions are followed).
+    /// Resolves once the deadline has passed (extensions are followed). One timer per
+    /// waiter, set to the deadline: tokio's timers run on CLOCK_MONOTONIC, which goes on
+    /// during a pause (SIGSTOP, a stalled disk), so a deadline that passed during one fires
+    /// as soon as the process runs again.
     pub async fn expired(&self) {
         loop {
+            let earlier = self.earlier.notified();
+            tokio::pin!(earlier);
+            earlier.as_mut().enable();
             let (now, d) = (mono_ms(), self.deadline());
             if now >= d {
                 return;
             }
-            // Short naps: a pause (SIGSTOP, a stalled disk) is noticed at the next tick.
-            tokio::time::sleep(Duration::from_millis((d - now).min(50))).await;
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(d - now)) => {}
+                () = earlier => {}
+            }
         }
     }
 }
@@ -360,5 +374,29 @@ impl Job {
         });
         tracing::info!(node = %self.node, server = %s, epoch = self.epoch, mono_ms = end, reason = %reason, "streaming stopped");
         Ok(ended)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn expired_follows_extensions_and_wakes_on_revoke() {
+        let fence = Arc::new(LeaseFence::default());
+        fence.set_deadline(mono_ms() + 100);
+        let f = fence.clone();
+        let t0 = std::time::Instant::now();
+        let waiter = tokio::spawn(async move { f.expired().await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        fence.set_deadline(mono_ms() + 150);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!waiter.is_finished(), "the extension was not followed");
+        assert!(fence.may_report());
+        fence.set_deadline(mono_ms() + 60_000);
+        fence.revoke();
+        tokio::time::timeout(Duration::from_secs(2), waiter).await.expect("revoke did not wake the waiter").unwrap();
+        assert!(t0.elapsed() < Duration::from_secs(2));
+        assert!(!fence.may_report());
     }
 }

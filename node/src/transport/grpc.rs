@@ -28,8 +28,13 @@ use super::tls::{self, ClientTls};
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a TCP connect plus handshake to a peer may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// HTTP/2 pings on idle connections, so a dead peer is noticed.
-const KEEPALIVE: Duration = Duration::from_secs(10);
+/// HTTP/2 pings after this long without a frame from the peer (Raft's heartbeats keep a
+/// live link busier than that), so a dead peer or a connection a partition left behind is
+/// dropped within a few seconds and the next call connects afresh: after a partition
+/// heals, the old connection's TCP retransmissions would be backed off for many seconds.
+const KEEPALIVE: Duration = Duration::from_secs(1);
+/// How long a ping may go unanswered.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
 /// The largest message either way (batches of log entries, snapshot chunks).
 pub const MAX_MESSAGE: usize = 64 << 20;
 
@@ -125,7 +130,7 @@ pub async fn serve(
     let served = Server::builder()
         .trace_fn(move |_| span.clone())
         .http2_keepalive_interval(Some(KEEPALIVE))
-        .http2_keepalive_timeout(Some(KEEPALIVE))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_routes(routes)
         .serve_with_incoming_shutdown(ReceiverStream::new(rx), signal)
         .await;
@@ -161,17 +166,35 @@ async fn accept_loop(
                 Ok(stream) => {
                     let _ = tx.send(Ok(stream)).await;
                 }
-                Err(reason) => tracing::warn!(peer = %addr, "refused a connection from {addr}: {reason}"),
+                // A peer that went away before finishing (a port probe, a node stopped or
+                // cut off mid-connect) is not a refusal worth a warning.
+                Err(Refused::Abandoned(reason)) => {
+                    tracing::info!(peer = %addr, "connection from {addr} ended before its TLS handshake: {reason}")
+                }
+                Err(Refused::Refused(reason)) => {
+                    tracing::warn!(peer = %addr, "refused a connection from {addr}: {reason}")
+                }
             }
         };
         tokio::spawn(handshake.in_current_span());
     }
 }
 
-async fn handshake(acceptor: &TlsAcceptor, tcp: TcpStream, addr: SocketAddr) -> Result<PeerStream, String> {
+/// Why an incoming connection was not served.
+enum Refused {
+    /// The peer left (or went silent) before its handshake completed.
+    Abandoned(String),
+    /// The handshake failed: no certificate, another CA, a bad name...
+    Refused(String),
+}
+
+async fn handshake(acceptor: &TlsAcceptor, tcp: TcpStream, addr: SocketAddr) -> Result<PeerStream, Refused> {
     let inner = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-        Err(_) => return Err(format!("no TLS handshake within {}s", HANDSHAKE_TIMEOUT.as_secs())),
-        Ok(Err(e)) => return Err(e.to_string()),
+        Err(_) => return Err(Refused::Abandoned(format!("no TLS handshake within {}s", HANDSHAKE_TIMEOUT.as_secs()))),
+        Ok(Err(e)) if matches!(e.kind(), io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset) => {
+            return Err(Refused::Abandoned(e.to_string()));
+        }
+        Ok(Err(e)) => return Err(Refused::Refused(e.to_string())),
         Ok(Ok(s)) => s,
     };
     let name = inner.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(tls::peer_name);
@@ -195,7 +218,7 @@ pub fn channel(addr: &str, peer_name: &str, tls: &ClientTls) -> Result<Channel, 
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(KEEPALIVE)
-        .keep_alive_timeout(KEEPALIVE)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true);
     Ok(endpoint.connect_lazy())
 }

@@ -913,8 +913,8 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Table>> {
         "Wake-ups/s: voluntary context switches of the node's threads. \
          Node = utime + stime of the node process; + cron children adds the cutime + cstime of the \
          `barman cron` it runs every 5 s and reaps; whole tree = a cgroup the node was moved into at the \
-         window's start, so it also counts the `archive-wal` processes cron starts detached (one per server \
-         per pass). Load average (1/5/15 min) before: {load_idle}; after: {}.",
+         window's start, so it also counts the `archive-wal` processes cron starts detached (on a cluster \
+         node only when files wait in `incoming/` or `streaming/`). Load average (1/5/15 min) before: {load_idle}; after: {}.",
         crate::loadavg()
     ));
     latency.note(format!(

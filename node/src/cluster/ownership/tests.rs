@@ -115,6 +115,37 @@ fn the_leader_assigns_free_servers_at_once_and_owned_ones_only_after_lease_and_m
     );
 }
 
+#[test]
+fn a_new_leader_counts_from_what_it_saw_as_follower_only_for_the_same_renewal() {
+    let candidates = [2, 1, 3];
+    let down: BTreeSet<NodeId> = [1, 3].into();
+    let decide = |a: &mut Assigner, now, o: &Ownership| {
+        let view: BTreeMap<String, ServerView<'_>> =
+            [("pg".to_string(), ServerView { ownership: o, candidates: &candidates })].into();
+        a.decide(now, &view, &down)
+    };
+    let o = owned(2, 1, 7);
+    // Renewal 7 of epoch 1 seen at 400 as a follower, elected at 1 000.
+    let mut a = Assigner::new(LEASE, MARGIN, 1_000);
+    a.inherit("pg", (7, 1), 400);
+    assert!(decide(&mut a, 400 + LEASE + MARGIN - 1, &o).is_empty());
+    assert_eq!(decide(&mut a, 400 + LEASE + MARGIN, &o)[0].1, Command::Assign { node: 1, epoch: 2, renewals: 7 });
+    // Seen "after" the election (a clock that cannot be): never later than counting from it.
+    let mut a = Assigner::new(LEASE, MARGIN, 1_000);
+    a.inherit("pg", (7, 1), 5_000);
+    assert_eq!(decide(&mut a, 1_000 + LEASE + MARGIN, &o).len(), 1);
+    // What it saw was an older renewal: the current one restarts the clock at election.
+    let mut a = Assigner::new(LEASE, MARGIN, 1_000);
+    a.inherit("pg", (6, 1), 400);
+    assert!(decide(&mut a, 1_000, &o).is_empty());
+    assert!(decide(&mut a, 1_000 + LEASE + MARGIN - 1, &o).is_empty());
+    assert_eq!(decide(&mut a, 1_000 + LEASE + MARGIN, &o).len(), 1);
+    // Another epoch with the same count: not the same renewal either.
+    let mut a = Assigner::new(LEASE, MARGIN, 1_000);
+    a.inherit("pg", (7, 0), 400);
+    assert!(decide(&mut a, 1_000 + LEASE + MARGIN - 1, &o).is_empty());
+}
+
 /// splitmix64: small, seedable, good enough to pick faults.
 struct Rng(u64);
 
@@ -146,6 +177,9 @@ struct SimNode {
     cut_until: u64,
     next_renew: Millis,
     inbox: std::collections::VecDeque<Notice>,
+    /// (renewals, epoch) and when (local clock) this node first saw it: what it brings
+    /// into a leadership, as the node's driver does.
+    seen: Option<((u64, u64), Millis)>,
 }
 
 impl SimNode {
@@ -175,6 +209,7 @@ fn simulate(seed: u64) -> Result<u64, String> {
             cut_until: 0,
             next_renew: 0,
             inbox: Default::default(),
+            seen: None,
         })
         .collect();
     let mut truth = Ownership::default();
@@ -214,7 +249,11 @@ fn simulate(seed: u64) -> Result<u64, String> {
             let l = up[rng.range(0, up.len() as u64 - 1) as usize];
             term += 1;
             let now = nodes[l as usize].local(t);
-            leader = Some((l, term, Assigner::new(LEASE, MARGIN, now)));
+            let mut assigner = Assigner::new(LEASE, MARGIN, now);
+            if let Some((key, at)) = nodes[l as usize].seen {
+                assigner.inherit("pg", key, at);
+            }
+            leader = Some((l, term, assigner));
             leader_lost_at = None;
         }
         // Proposals reaching the log: only with a leader, and only the current term's
@@ -263,6 +302,10 @@ fn simulate(seed: u64) -> Result<u64, String> {
             while node.inbox.front().is_some_and(|m| m.0 <= t) {
                 let Some((_, state, mine)) = node.inbox.pop_front() else { break };
                 node.holder.observe(&state);
+                let key = (state.renewals, state.epoch);
+                if node.seen.is_none_or(|(k, _)| k != key) {
+                    node.seen = Some((key, now));
+                }
                 if let Some((epoch, sent_at)) = mine {
                     node.holder.renewal_committed(epoch, sent_at);
                 }
