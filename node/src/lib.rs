@@ -12,5 +12,6 @@ pub mod hooks;
 pub mod node;
 pub mod postgres;
 pub mod recover;
+pub mod sync;
 pub mod transport;
 pub mod wal;

@@ -36,6 +36,14 @@ pub fn is_backup_id(s: &str) -> bool {
     b.len() == 15 && b[8] == b'T' && b.iter().enumerate().all(|(i, c)| i == 8 || c.is_ascii_digit())
 }
 
+/// Python's `datetime.ctime()`: `Sat Nov 21 06:14:50 2026`.
+pub fn ctime<T: chrono::TimeZone>(t: &chrono::DateTime<T>) -> String
+where
+    T::Offset: std::fmt::Display,
+{
+    t.format("%a %b %e %H:%M:%S %Y").to_string()
+}
+
 /// Python's `str()` (and `isoformat(" ")`) of an aware datetime, as Barman
 /// writes it: microseconds only when non-zero, offset as `+HH:MM[:SS]`.
 pub fn format_time(t: &DateTime<FixedOffset>) -> String {

@@ -27,6 +27,28 @@ pub struct LiteralError {
 
 impl PyValue {
     /// Python's `repr()`.
+    /// The value as Python's `json.dumps` sees it (tuples as lists, dict keys as `str()`).
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::{Value, json};
+        match self {
+            PyValue::None => Value::Null,
+            PyValue::Bool(b) => json!(b),
+            PyValue::Int(i) => json!(i),
+            PyValue::Float(f) => json!(f),
+            PyValue::Str(s) => json!(s),
+            PyValue::List(l) | PyValue::Tuple(l) => Value::Array(l.iter().map(PyValue::to_json).collect()),
+            PyValue::Dict(d) => Value::Object(d.iter().map(|(k, v)| (k.to_py_str(), v.to_json())).collect()),
+        }
+    }
+
+    /// Python's `str()`.
+    pub fn to_py_str(&self) -> String {
+        match self {
+            PyValue::Str(s) => s.clone(),
+            other => other.repr(),
+        }
+    }
+
     pub fn repr(&self) -> String {
         let mut s = String::new();
         self.write_repr(&mut s);

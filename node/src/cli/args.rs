@@ -379,6 +379,16 @@ pub enum Command {
         #[arg(short = 't', long = "test")]
         test: bool,
     },
+    /// Print what a passive node needs to follow the server (Barman's JSON): backups, the
+    /// WAL archived after LAST_WAL, the configuration
+    SyncInfo {
+        server: String,
+        /// The newest WAL the caller holds: only later ones are listed
+        last_wal: Option<String>,
+        /// Where LAST_WAL's line starts in the xlog.db, from an earlier answer
+        #[arg(value_parser = positive, requires = "last_wal")]
+        last_position: Option<u32>,
+    },
     /// Receive WAL from PostgreSQL by streaming replication (in the foreground)
     ReceiveWal {
         server: String,

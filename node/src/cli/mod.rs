@@ -19,6 +19,7 @@ mod servers;
 mod show_backup;
 mod status;
 mod switch_wal;
+mod sync;
 mod wal;
 
 use args::{Cli, Color, Command, Format};
@@ -191,6 +192,9 @@ fn dispatch(ctx: &mut Ctx, command: Command) {
         Command::ListProcesses { server } => cron::list_processes(ctx, &server),
         Command::ListServers { minimal } => servers::list_servers(ctx, minimal),
         Command::PutWal { server, test } => wal::put_wal(ctx, &server, test),
+        Command::SyncInfo { server, last_wal, last_position } => {
+            sync::sync_info(ctx, &server, last_wal, last_position.map(u64::from))
+        }
         Command::ReceiveWal { server, stop, reset, create_slot, drop_slot, if_not_exists } => receive_wal::receive_wal(
             ctx,
             &server,

@@ -210,7 +210,7 @@ pub fn diagnose(ctx: &mut Ctx, show_source: bool) {
     for s in all {
         let mut config = Map::new();
         for spec in SERVER_OPTIONS {
-            let v = s.opts.json(spec.name).unwrap_or(Value::Null);
+            let v = s.json(spec.name).unwrap_or(Value::Null);
             let v = if show_source { json!({"value": v, "source": s.source_of(spec.name)}) } else { v };
             config.insert(spec.name.to_string(), v);
         }

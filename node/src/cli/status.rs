@@ -11,13 +11,7 @@ use crate::config::types::Retention;
 use serde_json::json;
 use std::time::Duration;
 
-/// Python's `datetime.ctime()`: `Sat Nov 21 06:14:50 2026`.
-pub fn ctime<T: chrono::TimeZone>(t: &chrono::DateTime<T>) -> String
-where
-    T::Offset: std::fmt::Display,
-{
-    t.format("%a %b %e %H:%M:%S %Y").to_string()
-}
+pub use crate::catalog::backups::ctime;
 
 fn py(v: bool) -> &'static str {
     if v { "True" } else { "False" }

@@ -164,6 +164,15 @@ impl ServerConfig {
         self.opts.show(name)
     }
 
+    /// An option's value as Barman encodes it in JSON once the server is set up (the WAL
+    /// retention policy as `MAIN`, as in `show`).
+    pub fn json(&self, name: &str) -> Option<serde_json::Value> {
+        if name == "wal_retention_policy" && matches!(self.opts.retention_policy, Some(types::Retention::Policy(_))) {
+            return Some(serde_json::json!("MAIN"));
+        }
+        self.opts.json(name)
+    }
+
     /// `PATH` for external programs: `path_prefix` first, then ours.
     pub fn path_env(&self) -> Option<std::ffi::OsString> {
         let prefix = self.opts.path_prefix.as_deref()?;

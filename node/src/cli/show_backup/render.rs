@@ -19,25 +19,12 @@ struct CopyShown {
 
 /// A Python value as `json.dumps` writes it.
 fn py_json(v: &PyValue) -> Value {
-    match v {
-        PyValue::None => Value::Null,
-        PyValue::Bool(b) => json!(b),
-        PyValue::Int(i) => json!(i),
-        PyValue::Float(f) => json!(f),
-        PyValue::Str(s) => json!(s),
-        PyValue::List(l) | PyValue::Tuple(l) => Value::Array(l.iter().map(py_json).collect()),
-        PyValue::Dict(d) => {
-            Value::Object(d.iter().map(|(k, v)| (py_str(k), py_json(v))).collect::<Map<String, Value>>())
-        }
-    }
+    v.to_json()
 }
 
 /// Python's `str()`.
 fn py_str(v: &PyValue) -> String {
-    match v {
-        PyValue::Str(s) => s.clone(),
-        other => other.repr(),
-    }
+    v.to_py_str()
 }
 
 /// `"%s" % value` of an optional field: `None` when null.
