@@ -1,3 +1,32 @@
-//! Geo-redundancy: what a server holds (`sync-info`), and passive nodes that copy it.
+//! Geo-redundancy: what a server holds (`sync-info`), the service that offers it to peers,
+//! and passive nodes that copy it.
 
 pub mod info;
+pub mod rpc;
+pub mod wals;
+
+/// Why a sync could not take a file, or could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("peer {peer}: {what}: {status}")]
+    Rpc { peer: String, what: String, status: String },
+    /// The peer sent something that is not what it announced: nothing of it is kept.
+    #[error("peer {peer} sent a bad copy of {name}: {why}; the transfer was discarded")]
+    Corrupt { peer: String, name: String, why: String },
+    /// The peer's listing or answer breaks the rules (a bad name, a path outside the server).
+    #[error("peer {peer}: {why}")]
+    Refused { peer: String, why: String },
+    /// A file we hold under the same name differs from the peer's: ours is kept.
+    #[error(
+        "{name}: this node holds a different file than peer {peer} (size {ours} here, {theirs} there, or other content); kept this node's, check both archives"
+    )]
+    Conflict { peer: String, name: String, ours: u64, theirs: u64 },
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Xlog(#[from] crate::catalog::xlogdb::XlogDbError),
+}
+
+pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> SyncError + '_ {
+    move |source| SyncError::Io { path: path.display().to_string(), source }
+}

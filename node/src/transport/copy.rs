@@ -325,18 +325,20 @@ impl Write for ChunkWriter {
     }
 }
 
-/// A shared budget of bytes per second, measured from the first byte.
-struct RateLimit {
+/// A shared budget of bytes per second, measured from the first byte (the copy engine's
+/// streams and the sync's transfers share one per run).
+pub struct RateLimit {
     per_second: u64,
     state: Mutex<Option<(Instant, u64)>>,
 }
 
 impl RateLimit {
-    fn new(per_second: u64) -> RateLimit {
+    pub fn new(per_second: u64) -> RateLimit {
         RateLimit { per_second, state: Mutex::new(None) }
     }
 
-    async fn wait(&self, n: u64) {
+    /// Takes `n` bytes of the budget, sleeping until they are due.
+    pub async fn wait(&self, n: u64) {
         let due = {
             let mut s = lock(&self.state);
             let (start, total) = s.get_or_insert_with(|| (Instant::now(), 0));

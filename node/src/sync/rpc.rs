@@ -1,0 +1,161 @@
+//! The Sync gRPC service a node offers its peers: sync-info, the WAL it holds, and files
+//! streamed from any offset with an end-to-end checksum. Only cluster members are served.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use barman_proto::v1::sync_server::{Sync, SyncServer};
+use barman_proto::v1::{FetchRequest, FileChunk, ServerRequest, SyncInfoReply, SyncInfoRequest, WalEntry, WalList};
+use sha2::{Digest, Sha256};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::info::{Cursor, SyncInfoError, sync_info};
+use crate::catalog::ServerLayout;
+use crate::catalog::pyjson;
+use crate::catalog::xlogdb::{XlogDb, XlogEntry};
+use crate::config::{Config, ServerConfig};
+use crate::transport::grpc;
+use crate::wal::WalFileName;
+
+/// Bytes per streamed chunk.
+pub const CHUNK: usize = 1 << 20;
+
+/// Whether a peer, by the node name of its verified certificate, may be served.
+pub type Admit = Arc<dyn Fn(&str) -> bool + Send + std::marker::Sync>;
+
+pub struct SyncService {
+    cfg: Arc<Config>,
+    admit: Admit,
+}
+
+impl SyncService {
+    pub fn new(cfg: Arc<Config>, admit: Admit) -> SyncService {
+        SyncService { cfg, admit }
+    }
+
+    pub fn server(self) -> SyncServer<SyncService> {
+        SyncServer::new(self).max_decoding_message_size(grpc::MAX_MESSAGE).max_encoding_message_size(grpc::MAX_MESSAGE)
+    }
+
+    fn check<T>(&self, request: &Request<T>, rpc: &str) -> Result<(), Status> {
+        let Some(peer) = grpc::peer(request) else {
+            return Err(Status::unauthenticated("no verified peer certificate"));
+        };
+        let name = peer.name.as_deref().unwrap_or_default();
+        if (self.admit)(name) {
+            return Ok(());
+        }
+        tracing::warn!(peer = %peer.addr, "refused {rpc} from '{name}' at {}: not a member of the cluster", peer.addr);
+        Err(Status::permission_denied(format!("'{name}' is not a member of this cluster")))
+    }
+
+    fn server_cfg(&self, name: &str) -> Result<ServerConfig, Status> {
+        self.cfg
+            .servers
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Status::not_found(format!("server '{name}' is not configured on this node")))
+    }
+}
+
+fn to_proto(e: &XlogEntry) -> WalEntry {
+    WalEntry {
+        name: e.name.to_string(),
+        size: e.size,
+        time: e.time,
+        compression: e.compression.clone().unwrap_or_default(),
+        encryption: e.encryption.clone().unwrap_or_default(),
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Status> + Send + 'static) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| Status::internal(e.to_string()))?
+}
+
+#[tonic::async_trait]
+impl Sync for SyncService {
+    async fn info(&self, request: Request<SyncInfoRequest>) -> Result<Response<SyncInfoReply>, Status> {
+        self.check(&request, "sync Info")?;
+        let r = request.into_inner();
+        let s = self.server_cfg(&r.server)?;
+        let global = self.cfg.global.clone();
+        let cursor = Cursor {
+            last_wal: Some(r.last_wal).filter(|w| !w.is_empty()),
+            last_position: Some(r.last_position).filter(|p| *p > 0),
+        };
+        let json = blocking(move || match sync_info(&global, &s, &cursor) {
+            Ok(v) => Ok(pyjson::dumps(&v, Some(4), false)),
+            Err(e @ (SyncInfoError::OlderThanFirst { .. } | SyncInfoError::NewerThanLast { .. })) => {
+                Err(Status::out_of_range(e.to_string()))
+            }
+            Err(e) => Err(Status::internal(e.to_string())),
+        })
+        .await?;
+        Ok(Response::new(SyncInfoReply { json }))
+    }
+
+    async fn list_wals(&self, request: Request<ServerRequest>) -> Result<Response<WalList>, Status> {
+        self.check(&request, "sync ListWals")?;
+        let s = self.server_cfg(&request.into_inner().server)?;
+        let layout = ServerLayout::new(&self.cfg.global, &s);
+        let wals = blocking(move || {
+            let entries = XlogDb::new(&layout).read_locked().map_err(|e| Status::internal(e.to_string()))?;
+            Ok(entries.iter().map(to_proto).collect())
+        })
+        .await?;
+        Ok(Response::new(WalList { wals }))
+    }
+
+    type FetchStream = ReceiverStream<Result<FileChunk, Status>>;
+
+    async fn fetch(&self, request: Request<FetchRequest>) -> Result<Response<Self::FetchStream>, Status> {
+        self.check(&request, "sync Fetch")?;
+        let r = request.into_inner();
+        let s = self.server_cfg(&r.server)?;
+        let name: WalFileName =
+            r.wal.parse().map_err(|e| Status::invalid_argument(format!("'{}' is not a WAL file name: {e}", r.wal)))?;
+        let path = ServerLayout::new(&self.cfg.global, &s).wal_path(&name);
+        let mut file = std::fs::File::open(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                Status::not_found(format!("WAL file {name} of server '{}' is not in this node's archive", s.name))
+            }
+            _ => Status::internal(format!("{}: {e}", path.display())),
+        })?;
+        let size = file.metadata().map_err(|e| Status::internal(format!("{}: {e}", path.display())))?.len();
+        if r.offset > size {
+            return Err(Status::out_of_range(format!("offset {} is past the end of {name} ({size} bytes)", r.offset)));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::task::spawn_blocking(move || {
+            // The whole file is hashed, the part before the offset too: the caller checks
+            // what it already held along with what it is sent.
+            let mut hasher = Sha256::new();
+            let mut at = 0u64;
+            let mut buf = vec![0u8; CHUNK];
+            loop {
+                let n = match file.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(Status::internal(format!("{}: {e}", path.display()))));
+                        return;
+                    }
+                };
+                hasher.update(&buf[..n]);
+                let end = at + n as u64;
+                if end > r.offset {
+                    let from = r.offset.saturating_sub(at) as usize;
+                    let chunk = FileChunk { data: buf[from..n].to_vec(), ..Default::default() };
+                    if tx.blocking_send(Ok(chunk)).is_err() {
+                        return;
+                    }
+                }
+                at = end;
+            }
+            let last = FileChunk { data: Vec::new(), last: true, size: at, sha256: hasher.finalize().to_vec() };
+            let _ = tx.blocking_send(Ok(last));
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}

@@ -1,0 +1,348 @@
+//! WAL sync between two Barman homes over our Sync gRPC service, under mutual TLS on
+//! 127.0.0.1: a passive converges to byte-identical files and the peer's xlog.db lines,
+//! resumes a transfer cut at any byte without asking again for what it holds, fills a gap
+//! by set difference, keeps its own file when the peer's differs, and refuses a lying peer
+//! (wrong checksum, truncated file, a name outside the archive) without keeping anything.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use barman::catalog::ServerLayout;
+use barman::catalog::xlogdb::{XlogDb, XlogEntry};
+use barman::config::Config;
+use barman::sync::SyncError;
+use barman::sync::rpc::{Admit, SyncService};
+use barman::sync::wals::{WalSyncOptions, staging_dir, sync_wals};
+use barman::transport::grpc;
+use barman::transport::tls::{self, ClientTls, Pem, TlsFiles};
+use barman_proto::v1::sync_client::SyncClient;
+use barman_proto::v1::sync_server::{Sync, SyncServer};
+use barman_proto::v1::{FetchRequest, FileChunk, ServerRequest, SyncInfoReply, SyncInfoRequest, WalEntry, WalList};
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::service::Routes;
+use tonic::{Request, Response, Status};
+
+struct Pki {
+    ca: Pem,
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = tls::new_ca("test-ca").unwrap();
+        std::fs::write(dir.path().join("ca.crt"), &ca.cert).unwrap();
+        Pki { ca, dir }
+    }
+    fn files(&self, name: &str) -> TlsFiles {
+        let d = self.dir.path();
+        let (cert, key) = (d.join(format!("{name}.crt")), d.join(format!("{name}.key")));
+        if !cert.exists() {
+            let pem = tls::new_node_cert(&self.ca, name, &["127.0.0.1".into()]).unwrap();
+            tls::write_pem_files(&pem, &cert, &key).unwrap();
+        }
+        TlsFiles { ca: d.join("ca.crt"), cert, key }
+    }
+}
+
+/// A Barman home with server `pg` and its configuration.
+struct Home {
+    _dir: tempfile::TempDir,
+    cfg: Arc<Config>,
+    layout: ServerLayout,
+}
+
+impl Home {
+    fn new() -> Home {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("barman.conf");
+        let text = format!(
+            "[barman]\nbarman_home = {}\nbarman_user = root\n\n[pg]\nconninfo = host=127.0.0.1 port=1\n\
+             backup_method = postgres\narchiver = on\n",
+            dir.path().join("home").display()
+        );
+        std::fs::write(&file, &text).unwrap();
+        let cfg = Config::from_text(&text, &file).unwrap();
+        let layout = ServerLayout::new(&cfg.global, &cfg.servers["pg"]);
+        Home { _dir: dir, cfg: Arc::new(cfg), layout }
+    }
+
+    /// Archives `name` with `content`, as archive-wal would leave it.
+    fn archive(&self, name: &str, content: &[u8], compression: Option<&str>) {
+        let wal = name.parse().unwrap();
+        let path = self.layout.wal_path(&wal);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, content).unwrap();
+        let db = XlogDb::new(&self.layout);
+        let held = db.lock().unwrap();
+        let entry = XlogEntry {
+            name: wal,
+            size: content.len() as u64,
+            time: 1_767_222_000.5,
+            compression: compression.map(str::to_string),
+            encryption: None,
+        };
+        db.append(&held, &[entry]).unwrap();
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.layout.wal_path(&name.parse().unwrap())
+    }
+
+    fn xlogdb(&self) -> Vec<String> {
+        let mut v: Vec<String> = XlogDb::new(&self.layout).read_locked().unwrap().iter().map(|e| e.to_line()).collect();
+        v.sort();
+        v
+    }
+}
+
+/// Deterministic bytes that differ per file.
+fn content(seed: u8, len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+}
+
+const SEG: usize = 3 << 20;
+
+/// Serves `routes` under mutual TLS on 127.0.0.1 as node `name`.
+async fn serve(pki: &Pki, name: &str, routes: Routes) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server_tls = tls::server_config(&pki.files(name)).unwrap();
+    tokio::spawn(grpc::serve(listener, server_tls, routes, std::future::pending()));
+    addr
+}
+
+fn client(pki: &Pki, me: &str, peer: &str, addr: SocketAddr) -> SyncClient<tonic::transport::Channel> {
+    let tls = ClientTls::load(&pki.files(me)).unwrap();
+    SyncClient::new(grpc::channel(&addr.to_string(), peer, &tls).unwrap())
+}
+
+fn everyone() -> Admit {
+    Arc::new(|_: &str| true)
+}
+
+fn opts() -> WalSyncOptions {
+    WalSyncOptions { jobs: 2, bandwidth: None }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passive_converges_resumes_and_fills_gaps() {
+    let pki = Pki::new();
+    let (primary, passive) = (Home::new(), Home::new());
+    let names = [
+        "000000010000000000000001",
+        "000000010000000000000002",
+        "000000010000000000000002.00000028.backup",
+        "00000002.history",
+        "000000020000000000000003",
+    ];
+    for (i, n) in names.iter().enumerate() {
+        let len = if n.len() == 24 { SEG } else { 300 };
+        primary.archive(n, &content(i as u8, len), (i == 1).then_some("gzip"));
+    }
+    let addr = serve(&pki, "a", Routes::new(SyncService::new(primary.cfg.clone(), everyone()).server())).await;
+    let mut c = client(&pki, "b", "a", addr);
+
+    // A transfer cut after some bytes: they wait in the staging directory.
+    let cut = 1_234_567;
+    let staging = staging_dir(&passive.layout);
+    std::fs::create_dir_all(&staging).unwrap();
+    std::fs::write(staging.join(format!("{}.part", names[4])), &content(4, SEG)[..cut]).unwrap();
+
+    let r = sync_wals(&mut c, "a", &passive.layout, &opts()).await.unwrap();
+    assert_eq!(r.fetched, names.iter().map(|s| s.to_string()).collect::<Vec<_>>().tap_sort());
+    let total: usize = names.iter().map(|n| if n.len() == 24 { SEG } else { 300 }).sum();
+    assert_eq!(r.bytes, (total - cut) as u64, "the cut file's first {cut} bytes were sent again");
+    for n in names {
+        assert_eq!(std::fs::read(passive.path(n)).unwrap(), std::fs::read(primary.path(n)).unwrap(), "{n}");
+    }
+    assert_eq!(passive.xlogdb(), primary.xlogdb());
+    assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0, "staging left behind");
+
+    // Nothing new: nothing sent.
+    let r = sync_wals(&mut c, "a", &passive.layout, &opts()).await.unwrap();
+    assert_eq!((r.fetched.len(), r.bytes), (0, 0));
+
+    // A gap (a file the passive missed while another came after it) is filled.
+    primary.archive("000000020000000000000005", &content(9, SEG), None);
+    primary.archive("000000020000000000000004", &content(8, SEG), None);
+    let r = sync_wals(&mut c, "a", &passive.layout, &opts()).await.unwrap();
+    assert_eq!(r.fetched, ["000000020000000000000004", "000000020000000000000005"]);
+    assert_eq!(passive.xlogdb(), primary.xlogdb());
+
+    // Cut at 20 random points of one file: each resumed transfer sends only the rest.
+    let n = "000000020000000000000006";
+    let data = content(6, SEG);
+    primary.archive(n, &data, None);
+    let mut seed = 0x5EED_u64;
+    for _ in 0..20 {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let at = (seed >> 33) as usize % SEG;
+        let _ = std::fs::remove_file(passive.path(n));
+        rewrite_xlogdb_without(&passive, n);
+        std::fs::create_dir_all(&staging).unwrap();
+        std::fs::write(staging.join(format!("{n}.part")), &data[..at]).unwrap();
+        let r = sync_wals(&mut c, "a", &passive.layout, &opts()).await.unwrap();
+        assert_eq!(r.bytes, (SEG - at) as u64, "cut at {at}");
+        assert_eq!(std::fs::read(passive.path(n)).unwrap(), data, "cut at {at}");
+    }
+    assert_eq!(passive.xlogdb(), primary.xlogdb());
+}
+
+trait TapSort {
+    fn tap_sort(self) -> Self;
+}
+impl TapSort for Vec<String> {
+    fn tap_sort(mut self) -> Self {
+        self.sort();
+        self
+    }
+}
+
+fn rewrite_xlogdb_without(h: &Home, name: &str) {
+    let db = XlogDb::new(&h.layout);
+    let held = db.lock().unwrap();
+    db.retain(&held, &|e| e.name.as_str() != name).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_different_file_here_is_kept_and_named() {
+    let pki = Pki::new();
+    let (primary, passive) = (Home::new(), Home::new());
+    let n = "000000010000000000000001";
+    primary.archive(n, &content(1, SEG), None);
+    // Same name, other content, not in the passive's xlog.db (a sync cut after the rename
+    // would leave the right file there; this one is not).
+    let mine = content(2, SEG);
+    std::fs::create_dir_all(passive.path(n).parent().unwrap()).unwrap();
+    std::fs::write(passive.path(n), &mine).unwrap();
+    let addr = serve(&pki, "a", Routes::new(SyncService::new(primary.cfg.clone(), everyone()).server())).await;
+    let mut c = client(&pki, "b", "a", addr);
+    let e = sync_wals(&mut c, "a", &passive.layout, &opts()).await.unwrap_err();
+    assert!(matches!(e, SyncError::Conflict { .. }), "{e}");
+    assert_eq!(std::fs::read(passive.path(n)).unwrap(), mine);
+    assert!(passive.xlogdb().is_empty());
+    // The right file under the final name (cut after the rename): only recorded.
+    std::fs::write(passive.path(n), content(1, SEG)).unwrap();
+    let r = sync_wals(&mut c, "a", &passive.layout, &opts()).await.unwrap();
+    assert_eq!((r.recorded.as_slice(), r.bytes), ([n.to_string()].as_slice(), 0));
+    assert_eq!(passive.xlogdb(), primary.xlogdb());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_members_are_denied() {
+    let pki = Pki::new();
+    let primary = Home::new();
+    let admit: Admit = Arc::new(|name: &str| name == "b");
+    let addr = serve(&pki, "a", Routes::new(SyncService::new(primary.cfg.clone(), admit).server())).await;
+    let mut stranger = client(&pki, "c", "a", addr);
+    let s = stranger.list_wals(ServerRequest { server: "pg".into() }).await.unwrap_err();
+    assert_eq!(s.code(), tonic::Code::PermissionDenied, "{s}");
+    let mut member = client(&pki, "b", "a", addr);
+    let s = member.list_wals(ServerRequest { server: "nope".into() }).await.unwrap_err();
+    assert_eq!(s.code(), tonic::Code::NotFound, "{s}");
+    assert!(member.list_wals(ServerRequest { server: "pg".into() }).await.is_ok());
+    // sync-info over gRPC: the text `barman sync-info` prints, and Barman's refusals.
+    primary.archive("000000010000000000000001", &content(1, 100), None);
+    let json =
+        member.info(SyncInfoRequest { server: "pg".into(), ..Default::default() }).await.unwrap().into_inner().json;
+    let local =
+        barman::sync::info::sync_info(&primary.cfg.global, &primary.cfg.servers["pg"], &Default::default()).unwrap();
+    assert_eq!(json, barman::catalog::pyjson::dumps(&local, Some(4), false));
+    let far = SyncInfoRequest { server: "pg".into(), last_wal: "0000000900000000000000FF".into(), last_position: 0 };
+    let s = member.info(far).await.unwrap_err();
+    assert_eq!(s.code(), tonic::Code::OutOfRange, "{s}");
+    assert!(s.message().contains("is newer than the last available wal"), "{s}");
+    let s = member
+        .fetch(FetchRequest { server: "pg".into(), wal: "../../etc/passwd".into(), offset: 0 })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s}");
+}
+
+/// A peer that lies in one way.
+#[derive(Clone, Copy, Debug)]
+enum Lie {
+    WrongChecksum,
+    Truncated,
+    LongerThanListed,
+    NameOutsideTheArchive,
+    NoChecksum,
+}
+
+struct Liar {
+    lie: Lie,
+    data: Vec<u8>,
+}
+
+const LIED: &str = "000000010000000000000007";
+
+#[tonic::async_trait]
+impl Sync for Liar {
+    async fn info(&self, _: Request<SyncInfoRequest>) -> Result<Response<SyncInfoReply>, Status> {
+        Err(Status::unimplemented("no"))
+    }
+    async fn list_wals(&self, _: Request<ServerRequest>) -> Result<Response<WalList>, Status> {
+        let name = match self.lie {
+            Lie::NameOutsideTheArchive => "../../../../etc/cron.d/x".to_string(),
+            _ => LIED.to_string(),
+        };
+        let entry = WalEntry { name, size: self.data.len() as u64, time: 1.0, ..Default::default() };
+        Ok(Response::new(WalList { wals: vec![entry] }))
+    }
+    type FetchStream = ReceiverStream<Result<FileChunk, Status>>;
+    async fn fetch(&self, r: Request<FetchRequest>) -> Result<Response<Self::FetchStream>, Status> {
+        let from = r.into_inner().offset as usize;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let mut body = self.data[from..].to_vec();
+        let mut sha = Sha256::digest(&self.data).to_vec();
+        let mut size = self.data.len() as u64;
+        match self.lie {
+            Lie::WrongChecksum => sha[0] ^= 1,
+            Lie::Truncated => {
+                body.truncate(body.len() / 2);
+                size = (from + body.len()) as u64;
+                sha = Sha256::digest(&self.data[..size as usize]).to_vec();
+            }
+            Lie::LongerThanListed => body.extend_from_slice(b"more"),
+            _ => {}
+        }
+        let lie = self.lie;
+        tokio::spawn(async move {
+            let _ = tx.send(Ok(FileChunk { data: body, ..Default::default() })).await;
+            if !matches!(lie, Lie::NoChecksum) {
+                let _ = tx.send(Ok(FileChunk { data: Vec::new(), last: true, size, sha256: sha })).await;
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lying_peer_is_refused_and_nothing_is_kept() {
+    let pki = Pki::new();
+    for lie in [Lie::WrongChecksum, Lie::Truncated, Lie::LongerThanListed, Lie::NameOutsideTheArchive, Lie::NoChecksum]
+    {
+        let passive = Home::new();
+        let liar = Liar { lie, data: content(7, 100_000) };
+        let addr = serve(&pki, "a", Routes::new(SyncServer::new(liar))).await;
+        let mut c = client(&pki, "b", "a", addr);
+        let e = sync_wals(&mut c, "a", &passive.layout, &opts()).await.unwrap_err();
+        match lie {
+            Lie::NameOutsideTheArchive => assert!(matches!(e, SyncError::Refused { .. }), "{lie:?}: {e}"),
+            _ => assert!(matches!(e, SyncError::Corrupt { .. }), "{lie:?}: {e}"),
+        }
+        assert!(!passive.path(LIED).exists(), "{lie:?}: a lied file stands under its name");
+        assert!(passive.xlogdb().is_empty(), "{lie:?}: recorded");
+        assert!(!file_exists_under(&staging_dir(&passive.layout)), "{lie:?}: a part file was kept");
+    }
+}
+
+fn file_exists_under(dir: &Path) -> bool {
+    std::fs::read_dir(dir).map(|rd| rd.count() > 0).unwrap_or(false)
+}
