@@ -351,3 +351,68 @@ fn http_get(addr: &str, path: &str) -> String {
     s.read_to_string(&mut out).unwrap();
     out
 }
+
+/// Names in a node's xlog.db for `pg` (empty when it has none yet).
+fn archived(home: &std::path::Path) -> Vec<String> {
+    let db = home.join("pg").join("wals").join("pg-xlog.db");
+    let mut v: Vec<String> = std::fs::read_to_string(db)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split('\t').next().map(str::to_string))
+        .collect();
+    v.sort();
+    v
+}
+
+/// The bytes of every file of a node's WAL archive for `pg`, by path under `wals/`.
+fn archive_files(home: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let wals = home.join("pg").join("wals");
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![wals.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            let rel = p.strip_prefix(&wals).unwrap().to_string_lossy().into_owned();
+            if p.is_dir() {
+                stack.push(p);
+            } else if !rel.ends_with("xlog.db") && !rel.starts_with('.') {
+                out.insert(rel, std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn passives_follow_the_owners_wal_archive() {
+    let _g = serial();
+    let dir = TestDir::new().unwrap();
+    let mut c = TestCluster::start(dir.path(), opts(false)).unwrap();
+    let (owner, _) = c.wait_streaming(Duration::from_secs(30)).unwrap();
+    let from = c.pg.current_lsn().unwrap();
+    c.pg.psql("CREATE TABLE t (i int)").unwrap();
+    let mut times = Vec::new();
+    for round in 0..3 {
+        c.pg.psql(&format!("INSERT INTO t SELECT generate_series(1, 10000) + {round}")).unwrap();
+        let lsn = c.pg.current_lsn().unwrap();
+        let t0 = Instant::now();
+        let seg = c.pg.switch_wal().unwrap();
+        c.wait(Duration::from_secs(30), "every node archiving the switched segment", |c| {
+            c.homes.iter().all(|h| archived(h).contains(&seg))
+        })
+        .unwrap_or_else(|e| panic!("round {round} (lsn {lsn}): {e}"));
+        times.push(t0.elapsed().as_millis());
+    }
+    println!("passives held the switched segment after (ms): {times:?}");
+    // Byte-identical archives and the same xlog.db names everywhere.
+    let theirs = archive_files(&c.homes[owner]);
+    assert!(theirs.len() >= 3, "{:?}", theirs.keys());
+    for (i, h) in c.homes.iter().enumerate() {
+        let mine = archive_files(h);
+        for (name, bytes) in &theirs {
+            assert!(mine.get(name) == Some(bytes), "node {} lacks or differs on {name}", node_name(i));
+        }
+        assert_eq!(archived(h), archived(&c.homes[owner]), "xlog.db of node {}", node_name(i));
+    }
+    check_invariants(&mut c, &from, &[]);
+}

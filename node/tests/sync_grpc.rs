@@ -20,7 +20,7 @@ use barman::transport::grpc;
 use barman::transport::tls::{self, ClientTls, Pem, TlsFiles};
 use barman_proto::v1::sync_client::SyncClient;
 use barman_proto::v1::sync_server::{Sync, SyncServer};
-use barman_proto::v1::{FetchRequest, FileChunk, ServerRequest, SyncInfoReply, SyncInfoRequest, WalEntry, WalList};
+use barman_proto::v1::{FetchRequest, FileChunk, SyncInfoReply, SyncInfoRequest, WalEntry, WalList, WalListRequest};
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::ReceiverStream;
@@ -127,7 +127,7 @@ fn everyone() -> Admit {
 }
 
 fn opts() -> WalSyncOptions {
-    WalSyncOptions { jobs: 2, bandwidth: None }
+    WalSyncOptions { jobs: 2, bandwidth: None, newer_only: false }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,12 +241,12 @@ async fn non_members_are_denied() {
     let admit: Admit = Arc::new(|name: &str| name == "b");
     let addr = serve(&pki, "a", Routes::new(SyncService::new(primary.cfg.clone(), admit).server())).await;
     let mut stranger = client(&pki, "c", "a", addr);
-    let s = stranger.list_wals(ServerRequest { server: "pg".into() }).await.unwrap_err();
+    let s = stranger.list_wals(WalListRequest { server: "pg".into(), after: String::new() }).await.unwrap_err();
     assert_eq!(s.code(), tonic::Code::PermissionDenied, "{s}");
     let mut member = client(&pki, "b", "a", addr);
-    let s = member.list_wals(ServerRequest { server: "nope".into() }).await.unwrap_err();
+    let s = member.list_wals(WalListRequest { server: "nope".into(), after: String::new() }).await.unwrap_err();
     assert_eq!(s.code(), tonic::Code::NotFound, "{s}");
-    assert!(member.list_wals(ServerRequest { server: "pg".into() }).await.is_ok());
+    assert!(member.list_wals(WalListRequest { server: "pg".into(), after: String::new() }).await.is_ok());
     // sync-info over gRPC: the text `barman sync-info` prints, and Barman's refusals.
     primary.archive("000000010000000000000001", &content(1, 100), None);
     let json =
@@ -287,7 +287,7 @@ impl Sync for Liar {
     async fn info(&self, _: Request<SyncInfoRequest>) -> Result<Response<SyncInfoReply>, Status> {
         Err(Status::unimplemented("no"))
     }
-    async fn list_wals(&self, _: Request<ServerRequest>) -> Result<Response<WalList>, Status> {
+    async fn list_wals(&self, _: Request<WalListRequest>) -> Result<Response<WalList>, Status> {
         let name = match self.lie {
             Lie::NameOutsideTheArchive => "../../../../etc/cron.d/x".to_string(),
             _ => LIED.to_string(),

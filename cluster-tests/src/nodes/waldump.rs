@@ -77,7 +77,9 @@ fn collect(dir: &Path, found: &mut Vec<Found>) -> Result<()> {
         let Some(name) = entry.file_name().to_str().and_then(|n| n.parse::<WalFileName>().ok()) else { continue };
         match name.kind() {
             WalKind::Segment(id) => found.push(Found { id, partial: false, path }),
-            WalKind::Partial(id) => found.push(Found { id, partial: true, path }),
+            // A `.partial` opened ahead of its first byte holds no WAL: not a candidate.
+            WalKind::Partial(id) if !starts_with_zeros(&path)? => found.push(Found { id, partial: true, path }),
+            WalKind::Partial(_) => {}
             WalKind::Backup(..) | WalKind::History(_) => {}
         }
     }
@@ -98,6 +100,15 @@ fn choose(found: Vec<Found>) -> (TimelineId, Vec<Found>) {
     }
     let tli = best.values().map(|f| f.id.tli).max().unwrap_or(TimelineId(1));
     (tli, best.into_values().collect())
+}
+
+/// Whether the file's first page header is all zeros (nothing was ever written there).
+fn starts_with_zeros(path: &Path) -> Result<bool> {
+    use std::io::Read;
+    let mut head = [0u8; 40];
+    let mut file = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let n = file.read(&mut head).with_context(|| format!("reading {}", path.display()))?;
+    Ok(head[..n].iter().all(|b| *b == 0))
 }
 
 fn refuse_compressed(path: &Path) -> Result<()> {

@@ -86,6 +86,9 @@ struct Open {
     partial: PathBuf,
     file: File,
     dirty: bool,
+    /// Whether any WAL was written into it (the next segment is opened as soon as one
+    /// completes, before its first byte comes).
+    written: bool,
 }
 
 struct Receiver<'a> {
@@ -199,7 +202,7 @@ impl Receiver<'_> {
             file.sync_all().map_err(io_err(&partial))?;
             fsync_dir(self.dir()).map_err(io_err(self.dir()))?;
         }
-        self.open = Some(Open { id, partial, file, dirty: false });
+        self.open = Some(Open { id, partial, file, dirty: false, written: false });
         Ok(())
     }
 
@@ -218,6 +221,7 @@ impl Receiver<'_> {
             let n = (data.len() - done).min((seg - off) as usize);
             open.file.write_all_at(&data[done..done + n], off).map_err(io_err(&open.partial))?;
             open.dirty = true;
+            open.written = true;
             done += n;
             self.write = Lsn(self.write.0 + n as u64);
             if off + n as u64 == seg {
@@ -239,6 +243,20 @@ impl Receiver<'_> {
             tracing::info!(server = %self.cfg.layout.server, segment = %WalFileName::segment(open.id), "segment complete");
         } else {
             tracing::debug!(server = %self.cfg.layout.server, segment = %WalFileName::segment(open.id), "segment complete");
+        }
+        // The next segment's `.partial` at once: archive-wal holds back the newest file of
+        // the directory for us, which would otherwise be the segment just completed until
+        // more WAL comes (after a switch-wal on an idle server, for as long as it idles).
+        self.open_segment()
+    }
+
+    /// Drops the open `.partial` if nothing was written into it (opened ahead of a timeline
+    /// that ended at the segment boundary): it would stand for WAL that never existed.
+    fn drop_unwritten(&mut self) -> Result<(), ReceiveError> {
+        if let Some(open) = self.open.take_if(|o| !o.written) {
+            drop(open.file);
+            fs::remove_file(&open.partial).map_err(io_err(&open.partial))?;
+            fsync_dir(self.dir()).map_err(io_err(self.dir()))?;
         }
         Ok(())
     }
@@ -435,6 +453,7 @@ pub async fn receive(cfg: &ReceiverConfig, stop: impl std::future::Future<Output
             StreamEvent::EndOfTimeline { next_timeline, next_start } => {
                 // The old timeline's last segment stays `.partial` (as pg_receivewal).
                 r.make_durable()?;
+                r.drop_unwritten()?;
                 r.open = None;
                 tracing::info!(server = %cfg.layout.server, "timeline {} ended at {}; switching to timeline {} at {next_start}", r.tli.0, r.write, next_timeline.0);
                 if next_timeline.0 <= r.tli.0 {

@@ -76,17 +76,23 @@ impl Peers {
         Peers { tls, channels: Arc::default() }
     }
 
-    /// The Raft service of `member`. Call it inside a Tokio runtime.
-    pub fn client(&self, id: NodeId, member: &Member) -> Result<RaftClient<Channel>, GrpcError> {
+    /// The one channel to `member` (every service of the peer shares it). Call it inside a
+    /// Tokio runtime.
+    pub fn channel(&self, id: NodeId, member: &Member) -> Result<Channel, GrpcError> {
         let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
-        let channel = match channels.get(&id) {
+        Ok(match channels.get(&id) {
             Some((m, ch)) if m.name == member.name && m.addr == member.addr => ch.clone(),
             _ => {
                 let ch = grpc::channel(&member.addr, &member.name, &self.tls)?;
                 channels.insert(id, (member.clone(), ch.clone()));
                 ch
             }
-        };
+        })
+    }
+
+    /// The Raft service of `member`. Call it inside a Tokio runtime.
+    pub fn client(&self, id: NodeId, member: &Member) -> Result<RaftClient<Channel>, GrpcError> {
+        let channel = self.channel(id, member)?;
         Ok(RaftClient::new(channel)
             .max_decoding_message_size(grpc::MAX_MESSAGE)
             .max_encoding_message_size(grpc::MAX_MESSAGE))

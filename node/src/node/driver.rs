@@ -140,6 +140,8 @@ pub struct Driver<R: Raft> {
     site_told: Millis,
     /// Renewals this pass could send: (server, epoch, report, due now).
     renewable: Vec<(String, u64, StreamReport, bool)>,
+    /// Tells the maintenance loop to archive now (a streamed segment completed).
+    pub archive_kick: Arc<tokio::sync::Notify>,
 }
 
 impl<R: Raft> Driver<R> {
@@ -173,6 +175,7 @@ impl<R: Raft> Driver<R> {
             latencies: Arc::default(),
             proposed: BTreeMap::new(),
             renewable: Vec::new(),
+            archive_kick: Arc::default(),
         };
         (d, srx)
     }
@@ -366,8 +369,14 @@ impl<R: Raft> Driver<R> {
                 }
             }
             (None, true) => {
-                l.sup =
-                    Some(Supervisor::start(self.name.clone(), &self.cfg.global, &server_cfg, epoch, l.fence.clone()));
+                l.sup = Some(Supervisor::start(
+                    self.name.clone(),
+                    &self.cfg.global,
+                    &server_cfg,
+                    epoch,
+                    l.fence.clone(),
+                    self.archive_kick.clone(),
+                ));
             }
             _ => {}
         }

@@ -4,10 +4,21 @@
 //! supervises it for the servers it owns.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-/// Runs `barman -c CONFIG -q cron` every `every` until `shutdown`.
-pub async fn run(node: String, config: PathBuf, every: Duration, shutdown: impl std::future::Future<Output = ()>) {
+use tokio::sync::Notify;
+
+/// Runs `barman -c CONFIG -q cron` every `every`, and at once when `kick` is notified (a
+/// streamed segment completed: archiving it now is what lets the passives fetch it), until
+/// `shutdown`.
+pub async fn run(
+    node: String,
+    config: PathBuf,
+    every: Duration,
+    kick: Arc<Notify>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
     let exe = match std::env::current_exe() {
         Ok(e) => e,
@@ -38,6 +49,7 @@ pub async fn run(node: String, config: PathBuf, every: Duration, shutdown: impl 
         tokio::select! {
             () = &mut shutdown => return,
             () = tokio::time::sleep(every) => {}
+            () = kick.notified() => {}
         }
     }
 }

@@ -5,6 +5,7 @@
 pub mod clock;
 pub mod control;
 mod driver;
+mod follow;
 mod maint;
 pub mod metrics;
 pub mod stream;
@@ -153,10 +154,24 @@ async fn run_async(
     };
 
     let listener = tokio::net::TcpListener::bind(&listen).await.map_err(|e| format!("node_listen {listen}: {e}"))?;
-    let grpc_task = tokio::spawn(grpc::serve(listener, server_tls, RaftService::new(raft.clone()).routes(), stopped()));
+    // Peers are served the Sync service only while they are members of the cluster.
+    let admit: crate::sync::rpc::Admit = {
+        let raft = raft.clone();
+        Arc::new(move |peer: &str| {
+            let m = raft.metrics();
+            let m = m.borrow();
+            m.membership_config.membership().nodes().any(|(_, n)| n.name == peer)
+        })
+    };
+    let routes = RaftService::new(raft.clone())
+        .routes()
+        .add_service(crate::sync::rpc::SyncService::new(cfg.clone(), admit).server());
+    let grpc_task = tokio::spawn(grpc::serve(listener, server_tls, routes, stopped()));
 
     let handle = Arc::new(Handle { raft: raft.clone(), peers: peers.clone(), acks, patience: g.ownership_lease });
-    let (drv, status) = Driver::new(me, name.clone(), site.clone(), cfg.clone(), handle.clone(), g.ownership_lease);
+    let kick = Arc::new(tokio::sync::Notify::new());
+    let (mut drv, status) = Driver::new(me, name.clone(), site.clone(), cfg.clone(), handle.clone(), g.ownership_lease);
+    drv.archive_kick = kick.clone();
     let shared = Arc::new(Shared {
         me,
         name: name.clone(),
@@ -187,7 +202,16 @@ async fn run_async(
         }
         None => None,
     };
-    let maint_task = tokio::spawn(maint::run(name.clone(), cfg.file.clone(), Duration::from_secs(5), stopped()));
+    let maint_task = tokio::spawn(maint::run(name.clone(), cfg.file.clone(), Duration::from_secs(5), kick, stopped()));
+    let follower = follow::Follower {
+        me,
+        name: name.clone(),
+        cfg: cfg.clone(),
+        raft: raft.clone(),
+        peers: peers.clone(),
+        applied: applied.clone(),
+    };
+    let follow_task = tokio::spawn(follower.run(stopped()));
     let driver_task = tokio::spawn(drv.run(applied, stopped()));
     tracing::info!(node = %name, id = me, mono_ms = mono_ms(), "node started");
 
@@ -197,6 +221,7 @@ async fn run_async(
     // The driver stops streaming and releases leases through Raft: Raft must still run.
     let _ = driver_task.await;
     let _ = maint_task.await;
+    let _ = follow_task.await;
     if let Some(t) = metrics_task {
         let _ = t.await;
     }

@@ -106,6 +106,7 @@ impl Supervisor {
         server: &ServerConfig,
         epoch: u64,
         fence: Arc<LeaseFence>,
+        archive_kick: Arc<tokio::sync::Notify>,
     ) -> Supervisor {
         let (tx, rx) = watch::channel(StreamState::default());
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
@@ -115,6 +116,7 @@ impl Supervisor {
             server: server.clone(),
             epoch,
             fence: fence.clone(),
+            archive_kick,
         };
         let task = tokio::spawn(job.run(tx, stop_rx));
         Supervisor { epoch, fence, state: rx, stop: Some(stop_tx), task }
@@ -139,6 +141,7 @@ struct Job {
     server: ServerConfig,
     epoch: u64,
     fence: Arc<LeaseFence>,
+    archive_kick: Arc<tokio::sync::Notify>,
 }
 
 /// Why one streaming attempt ended.
@@ -314,12 +317,19 @@ impl Job {
         let fence = self.fence.clone();
         let publish = {
             let (state, progress, c) = (state.clone(), progress.clone(), &c);
+            let (kick, layout) = (self.archive_kick.clone(), &self.layout);
             async move {
                 let mut tick = 0u32;
                 loop {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     let f = progress.load(Ordering::Relaxed);
-                    state.send_if_modified(|st| std::mem::replace(&mut st.flushed, f) != f);
+                    // A flush that moved may have completed a segment: archived at once,
+                    // the passives can fetch it at once.
+                    if state.send_if_modified(|st| std::mem::replace(&mut st.flushed, f) != f)
+                        && crate::archive::archive_wal::has_waiting(layout).unwrap_or(false)
+                    {
+                        kick.notify_one();
+                    }
                     tick += 1;
                     // PostgreSQL's position, for the lag, every second.
                     if tick.is_multiple_of(5)

@@ -5,7 +5,7 @@ use std::io::Read;
 use std::sync::Arc;
 
 use barman_proto::v1::sync_server::{Sync, SyncServer};
-use barman_proto::v1::{FetchRequest, FileChunk, ServerRequest, SyncInfoReply, SyncInfoRequest, WalEntry, WalList};
+use barman_proto::v1::{FetchRequest, FileChunk, SyncInfoReply, SyncInfoRequest, WalEntry, WalList, WalListRequest};
 use sha2::{Digest, Sha256};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -95,13 +95,14 @@ impl Sync for SyncService {
         Ok(Response::new(SyncInfoReply { json }))
     }
 
-    async fn list_wals(&self, request: Request<ServerRequest>) -> Result<Response<WalList>, Status> {
+    async fn list_wals(&self, request: Request<WalListRequest>) -> Result<Response<WalList>, Status> {
         self.check(&request, "sync ListWals")?;
-        let s = self.server_cfg(&request.into_inner().server)?;
+        let r = request.into_inner();
+        let s = self.server_cfg(&r.server)?;
         let layout = ServerLayout::new(&self.cfg.global, &s);
         let wals = blocking(move || {
             let entries = XlogDb::new(&layout).read_locked().map_err(|e| Status::internal(e.to_string()))?;
-            Ok(entries.iter().map(to_proto).collect())
+            Ok(entries.iter().filter(|e| e.name.as_str() > r.after.as_str()).map(to_proto).collect())
         })
         .await?;
         Ok(Response::new(WalList { wals }))

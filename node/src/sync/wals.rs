@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use barman_proto::v1::sync_client::SyncClient;
-use barman_proto::v1::{FetchRequest, ServerRequest, WalEntry};
+use barman_proto::v1::{FetchRequest, WalEntry, WalListRequest};
 use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
 
@@ -29,6 +29,9 @@ pub struct WalSyncOptions {
     pub jobs: usize,
     /// Bytes per second over all of them (`bandwidth_limit` is in KB/s); None: no limit.
     pub bandwidth: Option<u64>,
+    /// Only ask for files named after the newest this node holds: a cheap poll. A full
+    /// listing (the default) also finds the gaps.
+    pub newer_only: bool,
 }
 
 /// What one sync did.
@@ -58,12 +61,6 @@ pub async fn sync_wals(
         let (peer, what) = (peer.to_string(), what.to_string());
         move |s: tonic::Status| SyncError::Rpc { peer, what, status: grpc::status_text(&s) }
     };
-    let listed = client
-        .list_wals(ServerRequest { server: layout.server.clone() })
-        .await
-        .map_err(rpc("listing its WAL"))?
-        .into_inner()
-        .wals;
     let held: BTreeSet<String> = {
         let l = layout.clone();
         let entries = tokio::task::spawn_blocking(move || XlogDb::new(&l).read_locked())
@@ -71,6 +68,13 @@ pub async fn sync_wals(
             .map_err(|e| SyncError::Io { path: "xlog.db".into(), source: std::io::Error::other(e) })??;
         entries.into_iter().map(|e| e.name.to_string()).collect()
     };
+    let after = if opts.newer_only { held.last().cloned().unwrap_or_default() } else { String::new() };
+    let listed = client
+        .list_wals(WalListRequest { server: layout.server.clone(), after })
+        .await
+        .map_err(rpc("listing its WAL"))?
+        .into_inner()
+        .wals;
     let mut wanted = Vec::new();
     let mut seen = BTreeSet::new();
     for w in listed {

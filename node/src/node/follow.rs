@@ -1,0 +1,126 @@
+//! Following the owners: for every server this node does not own, the WAL its owner holds
+//! is fetched over the Sync service (cheap polls for newer files every second, a full set
+//! difference every minute and at each change of owner, so a gap a failover left is
+//! filled). Backups are not followed yet.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use barman_proto::v1::sync_client::SyncClient;
+use tokio::sync::watch;
+
+use crate::catalog::ServerLayout;
+use crate::cluster::network::Peers;
+use crate::cluster::ownership::NodeId;
+use crate::cluster::store::Applied;
+use crate::cluster::types::TypeConfig;
+use crate::config::Config;
+use crate::sync::SyncError;
+use crate::sync::wals::{WalSyncOptions, sync_wals};
+use crate::transport::grpc;
+
+/// How often the owners are asked for newer WAL.
+const POLL: Duration = Duration::from_secs(1);
+/// How often a full listing looks for gaps as well.
+const FULL: Duration = Duration::from_secs(60);
+
+pub struct Follower {
+    pub me: NodeId,
+    pub name: String,
+    pub cfg: Arc<Config>,
+    pub raft: openraft::Raft<TypeConfig>,
+    pub peers: Peers,
+    pub applied: watch::Receiver<Applied>,
+}
+
+/// Per server: the owner followed, when its last full listing was, the last error told.
+#[derive(Default)]
+struct Seen {
+    owner: Option<NodeId>,
+    full_at: Option<Instant>,
+    error: Option<String>,
+}
+
+impl Follower {
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut seen: BTreeMap<String, Seen> = BTreeMap::new();
+        loop {
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = tokio::time::sleep(POLL) => {}
+            }
+            let state = self.applied.borrow().state.clone();
+            for (server, rec) in &state.servers {
+                let Some(owner) = rec.ownership.owner.filter(|o| *o != self.me) else { continue };
+                let Some(s) = self.cfg.servers.get(server) else { continue };
+                let member = {
+                    let m = self.raft.metrics();
+                    let m = m.borrow();
+                    m.membership_config.membership().get_node(&owner).cloned()
+                };
+                let Some(member) = member else { continue };
+                let sn = seen.entry(server.clone()).or_default();
+                let full = sn.owner != Some(owner) || sn.full_at.is_none_or(|t| t.elapsed() >= FULL);
+                let channel = match self.peers.channel(owner, &member) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let why = SyncError::Rpc {
+                            peer: member.name.clone(),
+                            what: "connecting".into(),
+                            status: e.to_string(),
+                        };
+                        self.tell(server, sn, why);
+                        continue;
+                    }
+                };
+                let mut client = SyncClient::new(channel)
+                    .max_decoding_message_size(grpc::MAX_MESSAGE)
+                    .max_encoding_message_size(grpc::MAX_MESSAGE);
+                let opts = WalSyncOptions {
+                    jobs: s.opts.parallel_jobs.max(1) as usize,
+                    // KB/s as rsync's --bwlimit counts them (1024 bytes).
+                    bandwidth: s.opts.bandwidth_limit.map(|b| b.0 * 1024).filter(|b| *b > 0),
+                    newer_only: !full,
+                };
+                let layout = ServerLayout::new(&self.cfg.global, s);
+                match sync_wals(&mut client, &member.name, &layout, &opts).await {
+                    Ok(r) => {
+                        if full {
+                            sn.owner = Some(owner);
+                            sn.full_at = Some(Instant::now());
+                        }
+                        sn.error = None;
+                        if !r.fetched.is_empty() || !r.recorded.is_empty() {
+                            tracing::info!(
+                                node = %self.name, server = %server, peer = %member.name,
+                                "WAL synced from the owner: {} file(s), {} bytes, up to {}",
+                                r.fetched.len() + r.recorded.len(), r.bytes,
+                                r.fetched.iter().chain(&r.recorded).max().map_or("", String::as_str)
+                            );
+                        }
+                    }
+                    Err(e) => self.tell(server, sn, e),
+                }
+            }
+        }
+    }
+
+    /// A failure is told once until it changes or clears: at INFO when the owner could not
+    /// be reached (it may be down for a while, a successor is coming), at WARN when what it
+    /// sent was refused or this node could not keep it.
+    fn tell(&self, server: &str, sn: &mut Seen, e: SyncError) {
+        let why = e.to_string();
+        if sn.error.as_deref() == Some(why.as_str()) {
+            return;
+        }
+        match e {
+            SyncError::Rpc { .. } => {
+                tracing::info!(node = %self.name, server = %server, "WAL sync from the owner failed, will retry: {why}")
+            }
+            _ => tracing::warn!(node = %self.name, server = %server, "WAL sync from the owner failed: {why}"),
+        }
+        sn.error = Some(why);
+    }
+}
