@@ -11,16 +11,23 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use barman::catalog::ServerLayout;
+use barman::catalog::backup_info::BackupInfo;
+use barman::catalog::backups::meta_path;
 use barman::catalog::xlogdb::{XlogDb, XlogEntry};
 use barman::config::Config;
 use barman::sync::SyncError;
+use barman::sync::backups::{sync_backup, wanted};
 use barman::sync::rpc::{Admit, SyncService};
 use barman::sync::wals::{WalSyncOptions, staging_dir, sync_wals};
 use barman::transport::grpc;
 use barman::transport::tls::{self, ClientTls, Pem, TlsFiles};
+use barman_proto::v1::file_meta::Kind;
 use barman_proto::v1::sync_client::SyncClient;
 use barman_proto::v1::sync_server::{Sync, SyncServer};
-use barman_proto::v1::{FetchRequest, FileChunk, SyncInfoReply, SyncInfoRequest, WalEntry, WalList, WalListRequest};
+use barman_proto::v1::{
+    BackupList, BackupMeta, BackupRequest, FetchRequest, FileChunk, FileList, FileMeta, ServerRequest, SyncInfoReply,
+    SyncInfoRequest, WalEntry, WalList, WalListRequest,
+};
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::ReceiverStream;
@@ -259,7 +266,7 @@ async fn non_members_are_denied() {
     assert_eq!(s.code(), tonic::Code::OutOfRange, "{s}");
     assert!(s.message().contains("is newer than the last available wal"), "{s}");
     let s = member
-        .fetch(FetchRequest { server: "pg".into(), wal: "../../etc/passwd".into(), offset: 0 })
+        .fetch(FetchRequest { server: "pg".into(), wal: "../../etc/passwd".into(), ..Default::default() })
         .await
         .unwrap_err();
     assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s}");
@@ -294,6 +301,12 @@ impl Sync for Liar {
         };
         let entry = WalEntry { name, size: self.data.len() as u64, time: 1.0, ..Default::default() };
         Ok(Response::new(WalList { wals: vec![entry] }))
+    }
+    async fn list_backups(&self, _: Request<ServerRequest>) -> Result<Response<BackupList>, Status> {
+        Err(Status::unimplemented("no"))
+    }
+    async fn list_backup_files(&self, _: Request<BackupRequest>) -> Result<Response<FileList>, Status> {
+        Err(Status::unimplemented("no"))
     }
     type FetchStream = ReceiverStream<Result<FileChunk, Status>>;
     async fn fetch(&self, r: Request<FetchRequest>) -> Result<Response<Self::FetchStream>, Status> {
@@ -345,4 +358,176 @@ async fn a_lying_peer_is_refused_and_nothing_is_kept() {
 
 fn file_exists_under(dir: &Path) -> bool {
     std::fs::read_dir(dir).map(|rd| rd.count() > 0).unwrap_or(false)
+}
+
+const BACKUP: &str = "20261121T120000";
+
+/// A DONE backup of `pg` in `h`: a plain data directory with a tablespace linked in.
+fn write_backup(h: &Home) -> Vec<(String, Vec<u8>)> {
+    let base = h.layout.base_dir.join(BACKUP);
+    let files = vec![
+        ("data/PG_VERSION".to_string(), b"15\n".to_vec()),
+        ("data/global/pg_control".to_string(), content(3, 8192)),
+        ("data/base/1/1259".to_string(), content(4, 5 << 20)),
+        ("data/backup_manifest".to_string(), content(5, 70_000)),
+        ("16385/PG_15_202209061/5/16386".to_string(), content(6, 300_000)),
+    ];
+    for (p, bytes) in &files {
+        let path = base.join(p);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, bytes).unwrap();
+    }
+    std::fs::create_dir_all(base.join("data/pg_tblspc")).unwrap();
+    std::os::unix::fs::symlink("../../16385", base.join("data/pg_tblspc/16385")).unwrap();
+    std::fs::create_dir_all(base.join("data/pg_wal")).unwrap();
+    let info = BackupInfo {
+        status: "DONE".into(),
+        server_name: Some("pg".into()),
+        mode: Some("postgres".into()),
+        version: Some(150000),
+        begin_wal: Some("000000010000000000000002".parse().unwrap()),
+        end_wal: Some("000000010000000000000002".parse().unwrap()),
+        size: Some(5_700_000),
+        timeline: Some(1),
+        ..Default::default()
+    };
+    info.save(&meta_path(&h.layout, BACKUP)).unwrap();
+    files
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passive_copies_a_backup_resumes_it_and_marks_it_done() {
+    let pki = Pki::new();
+    let (primary, passive) = (Home::new(), Home::new());
+    let files = write_backup(&primary);
+    let addr = serve(&pki, "a", Routes::new(SyncService::new(primary.cfg.clone(), everyone()).server())).await;
+    let mut c = client(&pki, "b", "a", addr);
+    let want = wanted(&mut c, "a", &passive.layout).await.unwrap();
+    assert_eq!(want.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), [BACKUP]);
+    // An earlier try was cut inside the big file.
+    let big = passive.layout.base_dir.join(BACKUP).join("data/base/1");
+    std::fs::create_dir_all(&big).unwrap();
+    let cut = 1_000_001;
+    std::fs::write(big.join(".1259.sync-part"), &content(4, 5 << 20)[..cut]).unwrap();
+    let r = sync_backup(&mut c, "a", &passive.layout, &want[0], &opts()).await.unwrap();
+    let total: usize = files.iter().map(|(_, b)| b.len()).sum();
+    assert_eq!((r.files, r.bytes), (files.len(), (total - cut) as u64));
+    let base = passive.layout.base_dir.join(BACKUP);
+    for (p, bytes) in &files {
+        assert_eq!(&std::fs::read(base.join(p)).unwrap(), bytes, "{p}");
+    }
+    assert_eq!(std::fs::read_link(base.join("data/pg_tblspc/16385")).unwrap(), Path::new("../../16385"));
+    assert!(base.join("data/pg_wal").is_dir(), "empty directories are kept");
+    assert!(!big.join(".1259.sync-part").exists());
+    let mine = BackupInfo::read(&meta_path(&passive.layout, BACKUP)).unwrap();
+    let theirs = BackupInfo::read(&meta_path(&primary.layout, BACKUP)).unwrap();
+    assert_eq!(mine, theirs, "the passive's backup.info is the owner's, DONE");
+    // Done here: not wanted again.
+    assert!(wanted(&mut c, "a", &passive.layout).await.unwrap().is_empty());
+}
+
+/// A peer whose backup listing lies.
+struct ListingLiar {
+    files: Vec<FileMeta>,
+}
+
+#[tonic::async_trait]
+impl Sync for ListingLiar {
+    async fn info(&self, _: Request<SyncInfoRequest>) -> Result<Response<SyncInfoReply>, Status> {
+        Err(Status::unimplemented("no"))
+    }
+    async fn list_wals(&self, _: Request<WalListRequest>) -> Result<Response<WalList>, Status> {
+        Ok(Response::new(WalList { wals: vec![] }))
+    }
+    async fn list_backups(&self, _: Request<ServerRequest>) -> Result<Response<BackupList>, Status> {
+        let info = "status=DONE\nserver_name=pg\n".to_string();
+        Ok(Response::new(BackupList { backups: vec![BackupMeta { id: BACKUP.into(), info }] }))
+    }
+    async fn list_backup_files(&self, _: Request<BackupRequest>) -> Result<Response<FileList>, Status> {
+        Ok(Response::new(FileList { files: self.files.clone() }))
+    }
+    type FetchStream = ReceiverStream<Result<FileChunk, Status>>;
+    async fn fetch(&self, _: Request<FetchRequest>) -> Result<Response<Self::FetchStream>, Status> {
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        tokio::spawn(async move {
+            let data = b"owned".to_vec();
+            let sha = Sha256::digest(&data).to_vec();
+            let _ = tx.send(Ok(FileChunk { data, ..Default::default() })).await;
+            let _ = tx.send(Ok(FileChunk { data: vec![], last: true, size: 5, sha256: sha })).await;
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_listing_that_leaves_the_backup_is_refused() {
+    let pki = Pki::new();
+    let outside = tempfile::tempdir().unwrap();
+    let file = |path: &str| FileMeta {
+        path: path.into(),
+        kind: Kind::File.into(),
+        size: 5,
+        mode: 0o600,
+        ..Default::default()
+    };
+    let link = FileMeta {
+        path: "data/l".into(),
+        kind: Kind::Symlink.into(),
+        target: outside.path().display().to_string(),
+        ..Default::default()
+    };
+    let lies = vec![
+        vec![file("../../../../x")],
+        vec![file("/etc/x")],
+        vec![file("data/./x")],
+        vec![link.clone(), file("data/l/x")],
+        vec![file("backup.info")],
+    ];
+    for files in lies {
+        let passive = Home::new();
+        let addr = serve(&pki, "a", Routes::new(SyncServer::new(ListingLiar { files: files.clone() }))).await;
+        let mut c = client(&pki, "b", "a", addr);
+        let want = wanted(&mut c, "a", &passive.layout).await.unwrap();
+        let e = sync_backup(&mut c, "a", &passive.layout, &want[0], &opts()).await.unwrap_err();
+        assert!(matches!(e, SyncError::Refused { .. }), "{files:?}: {e}");
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0, "{files:?}: wrote outside");
+        let info = BackupInfo::read(&meta_path(&passive.layout, BACKUP)).unwrap();
+        assert_eq!(info.status, "FAILED", "{files:?}");
+        assert!(info.error.unwrap().starts_with(&format!("failure syncing server pg backup {BACKUP}: ")));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_files_are_served_only_inside_the_backup() {
+    let pki = Pki::new();
+    let primary = Home::new();
+    write_backup(&primary);
+    let addr = serve(&pki, "a", Routes::new(SyncService::new(primary.cfg.clone(), everyone()).server())).await;
+    let mut c = client(&pki, "b", "a", addr);
+    let ask = |backup_id: &str, path: &str| FetchRequest {
+        server: "pg".into(),
+        backup_id: backup_id.into(),
+        path: path.into(),
+        ..Default::default()
+    };
+    for (id, path) in [
+        (BACKUP, "../../../../etc/passwd"),
+        (BACKUP, "/etc/passwd"),
+        (BACKUP, "data/pg_tblspc/16385/PG_15_202209061/5/16386"),
+        ("../x", "data/PG_VERSION"),
+    ] {
+        let s = c.fetch(ask(id, path)).await.unwrap_err();
+        assert_eq!(s.code(), tonic::Code::InvalidArgument, "{id} {path}: {s}");
+    }
+    let s = c.fetch(ask(BACKUP, "data/nope")).await.unwrap_err();
+    assert_eq!(s.code(), tonic::Code::NotFound, "{s}");
+    let listed = c
+        .list_backup_files(BackupRequest { server: "pg".into(), backup_id: BACKUP.into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .files;
+    let paths: Vec<&str> = listed.iter().map(|f| f.path.as_str()).collect();
+    assert!(paths.contains(&"data/pg_tblspc/16385") && paths.contains(&"16385/PG_15_202209061/5/16386"), "{paths:?}");
+    assert!(!paths.iter().any(|p| p.starts_with("data/pg_tblspc/16385/")), "a link was followed: {paths:?}");
 }

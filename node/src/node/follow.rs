@@ -1,7 +1,8 @@
 //! Following the owners: for every server this node does not own, the WAL its owner holds
 //! is fetched over the Sync service (cheap polls for newer files every second, a full set
 //! difference every minute and at each change of owner, so a gap a failover left is
-//! filled). Backups are not followed yet.
+//! filled), and its backups (every ten seconds, one at a time, in a task of their own so that
+//! a long copy does not hold up the WAL).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,14 +17,16 @@ use crate::cluster::ownership::NodeId;
 use crate::cluster::store::Applied;
 use crate::cluster::types::TypeConfig;
 use crate::config::Config;
-use crate::sync::SyncError;
 use crate::sync::wals::{WalSyncOptions, sync_wals};
+use crate::sync::{SyncError, backups};
 use crate::transport::grpc;
 
 /// How often the owners are asked for newer WAL.
 const POLL: Duration = Duration::from_secs(1);
 /// How often a full listing looks for gaps as well.
 const FULL: Duration = Duration::from_secs(60);
+/// How often the owner's backups are compared with ours.
+const BACKUPS: Duration = Duration::from_secs(10);
 
 pub struct Follower {
     pub me: NodeId,
@@ -40,6 +43,8 @@ struct Seen {
     owner: Option<NodeId>,
     full_at: Option<Instant>,
     error: Option<String>,
+    backups_at: Option<Instant>,
+    backup_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Follower {
@@ -85,6 +90,16 @@ impl Follower {
                     newer_only: !full,
                 };
                 let layout = ServerLayout::new(&self.cfg.global, s);
+                let backups_due = sn.backups_at.is_none_or(|t| t.elapsed() >= BACKUPS)
+                    && sn.backup_task.as_ref().is_none_or(|t| t.is_finished());
+                if backups_due {
+                    sn.backups_at = Some(Instant::now());
+                    let (mut client, layout, opts) = (client.clone(), layout.clone(), opts.clone());
+                    let (node, peer) = (self.name.clone(), member.name.clone());
+                    sn.backup_task = Some(tokio::spawn(async move {
+                        follow_backups(&node, &peer, &mut client, &layout, &opts).await;
+                    }));
+                }
                 match sync_wals(&mut client, &member.name, &layout, &opts).await {
                     Ok(r) => {
                         if full {
@@ -122,5 +137,44 @@ impl Follower {
             _ => tracing::warn!(node = %self.name, server = %server, "WAL sync from the owner failed: {why}"),
         }
         sn.error = Some(why);
+    }
+}
+
+/// Copies the owner's backups this node lacks, oldest first. Failures are logged (the
+/// backup is left FAILED with the reason, and retried next time from what arrived).
+async fn follow_backups(
+    node: &str,
+    peer: &str,
+    client: &mut SyncClient<tonic::transport::Channel>,
+    layout: &ServerLayout,
+    opts: &WalSyncOptions,
+) {
+    let server = &layout.server;
+    let wanted = match backups::wanted(client, peer, layout).await {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::info!(node = %node, server = %server, "cannot list the owner's backups, will retry: {e}");
+            return;
+        }
+    };
+    for meta in wanted {
+        let t = Instant::now();
+        tracing::info!(node = %node, server = %server, peer = %peer, backup = %meta.id, "copying backup {} from the owner", meta.id);
+        match backups::sync_backup(client, peer, layout, &meta, opts).await {
+            Ok(r) => tracing::info!(
+                node = %node, server = %server, peer = %peer, backup = %meta.id,
+                "backup {} synced from the owner: {} file(s), {} bytes received in {} ms",
+                meta.id, r.files, r.bytes, t.elapsed().as_millis()
+            ),
+            Err(e) => {
+                let level_warn = !matches!(e, SyncError::Rpc { .. });
+                if level_warn {
+                    tracing::warn!(node = %node, server = %server, backup = %meta.id, "backup sync failed: {e}");
+                } else {
+                    tracing::info!(node = %node, server = %server, backup = %meta.id, "backup sync cut, will resume: {e}");
+                }
+                return;
+            }
+        }
     }
 }

@@ -1,6 +1,8 @@
 //! Geo-redundancy: what a server holds (`sync-info`), the service that offers it to peers,
 //! and passive nodes that copy it.
 
+pub mod backups;
+pub mod fetch;
 pub mod info;
 pub mod rpc;
 pub mod wals;

@@ -2,16 +2,22 @@
 //! streamed from any offset with an end-to-end checksum. Only cluster members are served.
 
 use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use barman_proto::v1::file_meta::Kind;
 use barman_proto::v1::sync_server::{Sync, SyncServer};
-use barman_proto::v1::{FetchRequest, FileChunk, SyncInfoReply, SyncInfoRequest, WalEntry, WalList, WalListRequest};
+use barman_proto::v1::{
+    BackupList, BackupMeta, BackupRequest, FetchRequest, FileChunk, FileList, FileMeta, ServerRequest, SyncInfoReply,
+    SyncInfoRequest, WalEntry, WalList, WalListRequest,
+};
 use sha2::{Digest, Sha256};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::info::{Cursor, SyncInfoError, sync_info};
 use crate::catalog::ServerLayout;
+use crate::catalog::backups;
 use crate::catalog::pyjson;
 use crate::catalog::xlogdb::{XlogDb, XlogEntry};
 use crate::config::{Config, ServerConfig};
@@ -114,18 +120,25 @@ impl Sync for SyncService {
         self.check(&request, "sync Fetch")?;
         let r = request.into_inner();
         let s = self.server_cfg(&r.server)?;
-        let name: WalFileName =
-            r.wal.parse().map_err(|e| Status::invalid_argument(format!("'{}' is not a WAL file name: {e}", r.wal)))?;
-        let path = ServerLayout::new(&self.cfg.global, &s).wal_path(&name);
+        let layout = ServerLayout::new(&self.cfg.global, &s);
+        let (path, what) = if r.backup_id.is_empty() {
+            let name: WalFileName = r
+                .wal
+                .parse()
+                .map_err(|e| Status::invalid_argument(format!("'{}' is not a WAL file name: {e}", r.wal)))?;
+            (layout.wal_path(&name), format!("WAL file {name}"))
+        } else {
+            (backup_file(&layout, &r.backup_id, &r.path)?, format!("file {} of backup {}", r.path, r.backup_id))
+        };
         let mut file = std::fs::File::open(&path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => {
-                Status::not_found(format!("WAL file {name} of server '{}' is not in this node's archive", s.name))
+                Status::not_found(format!("{what} of server '{}' is not on this node", s.name))
             }
             _ => Status::internal(format!("{}: {e}", path.display())),
         })?;
         let size = file.metadata().map_err(|e| Status::internal(format!("{}: {e}", path.display())))?.len();
         if r.offset > size {
-            return Err(Status::out_of_range(format!("offset {} is past the end of {name} ({size} bytes)", r.offset)));
+            return Err(Status::out_of_range(format!("offset {} is past the end of {what} ({size} bytes)", r.offset)));
         }
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::task::spawn_blocking(move || {
@@ -159,4 +172,102 @@ impl Sync for SyncService {
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
+
+    async fn list_backups(&self, request: Request<ServerRequest>) -> Result<Response<BackupList>, Status> {
+        self.check(&request, "sync ListBackups")?;
+        let s = self.server_cfg(&request.into_inner().server)?;
+        let layout = ServerLayout::new(&self.cfg.global, &s);
+        let list = blocking(move || {
+            let mut out = Vec::new();
+            for (id, path) in backups::scan(&layout) {
+                let info =
+                    std::fs::read_to_string(&path).map_err(|e| Status::internal(format!("{}: {e}", path.display())))?;
+                out.push(BackupMeta { id, info });
+            }
+            Ok(out)
+        })
+        .await?;
+        Ok(Response::new(BackupList { backups: list }))
+    }
+
+    async fn list_backup_files(&self, request: Request<BackupRequest>) -> Result<Response<FileList>, Status> {
+        self.check(&request, "sync ListBackupFiles")?;
+        let r = request.into_inner();
+        let s = self.server_cfg(&r.server)?;
+        if !backups::is_backup_id(&r.backup_id) {
+            return Err(Status::invalid_argument(format!("'{}' is not a backup id", r.backup_id)));
+        }
+        let dir = ServerLayout::new(&self.cfg.global, &s).base_dir.join(&r.backup_id);
+        let files = blocking(move || {
+            let mut out = Vec::new();
+            walk(&dir, &dir, &mut out).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Status::not_found(format!("{}: no such backup here", dir.display())),
+                _ => Status::internal(format!("{}: {e}", dir.display())),
+            })?;
+            Ok(out)
+        })
+        .await?;
+        Ok(Response::new(FileList { files }))
+    }
+}
+
+/// What a backup's tree holds, parents before children, links not followed. The metadata
+/// and lock Barman may keep at its top are not part of it.
+fn walk(root: &Path, dir: &Path, out: &mut Vec<FileMeta>) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let path = e.path();
+        let rel = path.strip_prefix(root).map_err(std::io::Error::other)?.to_string_lossy().into_owned();
+        if dir == root && (rel == "backup.info" || rel == ".backup.lock") {
+            continue;
+        }
+        let meta = std::fs::symlink_metadata(&path)?;
+        let mtime = meta.mtime() as f64 + meta.mtime_nsec() as f64 * 1e-9;
+        let mode = meta.permissions().mode() & 0o7777;
+        let ft = meta.file_type();
+        let entry = |kind: Kind, size: u64, target: String| FileMeta {
+            path: rel.clone(),
+            kind: kind.into(),
+            size,
+            mode,
+            mtime,
+            target,
+        };
+        if ft.is_symlink() {
+            out.push(entry(Kind::Symlink, 0, std::fs::read_link(&path)?.to_string_lossy().into_owned()));
+        } else if ft.is_dir() {
+            out.push(entry(Kind::Dir, 0, String::new()));
+            walk(root, &path, out)?;
+        } else if ft.is_file() {
+            out.push(entry(Kind::File, meta.len(), String::new()));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `rel` is a plain relative path, written the one way: `/`-separated names, none
+/// empty, `.` or `..` (so no root, no trailing or doubled slash).
+pub fn is_plain_relative(rel: &str) -> bool {
+    !rel.is_empty() && rel.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+}
+
+/// The file `rel` of backup `id`; refused when it is not a plain path inside the backup, or
+/// when it would pass through a link (a tablespace link points outside the backup).
+fn backup_file(layout: &ServerLayout, id: &str, rel: &str) -> Result<PathBuf, Status> {
+    if !backups::is_backup_id(id) {
+        return Err(Status::invalid_argument(format!("'{id}' is not a backup id")));
+    }
+    if !is_plain_relative(rel) {
+        return Err(Status::invalid_argument(format!("'{rel}' is not a path inside backup {id}")));
+    }
+    let mut path = layout.base_dir.join(id);
+    for c in Path::new(rel).components() {
+        path.push(c);
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(Status::invalid_argument(format!("'{rel}' of backup {id} goes through a link")));
+        }
+    }
+    Ok(path)
 }

@@ -4,16 +4,14 @@
 //! at any byte resumes from there: the bytes received so far wait in `<server>/.sync/`.
 
 use std::collections::BTreeSet;
-use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use barman_proto::v1::sync_client::SyncClient;
-use barman_proto::v1::{FetchRequest, WalEntry, WalListRequest};
-use sha2::{Digest, Sha256};
+use barman_proto::v1::{FetchRequest, WalListRequest};
 use tonic::transport::Channel;
 
+use super::fetch::{Want, fetch};
 use super::{SyncError, io_err};
 use crate::catalog::ServerLayout;
 use crate::catalog::durable;
@@ -106,7 +104,20 @@ pub async fn sync_wals(
             let mut client = client.clone();
             let (staging, limit, layout, peer) = (staging.clone(), limit.clone(), layout.clone(), peer.to_string());
             running.spawn(async move {
-                let r = fetch_wal(&mut client, &peer, &layout, &staging, &name, &w, limit.as_deref()).await;
+                let want = Want {
+                    what: name.to_string(),
+                    request: FetchRequest {
+                        server: layout.server.clone(),
+                        wal: name.to_string(),
+                        ..Default::default()
+                    },
+                    dst: layout.wal_path(&name),
+                    part: staging.join(format!("{name}.part")),
+                    size: w.size,
+                    mtime: w.time,
+                    mode: 0o600,
+                };
+                let r = fetch(&mut client, &peer, &want, limit.as_deref()).await;
                 (name, w, r)
             });
         }
@@ -126,7 +137,7 @@ pub async fn sync_wals(
     results.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
     for (name, w, r) in results {
         match r {
-            Ok(Fetched { bytes, on_disk }) => {
+            Ok(super::fetch::Fetched { bytes, on_disk }) => {
                 report.bytes += bytes;
                 if on_disk {
                     report.recorded.push(name.to_string());
@@ -160,168 +171,4 @@ pub async fn sync_wals(
         Some(e) => Err(e),
         None => Ok(report),
     }
-}
-
-struct Fetched {
-    bytes: u64,
-    /// The file was already complete under its final name (a sync cut after the rename).
-    on_disk: bool,
-}
-
-/// SHA-256 and length of what `path` holds.
-fn hash_file(path: &Path) -> std::io::Result<(Sha256, u64)> {
-    let mut f = File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut n = 0u64;
-    loop {
-        let k = f.read(&mut buf)?;
-        if k == 0 {
-            return Ok((h, n));
-        }
-        h.update(&buf[..k]);
-        n += k as u64;
-    }
-}
-
-async fn fetch_wal(
-    client: &mut SyncClient<Channel>,
-    peer: &str,
-    layout: &ServerLayout,
-    staging: &Path,
-    name: &WalFileName,
-    listed: &WalEntry,
-    limit: Option<&RateLimit>,
-) -> Result<Fetched, SyncError> {
-    let dst = layout.wal_path(name);
-    let part = staging.join(format!("{name}.part"));
-    let on_disk = dst.exists();
-    // What is held already: the final file (then only its checksum is asked), or the part
-    // of an earlier transfer.
-    let (mut hasher, mut have) = if on_disk {
-        hash_file(&dst).map_err(io_err(&dst))?
-    } else {
-        match hash_file(&part) {
-            Ok((h, n)) if n <= listed.size => (h, n),
-            // Longer than announced: useless, start again.
-            Ok(_) => {
-                fs::remove_file(&part).map_err(io_err(&part))?;
-                (Sha256::new(), 0)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Sha256::new(), 0),
-            Err(e) => return Err(io_err(&part)(e)),
-        }
-    };
-    if on_disk && have != listed.size {
-        return Err(SyncError::Conflict { peer: peer.into(), name: name.to_string(), ours: have, theirs: listed.size });
-    }
-    let request = FetchRequest { server: layout.server.clone(), wal: name.to_string(), offset: have };
-    let mut stream = client
-        .fetch(request)
-        .await
-        .map_err(|s| SyncError::Rpc {
-            peer: peer.into(),
-            what: format!("fetching {name}"),
-            status: grpc::status_text(&s),
-        })?
-        .into_inner();
-    let mut out = if on_disk {
-        None
-    } else {
-        Some(OpenOptions::new().create(true).append(true).open(&part).map_err(io_err(&part))?)
-    };
-    let corrupt = |why: String| SyncError::Corrupt { peer: peer.into(), name: name.to_string(), why };
-    let mut received = 0u64;
-    let last = loop {
-        let chunk = match stream.message().await {
-            Ok(Some(c)) => c,
-            Ok(None) => {
-                drop(out.take());
-                if !on_disk {
-                    let _ = fs::remove_file(&part);
-                }
-                return Err(corrupt("the stream ended without its checksum".into()));
-            }
-            Err(s) => {
-                // Cut: what arrived stays in the part file for the next try.
-                if let Some(f) = out.as_mut() {
-                    f.sync_data().map_err(io_err(&part))?;
-                }
-                return Err(SyncError::Rpc {
-                    peer: peer.into(),
-                    what: format!("fetching {name}"),
-                    status: grpc::status_text(&s),
-                });
-            }
-        };
-        if !chunk.data.is_empty() {
-            let Some(f) = out.as_mut() else {
-                return Err(corrupt("data for a file this node already holds whole".into()));
-            };
-            if have + chunk.data.len() as u64 > listed.size {
-                drop(out.take());
-                let _ = fs::remove_file(&part);
-                return Err(corrupt(format!("more than the {} bytes it listed", listed.size)));
-            }
-            if let Some(l) = limit {
-                l.wait(chunk.data.len() as u64).await;
-            }
-            f.write_all(&chunk.data).map_err(io_err(&part))?;
-            hasher.update(&chunk.data);
-            have += chunk.data.len() as u64;
-            received += chunk.data.len() as u64;
-        }
-        if chunk.last {
-            break chunk;
-        }
-    };
-    let ours = hasher.finalize().to_vec();
-    let bad = if last.size != listed.size || have != listed.size {
-        Some(format!("{have} bytes received and {} announced at the end, {} listed", last.size, listed.size))
-    } else if last.sha256 != ours {
-        Some(format!("SHA-256 {} here, {} announced", hex::encode(&ours), hex::encode(&last.sha256)))
-    } else {
-        None
-    };
-    if let Some(why) = bad {
-        if on_disk {
-            return Err(SyncError::Conflict {
-                peer: peer.into(),
-                name: name.to_string(),
-                ours: have,
-                theirs: last.size,
-            });
-        }
-        drop(out.take());
-        let _ = fs::remove_file(&part);
-        return Err(corrupt(why));
-    }
-    if let Some(f) = out.take() {
-        // The peer's mtime, as Barman's rsync keeps it (--times).
-        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(listed.time.max(0.0));
-        f.set_times(fs::FileTimes::new().set_modified(t).set_accessed(t)).map_err(io_err(&part))?;
-        f.sync_all().map_err(io_err(&part))?;
-        drop(f);
-        let dir = dst.parent().map(Path::to_path_buf).unwrap_or_else(|| layout.wals_dir.clone());
-        durable::create_dir_all(&dir).map_err(io_err(&dir))?;
-        // Never over a file that appeared meanwhile (another sync, archive-wal).
-        match fs::hard_link(&part, &dst) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let (h, n) = hash_file(&dst).map_err(io_err(&dst))?;
-                if n != listed.size || h.finalize().to_vec() != ours {
-                    return Err(SyncError::Conflict {
-                        peer: peer.into(),
-                        name: name.to_string(),
-                        ours: n,
-                        theirs: listed.size,
-                    });
-                }
-            }
-            Err(e) => return Err(io_err(&dst)(e)),
-        }
-        durable::fsync_dir(&dir).map_err(io_err(&dir))?;
-        fs::remove_file(&part).map_err(io_err(&part))?;
-    }
-    Ok(Fetched { bytes: received, on_disk })
 }

@@ -1,0 +1,260 @@
+//! Backup sync from a cluster peer: the backups it holds in `DONE` or `WAITING_FOR_WALS`
+//! and this node does not hold `DONE` are copied file by file through the Sync service
+//! (each file resumable and checked end to end, see `fetch`), `SYNCING` while the copy runs
+//! and `DONE` once every file is durable, as Barman's passive marks them. A failed copy is
+//! `FAILED` with Barman's error text; the next sync resumes it from what arrived.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use barman_proto::v1::file_meta::Kind;
+use barman_proto::v1::sync_client::SyncClient;
+use barman_proto::v1::{BackupMeta, BackupRequest, FetchRequest, FileMeta, ServerRequest};
+use tonic::transport::Channel;
+
+use super::fetch::{Want, fetch};
+use super::rpc::is_plain_relative;
+use super::wals::WalSyncOptions;
+use super::{SyncError, io_err};
+use crate::catalog::ServerLayout;
+use crate::catalog::backup_info::BackupInfo;
+use crate::catalog::backups::{self, COPY_DONE};
+use crate::catalog::durable;
+use crate::transport::copy::RateLimit;
+use crate::transport::grpc;
+
+/// What one backup sync did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BackupSyncReport {
+    pub id: String,
+    /// Files fetched (or found complete from an earlier try).
+    pub files: usize,
+    /// Bytes received over the wire.
+    pub bytes: u64,
+}
+
+fn rpc_err(peer: &str, what: String) -> impl FnOnce(tonic::Status) -> SyncError + '_ {
+    move |s| SyncError::Rpc { peer: peer.into(), what, status: grpc::status_text(&s) }
+}
+
+/// The backups of `peer` this node should copy, oldest first: `DONE` or
+/// `WAITING_FOR_WALS` there, and not `DONE` here.
+pub async fn wanted(
+    client: &mut SyncClient<Channel>,
+    peer: &str,
+    layout: &ServerLayout,
+) -> Result<Vec<BackupMeta>, SyncError> {
+    let list = client
+        .list_backups(ServerRequest { server: layout.server.clone() })
+        .await
+        .map_err(rpc_err(peer, "listing its backups".into()))?
+        .into_inner()
+        .backups;
+    let local = backups::scan(layout);
+    let mut out = Vec::new();
+    for m in list {
+        if !backups::is_backup_id(&m.id) {
+            return Err(SyncError::Refused { peer: peer.into(), why: format!("listed '{}', not a backup id", m.id) });
+        }
+        let info = BackupInfo::parse(&m.info, &format!("backup.info of {} on {peer}", m.id))
+            .map_err(|e| SyncError::Refused { peer: peer.into(), why: e.to_string() })?;
+        if !COPY_DONE.contains(&info.status.as_str()) {
+            continue;
+        }
+        let done_here = local.get(&m.id).and_then(|p| BackupInfo::read(p).ok()).is_some_and(|b| b.status == "DONE");
+        if !done_here {
+            out.push(m);
+        }
+    }
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(out)
+}
+
+/// Copies backup `meta.id` from `peer`.
+pub async fn sync_backup(
+    client: &mut SyncClient<Channel>,
+    peer: &str,
+    layout: &ServerLayout,
+    meta: &BackupMeta,
+    opts: &WalSyncOptions,
+) -> Result<BackupSyncReport, SyncError> {
+    let id = meta.id.clone();
+    let refused = |why: String| SyncError::Refused { peer: peer.into(), why };
+    let theirs =
+        BackupInfo::parse(&meta.info, &format!("backup.info of {id} on {peer}")).map_err(|e| refused(e.to_string()))?;
+    if theirs.server_name.as_deref().is_some_and(|n| n != layout.server) {
+        return Err(refused(format!(
+            "backup {id} is of server '{}', not '{}'",
+            theirs.server_name.unwrap_or_default(),
+            layout.server
+        )));
+    }
+    let info_path = backups::meta_path(layout, &id);
+    let mut mine = theirs.clone();
+    mine.status = "SYNCING".into();
+    mine.error = None;
+    save(&mine, &info_path)?;
+    match copy(client, peer, layout, &id, opts).await {
+        Ok(report) => {
+            // Barman's passive marks a synced backup DONE, whatever the primary's status.
+            mine.status = "DONE".into();
+            save(&mine, &info_path)?;
+            Ok(report)
+        }
+        Err(e) => {
+            mine.status = "FAILED".into();
+            mine.error = Some(format!("failure syncing server {} backup {id}: {e}", layout.server));
+            save(&mine, &info_path)?;
+            Err(e)
+        }
+    }
+}
+
+fn save(info: &BackupInfo, path: &Path) -> Result<(), SyncError> {
+    info.save(path).map_err(|e| SyncError::Io { path: path.display().to_string(), source: std::io::Error::other(e) })
+}
+
+/// Checks a listing: plain relative paths, known kinds, nothing under a link (writing
+/// there would write wherever the link points).
+fn check_listing(peer: &str, id: &str, files: &[FileMeta]) -> Result<(), SyncError> {
+    let refused = |why: String| SyncError::Refused { peer: peer.into(), why: format!("backup {id}: {why}") };
+    let links: BTreeSet<&str> = files.iter().filter(|f| f.kind() == Kind::Symlink).map(|f| f.path.as_str()).collect();
+    for f in files {
+        if !is_plain_relative(&f.path) {
+            return Err(refused(format!("'{}' is not a path inside the backup", f.path)));
+        }
+        if f.path == "backup.info" {
+            return Err(refused("lists a file named backup.info at its top".into()));
+        }
+        let mut parent = Path::new(&f.path).parent();
+        while let Some(p) = parent.filter(|p| !p.as_os_str().is_empty()) {
+            if links.contains(p.to_string_lossy().as_ref()) {
+                return Err(refused(format!("'{}' lies under the link '{}'", f.path, p.display())));
+            }
+            parent = p.parent();
+        }
+    }
+    Ok(())
+}
+
+/// Creates `rel`'s directories under `base` one level at a time, refusing any that is a
+/// link on disk.
+fn make_dirs(base: &Path, rel: &Path, mode: Option<u32>) -> Result<PathBuf, SyncError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut at = base.to_path_buf();
+    for c in rel.components() {
+        at.push(c);
+        match std::fs::symlink_metadata(&at) {
+            Ok(m) if m.file_type().is_dir() => {}
+            Ok(_) => {
+                return Err(SyncError::Io {
+                    path: at.display().to_string(),
+                    source: std::io::Error::other("not a directory (a link or a file) where the backup has one"),
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir(&at).map_err(io_err(&at))?;
+            }
+            Err(e) => return Err(io_err(&at)(e)),
+        }
+    }
+    if let Some(m) = mode {
+        std::fs::set_permissions(&at, std::fs::Permissions::from_mode(m | 0o700)).map_err(io_err(&at))?;
+    }
+    Ok(at)
+}
+
+async fn copy(
+    client: &mut SyncClient<Channel>,
+    peer: &str,
+    layout: &ServerLayout,
+    id: &str,
+    opts: &WalSyncOptions,
+) -> Result<BackupSyncReport, SyncError> {
+    let files = client
+        .list_backup_files(BackupRequest { server: layout.server.clone(), backup_id: id.to_string() })
+        .await
+        .map_err(rpc_err(peer, format!("listing the files of backup {id}")))?
+        .into_inner()
+        .files;
+    check_listing(peer, id, &files)?;
+    let base = layout.base_dir.join(id);
+    durable::create_dir_all(&base).map_err(io_err(&base))?;
+    let mut dirs = vec![base.clone()];
+    for f in files.iter().filter(|f| f.kind() == Kind::Dir) {
+        dirs.push(make_dirs(&base, Path::new(&f.path), Some(f.mode))?);
+    }
+    let limit = opts.bandwidth.filter(|b| *b > 0).map(|b| Arc::new(RateLimit::new(b)));
+    let mut queue = files.iter().filter(|f| f.kind() == Kind::File).cloned().collect::<Vec<_>>().into_iter();
+    let mut running = tokio::task::JoinSet::new();
+    let mut report = BackupSyncReport { id: id.to_string(), ..Default::default() };
+    let mut first_error = None;
+    loop {
+        while running.len() < opts.jobs.max(1) {
+            let Some(f) = queue.next() else { break };
+            let rel = Path::new(&f.path);
+            let parent = rel.parent().unwrap_or(Path::new(""));
+            let dir = make_dirs(&base, parent, None)?;
+            let name = rel.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let want = Want {
+                what: format!("{} of backup {id}", f.path),
+                request: FetchRequest {
+                    server: layout.server.clone(),
+                    backup_id: id.to_string(),
+                    path: f.path.clone(),
+                    ..Default::default()
+                },
+                dst: dir.join(&name),
+                part: dir.join(format!(".{name}.sync-part")),
+                size: f.size,
+                mtime: f.mtime,
+                mode: f.mode & 0o777,
+            };
+            let (mut client, peer, limit) = (client.clone(), peer.to_string(), limit.clone());
+            running.spawn(async move {
+                // A file already under its final name was checked when it got there.
+                if std::fs::symlink_metadata(&want.dst).is_ok_and(|m| m.is_file() && m.len() == want.size) {
+                    return Ok(0);
+                }
+                let _ = std::fs::remove_file(&want.dst);
+                fetch(&mut client, &peer, &want, limit.as_deref()).await.map(|f| f.bytes)
+            });
+        }
+        match running.join_next().await {
+            Some(Ok(Ok(bytes))) => {
+                report.files += 1;
+                report.bytes += bytes;
+            }
+            Some(Ok(Err(e))) => {
+                first_error.get_or_insert(e);
+                // Stop starting more; let the running ones finish their file.
+                queue = Vec::new().into_iter();
+            }
+            Some(Err(e)) => {
+                first_error.get_or_insert(SyncError::Io {
+                    path: base.display().to_string(),
+                    source: std::io::Error::other(e),
+                });
+            }
+            None => break,
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    for f in files.iter().filter(|f| f.kind() == Kind::Symlink) {
+        let at = base.join(&f.path);
+        match std::fs::read_link(&at) {
+            Ok(t) if t == Path::new(&f.target) => continue,
+            Ok(_) => std::fs::remove_file(&at).map_err(io_err(&at))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&at)(e)),
+        }
+        std::os::unix::fs::symlink(&f.target, &at).map_err(io_err(&at))?;
+    }
+    for d in dirs.iter().rev() {
+        durable::fsync_dir(d).map_err(io_err(d))?;
+    }
+    Ok(report)
+}
