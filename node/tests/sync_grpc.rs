@@ -134,7 +134,7 @@ fn everyone() -> Admit {
 }
 
 fn opts() -> WalSyncOptions {
-    WalSyncOptions { jobs: 2, bandwidth: None, newer_only: false }
+    WalSyncOptions { jobs: 2, bandwidth: None, cursor: None }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -199,6 +199,29 @@ async fn a_passive_converges_resumes_and_fills_gaps() {
         assert_eq!(std::fs::read(passive.path(n)).unwrap(), data, "cut at {at}");
     }
     assert_eq!(passive.xlogdb(), primary.xlogdb());
+
+    // Polls from a cursor: only what the peer appended since, whatever its name.
+    let r0 = sync_wals(&mut c, "a", &passive.layout, &opts()).await.unwrap();
+    assert_eq!(r0.cursor.last_name, n);
+    primary.archive("000000020000000000000007", &content(17, SEG), None);
+    primary.archive("000000020000000000000006.00000028.backup", &content(16, 300), None);
+    let polled = WalSyncOptions { cursor: Some(r0.cursor.clone()), ..opts() };
+    let r = sync_wals(&mut c, "a", &passive.layout, &polled).await.unwrap();
+    assert_eq!(r.fetched, ["000000020000000000000006.00000028.backup", "000000020000000000000007"]);
+    assert_eq!(r.cursor.last_name, "000000020000000000000006.00000028.backup");
+    let again = WalSyncOptions { cursor: Some(r.cursor.clone()), ..opts() };
+    let r = sync_wals(&mut c, "a", &passive.layout, &again).await.unwrap();
+    assert_eq!((r.fetched.len(), r.recorded.len(), r.bytes), (0, 0, 0));
+    assert_eq!(passive.xlogdb(), primary.xlogdb());
+    // A cursor that no longer matches the peer's file (rewritten by retention) reads it
+    // from the top.
+    let stale = WalSyncOptions {
+        cursor: Some(barman::sync::wals::WalCursor { last_name: "000000020000000000000005".into(), last_position: 3 }),
+        ..opts()
+    };
+    let r = sync_wals(&mut c, "a", &passive.layout, &stale).await.unwrap();
+    assert_eq!(r.cursor.last_name, "000000020000000000000006.00000028.backup");
+    assert_eq!(passive.xlogdb(), primary.xlogdb(), "a stale cursor recorded a file twice");
 }
 
 trait TapSort {
@@ -248,12 +271,12 @@ async fn non_members_are_denied() {
     let admit: Admit = Arc::new(|name: &str| name == "b");
     let addr = serve(&pki, "a", Routes::new(SyncService::new(primary.cfg.clone(), admit).server())).await;
     let mut stranger = client(&pki, "c", "a", addr);
-    let s = stranger.list_wals(WalListRequest { server: "pg".into(), after: String::new() }).await.unwrap_err();
+    let s = stranger.list_wals(WalListRequest { server: "pg".into(), ..Default::default() }).await.unwrap_err();
     assert_eq!(s.code(), tonic::Code::PermissionDenied, "{s}");
     let mut member = client(&pki, "b", "a", addr);
-    let s = member.list_wals(WalListRequest { server: "nope".into(), after: String::new() }).await.unwrap_err();
+    let s = member.list_wals(WalListRequest { server: "nope".into(), ..Default::default() }).await.unwrap_err();
     assert_eq!(s.code(), tonic::Code::NotFound, "{s}");
-    assert!(member.list_wals(WalListRequest { server: "pg".into(), after: String::new() }).await.is_ok());
+    assert!(member.list_wals(WalListRequest { server: "pg".into(), ..Default::default() }).await.is_ok());
     // sync-info over gRPC: the text `barman sync-info` prints, and Barman's refusals.
     primary.archive("000000010000000000000001", &content(1, 100), None);
     let json =
@@ -300,7 +323,7 @@ impl Sync for Liar {
             _ => LIED.to_string(),
         };
         let entry = WalEntry { name, size: self.data.len() as u64, time: 1.0, ..Default::default() };
-        Ok(Response::new(WalList { wals: vec![entry] }))
+        Ok(Response::new(WalList { wals: vec![entry], ..Default::default() }))
     }
     async fn list_backups(&self, _: Request<ServerRequest>) -> Result<Response<BackupList>, Status> {
         Err(Status::unimplemented("no"))
@@ -437,7 +460,7 @@ impl Sync for ListingLiar {
         Err(Status::unimplemented("no"))
     }
     async fn list_wals(&self, _: Request<WalListRequest>) -> Result<Response<WalList>, Status> {
-        Ok(Response::new(WalList { wals: vec![] }))
+        Ok(Response::new(WalList::default()))
     }
     async fn list_backups(&self, _: Request<ServerRequest>) -> Result<Response<BackupList>, Status> {
         let info = "status=DONE\nserver_name=pg\n".to_string();

@@ -1,6 +1,7 @@
 //! Following the owners: for every server this node does not own, the WAL its owner holds
-//! is fetched over the Sync service (cheap polls for newer files every second, a full set
-//! difference every minute and at each change of owner, so a gap a failover left is
+//! is fetched over the Sync service (cheap polls for newer files every second while the
+//! owner's stream moves, as its lease renewals report it, and for a few seconds after; a full
+//! set difference every minute and at each change of owner, so a gap a failover left is
 //! filled), and its backups (every ten seconds, one at a time, in a task of their own so that
 //! a long copy does not hold up the WAL).
 
@@ -17,12 +18,15 @@ use crate::cluster::ownership::NodeId;
 use crate::cluster::store::Applied;
 use crate::cluster::types::TypeConfig;
 use crate::config::Config;
-use crate::sync::wals::{WalSyncOptions, sync_wals};
+use crate::sync::wals::{WalCursor, WalSyncOptions, sync_wals};
 use crate::sync::{SyncError, backups};
 use crate::transport::grpc;
 
-/// How often the owners are asked for newer WAL.
+/// How often the owners are asked for newer WAL while their streams move.
 const POLL: Duration = Duration::from_secs(1);
+/// How long polls go on after the owner's flush position last moved: the segment it
+/// completed is archived a moment after.
+const HOT: Duration = Duration::from_secs(5);
 /// How often a full listing looks for gaps as well.
 const FULL: Duration = Duration::from_secs(60);
 /// How often the owner's backups are compared with ours.
@@ -44,6 +48,11 @@ struct Seen {
     full_at: Option<Instant>,
     error: Option<String>,
     backups_at: Option<Instant>,
+    /// Where the owner's xlog.db was read to (None: list everything next time).
+    cursor: Option<WalCursor>,
+    /// The owner's flush position last seen in its renewals, and until when to poll.
+    flushed: u64,
+    hot_until: Option<Instant>,
     backup_task: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -68,6 +77,17 @@ impl Follower {
                 let Some(member) = member else { continue };
                 let sn = seen.entry(server.clone()).or_default();
                 let full = sn.owner != Some(owner) || sn.full_at.is_none_or(|t| t.elapsed() >= FULL);
+                if sn.flushed != rec.report.flushed {
+                    sn.flushed = rec.report.flushed;
+                    sn.hot_until = Some(Instant::now() + HOT);
+                }
+                let wal_due = full || sn.cursor.is_none() || sn.hot_until.is_some_and(|t| Instant::now() < t);
+                let backups_due = sn.backups_at.is_none_or(|t| t.elapsed() >= BACKUPS)
+                    && sn.backup_task.as_ref().is_none_or(|t| t.is_finished());
+                // An idle owner costs no poll.
+                if !wal_due && !backups_due {
+                    continue;
+                }
                 let channel = match self.peers.channel(owner, &member) {
                     Ok(c) => c,
                     Err(e) => {
@@ -87,11 +107,9 @@ impl Follower {
                     jobs: s.opts.parallel_jobs.max(1) as usize,
                     // KB/s as rsync's --bwlimit counts them (1024 bytes).
                     bandwidth: s.opts.bandwidth_limit.map(|b| b.0 * 1024).filter(|b| *b > 0),
-                    newer_only: !full,
+                    cursor: if full { None } else { sn.cursor.clone() },
                 };
                 let layout = ServerLayout::new(&self.cfg.global, s);
-                let backups_due = sn.backups_at.is_none_or(|t| t.elapsed() >= BACKUPS)
-                    && sn.backup_task.as_ref().is_none_or(|t| t.is_finished());
                 if backups_due {
                     sn.backups_at = Some(Instant::now());
                     let (mut client, layout, opts) = (client.clone(), layout.clone(), opts.clone());
@@ -100,6 +118,9 @@ impl Follower {
                         follow_backups(&node, &peer, &mut client, &layout, &opts).await;
                     }));
                 }
+                if !wal_due {
+                    continue;
+                }
                 match sync_wals(&mut client, &member.name, &layout, &opts).await {
                     Ok(r) => {
                         if full {
@@ -107,6 +128,7 @@ impl Follower {
                             sn.full_at = Some(Instant::now());
                         }
                         sn.error = None;
+                        sn.cursor = Some(r.cursor.clone());
                         if !r.fetched.is_empty() || !r.recorded.is_empty() {
                             tracing::info!(
                                 node = %self.name, server = %server, peer = %member.name,
@@ -116,7 +138,10 @@ impl Follower {
                             );
                         }
                     }
-                    Err(e) => self.tell(server, sn, e),
+                    Err(e) => {
+                        sn.cursor = None;
+                        self.tell(server, sn, e);
+                    }
                 }
             }
         }

@@ -27,9 +27,16 @@ pub struct WalSyncOptions {
     pub jobs: usize,
     /// Bytes per second over all of them (`bandwidth_limit` is in KB/s); None: no limit.
     pub bandwidth: Option<u64>,
-    /// Only ask for files named after the newest this node holds: a cheap poll. A full
-    /// listing (the default) also finds the gaps.
-    pub newer_only: bool,
+    /// The peer's previous answer: only what it appended since is asked for (a cheap poll).
+    /// Without it (the default) the whole listing is compared with ours, gaps included.
+    pub cursor: Option<WalCursor>,
+}
+
+/// Where a peer's xlog.db was last read to: its last line's name and offset.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WalCursor {
+    pub last_name: String,
+    pub last_position: u64,
 }
 
 /// What one sync did.
@@ -41,6 +48,8 @@ pub struct WalSyncReport {
     pub bytes: u64,
     /// Files that were already complete on disk and only needed recording.
     pub recorded: Vec<String>,
+    /// Where the peer's xlog.db was read to, for the next poll.
+    pub cursor: WalCursor,
 }
 
 /// Where a server's transfers in progress wait.
@@ -59,20 +68,34 @@ pub async fn sync_wals(
         let (peer, what) = (peer.to_string(), what.to_string());
         move |s: tonic::Status| SyncError::Rpc { peer, what, status: grpc::status_text(&s) }
     };
-    let held: BTreeSet<String> = {
+    let read_held = || {
         let l = layout.clone();
-        let entries = tokio::task::spawn_blocking(move || XlogDb::new(&l).read_locked())
-            .await
-            .map_err(|e| SyncError::Io { path: "xlog.db".into(), source: std::io::Error::other(e) })??;
-        entries.into_iter().map(|e| e.name.to_string()).collect()
+        async move {
+            let entries = tokio::task::spawn_blocking(move || XlogDb::new(&l).read_locked())
+                .await
+                .map_err(|e| SyncError::Io { path: "xlog.db".into(), source: std::io::Error::other(e) })??;
+            Ok::<BTreeSet<String>, SyncError>(entries.into_iter().map(|e| e.name.to_string()).collect())
+        }
     };
-    let after = if opts.newer_only { held.last().cloned().unwrap_or_default() } else { String::new() };
-    let listed = client
-        .list_wals(WalListRequest { server: layout.server.clone(), after })
+    let (after, position) = opts.cursor.as_ref().map_or((String::new(), 0), |c| (c.last_name.clone(), c.last_position));
+    // A poll from a cursor lists only what the peer appended since; our own xlog.db is read
+    // only when one of those files is on disk already (a sync cut before it was recorded,
+    // or a file this node archived itself when it owned the server).
+    let held = if opts.cursor.is_none() { read_held().await? } else { BTreeSet::new() };
+    let reply = client
+        .list_wals(WalListRequest { server: layout.server.clone(), after, position })
         .await
         .map_err(rpc("listing its WAL"))?
-        .into_inner()
-        .wals;
+        .into_inner();
+    let cursor = WalCursor { last_name: reply.last_name, last_position: reply.last_position };
+    let listed = reply.wals;
+    let held = if opts.cursor.is_some()
+        && listed.iter().any(|w| w.name.parse::<WalFileName>().is_ok_and(|n| layout.wal_path(&n).exists()))
+    {
+        read_held().await?
+    } else {
+        held
+    };
     let mut wanted = Vec::new();
     let mut seen = BTreeSet::new();
     for w in listed {
@@ -169,6 +192,6 @@ pub async fn sync_wals(
     }
     match first_error {
         Some(e) => Err(e),
-        None => Ok(report),
+        None => Ok(WalSyncReport { cursor, ..report }),
     }
 }
