@@ -217,8 +217,18 @@ struct Args {
     only: Option<Vec<String>>,
 }
 
-const BENCHMARKS: [&str; 9] =
-    ["get-wal", "restore", "archive", "put-wal", "stream", "backup", "recover", "recover-remote", "cluster"];
+const BENCHMARKS: [&str; 10] = [
+    "get-wal",
+    "restore",
+    "archive",
+    "put-wal",
+    "stream",
+    "backup",
+    "recover",
+    "recover-remote",
+    "cluster",
+    "cluster-idle",
+];
 
 fn parse_args() -> Result<Args> {
     let mut a = Args { quick: false, out: None, only: None };
@@ -340,6 +350,8 @@ fn real_main() -> Result<()> {
     }
     if wanted("cluster") {
         tables.extend(cluster::run(&ctx)?);
+    } else if wanted("cluster-idle") {
+        tables.extend(cluster::run_idle(&ctx)?);
     }
 
     let mut text = header(&ctx, args.quick);

@@ -879,6 +879,29 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Table>> {
     let load = crate::loadavg();
     let mut results = vec![failovers(ctx, 2.0, Some(&mut latency))?];
     results.push(failovers(ctx, 3.0, None)?);
+    let idle_t = idle_table(ctx, &mut latency)?;
+    latency.note(format!(
+        "Load average (1/5/15 min) when the cluster benchmarks started: {load}; at the end: {}.",
+        crate::loadavg()
+    ));
+    let mut tables = failover_tables(&results);
+    tables.push(latency);
+    tables.push(idle_t);
+    Ok(tables)
+}
+
+/// The idle part alone (`--only cluster-idle`): memory and CPU of idle nodes, with the
+/// renewals' commit latency.
+pub fn run_idle(ctx: &Ctx) -> Result<Vec<Table>> {
+    let mut latency = Table::new(
+        "Raft commit latency of a lease renewal, idle nodes (owner's `barman_raft_commit_seconds`, ms)",
+        &["what", "samples", "p50", "p90", "p99"],
+    );
+    let idle_t = idle_table(ctx, &mut latency)?;
+    Ok(vec![latency, idle_t])
+}
+
+fn idle_table(ctx: &Ctx, latency: &mut Table) -> Result<Table> {
     let secs = ctx.counts.cluster_steady_secs;
     let mut idle_t = Table::new(
         &format!("Idle nodes, no load: memory, and CPU over {secs} s after {secs} s steady (lease 3 s)"),
@@ -896,8 +919,8 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Table>> {
         ],
     );
     let load_idle = crate::loadavg();
-    idle(ctx, 1, &mut idle_t, &mut latency, false)?;
-    let w = idle(ctx, 10, &mut idle_t, &mut latency, true)?;
+    idle(ctx, 1, &mut idle_t, latency, false)?;
+    let w = idle(ctx, 10, &mut idle_t, latency, true)?;
     idle_t.note(format!(
         "Goals for an idle node with 10 servers: RSS ≤ {GOAL_RSS_MIB:.0} MiB: {} (largest {:.1} MiB); \
          CPU < {GOAL_CPU_PCT:.0}% of a core: the node process alone {} (largest {:.2}%), \
@@ -917,12 +940,5 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Table>> {
          node only when files wait in `incoming/` or `streaming/`). Load average (1/5/15 min) before: {load_idle}; after: {}.",
         crate::loadavg()
     ));
-    latency.note(format!(
-        "Load average (1/5/15 min) when the cluster benchmarks started: {load}; at the end: {}.",
-        crate::loadavg()
-    ));
-    let mut tables = failover_tables(&results);
-    tables.push(latency);
-    tables.push(idle_t);
-    Ok(tables)
+    Ok(idle_t)
 }
