@@ -191,7 +191,7 @@ impl<R: Raft> Driver<R> {
         shutdown: impl std::future::Future<Output = ()>,
     ) {
         tokio::pin!(shutdown);
-        let tick = Duration::from_millis((self.lease / 10).clamp(20, 200));
+        let tick = Duration::from_millis((self.lease / 10).clamp(20, 300));
         loop {
             tokio::select! {
                 () = &mut shutdown => break,

@@ -129,7 +129,8 @@ async fn run_async(
     let applied = sm_store.watch();
     let raft_config = openraft::Config {
         cluster_name: "barman".into(),
-        heartbeat_interval: 150,
+        // Three heartbeats within the shortest election timeout; fewer cost an idle node less.
+        heartbeat_interval: 250,
         election_timeout_min: 750,
         election_timeout_max: 1500,
         // An owner renews every second (one entry for all its servers): keep the log short.

@@ -321,7 +321,8 @@ impl Job {
             async move {
                 let mut tick = 0u32;
                 loop {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    // Once a second, the renewals' cadence that carries the position.
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                     let f = progress.load(Ordering::Relaxed);
                     // A flush that moved may have completed a segment: archived at once,
                     // the passives can fetch it at once.
@@ -332,7 +333,7 @@ impl Job {
                     }
                     tick += 1;
                     // PostgreSQL's position, for the lag, every five seconds.
-                    if tick.is_multiple_of(10)
+                    if tick.is_multiple_of(5)
                         && let Ok(lsn) = c.current_lsn().await
                     {
                         state.send_modify(|st| st.server_lsn = lsn.0);

@@ -49,8 +49,9 @@ impl LeaseTimes {
 
     /// Upper bound: the leader reassigns lease + margin after the last renewal it saw (at most
     /// a renewal interval before the kill, which covers the commits that follow); a lost
-    /// leader adds an election and a new leader's full lease + margin. `vote_lease`: with
-    /// openraft's wait before an election.
+    /// leader adds at worst an election and a full lease + margin (when the new leader had not
+    /// yet applied the last renewal at its election). `vote_lease`: with openraft's wait
+    /// before an election.
     fn bound(&self, leader_lost: bool, vote_lease: bool) -> f64 {
         let base = self.lease + self.margin + self.renew;
         match (leader_lost, vote_lease) {
@@ -63,8 +64,10 @@ impl LeaseTimes {
     /// The waits alone, without commits and connections (openraft's vote lease included): "lo–hi".
     fn waits(&self, leader_lost: bool) -> String {
         let (lo, hi) = if leader_lost {
-            let wait = VOTE_LEASE_MS + self.lease + self.margin;
-            (ELECTION_MS.0 + wait, ELECTION_MS.1 + wait)
+            // The new leader counts the lease from the last renewal it saw as a follower:
+            // the election and the lease run at once, the longer one decides.
+            let expiry = (self.lease + self.margin - self.renew, self.lease + self.margin);
+            (expiry.0.max(VOTE_LEASE_MS + ELECTION_MS.0), expiry.1.max(VOTE_LEASE_MS + ELECTION_MS.1))
         } else {
             (self.lease + self.margin - self.renew, self.lease + self.margin)
         };
@@ -854,13 +857,15 @@ fn failover_tables(results: &[LeaseResult]) -> Vec<Table> {
     }
     t.note(
         "Bound: lease + margin (lease/4, at least 250 ms) + renewal interval (lease/3, 100–1000 ms); when the \
-         killed owner led the Raft group, plus the longest election timeout (1500 ms), since a new leader first \
-         waits a full lease + margin. Bound with vote lease: openraft 0.9 lets a follower that knows a leader \
+         killed owner led the Raft group, plus the longest election timeout (1500 ms): at worst the new leader \
+         had not applied the last renewal when elected and counts a full lease + margin from its election. Bound \
+         with vote lease: openraft 0.9 lets a follower that knows a leader \
          start an election only after its leader lease (election_timeout_max, 1500 ms) + its election timeout \
          (drawn once per process in 750–1500 ms) without a heartbeat: 1500 ms more when the leader is lost. \
          Waits alone: the waits without commits and connections (a follower owner: lease + margin less the time \
-         since the last renewal the leader saw; a leader owner: 2250–3000 ms before the election + lease + \
-         margin). The kill comes at a random point of the renewal cycle.",
+         since the last renewal the leader saw; a leader owner: the longer of the election, 2250–3000 ms, and \
+         the lease + margin less the time since the last renewal, both counted from the kill, since the new \
+         leader counts the lease from the last renewal it saw as a follower). The kill comes at a random point of the renewal cycle.",
     );
     steps.note("In parentheses: the runs whose logs had the step (an election only when the leader was killed).");
     vec![t, steps]
