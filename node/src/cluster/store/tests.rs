@@ -89,7 +89,7 @@ async fn state_survives_reopen() {
         (snap.meta, state)
     };
 
-    let (mut log, mut sm) = open(&path).unwrap();
+    let (mut log, mut sm) = eventually(|| open(&path));
     assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(2, a)));
     let st = log.get_log_state().await.unwrap();
     assert_eq!(st.last_purged_log_id, Some(log_id(1, a, 5)));
@@ -157,7 +157,7 @@ fn second_open_of_a_directory_is_refused() {
     let msg = err.to_string();
     assert!(msg.contains(&path.display().to_string()) && msg.contains("another node process"), "{msg}");
     drop(first);
-    open(&path).expect("reopens once released");
+    eventually(|| open(&path));
 }
 
 #[test]
@@ -167,6 +167,18 @@ fn directory_is_created_private() {
     let path = dir.path().join("home").join(".node");
     let _store = open(&path).unwrap();
     assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o700);
+}
+
+/// `f()` once it succeeds, trying for up to 10 s (a lock released by a background thread).
+fn eventually<T, E: std::fmt::Debug>(mut f: impl FnMut() -> Result<T, E>) -> T {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(e) if std::time::Instant::now() > until => panic!("{e:?}"),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    }
 }
 
 /// A damaged log record is reported as such, naming the entry and the directory.
@@ -179,11 +191,12 @@ async fn corrupt_log_entry_is_named() {
         log.blocking_append([entry(1, 1, EntryPayload::Blank), entry(1, 2, EntryPayload::Blank)]).await.unwrap();
     }
     {
-        let db = sled::open(&path).unwrap();
+        // sled lets its file lock go when its flusher thread notices the drop: wait for it.
+        let db = eventually(|| sled::open(&path));
         db.open_tree(LOG_TREE).unwrap().insert(2u64.to_be_bytes(), &[1u8, 0xff, 0xff][..]).unwrap();
         db.flush().unwrap();
     }
-    let (mut log, _sm) = open(&path).unwrap();
+    let (mut log, _sm) = eventually(|| open(&path));
     let err = log.get_log_state().await.unwrap_err().to_string();
     assert!(err.contains("log entry 2 is corrupt") && err.contains(&path.display().to_string()), "{err}");
     assert!(log.try_get_log_entries(1..2).await.is_ok(), "the sound entry still reads");
