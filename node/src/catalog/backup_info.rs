@@ -142,7 +142,13 @@ fn null_repr(v: Option<PyValue>) -> String {
 impl BackupInfo {
     /// The file's text, lines in Barman's (alphabetical) order.
     pub fn to_text(&self) -> String {
-        let mut lines: Vec<(&str, String)> = vec![
+        self.fields().into_iter().map(|(k, v)| format!("{k}={v}\n")).collect()
+    }
+
+    /// The file's fields as written, in its order: the null `backup_name` and
+    /// `snapshots_info` left out, as Barman leaves them out.
+    pub fn fields(&self) -> Vec<(&'static str, String)> {
+        let mut lines: Vec<(&'static str, String)> = vec![
             (
                 "backup_label",
                 self.backup_label.as_ref().filter(|s| !s.is_empty()).map_or("None".into(), |s| repr_str(s)),
@@ -213,7 +219,7 @@ impl BackupInfo {
             lines.push(("snapshots_info", null_repr(Some(s.clone()))));
         }
         lines.sort_by(|a, b| a.0.cmp(b.0));
-        lines.into_iter().map(|(k, v)| format!("{k}={v}\n")).collect()
+        lines
     }
 
     /// Reads the text of a backup.info; `path` names it in errors.

@@ -63,6 +63,10 @@ pub enum XlogDbError {
         "{path}:{line}: cannot read the line ({why}); run 'barman rebuild-xlogdb' to recreate the file from the archive"
     )]
     BadLine { path: PathBuf, line: usize, why: String },
+    #[error(
+        "{path}: byte {offset}: cannot read the line ({why}); run 'barman rebuild-xlogdb' to recreate the file from the archive"
+    )]
+    BadEntry { path: PathBuf, offset: u64, why: String },
     #[error(transparent)]
     Lock(#[from] LockError),
 }
@@ -144,6 +148,50 @@ impl<'a> XlogDb<'a> {
             out.push(e);
         }
         Ok(out)
+    }
+
+    /// The entries from byte `from` on, each with the offset where its line starts: how
+    /// sync-info's cursors address the file. A line that does not parse (a blank one too, as
+    /// Barman's reader) is an error naming its offset; a missing file reads as empty.
+    pub fn entries_from(&self, _held: &Lock, from: u64) -> Result<Vec<(u64, XlogEntry)>, XlogDbError> {
+        use std::io::{Read, Seek, SeekFrom};
+        let path = self.path();
+        let mut text = Vec::new();
+        match fs::File::open(&path) {
+            Ok(mut f) => {
+                f.seek(SeekFrom::Start(from)).map_err(io_err(&path))?;
+                f.read_to_end(&mut text).map_err(io_err(&path))?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&path)(e)),
+        }
+        let mut out = Vec::new();
+        let mut offset = 0usize;
+        while offset < text.len() {
+            let end = text[offset..].iter().position(|b| *b == b'\n').map_or(text.len(), |i| offset + i + 1);
+            let at = from + offset as u64;
+            let e = XlogEntry::parse_line(&String::from_utf8_lossy(&text[offset..end]))
+                .map_err(|why| XlogDbError::BadEntry { path: path.clone(), offset: at, why })?;
+            out.push((at, e));
+            offset = end;
+        }
+        Ok(out)
+    }
+
+    /// Up to `n` bytes at byte `at` (fewer at the end of the file, none past it): what a
+    /// cursor's line starts with.
+    pub fn peek(&self, _held: &Lock, at: u64, n: usize) -> Result<Vec<u8>, XlogDbError> {
+        use std::io::{Read, Seek, SeekFrom};
+        let path = self.path();
+        let mut f = match fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        let mut buf = Vec::with_capacity(n);
+        f.seek(SeekFrom::Start(at)).map_err(io_err(&path))?;
+        f.take(n as u64).read_to_end(&mut buf).map_err(io_err(&path))?;
+        Ok(buf)
     }
 
     /// Keeps the entries `keep` accepts and rewrites the file durably; the
@@ -281,6 +329,30 @@ mod tests {
         assert_eq!(e.to_line(), "00000002.history\t42\t1406019329.93\tgzip\tNone\n");
         assert!(XlogEntry::parse_line("000000010000000000000002 1").is_err());
         assert!(XlogEntry::parse_line("nope 1 1.0").is_err());
+    }
+
+    #[test]
+    fn entries_carry_their_offsets_and_a_bad_line_is_named_by_its_own() {
+        let d = tempfile::tempdir().unwrap();
+        let layout = ServerLayout::under("pg", &d.path().join("pg"), d.path());
+        let db = XlogDb::new(&layout);
+        let held = db.lock().unwrap();
+        assert!(db.entries_from(&held, 0).unwrap().is_empty(), "a missing file reads as empty");
+        assert!(db.peek(&held, 0, 24).unwrap().is_empty());
+        let a = "000000010000000000000001\t16777216\t1.0\tNone\tNone\n";
+        let b = "00000002.history\t42\t2.0\tNone\tNone\n";
+        fs::create_dir_all(&layout.xlogdb_dir).unwrap();
+        fs::write(db.path(), format!("{a}{b}")).unwrap();
+        let all = db.entries_from(&held, 0).unwrap();
+        let offsets: Vec<u64> = all.iter().map(|(o, _)| *o).collect();
+        assert_eq!(offsets, [0, a.len() as u64]);
+        let rest = db.entries_from(&held, a.len() as u64).unwrap();
+        assert_eq!((rest[0].0, rest[0].1.name.as_str()), (a.len() as u64, "00000002.history"));
+        assert_eq!(db.peek(&held, a.len() as u64, 17).unwrap(), b"00000002.history\t");
+        assert_eq!(db.peek(&held, (a.len() + b.len() - 2) as u64, 24).unwrap(), b"e\n", "short at the end");
+        fs::write(db.path(), format!("{a}\n{b}")).unwrap();
+        let e = db.entries_from(&held, 0).unwrap_err().to_string();
+        assert!(e.contains(&format!("byte {}", a.len())), "{e}");
     }
 
     #[test]

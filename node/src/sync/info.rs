@@ -137,10 +137,6 @@ pub enum SyncInfoError {
     NewerThanLast { last_wal: String, last: String },
     #[error(transparent)]
     Xlog(#[from] XlogDbError),
-    #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
-    #[error("{path}: byte {offset}: {why}; run 'barman rebuild-xlogdb {server}'")]
-    BadLine { path: String, offset: usize, why: String, server: String },
     #[error(transparent)]
     Backup(#[from] crate::catalog::backup_info::BackupInfoError),
 }
@@ -157,10 +153,8 @@ fn isoformat(t: &chrono::DateTime<chrono::FixedOffset>) -> String {
 /// Barman's `BackupInfo.to_json()`: every backup.info field in the file's order, the
 /// times as `ctime()`, then `backup_id` and the times in ISO 8601.
 pub fn backup_json(id: &str, b: &BackupInfo) -> Value {
-    let text = b.to_text();
     let mut m = Map::new();
-    for line in text.lines() {
-        let Some((k, _)) = line.split_once('=') else { continue };
+    for (k, _) in b.fields() {
         m.insert(k.to_string(), backup_field(b, k));
     }
     m.insert("backup_id".into(), json!(id));
@@ -176,7 +170,6 @@ pub fn backup_json(id: &str, b: &BackupInfo) -> Value {
 fn backup_field(b: &BackupInfo, key: &str) -> Value {
     use crate::catalog::backups::ctime;
     let s = |v: &Option<String>| json!(v);
-    let d = |v: Option<String>| json!(v);
     match key {
         // As stored: Python's repr of the label, quotes included.
         "backup_label" => {
@@ -185,8 +178,8 @@ fn backup_field(b: &BackupInfo, key: &str) -> Value {
         "backup_name" => s(&b.backup_name),
         "begin_offset" => json!(b.begin_offset),
         "begin_time" => json!(b.begin_time.as_ref().map(ctime)),
-        "begin_wal" => d(b.begin_wal.as_ref().map(|w| w.to_string())),
-        "begin_xlog" => d(b.begin_xlog.as_ref().map(|l| l.to_string())),
+        "begin_wal" => json!(b.begin_wal.as_ref().map(ToString::to_string)),
+        "begin_xlog" => json!(b.begin_xlog.as_ref().map(ToString::to_string)),
         "children_backup_ids" => json!(b.children_backup_ids.as_ref().filter(|v| !v.is_empty()).map(|v| v.join(","))),
         "cluster_size" => json!(b.cluster_size),
         "compression" => s(&b.compression),
@@ -197,8 +190,8 @@ fn backup_field(b: &BackupInfo, key: &str) -> Value {
         "encryption" => s(&b.encryption),
         "end_offset" => json!(b.end_offset),
         "end_time" => json!(b.end_time.as_ref().map(ctime)),
-        "end_wal" => d(b.end_wal.as_ref().map(|w| w.to_string())),
-        "end_xlog" => d(b.end_xlog.as_ref().map(|l| l.to_string())),
+        "end_wal" => json!(b.end_wal.as_ref().map(ToString::to_string)),
+        "end_xlog" => json!(b.end_xlog.as_ref().map(ToString::to_string)),
         "error" => s(&b.error),
         "hba_file" => s(&b.hba_file),
         "ident_file" => s(&b.ident_file),
@@ -267,55 +260,35 @@ pub fn sync_info(global: &GlobalConfig, server: &ServerConfig, cursor: &Cursor) 
     }
     let db = XlogDb::new(&layout);
     let held = db.lock()?;
-    let path = db.path();
-    let text = match std::fs::read(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(SyncInfoError::Io { path: path.display().to_string(), source: e }),
-    };
-    drop(held);
     let last_wal = cursor.last_wal.as_deref();
     // Where to start: the cursor's line when it still names the same WAL, else the top.
     // (Barman reads 24 characters there and compares them with the name.)
-    let pos = (cursor.last_position.unwrap_or(0) as usize).min(text.len());
+    let pos = cursor.last_position.unwrap_or(0);
     let start = match last_wal {
-        Some(w) if &text[pos..(pos + 24).min(text.len())] == w.as_bytes() => pos,
+        Some(w) if db.peek(&held, pos, 24)? == w.as_bytes() => pos,
         _ => 0,
     };
-    let mut check_first = start == 0 && last_wal.is_some();
+    let entries = db.entries_from(&held, start)?;
+    drop(held);
+    if start == 0
+        && let (Some(w), Some((_, first))) = (last_wal, entries.first())
+        && w < first.name.as_str()
+    {
+        return Err(SyncInfoError::OlderThanFirst { last_wal: w.into(), first: first.name.to_string() });
+    }
     let mut wals = Vec::new();
-    let mut last: Option<(usize, String)> = None;
-    let mut offset = start;
-    while offset < text.len() {
-        let end = text[offset..].iter().position(|b| *b == b'\n').map_or(text.len(), |i| offset + i + 1);
-        let line = String::from_utf8_lossy(&text[offset..end]);
-        let bad = |why: String| SyncInfoError::BadLine {
-            path: path.display().to_string(),
-            offset,
-            why,
-            server: server.name.clone(),
-        };
-        let e = XlogEntry::parse_line(&line).map_err(bad)?;
-        let name = e.name.to_string();
-        if check_first {
-            if let Some(w) = last_wal
-                && w < name.as_str()
-            {
-                return Err(SyncInfoError::OlderThanFirst { last_wal: w.into(), first: name });
-            }
-            check_first = false;
-        }
+    for (_, e) in &entries {
+        let name = e.name.as_str();
         let keep = match (last_wal, &first_useful_wal) {
-            (Some(w), _) => name.as_str() > w,
-            (None, Some(f)) => name.as_str() >= f.as_str(),
+            (Some(w), _) => name > w,
+            (None, Some(f)) => name >= f.as_str(),
             (None, None) => true,
         };
         if keep {
-            wals.push(wal_json(&e));
+            wals.push(wal_json(e));
         }
-        last = Some((offset, name));
-        offset = end;
     }
+    let last = entries.last().map(|(at, e)| (*at, e.name.to_string()));
     let (last_position, last_name) = match last {
         Some((at, name)) => {
             if let Some(w) = last_wal

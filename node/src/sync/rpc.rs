@@ -19,7 +19,7 @@ use super::info::{Cursor, SyncInfoError, sync_info};
 use crate::catalog::ServerLayout;
 use crate::catalog::backups;
 use crate::catalog::pyjson;
-use crate::catalog::xlogdb::{XlogDb, XlogEntry};
+use crate::catalog::xlogdb::{XlogDb, XlogDbError, XlogEntry};
 use crate::config::{Config, ServerConfig};
 use crate::transport::grpc;
 use crate::wal::WalFileName;
@@ -211,63 +211,27 @@ impl Sync for SyncService {
 
 /// The xlog.db entries named after `after`, read from `position` when the line there still
 /// names `after` (a poll reads only what was appended since), else from the top.
-fn read_after(
-    layout: &ServerLayout,
-    after: &str,
-    position: u64,
-) -> Result<WalList, crate::catalog::xlogdb::XlogDbError> {
-    use std::io::{Seek, SeekFrom};
+fn read_after(layout: &ServerLayout, after: &str, position: u64) -> Result<WalList, XlogDbError> {
     let db = XlogDb::new(layout);
-    let _held = db.lock()?;
-    let path = db.path();
-    let io = |source| crate::catalog::xlogdb::XlogDbError::Io { path: path.clone(), source };
-    let mut text = Vec::new();
-    let mut start = 0u64;
-    match std::fs::File::open(&path) {
-        Ok(mut f) => {
-            let len = f.metadata().map_err(io)?.len();
-            if !after.is_empty() && position > 0 && position < len {
-                let mut head = vec![0u8; after.len() + 1];
-                f.seek(SeekFrom::Start(position)).map_err(io)?;
-                if f.read_exact(&mut head).is_ok()
-                    && &head[..after.len()] == after.as_bytes()
-                    && head[after.len()] == b'\t'
-                {
-                    start = position;
-                }
-            }
-            f.seek(SeekFrom::Start(start)).map_err(io)?;
-            f.read_to_end(&mut text).map_err(io)?;
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io(e)),
-    }
+    let held = db.lock()?;
+    let key = format!("{after}\t");
+    let start = if !after.is_empty() && position > 0 && db.peek(&held, position, key.len())? == key.as_bytes() {
+        position
+    } else {
+        0
+    };
+    let entries = db.entries_from(&held, start)?;
+    drop(held);
     let mut out = WalList::default();
-    let mut offset = 0usize;
-    while offset < text.len() {
-        let end = text[offset..].iter().position(|b| *b == b'\n').map_or(text.len(), |i| offset + i + 1);
-        let line = String::from_utf8_lossy(&text[offset..end]);
-        let e = XlogEntry::parse_line(&line).map_err(|why| crate::catalog::xlogdb::XlogDbError::Io {
-            path: path.clone(),
-            source: std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("byte {}: {why}", start + offset as u64),
-            ),
-        })?;
+    for (i, (at, e)) in entries.iter().enumerate() {
         // From the cursor: every line after its own, whatever the name (a history or
         // backup label file may come after a later segment). From the top: by name.
-        let keep = if start > 0 { offset > 0 } else { e.name.as_str() > after };
+        let keep = if start > 0 { i > 0 } else { e.name.as_str() > after };
         if keep {
-            out.wals.push(to_proto(&e));
+            out.wals.push(to_proto(e));
         }
         out.last_name = e.name.to_string();
-        out.last_position = start + offset as u64;
-        offset = end;
-    }
-    if out.last_name.is_empty() && start > 0 {
-        // Read from the cursor's line: the last line is that one.
-        out.last_name = after.to_string();
-        out.last_position = start;
+        out.last_position = *at;
     }
     Ok(out)
 }
