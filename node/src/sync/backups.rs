@@ -13,7 +13,7 @@ use barman_proto::v1::sync_client::SyncClient;
 use barman_proto::v1::{BackupMeta, BackupRequest, FetchRequest, FileMeta, ServerRequest};
 use tonic::transport::Channel;
 
-use super::fetch::{Want, fetch};
+use super::fetch::{Want, fetch_all};
 use super::rpc::is_plain_relative;
 use super::wals::WalSyncOptions;
 use super::{SyncError, io_err};
@@ -22,7 +22,6 @@ use crate::catalog::backup_info::BackupInfo;
 use crate::catalog::backups::{self, COPY_DONE};
 use crate::catalog::durable;
 use crate::transport::copy::RateLimit;
-use crate::transport::grpc;
 
 /// What one backup sync did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -32,10 +31,6 @@ pub struct BackupSyncReport {
     pub files: usize,
     /// Bytes received over the wire.
     pub bytes: u64,
-}
-
-fn rpc_err(peer: &str, what: String) -> impl FnOnce(tonic::Status) -> SyncError + '_ {
-    move |s| SyncError::Rpc { peer: peer.into(), what, status: grpc::status_text(&s) }
 }
 
 /// The backups of `peer` this node should copy, oldest first: `DONE` or
@@ -48,7 +43,7 @@ pub async fn wanted(
     let list = client
         .list_backups(ServerRequest { server: layout.server.clone() })
         .await
-        .map_err(rpc_err(peer, "listing its backups".into()))?
+        .map_err(SyncError::rpc(peer, "listing its backups"))?
         .into_inner()
         .backups;
     let local = backups::scan(layout);
@@ -175,7 +170,7 @@ async fn copy(
     let files = client
         .list_backup_files(BackupRequest { server: layout.server.clone(), backup_id: id.to_string() })
         .await
-        .map_err(rpc_err(peer, format!("listing the files of backup {id}")))?
+        .map_err(SyncError::rpc(peer, format!("listing the files of backup {id}")))?
         .into_inner()
         .files;
     check_listing(peer, id, &files)?;
@@ -185,63 +180,33 @@ async fn copy(
     for f in files.iter().filter(|f| f.kind() == Kind::Dir) {
         dirs.push(make_dirs(&base, Path::new(&f.path), Some(f.mode))?);
     }
-    let limit = opts.bandwidth.filter(|b| *b > 0).map(|b| Arc::new(RateLimit::new(b)));
-    let mut queue = files.iter().filter(|f| f.kind() == Kind::File).cloned().collect::<Vec<_>>().into_iter();
-    let mut running = tokio::task::JoinSet::new();
-    let mut report = BackupSyncReport { id: id.to_string(), ..Default::default() };
-    let mut first_error = None;
-    loop {
-        while running.len() < opts.jobs.max(1) {
-            let Some(f) = queue.next() else { break };
-            let rel = Path::new(&f.path);
-            let parent = rel.parent().unwrap_or(Path::new(""));
-            let dir = make_dirs(&base, parent, None)?;
-            let name = rel.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let want = Want {
-                what: format!("{} of backup {id}", f.path),
-                request: FetchRequest {
-                    server: layout.server.clone(),
-                    backup_id: id.to_string(),
-                    path: f.path.clone(),
-                    ..Default::default()
-                },
-                dst: dir.join(&name),
-                part: dir.join(format!(".{name}.sync-part")),
-                size: f.size,
-                mtime: f.mtime,
-                mode: f.mode & 0o777,
-            };
-            let (mut client, peer, limit) = (client.clone(), peer.to_string(), limit.clone());
-            running.spawn(async move {
-                // A file already under its final name was checked when it got there.
-                if std::fs::symlink_metadata(&want.dst).is_ok_and(|m| m.is_file() && m.len() == want.size) {
-                    return Ok(0);
-                }
-                let _ = std::fs::remove_file(&want.dst);
-                fetch(&mut client, &peer, &want, limit.as_deref()).await.map(|f| f.bytes)
-            });
-        }
-        match running.join_next().await {
-            Some(Ok(Ok(bytes))) => {
-                report.files += 1;
-                report.bytes += bytes;
-            }
-            Some(Ok(Err(e))) => {
-                first_error.get_or_insert(e);
-                // Stop starting more; let the running ones finish their file.
-                queue = Vec::new().into_iter();
-            }
-            Some(Err(e)) => {
-                first_error.get_or_insert(SyncError::Io {
-                    path: base.display().to_string(),
-                    source: std::io::Error::other(e),
-                });
-            }
-            None => break,
-        }
+    let mut wants = Vec::new();
+    for f in files.iter().filter(|f| f.kind() == Kind::File) {
+        let rel = Path::new(&f.path);
+        let dir = make_dirs(&base, rel.parent().unwrap_or(Path::new("")), None)?;
+        let name = rel.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        wants.push(Want {
+            what: format!("{} of backup {id}", f.path),
+            request: FetchRequest {
+                server: layout.server.clone(),
+                backup_id: id.to_string(),
+                path: f.path.clone(),
+                ..Default::default()
+            },
+            dst: dir.join(&name),
+            part: dir.join(format!(".{name}.sync-part")),
+            size: f.size,
+            mtime: f.mtime,
+            mode: f.mode & 0o777,
+            owned: true,
+        });
     }
-    if let Some(e) = first_error {
-        return Err(e);
+    let limit = opts.bandwidth.filter(|b| *b > 0).map(|b| Arc::new(RateLimit::new(b)));
+    let mut report = BackupSyncReport { id: id.to_string(), ..Default::default() };
+    for r in fetch_all(client, peer, wants, opts.jobs, limit, true).await.into_iter().flatten() {
+        let fetched = r?;
+        report.files += 1;
+        report.bytes += fetched.bytes;
     }
     for f in files.iter().filter(|f| f.kind() == Kind::Symlink) {
         let at = base.join(&f.path);

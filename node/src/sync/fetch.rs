@@ -3,11 +3,13 @@
 //! the peer listed and the SHA-256 of the whole file it sends last, fsynced with the peer's
 //! mtime and our mode, and hard-linked under the final name (never over an existing file)
 //! before the directory is fsynced. A cut leaves the part file: the next try asks only for
-//! the rest. A file already under its final name is checked by its checksum alone.
+//! the rest. A file already under its final name is checked by its checksum alone, unless
+//! the destination is the sync's own (`Want::owned`).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use barman_proto::v1::FetchRequest;
 use barman_proto::v1::sync_client::SyncClient;
@@ -17,7 +19,6 @@ use tonic::transport::Channel;
 use super::{SyncError, io_err};
 use crate::catalog::durable;
 use crate::transport::copy::RateLimit;
-use crate::transport::grpc;
 
 /// A file to fetch.
 pub struct Want {
@@ -32,6 +33,10 @@ pub struct Want {
     pub mtime: f64,
     /// Permission bits given to the file.
     pub mode: u32,
+    /// The destination belongs to this sync (a backup being copied, not yet DONE): a file
+    /// already there with the listed size arrived checked in an earlier try and counts as
+    /// fetched; one of another size is fetched again.
+    pub owned: bool,
 }
 
 /// What one transfer did.
@@ -66,6 +71,13 @@ pub async fn fetch(
     limit: Option<&RateLimit>,
 ) -> Result<Fetched, SyncError> {
     let (name, dst, part) = (&want.what, &want.dst, &want.part);
+    if want.owned {
+        match fs::symlink_metadata(dst) {
+            Ok(m) if m.is_file() && m.len() == want.size => return Ok(Fetched { bytes: 0, on_disk: true }),
+            Ok(_) => fs::remove_file(dst).map_err(io_err(dst))?,
+            Err(_) => {}
+        }
+    }
     let on_disk = dst.exists();
     // What is held already: the final file (then only its checksum is asked), or the part
     // of an earlier transfer.
@@ -87,15 +99,8 @@ pub async fn fetch(
         return Err(SyncError::Conflict { peer: peer.into(), name: name.to_string(), ours: have, theirs: want.size });
     }
     let request = FetchRequest { offset: have, ..want.request.clone() };
-    let mut stream = client
-        .fetch(request)
-        .await
-        .map_err(|s| SyncError::Rpc {
-            peer: peer.into(),
-            what: format!("fetching {name}"),
-            status: grpc::status_text(&s),
-        })?
-        .into_inner();
+    let mut stream =
+        client.fetch(request).await.map_err(SyncError::rpc(peer, format!("fetching {name}")))?.into_inner();
     let mut out = if on_disk {
         None
     } else {
@@ -118,11 +123,7 @@ pub async fn fetch(
                 if let Some(f) = out.as_mut() {
                     f.sync_data().map_err(io_err(part))?;
                 }
-                return Err(SyncError::Rpc {
-                    peer: peer.into(),
-                    what: format!("fetching {name}"),
-                    status: grpc::status_text(&s),
-                });
+                return Err(SyncError::rpc(peer, format!("fetching {name}"))(s));
             }
         };
         if !chunk.data.is_empty() {
@@ -196,4 +197,40 @@ pub async fn fetch(
         fs::remove_file(part).map_err(io_err(part))?;
     }
     Ok(Fetched { bytes: received, on_disk })
+}
+
+/// Fetches `wants`, `jobs` at a time, each on a clone of the one channel to the peer, under
+/// one bandwidth `limit`; the results in the order of `wants`. With `stop_on_error`, no
+/// transfer starts after one failed (those running finish their file): theirs are None.
+pub async fn fetch_all(
+    client: &SyncClient<Channel>,
+    peer: &str,
+    wants: Vec<Want>,
+    jobs: usize,
+    limit: Option<Arc<RateLimit>>,
+    stop_on_error: bool,
+) -> Vec<Option<Result<Fetched, SyncError>>> {
+    let mut results: Vec<Option<Result<Fetched, SyncError>>> = (0..wants.len()).map(|_| None).collect();
+    let mut queue = wants.into_iter().enumerate();
+    let mut running = tokio::task::JoinSet::new();
+    let mut index = std::collections::HashMap::new();
+    let mut stopped = false;
+    loop {
+        while !stopped && running.len() < jobs.max(1) {
+            let Some((i, want)) = queue.next() else { break };
+            let (mut client, peer, limit) = (client.clone(), peer.to_string(), limit.clone());
+            let task = running.spawn(async move { fetch(&mut client, &peer, &want, limit.as_deref()).await });
+            index.insert(task.id(), i);
+        }
+        let (id, r) = match running.join_next_with_id().await {
+            Some(Ok((id, r))) => (id, r),
+            Some(Err(e)) => (e.id(), Err(SyncError::Task(e.to_string()))),
+            None => break,
+        };
+        stopped |= stop_on_error && r.is_err();
+        if let Some(i) = index.get(&id) {
+            results[*i] = Some(r);
+        }
+    }
+    results
 }

@@ -27,6 +27,24 @@ pub enum SyncError {
     Io { path: String, source: std::io::Error },
     #[error(transparent)]
     Xlog(#[from] crate::catalog::xlogdb::XlogDbError),
+    /// A task of the sync panicked or was cancelled.
+    #[error("a sync task ended abnormally: {0}")]
+    Task(String),
+}
+
+impl SyncError {
+    /// Maps a failed call to `peer` made while doing `what`.
+    pub fn rpc(peer: &str, what: impl Into<String>) -> impl FnOnce(tonic::Status) -> SyncError {
+        let (peer, what) = (peer.to_string(), what.into());
+        move |s| SyncError::Rpc { peer, what, status: crate::transport::grpc::status_text(&s) }
+    }
+}
+
+/// Runs blocking file work (the xlog.db under its lock) off the runtime's threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, SyncError> + Send + 'static,
+) -> Result<T, SyncError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| SyncError::Task(e.to_string()))?
 }
 
 pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> SyncError + '_ {

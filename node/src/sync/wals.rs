@@ -11,13 +11,12 @@ use barman_proto::v1::sync_client::SyncClient;
 use barman_proto::v1::{FetchRequest, WalListRequest};
 use tonic::transport::Channel;
 
-use super::fetch::{Want, fetch};
-use super::{SyncError, io_err};
+use super::fetch::{Fetched, Want, fetch_all};
+use super::{SyncError, blocking, io_err};
 use crate::catalog::ServerLayout;
 use crate::catalog::durable;
 use crate::catalog::xlogdb::{XlogDb, XlogEntry};
 use crate::transport::copy::RateLimit;
-use crate::transport::grpc;
 use crate::wal::WalFileName;
 
 /// How a sync runs.
@@ -64,37 +63,25 @@ pub async fn sync_wals(
     layout: &ServerLayout,
     opts: &WalSyncOptions,
 ) -> Result<WalSyncReport, SyncError> {
-    let rpc = |what: &str| {
-        let (peer, what) = (peer.to_string(), what.to_string());
-        move |s: tonic::Status| SyncError::Rpc { peer, what, status: grpc::status_text(&s) }
-    };
-    let read_held = || {
-        let l = layout.clone();
-        async move {
-            let entries = tokio::task::spawn_blocking(move || XlogDb::new(&l).read_locked())
-                .await
-                .map_err(|e| SyncError::Io { path: "xlog.db".into(), source: std::io::Error::other(e) })??;
-            Ok::<BTreeSet<String>, SyncError>(entries.into_iter().map(|e| e.name.to_string()).collect())
-        }
-    };
     let (after, position) = opts.cursor.as_ref().map_or((String::new(), 0), |c| (c.last_name.clone(), c.last_position));
-    // A poll from a cursor lists only what the peer appended since; our own xlog.db is read
-    // only when one of those files is on disk already (a sync cut before it was recorded,
-    // or a file this node archived itself when it owned the server).
-    let held = if opts.cursor.is_none() { read_held().await? } else { BTreeSet::new() };
     let reply = client
         .list_wals(WalListRequest { server: layout.server.clone(), after, position })
         .await
-        .map_err(rpc("listing its WAL"))?
+        .map_err(SyncError::rpc(peer, "listing its WAL"))?
         .into_inner();
     let cursor = WalCursor { last_name: reply.last_name, last_position: reply.last_position };
     let listed = reply.wals;
-    let held = if opts.cursor.is_some()
-        && listed.iter().any(|w| w.name.parse::<WalFileName>().is_ok_and(|n| layout.wal_path(&n).exists()))
-    {
-        read_held().await?
+    // A poll from a cursor lists only what the peer appended since: our own xlog.db is read
+    // only when one of those files is on disk already (a sync cut before it was recorded,
+    // or a file this node archived itself when it owned the server).
+    let read_ours = opts.cursor.is_none()
+        || listed.iter().any(|w| w.name.parse::<WalFileName>().is_ok_and(|n| layout.wal_path(&n).exists()));
+    let held: BTreeSet<String> = if read_ours {
+        let l = layout.clone();
+        let entries = blocking(move || Ok(XlogDb::new(&l).read_locked()?)).await?;
+        entries.into_iter().map(|e| e.name.to_string()).collect()
     } else {
-        held
+        BTreeSet::new()
     };
     let mut wanted = Vec::new();
     let mut seen = BTreeSet::new();
@@ -115,52 +102,29 @@ pub async fn sync_wals(
     if !wanted.is_empty() {
         durable::create_dir_all(&staging).map_err(io_err(&staging))?;
     }
+    let wants = wanted
+        .iter()
+        .map(|(name, w)| Want {
+            what: name.to_string(),
+            request: FetchRequest { server: layout.server.clone(), wal: name.to_string(), ..Default::default() },
+            dst: layout.wal_path(name),
+            part: staging.join(format!("{name}.part")),
+            size: w.size,
+            mtime: w.time,
+            mode: 0o600,
+            owned: false,
+        })
+        .collect();
     let limit = opts.bandwidth.filter(|b| *b > 0).map(|b| Arc::new(RateLimit::new(b)));
-    let jobs = opts.jobs.max(1);
-    // `jobs` transfers at a time, each on a clone of the one channel to the peer.
-    let mut queue = wanted.into_iter();
-    let mut running = tokio::task::JoinSet::new();
-    let mut results = Vec::new();
-    loop {
-        while running.len() < jobs {
-            let Some((name, w)) = queue.next() else { break };
-            let mut client = client.clone();
-            let (staging, limit, layout, peer) = (staging.clone(), limit.clone(), layout.clone(), peer.to_string());
-            running.spawn(async move {
-                let want = Want {
-                    what: name.to_string(),
-                    request: FetchRequest {
-                        server: layout.server.clone(),
-                        wal: name.to_string(),
-                        ..Default::default()
-                    },
-                    dst: layout.wal_path(&name),
-                    part: staging.join(format!("{name}.part")),
-                    size: w.size,
-                    mtime: w.time,
-                    mode: 0o600,
-                };
-                let r = fetch(&mut client, &peer, &want, limit.as_deref()).await;
-                (name, w, r)
-            });
-        }
-        match running.join_next().await {
-            Some(Ok(done)) => results.push(done),
-            Some(Err(e)) => {
-                return Err(SyncError::Io { path: staging.display().to_string(), source: std::io::Error::other(e) });
-            }
-            None => break,
-        }
-    }
+    let results = fetch_all(client, peer, wants, opts.jobs, limit, false).await;
     // Record what arrived, in name order, even when another file failed; then report the
     // first failure.
     let mut report = WalSyncReport::default();
     let mut entries = Vec::new();
     let mut first_error = None;
-    results.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
-    for (name, w, r) in results {
+    for ((name, w), r) in wanted.into_iter().zip(results) {
         match r {
-            Ok(super::fetch::Fetched { bytes, on_disk }) => {
+            Some(Ok(Fetched { bytes, on_disk })) => {
                 report.bytes += bytes;
                 if on_disk {
                     report.recorded.push(name.to_string());
@@ -175,20 +139,20 @@ pub async fn sync_wals(
                     encryption: Some(w.encryption).filter(|c| !c.is_empty()),
                 });
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 first_error.get_or_insert(e);
             }
+            None => {}
         }
     }
     if !entries.is_empty() {
         let l = layout.clone();
-        tokio::task::spawn_blocking(move || {
+        blocking(move || {
             let db = XlogDb::new(&l);
             let held = db.lock()?;
-            db.append(&held, &entries)
+            Ok(db.append(&held, &entries)?)
         })
-        .await
-        .map_err(|e| SyncError::Io { path: "xlog.db".into(), source: std::io::Error::other(e) })??;
+        .await?;
     }
     match first_error {
         Some(e) => Err(e),
