@@ -16,8 +16,9 @@ use crate::catalog::ServerLayout;
 use crate::cluster::network::Peers;
 use crate::cluster::ownership::NodeId;
 use crate::cluster::store::Applied;
+use crate::cluster::types::Member;
 use crate::cluster::types::TypeConfig;
-use crate::config::Config;
+use crate::config::{Config, ServerConfig};
 use crate::sync::wals::{WalCursor, WalSyncOptions, sync_wals};
 use crate::sync::{SyncError, backups};
 use crate::transport::grpc;
@@ -76,73 +77,77 @@ impl Follower {
                 };
                 let Some(member) = member else { continue };
                 let sn = seen.entry(server.clone()).or_default();
-                let full = sn.owner != Some(owner) || sn.full_at.is_none_or(|t| t.elapsed() >= FULL);
-                if sn.flushed != rec.report.flushed {
-                    sn.flushed = rec.report.flushed;
-                    sn.hot_until = Some(Instant::now() + HOT);
+                self.follow(s, owner, &member, rec.report.flushed, sn).await;
+            }
+        }
+    }
+
+    /// One round for server `s`, owned by `owner`: its backups when due (in a task of their
+    /// own), then its WAL when due.
+    async fn follow(&self, s: &ServerConfig, owner: NodeId, member: &Member, flushed: u64, sn: &mut Seen) {
+        let server = s.name.as_str();
+        let full = sn.owner != Some(owner) || sn.full_at.is_none_or(|t| t.elapsed() >= FULL);
+        if sn.flushed != flushed {
+            sn.flushed = flushed;
+            sn.hot_until = Some(Instant::now() + HOT);
+        }
+        let wal_due = full || sn.cursor.is_none() || sn.hot_until.is_some_and(|t| Instant::now() < t);
+        let backups_due = sn.backups_at.is_none_or(|t| t.elapsed() >= BACKUPS)
+            && sn.backup_task.as_ref().is_none_or(|t| t.is_finished());
+        // An idle owner costs no poll.
+        if !wal_due && !backups_due {
+            return;
+        }
+        let channel = match self.peers.channel(owner, member) {
+            Ok(c) => c,
+            Err(e) => {
+                let why =
+                    SyncError::Rpc { peer: member.name.clone(), what: "connecting".into(), status: e.to_string() };
+                self.tell(server, sn, why);
+                return;
+            }
+        };
+        let mut client = SyncClient::new(channel)
+            .max_decoding_message_size(grpc::MAX_MESSAGE)
+            .max_encoding_message_size(grpc::MAX_MESSAGE);
+        let opts = WalSyncOptions {
+            jobs: s.opts.parallel_jobs.max(1) as usize,
+            // KB/s as rsync's --bwlimit counts them (1024 bytes).
+            bandwidth: s.opts.bandwidth_limit.map(|b| b.0 * 1024).filter(|b| *b > 0),
+            cursor: if full { None } else { sn.cursor.clone() },
+        };
+        let layout = ServerLayout::new(&self.cfg.global, s);
+        if backups_due {
+            sn.backups_at = Some(Instant::now());
+            let (mut client, layout, opts) = (client.clone(), layout.clone(), opts.clone());
+            let (node, peer) = (self.name.clone(), member.name.clone());
+            sn.backup_task = Some(tokio::spawn(async move {
+                follow_backups(&node, &peer, &mut client, &layout, &opts).await;
+            }));
+        }
+        if !wal_due {
+            return;
+        }
+        match sync_wals(&mut client, &member.name, &layout, &opts).await {
+            Ok(r) => {
+                if full {
+                    sn.owner = Some(owner);
+                    sn.full_at = Some(Instant::now());
                 }
-                let wal_due = full || sn.cursor.is_none() || sn.hot_until.is_some_and(|t| Instant::now() < t);
-                let backups_due = sn.backups_at.is_none_or(|t| t.elapsed() >= BACKUPS)
-                    && sn.backup_task.as_ref().is_none_or(|t| t.is_finished());
-                // An idle owner costs no poll.
-                if !wal_due && !backups_due {
-                    continue;
+                sn.error = None;
+                sn.cursor = Some(r.cursor.clone());
+                if !r.fetched.is_empty() || !r.recorded.is_empty() {
+                    tracing::info!(
+                        node = %self.name, server = %server, peer = %member.name,
+                        "WAL synced from the owner: {} file(s), {} bytes, up to {}",
+                        r.fetched.len() + r.recorded.len(), r.bytes,
+                        r.fetched.iter().chain(&r.recorded).max().map_or("", String::as_str)
+                    );
                 }
-                let channel = match self.peers.channel(owner, &member) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        let why = SyncError::Rpc {
-                            peer: member.name.clone(),
-                            what: "connecting".into(),
-                            status: e.to_string(),
-                        };
-                        self.tell(server, sn, why);
-                        continue;
-                    }
-                };
-                let mut client = SyncClient::new(channel)
-                    .max_decoding_message_size(grpc::MAX_MESSAGE)
-                    .max_encoding_message_size(grpc::MAX_MESSAGE);
-                let opts = WalSyncOptions {
-                    jobs: s.opts.parallel_jobs.max(1) as usize,
-                    // KB/s as rsync's --bwlimit counts them (1024 bytes).
-                    bandwidth: s.opts.bandwidth_limit.map(|b| b.0 * 1024).filter(|b| *b > 0),
-                    cursor: if full { None } else { sn.cursor.clone() },
-                };
-                let layout = ServerLayout::new(&self.cfg.global, s);
-                if backups_due {
-                    sn.backups_at = Some(Instant::now());
-                    let (mut client, layout, opts) = (client.clone(), layout.clone(), opts.clone());
-                    let (node, peer) = (self.name.clone(), member.name.clone());
-                    sn.backup_task = Some(tokio::spawn(async move {
-                        follow_backups(&node, &peer, &mut client, &layout, &opts).await;
-                    }));
-                }
-                if !wal_due {
-                    continue;
-                }
-                match sync_wals(&mut client, &member.name, &layout, &opts).await {
-                    Ok(r) => {
-                        if full {
-                            sn.owner = Some(owner);
-                            sn.full_at = Some(Instant::now());
-                        }
-                        sn.error = None;
-                        sn.cursor = Some(r.cursor.clone());
-                        if !r.fetched.is_empty() || !r.recorded.is_empty() {
-                            tracing::info!(
-                                node = %self.name, server = %server, peer = %member.name,
-                                "WAL synced from the owner: {} file(s), {} bytes, up to {}",
-                                r.fetched.len() + r.recorded.len(), r.bytes,
-                                r.fetched.iter().chain(&r.recorded).max().map_or("", String::as_str)
-                            );
-                        }
-                    }
-                    Err(e) => {
-                        sn.cursor = None;
-                        self.tell(server, sn, e);
-                    }
-                }
+            }
+            Err(e) => {
+                sn.cursor = None;
+                self.tell(server, sn, e);
             }
         }
     }
