@@ -50,10 +50,11 @@ pub fn check_invariants(c: &mut TestCluster, from: &str, allowed: &[&str]) -> Re
     // Close the current segment so that what the owner holds is a complete file too.
     c.pg.switch_wal()?;
     let to = c.pg.current_lsn()?;
-    let dirs = c.wal_dirs();
     let mut last = Err(anyhow!("not tried"));
-    // The owner needs a moment to receive the switch.
+    // The owner needs a moment to receive the switch. The directories are listed each time:
+    // `wals/` exists only once a first segment was archived, which may be this one.
     for _ in 0..50 {
+        let dirs = c.wal_dirs();
         last = waldump_gap_check(&pg_bin("pg_waldump"), &dirs, from, &to);
         if last.is_ok() {
             break;
