@@ -107,6 +107,9 @@ impl Latencies {
     }
 }
 
+/// A renewal a pass could send: (server, epoch, report, due now).
+type Renewal = (String, u64, StreamReport, bool);
+
 /// Messages back into the driver's loop.
 enum Event {
     /// One batch of renewals came back: per server, its epoch and whether it applied.
@@ -138,10 +141,8 @@ pub struct Driver<R: Raft> {
     proposed: BTreeMap<String, (u64, Millis)>,
     /// When this node last told its site (0: never).
     site_told: Millis,
-    /// Renewals this pass could send: (server, epoch, report, due now).
-    renewable: Vec<(String, u64, StreamReport, bool)>,
     /// Tells the maintenance loop to archive now (a streamed segment completed).
-    pub archive_kick: Arc<tokio::sync::Notify>,
+    archive_kick: Arc<tokio::sync::Notify>,
 }
 
 impl<R: Raft> Driver<R> {
@@ -152,6 +153,7 @@ impl<R: Raft> Driver<R> {
         cfg: Arc<Config>,
         raft: Arc<R>,
         lease: Duration,
+        archive_kick: Arc<tokio::sync::Notify>,
     ) -> (Self, watch::Receiver<Vec<ServerStatus>>) {
         let lease = lease.as_millis() as Millis;
         // The margin covers clock drift over one lease and the commit latency of a renewal.
@@ -174,8 +176,7 @@ impl<R: Raft> Driver<R> {
             site_told: 0,
             latencies: Arc::default(),
             proposed: BTreeMap::new(),
-            renewable: Vec::new(),
-            archive_kick: Arc::default(),
+            archive_kick,
         };
         (d, srx)
     }
@@ -256,6 +257,7 @@ impl<R: Raft> Driver<R> {
             }
         }
         let names: Vec<String> = self.locals.keys().cloned().collect();
+        let mut renewable = Vec::new();
         for name in names {
             let Some(rec) = state.servers.get(&name) else {
                 // Forgotten by the cluster: stop whatever we did for it.
@@ -267,19 +269,20 @@ impl<R: Raft> Driver<R> {
                 }
                 continue;
             };
-            self.own(&name, rec, now);
+            renewable.extend(self.own(&name, rec, now));
         }
-        self.renew(now);
+        self.renew(renewable, now);
         self.lead(state, now);
         self.declare(state, now);
         self.publish(state, now);
     }
 
     /// The owner's part for one server.
-    fn own(&mut self, name: &str, rec: &ServerRecord, now: Millis) {
+    /// Returns the renewal this pass could send for it: (server, epoch, report, due now).
+    fn own(&mut self, name: &str, rec: &ServerRecord, now: Millis) -> Option<Renewal> {
         let renew_every = self.renew_every();
-        let Some(server_cfg) = self.cfg.servers.get(name).cloned() else { return };
-        let Some(l) = self.locals.get_mut(name) else { return };
+        let server_cfg = self.cfg.servers.get(name).cloned()?;
+        let l = self.locals.get_mut(name)?;
         // Mirror the lease into the fence streaming checks before every flush report.
         match l.holder.deadline() {
             Some(d) => l.fence.set_deadline(d),
@@ -289,7 +292,7 @@ impl<R: Raft> Driver<R> {
             if let Some(s) = l.sup.take() {
                 tokio::spawn(s.stop());
             }
-            return;
+            return None;
         };
         // A planned hand-over: stop streaming (durably, reported), then release.
         if let Some(to) = rec.transfer_to
@@ -319,10 +322,10 @@ impl<R: Raft> Driver<R> {
                 }
                 let _ = tx.send(Event::HandedOver { server });
             });
-            return;
+            return None;
         }
         if l.handing_over || l.spent {
-            return;
+            return None;
         }
         // A lease that ran out (a pause, a partition, a stalled disk) ends this epoch for
         // us: the server goes back to the leader, which may give it to us again, but only
@@ -349,17 +352,18 @@ impl<R: Raft> Driver<R> {
                     tracing::info!(node = %node, server = %server, epoch, "epoch already over: {why}");
                 }
             });
-            return;
+            return None;
         }
         // Renewals go out together (see `renew`): due after a renewal interval, and taken
         // along with a due one from half of it, so that an owner's servers fall into step.
         let since = now.saturating_sub(l.last_renew_sent);
+        let mut renewal = None;
         if !l.renewing && since >= renew_every / 2 {
             let report = l.sup.as_ref().map_or_else(StreamReport::default, |s| {
                 let st = s.state.borrow();
                 StreamReport { flushed: st.flushed, server_lsn: st.server_lsn, last_wal: None }
             });
-            self.renewable.push((name.to_string(), epoch, report, since >= renew_every));
+            renewal = Some((name.to_string(), epoch, report, since >= renew_every));
         }
         let may = l.holder.may_stream(now);
         match (&l.sup, may) {
@@ -380,13 +384,13 @@ impl<R: Raft> Driver<R> {
             }
             _ => {}
         }
+        renewal
     }
 
     /// Sends this pass's renewals, if one of them is due, as one Raft entry: one commit a
     /// renewal interval however many servers this node owns. The send time is taken before
     /// proposing; the leases run from it.
-    fn renew(&mut self, now: Millis) {
-        let renewable = std::mem::take(&mut self.renewable);
+    fn renew(&mut self, renewable: Vec<Renewal>, now: Millis) {
         if !renewable.iter().any(|(.., due)| *due) {
             return;
         }

@@ -171,8 +171,8 @@ async fn run_async(
 
     let handle = Arc::new(Handle { raft: raft.clone(), peers: peers.clone(), acks, patience: g.ownership_lease });
     let kick = Arc::new(tokio::sync::Notify::new());
-    let (mut drv, status) = Driver::new(me, name.clone(), site.clone(), cfg.clone(), handle.clone(), g.ownership_lease);
-    drv.archive_kick = kick.clone();
+    let (drv, status) =
+        Driver::new(me, name.clone(), site.clone(), cfg.clone(), handle.clone(), g.ownership_lease, kick.clone());
     let shared = Arc::new(Shared {
         me,
         name: name.clone(),
