@@ -681,6 +681,19 @@ mod tests {
     }
 
     #[test]
+    fn work_waits_when_a_file_is_in_incoming_or_a_complete_one_in_streaming() {
+        let t = setup("");
+        assert!(!has_waiting(&t.layout).unwrap(), "empty directories");
+        fs::write(t.layout.streaming_dir.join(format!("{}.partial", name(2))), seg(2)).unwrap();
+        assert!(!has_waiting(&t.layout).unwrap(), "the .partial being written is not work");
+        fs::write(t.layout.streaming_dir.join(name(1)), seg(1)).unwrap();
+        assert!(has_waiting(&t.layout).unwrap());
+        fs::remove_file(t.layout.streaming_dir.join(name(1))).unwrap();
+        fs::write(t.layout.incoming_dir.join(name(3)), seg(3)).unwrap();
+        assert!(has_waiting(&t.layout).unwrap());
+    }
+
+    #[test]
     fn streaming_keeps_the_newest_file_for_the_streamer() {
         let t = setup("");
         fs::write(t.layout.streaming_dir.join(name(1)), seg(1)).unwrap();

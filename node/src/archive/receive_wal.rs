@@ -72,6 +72,8 @@ pub struct ReceiverConfig {
     pub log_segments: bool,
     /// Where the last reported flush position is published (LSN as a number).
     pub progress: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    /// Notified each time a segment completes (a node archives it at once).
+    pub segment_done: Option<std::sync::Arc<tokio::sync::Notify>>,
 }
 
 impl ReceiverConfig {
@@ -247,7 +249,11 @@ impl Receiver<'_> {
         // The next segment's `.partial` at once: archive-wal holds back the newest file of
         // the directory for us, which would otherwise be the segment just completed until
         // more WAL comes (after a switch-wal on an idle server, for as long as it idles).
-        self.open_segment()
+        self.open_segment()?;
+        if let Some(n) = &self.cfg.segment_done {
+            n.notify_one();
+        }
+        Ok(())
     }
 
     /// Drops the open `.partial` if nothing was written into it (opened ahead of a timeline

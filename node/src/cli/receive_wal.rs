@@ -286,6 +286,7 @@ fn start(ctx: &mut Ctx, s: &ServerConfig, reset: bool) {
         start_at: None,
         log_segments: false,
         progress: None,
+        segment_done: None,
     };
     let result = rt.block_on(async {
         let stop = async {

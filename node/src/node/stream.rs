@@ -308,6 +308,8 @@ impl Job {
             start_at,
             log_segments: true,
             progress: Some(progress.clone()),
+            // A completed segment is archived at once, so the passives can fetch it at once.
+            segment_done: Some(self.archive_kick.clone()),
         };
         tracing::info!(node = %self.node, server = %s, epoch = self.epoch, mono_ms = mono_ms(), "streaming started");
         state.send_modify(|st| {
@@ -317,20 +319,13 @@ impl Job {
         let fence = self.fence.clone();
         let publish = {
             let (state, progress, c) = (state.clone(), progress.clone(), &c);
-            let (kick, layout) = (self.archive_kick.clone(), &self.layout);
             async move {
                 let mut tick = 0u32;
                 loop {
                     // Once a second, the renewals' cadence that carries the position.
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     let f = progress.load(Ordering::Relaxed);
-                    // A flush that moved may have completed a segment: archived at once,
-                    // the passives can fetch it at once.
-                    if state.send_if_modified(|st| std::mem::replace(&mut st.flushed, f) != f)
-                        && crate::archive::archive_wal::has_waiting(layout).unwrap_or(false)
-                    {
-                        kick.notify_one();
-                    }
+                    state.send_if_modified(|st| std::mem::replace(&mut st.flushed, f) != f);
                     tick += 1;
                     // PostgreSQL's position, for the lag, every five seconds.
                     if tick.is_multiple_of(5)
