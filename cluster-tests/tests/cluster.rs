@@ -364,23 +364,34 @@ fn archived(home: &std::path::Path) -> Vec<String> {
     v
 }
 
-/// The bytes of every file of a node's WAL archive for `pg`, by path under `wals/`.
-fn archive_files(home: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
-    let wals = home.join("pg").join("wals");
+/// Every file under `dir` by its path there, with its bytes (a link: its target), links
+/// not followed.
+fn contents(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
     let mut out = std::collections::BTreeMap::new();
-    let mut stack = vec![wals.clone()];
+    let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).unwrap().flatten() {
             let p = e.path();
-            let rel = p.strip_prefix(&wals).unwrap().to_string_lossy().into_owned();
-            if p.is_dir() {
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+            if m.is_dir() {
                 stack.push(p);
-            } else if !rel.ends_with("xlog.db") && !rel.starts_with('.') {
+            } else if m.file_type().is_symlink() {
+                out.insert(rel, std::fs::read_link(&p).unwrap().to_string_lossy().into_owned().into_bytes());
+            } else {
                 out.insert(rel, std::fs::read(&p).unwrap());
             }
         }
     }
     out
+}
+
+/// A node's WAL archive for `pg`: its files by path under `wals/`, the xlog.db and hidden
+/// files aside.
+fn archive_files(home: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut files = contents(&home.join("pg").join("wals"));
+    files.retain(|rel, _| !rel.ends_with("xlog.db") && !rel.starts_with('.'));
+    files
 }
 
 #[test]
@@ -434,26 +445,7 @@ fn passives_follow_the_owners_wal_archive() {
     })
     .unwrap_or_else(|e| panic!("{e}; backup said:\n{out}"));
     println!("passives held the backup DONE after (ms): {}", t0.elapsed().as_millis());
-    let tree = |h: &std::path::Path| -> std::collections::BTreeMap<String, Vec<u8>> {
-        let base = h.join("pg").join("base");
-        let mut out = std::collections::BTreeMap::new();
-        let mut stack = vec![base.clone()];
-        while let Some(d) = stack.pop() {
-            for e in std::fs::read_dir(&d).unwrap().flatten() {
-                let p = e.path();
-                let m = std::fs::symlink_metadata(&p).unwrap();
-                let rel = p.strip_prefix(&base).unwrap().to_string_lossy().into_owned();
-                if m.is_dir() {
-                    stack.push(p);
-                } else if m.file_type().is_symlink() {
-                    out.insert(rel, std::fs::read_link(&p).unwrap().to_string_lossy().into_owned().into_bytes());
-                } else {
-                    out.insert(rel, std::fs::read(&p).unwrap());
-                }
-            }
-        }
-        out
-    };
+    let tree = |h: &std::path::Path| contents(&h.join("pg").join("base"));
     let owners = tree(&c.homes[owner]);
     assert!(owners.len() > 100, "{} files in the owner's backup", owners.len());
     for (i, h) in c.homes.iter().enumerate() {
