@@ -41,6 +41,24 @@ impl PyValue {
         }
     }
 
+    /// A JSON value as Python's `json.loads` gives it (integers stay integers).
+    pub fn from_json(v: &serde_json::Value) -> PyValue {
+        use serde_json::Value;
+        match v {
+            Value::Null => PyValue::None,
+            Value::Bool(b) => PyValue::Bool(*b),
+            Value::Number(n) => match n.as_i64() {
+                Some(i) => PyValue::Int(i),
+                None => PyValue::Float(n.as_f64().unwrap_or(f64::NAN)),
+            },
+            Value::String(s) => PyValue::Str(s.clone()),
+            Value::Array(a) => PyValue::List(a.iter().map(PyValue::from_json).collect()),
+            Value::Object(o) => {
+                PyValue::Dict(o.iter().map(|(k, v)| (PyValue::Str(k.clone()), PyValue::from_json(v))).collect())
+            }
+        }
+    }
+
     /// Python's `str()`.
     pub fn to_py_str(&self) -> String {
         match self {

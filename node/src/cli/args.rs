@@ -382,6 +382,9 @@ pub enum Command {
     /// Print what a passive node needs to follow the server (Barman's JSON): backups, the
     /// WAL archived after LAST_WAL, the configuration
     SyncInfo {
+        /// Ask the primary of this passive server instead (through primary_ssh_command)
+        #[arg(long)]
+        primary: bool,
         server: String,
         /// The newest WAL the caller holds: only later ones are listed
         last_wal: Option<String>,
@@ -389,6 +392,10 @@ pub enum Command {
         #[arg(value_parser = positive, requires = "last_wal")]
         last_position: Option<u32>,
     },
+    /// Copy a backup from the primary (passive servers)
+    SyncBackup { server: String, backup_id: String },
+    /// Copy the WAL files the primary archived since the last sync (passive servers)
+    SyncWals { server: String },
     /// Receive WAL from PostgreSQL by streaming replication (in the foreground)
     ReceiveWal {
         server: String,

@@ -432,32 +432,41 @@ fn wal_validity(c: &mut Checker<'_>, l: &ServerLayout, catalogue: &[BackupSummar
     c.result_perf("wal size", true, Some(&pretty_size(size)), size);
 }
 
+/// Barman's `ssh` check: `true` run through the command, and nothing printed.
+fn ssh_check(c: &mut Checker<'_>, cmd: &str, hint: &str) {
+    let mut p = std::process::Command::new("/bin/sh");
+    p.arg("-c").arg(format!("{cmd} -o BatchMode=yes -o StrictHostKeyChecking=no true"));
+    if let Some(path) = c.s.path_env() {
+        p.env("PATH", path);
+    }
+    match p.output() {
+        Ok(o) if o.status.success() => {
+            c.result("ssh", true, None);
+            if !o.stdout.is_empty() {
+                c.result(
+                    "ssh output clean",
+                    false,
+                    Some("the configured ssh_command must not add anything to the remote command output"),
+                );
+            }
+        }
+        Ok(_) | Err(_) => c.result("ssh", false, Some(hint)),
+    }
+}
+
 fn executor_checks(c: &mut Checker<'_>, st: &PostgresStatus) {
     let s = c.s;
     if s.passive {
+        // A passive server's executor is its primary Barman.
+        if let Some(cmd) = s.opts.primary_ssh_command.clone() {
+            ssh_check(c, &cmd, "Barman primary node");
+        }
         return;
     }
     match s.opts.backup_method {
         BackupMethod::Rsync => {
             let Some(cmd) = s.opts.ssh_command.clone() else { return };
-            let mut p = std::process::Command::new("/bin/sh");
-            p.arg("-c").arg(format!("{cmd} -o BatchMode=yes -o StrictHostKeyChecking=no true"));
-            if let Some(path) = s.path_env() {
-                p.env("PATH", path);
-            }
-            match p.output() {
-                Ok(o) if o.status.success() => {
-                    c.result("ssh", true, None);
-                    if !o.stdout.is_empty() {
-                        c.result(
-                            "ssh output clean",
-                            false,
-                            Some("the configured ssh_command must not add anything to the remote command output"),
-                        );
-                    }
-                }
-                Ok(_) | Err(_) => c.result("ssh", false, Some("PostgreSQL server")),
-            }
+            ssh_check(c, &cmd, "PostgreSQL server");
             if st.server_version_num.is_some_and(|v| v < 90600) {
                 c.result("postgres minimal version", false, Some("PostgreSQL 9.6 or later is required"));
             }

@@ -1,4 +1,5 @@
-//! `cron` (the archive step and the WAL receiver; later steps come with their commands),
+//! `cron` (the archive step and the WAL receiver, or a passive server's sync step; then
+//! the backups' checks and retention),
 //! `lock-directory-cleanup` and `list-processes`.
 
 use super::context::{Ctx, Pick};
@@ -60,6 +61,15 @@ pub fn cron(ctx: &mut Ctx, keep_descriptors: bool) {
                 continue;
             }
         };
+        if s.passive {
+            // A passive server copies from its primary instead of archiving and streaming.
+            let (file, keep) = (ctx.cfg.file.clone(), keep_descriptors);
+            super::sync::cron_passive(ctx, &s, &|args| spawn_detached(&file, args, keep));
+            super::backups::cron_backups(ctx, &s);
+            super::delete::cron_retention(ctx, &s);
+            drop(cron_lock);
+            continue;
+        }
         // A cluster node runs cron every few seconds: archive-wal only when files wait.
         let idle = ctx.cfg.global.node_name.is_some()
             && crate::archive::archive_wal::has_waiting(&l).is_ok_and(|waiting| !waiting);

@@ -192,9 +192,14 @@ fn dispatch(ctx: &mut Ctx, command: Command) {
         Command::ListProcesses { server } => cron::list_processes(ctx, &server),
         Command::ListServers { minimal } => servers::list_servers(ctx, minimal),
         Command::PutWal { server, test } => wal::put_wal(ctx, &server, test),
-        Command::SyncInfo { server, last_wal, last_position } => {
+        Command::SyncInfo { primary: true, server, last_wal, last_position } => {
+            sync::sync_info_primary(ctx, &server, last_wal, last_position.map(u64::from))
+        }
+        Command::SyncInfo { primary: false, server, last_wal, last_position } => {
             sync::sync_info(ctx, &server, last_wal, last_position.map(u64::from))
         }
+        Command::SyncBackup { server, backup_id } => sync::sync_backup(ctx, &server, &backup_id),
+        Command::SyncWals { server } => sync::sync_wals(ctx, &server),
         Command::ReceiveWal { server, stop, reset, create_slot, drop_slot, if_not_exists } => receive_wal::receive_wal(
             ctx,
             &server,

@@ -341,12 +341,6 @@ fn unsupported_features(s: &mut ServerConfig) {
                 .to_string(),
         );
     }
-    if s.passive {
-        msgs.push(
-            "primary_ssh_command (passive node fed by a Barman primary) is not supported by this version yet"
-                .to_string(),
-        );
-    }
     for m in msgs {
         s.disable(m);
     }

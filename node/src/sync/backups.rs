@@ -13,7 +13,7 @@ use barman_proto::v1::sync_client::SyncClient;
 use barman_proto::v1::{BackupMeta, BackupRequest, FetchRequest, FileMeta, ServerRequest};
 use tonic::transport::Channel;
 
-use super::fetch::{Want, fetch_all};
+use super::fetch::{Origin, Source, Want, fetch_all};
 use super::rpc::is_plain_relative;
 use super::wals::WalSyncOptions;
 use super::{SyncError, io_err};
@@ -135,7 +135,7 @@ fn check_listing(peer: &str, id: &str, files: &[FileMeta]) -> Result<(), SyncErr
 
 /// Creates `rel`'s directories under `base` one level at a time, refusing any that is a
 /// link on disk.
-fn make_dirs(base: &Path, rel: &Path, mode: Option<u32>) -> Result<PathBuf, SyncError> {
+pub(crate) fn make_dirs(base: &Path, rel: &Path, mode: Option<u32>) -> Result<PathBuf, SyncError> {
     use std::os::unix::fs::PermissionsExt;
     let mut at = base.to_path_buf();
     for c in rel.components() {
@@ -187,12 +187,12 @@ async fn copy(
         let name = rel.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         wants.push(Want {
             what: format!("{} of backup {id}", f.path),
-            request: FetchRequest {
+            origin: Origin::Grpc(FetchRequest {
                 server: layout.server.clone(),
                 backup_id: id.to_string(),
                 path: f.path.clone(),
                 ..Default::default()
-            },
+            }),
             dst: dir.join(&name),
             part: dir.join(format!(".{name}.sync-part")),
             size: f.size,
@@ -203,7 +203,7 @@ async fn copy(
     }
     let limit = opts.bandwidth.filter(|b| *b > 0).map(|b| Arc::new(RateLimit::new(b)));
     let mut report = BackupSyncReport { id: id.to_string(), ..Default::default() };
-    for r in fetch_all(client, peer, wants, opts.jobs, limit, true).await.into_iter().flatten() {
+    for r in fetch_all(&Source::Grpc(client.clone()), peer, wants, opts.jobs, limit, true).await.into_iter().flatten() {
         let fetched = r?;
         report.files += 1;
         report.bytes += fetched.bytes;

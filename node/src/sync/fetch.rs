@@ -1,4 +1,5 @@
-//! One file from a peer's Sync service, resumable and checked end to end: the bytes go to
+//! One file from a peer — a cluster node's Sync service, or a Barman host over SFTP —
+//! resumable and checked end to end: the bytes go to
 //! a part file beside the final name (hidden from every scan), are checked against the size
 //! the peer listed and the SHA-256 of the whole file it sends last, fsynced with the peer's
 //! mtime and our mode, and hard-linked under the final name (never over an existing file)
@@ -20,12 +21,29 @@ use super::{SyncError, io_err};
 use crate::catalog::durable;
 use crate::transport::copy::RateLimit;
 
+/// Where the bytes come from.
+#[derive(Clone)]
+pub enum Source {
+    /// A cluster peer's Sync service: one tonic channel, cloned per transfer.
+    Grpc(SyncClient<Channel>),
+    /// A Barman host's files over SFTP (one session; its requests are multiplexed).
+    Sftp(Arc<russh_sftp::client::SftpSession>),
+}
+
+/// How the source names the file.
+#[derive(Clone)]
+pub enum Origin {
+    /// The request (its offset is set at each try).
+    Grpc(FetchRequest),
+    /// An absolute path on the Barman host, and the SHA-256 its `sha256sum` gave.
+    Sftp { path: String, sha256: Vec<u8> },
+}
+
 /// A file to fetch.
 pub struct Want {
     /// How errors name it (`000000010000000000000002`, `data/base/1/1259 of backup ...`).
     pub what: String,
-    /// The request (its offset is set here).
-    pub request: FetchRequest,
+    pub origin: Origin,
     pub dst: PathBuf,
     pub part: PathBuf,
     /// What the peer listed.
@@ -63,13 +81,84 @@ pub fn hash_file(path: &Path) -> std::io::Result<(Sha256, u64)> {
     }
 }
 
+/// A file's bytes from some offset on, then its size and SHA-256 as the source gives them.
+enum Chunks {
+    Grpc(tonic::Streaming<barman_proto::v1::FileChunk>),
+    Sftp { file: russh_sftp::client::fs::File, buf: Vec<u8>, at: u64, sha256: Vec<u8> },
+}
+
+/// One piece of a file; the last one (data possibly empty) carries the size and checksum.
+struct Chunk {
+    data: Vec<u8>,
+    end: Option<(u64, Vec<u8>)>,
+}
+
+enum Cut {
+    /// The transfer broke: what arrived is kept for the next try.
+    Broken(SyncError),
+    /// The source ended without the checksum.
+    Unended,
+}
+
+impl Chunks {
+    async fn open(source: &Source, peer: &str, want: &Want, offset: u64) -> Result<Chunks, SyncError> {
+        let name = &want.what;
+        match (source, &want.origin) {
+            (Source::Grpc(client), Origin::Grpc(request)) => {
+                let request = FetchRequest { offset, ..request.clone() };
+                let stream = client
+                    .clone()
+                    .fetch(request)
+                    .await
+                    .map_err(SyncError::rpc(peer, format!("fetching {name}")))?
+                    .into_inner();
+                Ok(Chunks::Grpc(stream))
+            }
+            (Source::Sftp(sftp), Origin::Sftp { path, sha256 }) => {
+                use tokio::io::AsyncSeekExt;
+                let failed = |e: &dyn std::fmt::Display| SyncError::Rpc {
+                    peer: peer.into(),
+                    what: format!("reading {path}"),
+                    status: e.to_string(),
+                };
+                let mut file = sftp.open(path.as_str()).await.map_err(|e| failed(&e))?;
+                file.seek(std::io::SeekFrom::Start(offset)).await.map_err(|e| failed(&e))?;
+                Ok(Chunks::Sftp { file, buf: vec![0; 256 * 1024], at: offset, sha256: sha256.clone() })
+            }
+            _ => Err(SyncError::Task(format!("{name}: a transfer asked of the wrong kind of source"))),
+        }
+    }
+
+    async fn next(&mut self, peer: &str, name: &str) -> Result<Chunk, Cut> {
+        match self {
+            Chunks::Grpc(stream) => match stream.message().await {
+                Ok(Some(c)) => Ok(Chunk { end: c.last.then_some((c.size, c.sha256)), data: c.data.to_vec() }),
+                Ok(None) => Err(Cut::Unended),
+                Err(s) => Err(Cut::Broken(SyncError::rpc(peer, format!("fetching {name}"))(s))),
+            },
+            Chunks::Sftp { file, buf, at, sha256 } => {
+                use tokio::io::AsyncReadExt;
+                match file.read(buf).await {
+                    // The end of the file: its size is where the reads got to; the checksum is
+                    // the one sha256sum gave on the host.
+                    Ok(0) => Ok(Chunk { data: Vec::new(), end: Some((*at, sha256.clone())) }),
+                    Ok(n) => {
+                        *at += n as u64;
+                        Ok(Chunk { data: buf[..n].to_vec(), end: None })
+                    }
+                    Err(e) => Err(Cut::Broken(SyncError::Rpc {
+                        peer: peer.into(),
+                        what: format!("reading {name}"),
+                        status: e.to_string(),
+                    })),
+                }
+            }
+        }
+    }
+}
+
 /// Fetches `want` into place (see the module's comment).
-pub async fn fetch(
-    client: &mut SyncClient<Channel>,
-    peer: &str,
-    want: &Want,
-    limit: Option<&RateLimit>,
-) -> Result<Fetched, SyncError> {
+pub async fn fetch(source: &Source, peer: &str, want: &Want, limit: Option<&RateLimit>) -> Result<Fetched, SyncError> {
     let (name, dst, part) = (&want.what, &want.dst, &want.part);
     if want.owned {
         match fs::symlink_metadata(dst) {
@@ -98,9 +187,7 @@ pub async fn fetch(
     if on_disk && have != want.size {
         return Err(SyncError::Conflict { peer: peer.into(), name: name.to_string(), ours: have, theirs: want.size });
     }
-    let request = FetchRequest { offset: have, ..want.request.clone() };
-    let mut stream =
-        client.fetch(request).await.map_err(SyncError::rpc(peer, format!("fetching {name}")))?.into_inner();
+    let mut stream = Chunks::open(source, peer, want, have).await?;
     let mut out = if on_disk {
         None
     } else {
@@ -108,22 +195,22 @@ pub async fn fetch(
     };
     let corrupt = |why: String| SyncError::Corrupt { peer: peer.into(), name: name.to_string(), why };
     let mut received = 0u64;
-    let last = loop {
-        let chunk = match stream.message().await {
-            Ok(Some(c)) => c,
-            Ok(None) => {
+    let (last_size, last_sha256) = loop {
+        let chunk = match stream.next(peer, name).await {
+            Ok(c) => c,
+            Err(Cut::Unended) => {
                 drop(out.take());
                 if !on_disk {
                     let _ = fs::remove_file(part);
                 }
                 return Err(corrupt("the stream ended without its checksum".into()));
             }
-            Err(s) => {
+            Err(Cut::Broken(e)) => {
                 // Cut: what arrived stays in the part file for the next try.
                 if let Some(f) = out.as_mut() {
                     f.sync_data().map_err(io_err(part))?;
                 }
-                return Err(SyncError::rpc(peer, format!("fetching {name}"))(s));
+                return Err(e);
             }
         };
         if !chunk.data.is_empty() {
@@ -143,15 +230,15 @@ pub async fn fetch(
             have += chunk.data.len() as u64;
             received += chunk.data.len() as u64;
         }
-        if chunk.last {
-            break chunk;
+        if let Some(end) = chunk.end {
+            break end;
         }
     };
     let ours = hasher.finalize().to_vec();
-    let bad = if last.size != want.size || have != want.size {
-        Some(format!("{have} bytes received and {} announced at the end, {} listed", last.size, want.size))
-    } else if last.sha256 != ours {
-        Some(format!("SHA-256 {} here, {} announced", hex::encode(&ours), hex::encode(&last.sha256)))
+    let bad = if last_size != want.size || have != want.size {
+        Some(format!("{have} bytes received and {last_size} announced at the end, {} listed", want.size))
+    } else if last_sha256 != ours {
+        Some(format!("SHA-256 {} here, {} announced", hex::encode(&ours), hex::encode(&last_sha256)))
     } else {
         None
     };
@@ -161,7 +248,7 @@ pub async fn fetch(
                 peer: peer.into(),
                 name: name.to_string(),
                 ours: have,
-                theirs: last.size,
+                theirs: last_size,
             });
         }
         drop(out.take());
@@ -199,11 +286,11 @@ pub async fn fetch(
     Ok(Fetched { bytes: received, on_disk })
 }
 
-/// Fetches `wants`, `jobs` at a time, each on a clone of the one channel to the peer, under
+/// Fetches `wants`, `jobs` at a time, all on the one channel or session to the peer, under
 /// one bandwidth `limit`; the results in the order of `wants`. With `stop_on_error`, no
 /// transfer starts after one failed (those running finish their file): theirs are None.
 pub async fn fetch_all(
-    client: &SyncClient<Channel>,
+    source: &Source,
     peer: &str,
     wants: Vec<Want>,
     jobs: usize,
@@ -218,8 +305,8 @@ pub async fn fetch_all(
     loop {
         while !stopped && running.len() < jobs.max(1) {
             let Some((i, want)) = queue.next() else { break };
-            let (mut client, peer, limit) = (client.clone(), peer.to_string(), limit.clone());
-            let task = running.spawn(async move { fetch(&mut client, &peer, &want, limit.as_deref()).await });
+            let (source, peer, limit) = (source.clone(), peer.to_string(), limit.clone());
+            let task = running.spawn(async move { fetch(&source, &peer, &want, limit.as_deref()).await });
             index.insert(task.id(), i);
         }
         let (id, r) = match running.join_next_with_id().await {

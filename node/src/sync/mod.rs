@@ -4,6 +4,8 @@
 pub mod backups;
 pub mod fetch;
 pub mod info;
+pub mod passive;
+pub mod primary;
 pub mod rpc;
 pub mod wals;
 
@@ -25,6 +27,8 @@ pub enum SyncError {
     Conflict { peer: String, name: String, ours: u64, theirs: u64 },
     #[error("{path}: {source}")]
     Io { path: String, source: std::io::Error },
+    #[error("{0}")]
+    Ssh(String),
     #[error(transparent)]
     Xlog(#[from] crate::catalog::xlogdb::XlogDbError),
     /// A task of the sync panicked or was cancelled.

@@ -11,7 +11,7 @@ use barman_proto::v1::sync_client::SyncClient;
 use barman_proto::v1::{FetchRequest, WalListRequest};
 use tonic::transport::Channel;
 
-use super::fetch::{Fetched, Want, fetch_all};
+use super::fetch::{Fetched, Origin, Source, Want, fetch_all};
 use super::{SyncError, blocking, io_err};
 use crate::catalog::ServerLayout;
 use crate::catalog::durable;
@@ -106,7 +106,11 @@ pub async fn sync_wals(
         .iter()
         .map(|(name, w)| Want {
             what: name.to_string(),
-            request: FetchRequest { server: layout.server.clone(), wal: name.to_string(), ..Default::default() },
+            origin: Origin::Grpc(FetchRequest {
+                server: layout.server.clone(),
+                wal: name.to_string(),
+                ..Default::default()
+            }),
             dst: layout.wal_path(name),
             part: staging.join(format!("{name}.part")),
             size: w.size,
@@ -116,7 +120,7 @@ pub async fn sync_wals(
         })
         .collect();
     let limit = opts.bandwidth.filter(|b| *b > 0).map(|b| Arc::new(RateLimit::new(b)));
-    let results = fetch_all(client, peer, wants, opts.jobs, limit, false).await;
+    let results = fetch_all(&Source::Grpc(client.clone()), peer, wants, opts.jobs, limit, false).await;
     // Record what arrived, in name order, even when another file failed; then report the
     // first failure.
     let mut report = WalSyncReport::default();

@@ -221,6 +221,18 @@ impl Session {
         collector.finish().await
     }
 
+    /// An SFTP session on a new channel (OpenSSH's `sftp-server` on the host).
+    pub async fn sftp(&self) -> Result<russh_sftp::client::SftpSession, SshError> {
+        let channel = self.handle.channel_open_session().await.map_err(|e| self.failed(e))?;
+        channel.request_subsystem(true, "sftp").await.map_err(|e| self.failed(e))?;
+        // Many reads in flight: a link with latency stays full (16, the default, halves
+        // loopback throughput against 64).
+        let config = russh_sftp::client::Config { max_concurrent_reads: 64, ..Default::default() };
+        russh_sftp::client::SftpSession::new_with_config(channel.into_stream(), config)
+            .await
+            .map_err(|e| SshError::Session { who: self.who.clone(), why: format!("starting SFTP: {e}") })
+    }
+
     /// Starts `command`; its stdin is fed through the [`Input`], its output gathered by the
     /// [`Collector`] (read concurrently, so a chatty command never stalls the connection).
     pub async fn start(&self, command: &str) -> Result<(Input, Collector), SshError> {

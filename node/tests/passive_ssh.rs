@@ -1,0 +1,228 @@
+//! Our node as the passive of a real Barman 3.17 primary over SSH (a throwaway sshd on
+//! 127.0.0.1): `cron` asks the primary's `barman sync-info`, copies its backup over SFTP
+//! byte for byte and its WAL (recompressed: the two compress differently), and a recovery
+//! from the passive gives the primary's tables. A primary that lies is refused.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use cluster_tests::pg::PgCluster;
+use cluster_tests::reference;
+use cluster_tests::ssh::Sshd;
+use cluster_tests::util::{pg_bin, wait_until};
+use common::{CHECKSUMS, Env, Out, files_under, run};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// Real Barman with the primary's configuration.
+fn theirs(pri: &Env, args: &[&str]) -> Out {
+    let barman = reference::barman().expect("reference Barman (scripts/setup-reference.sh)");
+    run(Command::new(&barman).arg("-c").arg(&pri.config).args(args), None)
+}
+
+fn script(path: &Path, text: &str) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// A directory for the SSH sessions' PATH whose `barman` is the real one with the
+/// primary's configuration (the passive runs plain `barman sync-info pg` there).
+fn remote_bin(pri: &Env) -> PathBuf {
+    let dir = pri.path().join("remote-bin");
+    let barman = reference::barman().unwrap();
+    script(&dir.join("barman"), &format!("#!/bin/sh\nexec {} -c {} \"$@\"\n", barman.display(), pri.config.display()));
+    dir
+}
+
+/// The real Barman primary: PostgreSQL archiving into its incoming directory, one backup.
+fn primary(pri: &Env) -> PgCluster {
+    let pg = pri.archiving_primary(&[]);
+    pri.write_config(&format!(
+        "[pg]\ndescription = real Barman primary\nconninfo = {c}\nstreaming_conninfo = {c}\n\
+         backup_method = postgres\narchiver = on\nimmediate_checkpoint = true\ncompression = gzip\n\
+         path_prefix = {bin}\n",
+        c = pg.conninfo(),
+        bin = pg_bin("pg_basebackup").parent().unwrap().display()
+    ));
+    pg.pgbench(&["-i", "-s", "2", "-q"]).unwrap();
+    pg.psql("CREATE TABLE marker (i int)").unwrap();
+    archive_all(pri, &pg);
+    theirs(pri, &["backup", "pg"]).ok();
+    pg
+}
+
+/// Closes the current segment and lets the real Barman archive everything PostgreSQL archived.
+fn archive_all(pri: &Env, pg: &PgCluster) {
+    pg.switch_wal().unwrap();
+    wait_until(Duration::from_secs(60), "the primary archives the last segment", || {
+        theirs(pri, &["archive-wal", "pg"]);
+        let done = pg
+            .psql("SELECT last_archived_wal = pg_walfile_name(pg_current_wal_lsn() - 1) FROM pg_stat_archiver")
+            .is_ok_and(|v| v == "t");
+        done && std::fs::read_dir(pri.server_dir("pg").join("incoming")).unwrap().next().is_none()
+    })
+    .unwrap();
+    theirs(pri, &["archive-wal", "pg"]).ok();
+}
+
+fn passive_config(pas: &Env, sshd: &Sshd, extra: &str) {
+    pas.write_config(&format!(
+        "[pg]\ndescription = passive of a Barman primary\nprimary_ssh_command = ssh -F {} 127.0.0.1\n\
+         compression = zstd\nparallel_jobs = 2\n{extra}",
+        sshd.ssh_config().display()
+    ));
+}
+
+/// WAL names in a server's xlog.db.
+fn xlog_names(home: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(home.join("pg").join("wals").join("pg-xlog.db")).unwrap_or_default();
+    text.lines().filter_map(|l| l.split('\t').next()).map(str::to_string).collect()
+}
+
+fn status_of(home: &Path, id: &str) -> String {
+    let info = std::fs::read_to_string(home.join("pg").join("meta").join(format!("{id}-backup.info")))
+        .or_else(|_| std::fs::read_to_string(home.join("pg").join("base").join(id).join("backup.info")))
+        .unwrap_or_default();
+    info.lines().find_map(|l| l.strip_prefix("status=")).unwrap_or("").to_string()
+}
+
+#[test]
+fn our_passive_follows_a_real_barman_primary_and_recovers_its_tables() {
+    let pri = Env::new();
+    let pas = Env::new();
+    let pg = primary(&pri);
+    let id = theirs(&pri, &["list-backups", "--minimal", "pg"]).stdout.trim().to_string();
+    assert!(!id.is_empty(), "the primary took no backup");
+    // Work after the backup, archived by the primary.
+    pg.pgbench(&["-n", "-t", "500"]).unwrap();
+    pg.psql("CREATE TABLE after_backup AS SELECT generate_series(1, 1000) AS i").unwrap();
+    let expected = pg.psql(CHECKSUMS).unwrap();
+    let after: i64 = pg.psql("SELECT count(*) FROM after_backup").unwrap().parse().unwrap();
+    archive_all(&pri, &pg);
+
+    let sshd = Sshd::start(pas.path(), &[remote_bin(&pri)], &[]).unwrap();
+    passive_config(&pas, &sshd, "");
+    // Plain sync-info on the passive works (it can be a primary itself); --primary asks.
+    let asked = pas.barman(&["sync-info", "--primary", "pg"]);
+    asked.ok();
+    assert!(asked.stdout.contains(&format!("\"{id}\"")), "{}", asked.stdout);
+    // A passive refuses what needs PostgreSQL.
+    let b = pas.barman(&["backup", "pg"]);
+    assert!(b.stdout.contains("Skipping passive server 'pg'"), "{}{}", b.stdout, b.stderr);
+    let not_passive = pri.barman(&["sync-wals", "pg"]);
+    assert_ne!(not_passive.code, 0);
+    assert!(not_passive.stderr.contains("server pg is not passive"), "{}", not_passive.stderr);
+
+    let primary_wals: Vec<String> = xlog_names(&pri.home);
+    wait_until(Duration::from_secs(120), "the passive holds the backup DONE and every WAL", || {
+        pas.barman(&["cron"]);
+        let held = xlog_names(&pas.home);
+        status_of(&pas.home, &id) == "DONE" && primary_wals.iter().all(|w| held.contains(w))
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\nlog:\n{}", pas.log()));
+
+    // The backup's files are the primary's, byte for byte (backup.info is the passive's own).
+    let base = |e: &Env| e.server_dir("pg").join("base").join(&id);
+    let rel = |root: &Path| -> Vec<PathBuf> {
+        files_under(root).into_iter().map(|p| p.strip_prefix(root).unwrap().to_path_buf()).collect()
+    };
+    let mut theirs_files = rel(&base(&pri));
+    theirs_files.retain(|p| p != Path::new("backup.info"));
+    let mut ours = rel(&base(&pas));
+    ours.retain(|p| p != Path::new("backup.info"));
+    assert_eq!(ours, theirs_files, "the backup's file list");
+    for f in &ours {
+        assert!(std::fs::read(base(&pas).join(f)).unwrap() == std::fs::read(base(&pri).join(f)).unwrap(), "{f:?}");
+    }
+    // Every WAL file reads back the same through both get-wals (gzip there, zstd here).
+    for w in primary_wals.iter().filter(|w| w.len() == 24) {
+        let barman = reference::barman().unwrap();
+        let a = Command::new(&barman).arg("-c").arg(&pri.config).args(["get-wal", "pg", w]).output().unwrap();
+        let b = pas.barman_cmd(&["get-wal", "pg", w]).output().unwrap();
+        assert!(a.status.success() && b.status.success(), "get-wal {w}");
+        assert!(a.stdout == b.stdout && a.stdout.len() == 16 << 20, "get-wal {w}: different bytes");
+    }
+    let zstd = pas.server_dir("pg").join("wals").join(&primary_wals[0][..16]).join(&primary_wals[0]);
+    assert_eq!(&std::fs::read(&zstd).unwrap()[..4], &[0x28, 0xb5, 0x2f, 0xfd], "stored in the passive's codec");
+    let info = std::fs::read_to_string(pas.server_dir("pg").join("wals").join("sync-wals.info")).unwrap();
+    assert!(info.starts_with(primary_wals.last().unwrap()), "sync-wals.info: {info}");
+    // Nothing more to do: a second round copies nothing.
+    let again = pas.barman(&["sync-wals", "pg"]);
+    assert!(again.stdout.contains("No WAL synchronisation required"), "{}{}", again.stdout, again.stderr);
+
+    // A recovery from the passive gives the primary's tables.
+    let dir = pas.path().join("recovered");
+    let out = pas.barman(&["recover", "pg", &id, &dir.join("data").display().to_string()]);
+    out.ok();
+    let r = common::start_recovered(&dir, &[]);
+    assert_eq!(r.psql(CHECKSUMS).unwrap(), expected);
+    assert_eq!(r.psql("SELECT count(*) FROM after_backup").unwrap(), after.to_string());
+}
+
+#[test]
+fn a_lying_primary_is_refused_and_nothing_is_kept() {
+    let pri = Env::new();
+    let pas = Env::new();
+    let _pg = primary(&pri);
+    let id = theirs(&pri, &["list-backups", "--minimal", "pg"]).stdout.trim().to_string();
+    let honest = theirs(&pri, &["sync-info", "pg"]).stdout;
+    let bin = pri.path().join("lying-bin");
+    let sshd = Sshd::start(pas.path(), std::slice::from_ref(&bin), &[]).unwrap();
+    passive_config(&pas, &sshd, "");
+    let answer = |json: &str| {
+        std::fs::write(pri.path().join("answer.json"), json).unwrap();
+        script(&bin.join("barman"), &format!("#!/bin/sh\ncat {}\n", pri.path().join("answer.json").display()));
+    };
+    let refused = |json: &str, why: &str| {
+        answer(json);
+        let o = pas.barman(&["cron"]);
+        assert!(o.stderr.contains(why), "expected '{why}' in:\n{}{}", o.stdout, o.stderr);
+        assert!(!pas.server_dir("pg").join("primary.info").exists(), "a refused answer was saved");
+    };
+    // A key Barman does not know, in a backup and in a WAL entry.
+    refused(
+        &honest.replacen("\"backup_id\":", "\"shiny_new_field\": 1, \"backup_id\":", 1),
+        "keys Barman does not know: shiny_new_field",
+    );
+    refused(&honest.replacen("\"compression\": ", "\"colour\": 1, \"compression\": ", 1), "keys Barman does not know");
+    // Names that would lead outside the server's directories.
+    let wal = xlog_names(&pri.home).into_iter().find(|w| w.len() == 24).unwrap();
+    refused(
+        &honest.replacen(&format!("\"name\": \"{wal}\""), "\"name\": \"../../../etc/passwd\"", 1),
+        "not a WAL file name",
+    );
+    refused(&honest.replacen(&format!("\"{id}\": {{"), "\"../outside\": {", 1), "not a backup id");
+    let wals_dir = pri.server_dir("pg").join("wals").display().to_string();
+    refused(&honest.replacen(&format!("\"{wals_dir}\""), "\"/srv/../etc\"", 1), "is not an absolute directory");
+
+    // An honest listing, but checksums that do not match the bytes: nothing is stored.
+    script(
+        &bin.join("barman"),
+        &format!("#!/bin/sh\nexec {} -c {} \"$@\"\n", reference::barman().unwrap().display(), pri.config.display()),
+    );
+    script(
+        &bin.join("sha256sum"),
+        "#!/bin/sh\nfor f in \"$@\"; do [ \"$f\" = -- ] && continue; \
+         echo \"0000000000000000000000000000000000000000000000000000000000000000  $f\"; done\n",
+    );
+    // cron starts the copy in the background; it fails.
+    pas.barman(&["cron"]).ok();
+    wait_until(Duration::from_secs(60), "the copy to fail", || status_of(&pas.home, &id) == "FAILED").unwrap();
+    let info = std::fs::read_to_string(pas.server_dir("pg").join("meta").join(format!("{id}-backup.info"))).unwrap();
+    assert!(info.contains("sent a bad copy"), "{info}");
+    // Run by hand, the same.
+    let o = pas.barman(&["sync-backup", "pg", &id]);
+    assert_ne!(o.code, 0);
+    assert!(o.stderr.contains("sent a bad copy"), "{}{}", o.stdout, o.stderr);
+    let kept: Vec<PathBuf> = files_under(&pas.server_dir("pg").join("base").join(&id))
+        .into_iter()
+        .filter(|p| !p.file_name().unwrap().to_string_lossy().ends_with(".sync-part"))
+        .collect();
+    assert!(kept.is_empty(), "files kept from a bad copy: {kept:?}");
+    let l = pas.barman(&["list-backups", "pg"]);
+    assert!(l.stdout.contains("FAILED"), "{}", l.stdout);
+}
