@@ -303,6 +303,9 @@ async fn a_node_joins_through_the_leader_and_proposes_through_it() {
         .await
         .unwrap();
     assert_eq!(done, ForwardResponse::Done);
+    // The change is committed; alpha's metrics show it once applied there.
+    let only_alpha = |m: &openraft::RaftMetrics<_, _>| m.membership_config.membership().nodes().count() == 1;
+    let _ = alpha.raft.wait(Some(Duration::from_secs(5))).metrics(only_alpha, "beta removed").await;
     let nodes: Vec<u64> =
         alpha.raft.metrics().borrow().membership_config.membership().nodes().map(|(id, _)| *id).collect();
     assert_eq!(nodes, [alpha.id]);

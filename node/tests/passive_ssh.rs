@@ -226,3 +226,73 @@ fn a_lying_primary_is_refused_and_nothing_is_kept() {
     let l = pas.barman(&["list-backups", "pg"]);
     assert!(l.stdout.contains("FAILED"), "{}", l.stdout);
 }
+
+/// Bytes of the files under `dir` (part files included).
+fn bytes_under(dir: &Path) -> u64 {
+    files_under(dir).iter().filter_map(|p| std::fs::symlink_metadata(p).ok()).map(|m| m.len()).sum()
+}
+
+#[test]
+fn a_backup_copy_cut_twenty_times_resends_only_what_is_missing() {
+    let pri = Env::new();
+    let pas = Env::new();
+    let _pg = primary(&pri);
+    let id = theirs(&pri, &["list-backups", "--minimal", "pg"]).stdout.trim().to_string();
+    let sshd = Sshd::start(pas.path(), &[remote_bin(&pri)], &[]).unwrap();
+    // Slow enough that each run is cut in the middle of some file.
+    passive_config(&pas, &sshd, "bandwidth_limit = 2000\n");
+    let theirs_base = pri.server_dir("pg").join("base").join(&id);
+    let total =
+        bytes_under(&theirs_base) - std::fs::metadata(theirs_base.join("backup.info")).map(|m| m.len()).unwrap_or(0);
+    // cron saves primary.info and starts a copy: that one is stopped at once, the test
+    // drives the copies itself.
+    pas.barman(&["cron"]).ok();
+    let _ = Command::new("pkill").args(["-KILL", "-f", &format!("sync-backup pg {id}")]).status();
+    std::thread::sleep(Duration::from_millis(300));
+    let ours = pas.server_dir("pg").join("base").join(&id);
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut cuts = 0;
+    let mut before = 0;
+    while cuts < 20 {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let after_ms = 400 + rng % 1200;
+        let mut child = pas.barman_cmd(&["sync-backup", "pg", &id]).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(after_ms));
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        // SAFETY: a pid of our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        child.wait().unwrap();
+        cuts += 1;
+        let now = bytes_under(&ours);
+        assert!(now >= before, "cut {cuts}: bytes on disk went from {before} down to {now}");
+        before = now;
+    }
+    assert!(cuts >= 10, "only {cuts} cuts before the copy finished: slow it down");
+    // What is on disk now is reused: the last run receives exactly the rest.
+    let held = bytes_under(&ours) - std::fs::metadata(ours.join("backup.info")).map(|m| m.len()).unwrap_or(0);
+    eprintln!("{cuts} cuts: {held} of {total} bytes on disk before the last run");
+    let last = pas.barman(&["sync-backup", "pg", &id]);
+    last.ok();
+    let received: u64 = last
+        .stdout
+        .split(", ")
+        .find_map(|p| p.strip_suffix(" bytes received").or_else(|| p.trim().strip_suffix(" bytes received")))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no byte count in: {}", last.stdout));
+    assert_eq!(received, total - held, "after {cuts} cuts: {held} of {total} bytes were on disk");
+    assert_eq!(status_of(&pas.home, &id), "DONE");
+    for f in files_under(&theirs_base) {
+        let rel = f.strip_prefix(&theirs_base).unwrap();
+        if rel == Path::new("backup.info") {
+            continue;
+        }
+        assert!(std::fs::read(ours.join(rel)).unwrap() == std::fs::read(&f).unwrap(), "{rel:?} differs");
+    }
+    let parts: Vec<PathBuf> =
+        files_under(&ours).into_iter().filter(|p| p.to_string_lossy().ends_with(".sync-part")).collect();
+    assert!(parts.is_empty(), "part files left: {parts:?}");
+}

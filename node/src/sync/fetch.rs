@@ -157,17 +157,31 @@ impl Chunks {
     }
 }
 
+fn remove_if_there(path: &Path) -> Result<(), SyncError> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(path)(e)),
+        _ => Ok(()),
+    }
+}
+
 /// Fetches `want` into place (see the module's comment).
 pub async fn fetch(source: &Source, peer: &str, want: &Want, limit: Option<&RateLimit>) -> Result<Fetched, SyncError> {
     let (name, dst, part) = (&want.what, &want.dst, &want.part);
     if want.owned {
         match fs::symlink_metadata(dst) {
-            Ok(m) if m.is_file() && m.len() == want.size => return Ok(Fetched { bytes: 0, on_disk: true }),
+            Ok(m) if m.is_file() && m.len() == want.size => {
+                // A part file beside it is what a cut between the link and its removal left.
+                remove_if_there(part)?;
+                return Ok(Fetched { bytes: 0, on_disk: true });
+            }
             Ok(_) => fs::remove_file(dst).map_err(io_err(dst))?,
             Err(_) => {}
         }
     }
     let on_disk = dst.exists();
+    if on_disk {
+        remove_if_there(part)?;
+    }
     // What is held already: the final file (then only its checksum is asked), or the part
     // of an earlier transfer.
     let (mut hasher, mut have) = if on_disk {
