@@ -113,9 +113,15 @@ pub fn cron_backups(ctx: &mut Ctx, s: &ServerConfig) {
             Err(e) => ctx.out.error(e),
         }
     }
-    if let Some(b) = all.iter_mut().find(|b| b.info.status == "WAITING_FOR_WALS")
-        && let Err(e) = check_one(&l, b)
-    {
+    let Some(b) = all.iter_mut().find(|b| b.info.status == "WAITING_FOR_WALS") else { return };
+    // The backup's own process still holds it (finishing up): the next cron run checks it.
+    // Not an error: a cluster node runs cron every few seconds and would log it as one.
+    let lock_path = l.lock_dir.join(LockKind::BackupId(b.id.clone()).file_name(&l.server));
+    if crate::catalog::lock::holder(&lock_path).is_some() {
+        tracing::debug!(server = %s.name, backup = %b.id, "backup busy: check-backup left to the next cron run");
+        return;
+    }
+    if let Err(e) = check_one(&l, b) {
         ctx.out.error(e);
     }
 }
