@@ -92,9 +92,9 @@ pub fn sync_wals(ctx: &mut Ctx, server: &str) {
         level: s.opts.compression_level.unwrap_or(Level::Medium),
         codecs: codecs_for(&s),
     };
-    let opts = options(&s);
+    let opts = WalSyncOptions::for_server(&s);
     let run = remote.runtime().block_on(async {
-        let sftp = remote.control().sftp().await.map_err(|e| SyncError::Ssh(e.to_string()))?;
+        let sftp = remote.control().sftp().await.map_err(SyncError::from)?;
         passive::sync_wals(remote.control(), Arc::new(sftp), &layout, &info, &local, &opts).await
     });
     match run {
@@ -143,9 +143,9 @@ pub fn sync_backup(ctx: &mut Ctx, server: &str, id: &str) {
     }
     let Some(_lock) = take_lock(ctx, &layout, LockKind::SyncBackup(id.to_string()), false) else { return };
     let Some(remote) = connect(ctx, &s) else { return };
-    let opts = options(&s);
+    let opts = WalSyncOptions::for_server(&s);
     let run = remote.runtime().block_on(async {
-        let sftp = remote.control().sftp().await.map_err(|e| SyncError::Ssh(e.to_string()))?;
+        let sftp = remote.control().sftp().await.map_err(SyncError::from)?;
         passive::sync_backup(remote.control(), Arc::new(sftp), &layout, &info, id, &opts).await
     });
     match run {
@@ -244,13 +244,5 @@ fn take_lock(ctx: &mut Ctx, layout: &ServerLayout, kind: LockKind, wait: bool) -
             ctx.out.error(e.to_string());
             None
         }
-    }
-}
-
-fn options(s: &ServerConfig) -> WalSyncOptions {
-    WalSyncOptions {
-        jobs: s.opts.parallel_jobs.max(1) as usize,
-        bandwidth: s.opts.bandwidth_limit.map(|b| b.0 * 1024).filter(|b| *b > 0),
-        cursor: None,
     }
 }

@@ -110,12 +110,8 @@ impl Follower {
         let mut client = SyncClient::new(channel)
             .max_decoding_message_size(grpc::MAX_MESSAGE)
             .max_encoding_message_size(grpc::MAX_MESSAGE);
-        let opts = WalSyncOptions {
-            jobs: s.opts.parallel_jobs.max(1) as usize,
-            // KB/s as rsync's --bwlimit counts them (1024 bytes).
-            bandwidth: s.opts.bandwidth_limit.map(|b| b.0 * 1024).filter(|b| *b > 0),
-            cursor: if full { None } else { sn.cursor.clone() },
-        };
+        let opts =
+            WalSyncOptions { cursor: if full { None } else { sn.cursor.clone() }, ..WalSyncOptions::for_server(s) };
         let layout = ServerLayout::new(&self.cfg.global, s);
         if backups_due {
             sn.backups_at = Some(Instant::now());

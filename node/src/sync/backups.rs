@@ -6,7 +6,6 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use barman_proto::v1::file_meta::Kind;
 use barman_proto::v1::sync_client::SyncClient;
@@ -21,7 +20,6 @@ use crate::catalog::ServerLayout;
 use crate::catalog::backup_info::BackupInfo;
 use crate::catalog::backups::{self, COPY_DONE};
 use crate::catalog::durable;
-use crate::transport::copy::RateLimit;
 
 /// What one backup sync did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -85,25 +83,32 @@ pub async fn sync_backup(
             layout.server
         )));
     }
-    let info_path = backups::meta_path(layout, &id);
-    let mut mine = theirs.clone();
+    tracked(layout, &id, theirs, copy(client, peer, layout, &id, opts)).await
+}
+
+/// Runs `copy` with backup `id`'s metadata `mine` saved as `SYNCING`, then `DONE` (Barman's
+/// passive marks a synced backup DONE, whatever the primary's status), or `FAILED` with
+/// Barman's error text.
+pub(crate) async fn tracked(
+    layout: &ServerLayout,
+    id: &str,
+    mut mine: BackupInfo,
+    copy: impl std::future::Future<Output = Result<BackupSyncReport, SyncError>>,
+) -> Result<BackupSyncReport, SyncError> {
+    let info_path = backups::meta_path(layout, id);
     mine.status = "SYNCING".into();
     mine.error = None;
     save(&mine, &info_path)?;
-    match copy(client, peer, layout, &id, opts).await {
-        Ok(report) => {
-            // Barman's passive marks a synced backup DONE, whatever the primary's status.
-            mine.status = "DONE".into();
-            save(&mine, &info_path)?;
-            Ok(report)
-        }
+    let result = copy.await;
+    match &result {
+        Ok(_) => mine.status = "DONE".into(),
         Err(e) => {
             mine.status = "FAILED".into();
             mine.error = Some(format!("failure syncing server {} backup {id}: {e}", layout.server));
-            save(&mine, &info_path)?;
-            Err(e)
         }
     }
+    save(&mine, &info_path)?;
+    result
 }
 
 fn save(info: &BackupInfo, path: &Path) -> Result<(), SyncError> {
@@ -112,7 +117,7 @@ fn save(info: &BackupInfo, path: &Path) -> Result<(), SyncError> {
 
 /// Checks a listing: plain relative paths, known kinds, nothing under a link (writing
 /// there would write wherever the link points).
-fn check_listing(peer: &str, id: &str, files: &[FileMeta]) -> Result<(), SyncError> {
+pub(crate) fn check_listing(peer: &str, id: &str, files: &[FileMeta]) -> Result<(), SyncError> {
     let refused = |why: String| SyncError::Refused { peer: peer.into(), why: format!("backup {id}: {why}") };
     let links: BTreeSet<&str> = files.iter().filter(|f| f.kind() == Kind::Symlink).map(|f| f.path.as_str()).collect();
     for f in files {
@@ -135,7 +140,7 @@ fn check_listing(peer: &str, id: &str, files: &[FileMeta]) -> Result<(), SyncErr
 
 /// Creates `rel`'s directories under `base` one level at a time, refusing any that is a
 /// link on disk.
-pub(crate) fn make_dirs(base: &Path, rel: &Path, mode: Option<u32>) -> Result<PathBuf, SyncError> {
+fn make_dirs(base: &Path, rel: &Path, mode: Option<u32>) -> Result<PathBuf, SyncError> {
     use std::os::unix::fs::PermissionsExt;
     let mut at = base.to_path_buf();
     for c in rel.components() {
@@ -174,6 +179,29 @@ async fn copy(
         .into_inner()
         .files;
     check_listing(peer, id, &files)?;
+    let origin = |f: &FileMeta| {
+        Origin::Grpc(FetchRequest {
+            server: layout.server.clone(),
+            backup_id: id.to_string(),
+            path: f.path.clone(),
+            ..Default::default()
+        })
+    };
+    copy_tree(&Source::Grpc(client.clone()), peer, layout, id, &files, origin, opts).await
+}
+
+/// Copies a checked listing of backup `id` into `base/<id>/`: its directories, its files
+/// (each fetched from where `origin` says, resumable and checked), its links; then the
+/// directories are fsynced.
+pub(crate) async fn copy_tree(
+    source: &Source,
+    peer: &str,
+    layout: &ServerLayout,
+    id: &str,
+    files: &[FileMeta],
+    origin: impl Fn(&FileMeta) -> Origin,
+    opts: &WalSyncOptions,
+) -> Result<BackupSyncReport, SyncError> {
     let base = layout.base_dir.join(id);
     durable::create_dir_all(&base).map_err(io_err(&base))?;
     let mut dirs = vec![base.clone()];
@@ -187,12 +215,7 @@ async fn copy(
         let name = rel.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         wants.push(Want {
             what: format!("{} of backup {id}", f.path),
-            origin: Origin::Grpc(FetchRequest {
-                server: layout.server.clone(),
-                backup_id: id.to_string(),
-                path: f.path.clone(),
-                ..Default::default()
-            }),
+            origin: origin(f),
             dst: dir.join(&name),
             part: dir.join(format!(".{name}.sync-part")),
             size: f.size,
@@ -201,9 +224,8 @@ async fn copy(
             owned: true,
         });
     }
-    let limit = opts.bandwidth.filter(|b| *b > 0).map(|b| Arc::new(RateLimit::new(b)));
     let mut report = BackupSyncReport { id: id.to_string(), ..Default::default() };
-    for r in fetch_all(&Source::Grpc(client.clone()), peer, wants, opts.jobs, limit, true).await.into_iter().flatten() {
+    for r in fetch_all(source, peer, wants, opts.jobs, opts.limit(), true).await.into_iter().flatten() {
         let fetched = r?;
         report.files += 1;
         report.bytes += fetched.bytes;

@@ -132,7 +132,7 @@ impl Chunks {
     async fn next(&mut self, peer: &str, name: &str) -> Result<Chunk, Cut> {
         match self {
             Chunks::Grpc(stream) => match stream.message().await {
-                Ok(Some(c)) => Ok(Chunk { end: c.last.then_some((c.size, c.sha256)), data: c.data.to_vec() }),
+                Ok(Some(c)) => Ok(Chunk { end: c.last.then_some((c.size, c.sha256)), data: c.data }),
                 Ok(None) => Err(Cut::Unended),
                 Err(s) => Err(Cut::Broken(SyncError::rpc(peer, format!("fetching {name}"))(s))),
             },
@@ -157,13 +157,6 @@ impl Chunks {
     }
 }
 
-fn remove_if_there(path: &Path) -> Result<(), SyncError> {
-    match fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(path)(e)),
-        _ => Ok(()),
-    }
-}
-
 /// Fetches `want` into place (see the module's comment).
 pub async fn fetch(source: &Source, peer: &str, want: &Want, limit: Option<&RateLimit>) -> Result<Fetched, SyncError> {
     let (name, dst, part) = (&want.what, &want.dst, &want.part);
@@ -171,7 +164,7 @@ pub async fn fetch(source: &Source, peer: &str, want: &Want, limit: Option<&Rate
         match fs::symlink_metadata(dst) {
             Ok(m) if m.is_file() && m.len() == want.size => {
                 // A part file beside it is what a cut between the link and its removal left.
-                remove_if_there(part)?;
+                durable::remove(part).map_err(io_err(part))?;
                 return Ok(Fetched { bytes: 0, on_disk: true });
             }
             Ok(_) => fs::remove_file(dst).map_err(io_err(dst))?,
@@ -180,7 +173,7 @@ pub async fn fetch(source: &Source, peer: &str, want: &Want, limit: Option<&Rate
     }
     let on_disk = dst.exists();
     if on_disk {
-        remove_if_there(part)?;
+        durable::remove(part).map_err(io_err(part))?;
     }
     // What is held already: the final file (then only its checksum is asked), or the part
     // of an earlier transfer.
@@ -271,7 +264,7 @@ pub async fn fetch(source: &Source, peer: &str, want: &Want, limit: Option<&Rate
     }
     if let Some(f) = out.take() {
         // The peer's mtime, as Barman's rsync keeps it (--times).
-        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(want.mtime.max(0.0));
+        let t = super::system_time(want.mtime);
         f.set_times(fs::FileTimes::new().set_modified(t).set_accessed(t)).map_err(io_err(part))?;
         f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(want.mode)).map_err(io_err(part))?;
         f.sync_all().map_err(io_err(part))?;

@@ -27,8 +27,8 @@ pub enum SyncError {
     Conflict { peer: String, name: String, ours: u64, theirs: u64 },
     #[error("{path}: {source}")]
     Io { path: String, source: std::io::Error },
-    #[error("{0}")]
-    Ssh(String),
+    #[error(transparent)]
+    Ssh(#[from] crate::transport::ssh::SshError),
     #[error(transparent)]
     Xlog(#[from] crate::catalog::xlogdb::XlogDbError),
     /// A task of the sync panicked or was cancelled.
@@ -49,6 +49,11 @@ pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, SyncError> + Send + 'static,
 ) -> Result<T, SyncError> {
     tokio::task::spawn_blocking(f).await.map_err(|e| SyncError::Task(e.to_string()))?
+}
+
+/// A listing's mtime (seconds since the epoch, as Barman's floats) as a time to set.
+pub(crate) fn system_time(secs: f64) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(secs.max(0.0))
 }
 
 pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> SyncError + '_ {

@@ -8,6 +8,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
+use barman_proto::v1::FileMeta;
+use barman_proto::v1::file_meta::Kind;
 use bytes::Bytes;
 
 use super::fetch::{Origin, Source, Want, fetch_all};
@@ -20,18 +22,12 @@ use crate::catalog::backups::{self, COPY_DONE};
 use crate::catalog::durable::{self, DurableFile};
 use crate::catalog::xlogdb::{XlogDb, XlogEntry};
 use crate::config::ServerConfig;
-use crate::transport::copy::RateLimit;
-use crate::transport::ssh::{Session, SshError, quote};
+use crate::transport::ssh::{Session, quote};
 use crate::wal::compression::{Codec, Codecs, Level};
-
-fn ssh(e: SshError) -> SyncError {
-    SyncError::Ssh(e.to_string())
-}
 
 /// What calling the primary gave: its answer and, when the cursor was refused, the warning.
 pub struct Called {
     pub info: PrimaryInfo,
-    pub text: String,
     pub warning: Option<String>,
 }
 
@@ -46,14 +42,13 @@ pub async fn call_primary(
 ) -> Result<Called, SyncError> {
     let peer = session.who().to_string();
     let mut warning = None;
-    let mut out =
-        session.exec(&remote_command(s, config_path, cursor.0.as_deref(), cursor.1), None).await.map_err(ssh)?;
+    let mut out = session.exec(&remote_command(s, config_path, cursor.0.as_deref(), cursor.1), None).await?;
     if out.code == Some(1) && cursor.0.is_some() {
         warning = Some(format!(
             "sync-info is out of sync. Self-recovery procedure started: requesting full synchronisation from primary server {}",
             s.name
         ));
-        out = session.exec(&remote_command(s, config_path, None, None), None).await.map_err(ssh)?;
+        out = session.exec(&remote_command(s, config_path, None, None), None).await?;
     }
     if !out.success() {
         return Err(SyncError::Rpc {
@@ -77,7 +72,7 @@ pub async fn call_primary(
     let path = primary_info_path(layout);
     durable::create_dir_all(&layout.backup_dir).map_err(io_err(&layout.backup_dir))?;
     durable::write_file(&path, text.as_bytes(), 0o600).map_err(io_err(&path))?;
-    Ok(Called { info, text, warning })
+    Ok(Called { info, warning })
 }
 
 /// Reads `primary.info`.
@@ -97,7 +92,7 @@ async fn remote_sums(session: &Session, dir: &str, rels: &[String]) -> Result<Ha
     let mut list = rels.join("\n");
     list.push('\n');
     let cmd = format!("cd {} && xargs -d '\\n' sha256sum --", quote(dir));
-    let out = session.exec(&cmd, Some(Bytes::from(list))).await.map_err(ssh)?;
+    let out = session.exec(&cmd, Some(Bytes::from(list))).await?;
     if !out.success() {
         return Err(SyncError::Rpc { peer, what: format!("checksumming files in {dir}"), status: out.why() });
     }
@@ -210,8 +205,7 @@ pub async fn sync_wals(
     wanted.dedup_by(|a, b| a.name == b.name);
     let mut report = WalSyncReport::default();
     if !wanted.is_empty() {
-        let rels: Vec<String> =
-            wanted.iter().map(|w| info.wal_path(&w.name)[info.wals_directory.len() + 1..].to_string()).collect();
+        let rels: Vec<String> = wanted.iter().map(|w| PrimaryInfo::wal_rel(&w.name)).collect();
         let sums = remote_sums(session, &info.wals_directory, &rels).await?;
         let staging = staging_dir(layout);
         durable::create_dir_all(&staging).map_err(io_err(&staging))?;
@@ -237,8 +231,7 @@ pub async fn sync_wals(
                 owned: !same,
             });
         }
-        let limit = opts.bandwidth.filter(|b| *b > 0).map(|b| Arc::new(RateLimit::new(b)));
-        let results = fetch_all(&Source::Sftp(sftp), &peer, wants, opts.jobs, limit, false).await;
+        let results = fetch_all(&Source::Sftp(sftp), &peer, wants, opts.jobs, opts.limit(), false).await;
         let mut entries = Vec::new();
         let mut first_error = None;
         for ((w, same, theirs, dst), r) in plan.into_iter().zip(results) {
@@ -253,7 +246,7 @@ pub async fn sync_wals(
             report.bytes += fetched.bytes;
             let mut entry = w.clone();
             if !same {
-                let mtime = std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(w.time.max(0.0));
+                let mtime = super::system_time(w.time);
                 let final_path = layout.wal_path(&w.name);
                 let (to, level, codecs) = (local.codec, local.level, local.codecs.clone());
                 let size =
@@ -276,15 +269,7 @@ pub async fn sync_wals(
             }
             entries.push(entry);
         }
-        if !entries.is_empty() {
-            let l = layout.clone();
-            super::blocking(move || {
-                let db = XlogDb::new(&l);
-                let held = db.lock()?;
-                Ok(db.append(&held, &entries)?)
-            })
-            .await?;
-        }
+        super::wals::record(layout, entries).await?;
         if let Some(e) = first_error {
             return Err(e);
         }
@@ -292,15 +277,6 @@ pub async fn sync_wals(
     write_sync_wals_info(layout, info).map_err(io_err(&layout.wals_dir))?;
     report.cursor = super::wals::WalCursor { last_name: info.last_name.clone(), last_position: info.last_position };
     Ok(report)
-}
-
-/// A file or directory of a backup on the primary.
-struct RemoteEntry {
-    rel: String,
-    dir: bool,
-    size: u64,
-    mtime: f64,
-    mode: u32,
 }
 
 /// Every entry under `root` on the primary, links followed (rsync `-L`), except what
@@ -311,7 +287,7 @@ async fn list_remote(
     peer: &str,
     root: &str,
     exclude: &BTreeSet<String>,
-) -> Result<Vec<RemoteEntry>, SyncError> {
+) -> Result<Vec<FileMeta>, SyncError> {
     let failed =
         |what: String, e: &dyn std::fmt::Display| SyncError::Rpc { peer: peer.into(), what, status: e.to_string() };
     let mut out = Vec::new();
@@ -336,22 +312,25 @@ async fn list_remote(
                 let path = format!("{root}/{child}");
                 meta = sftp.metadata(path.as_str()).await.map_err(|e| failed(format!("following {path}"), &e))?;
             }
-            let entry = RemoteEntry {
-                dir: meta.is_dir(),
-                size: meta.size.unwrap_or(0),
-                mtime: f64::from(meta.mtime.unwrap_or(0)),
-                mode: meta.permissions.unwrap_or(0o600) & 0o7777,
-                rel: child.clone(),
-            };
-            if entry.dir {
-                dirs.push(child);
-            } else if !meta.is_regular() {
+            let kind = if meta.is_dir() {
+                dirs.push(child.clone());
+                Kind::Dir
+            } else if meta.is_regular() {
+                Kind::File
+            } else {
                 continue;
-            }
-            out.push(entry);
+            };
+            out.push(FileMeta {
+                path: child,
+                kind: kind.into(),
+                size: meta.size.unwrap_or(0),
+                mode: meta.permissions.unwrap_or(0o600) & 0o7777,
+                mtime: f64::from(meta.mtime.unwrap_or(0)),
+                target: String::new(),
+            });
         }
     }
-    out.sort_by(|a, b| a.rel.cmp(&b.rel));
+    out.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
 }
 
@@ -372,7 +351,7 @@ pub async fn sync_backup(
     })?;
     let info_path = backups::meta_path(layout, id);
     // An earlier attempt's metadata wins over the primary's, as Barman reloads it.
-    let mut mine = match BackupInfo::read(&info_path) {
+    let mine = match BackupInfo::read(&info_path) {
         Ok(b) => b,
         Err(_) => {
             let mut b = theirs.clone();
@@ -381,26 +360,7 @@ pub async fn sync_backup(
             b
         }
     };
-    mine.status = "SYNCING".into();
-    mine.error = None;
-    save(&mine, &info_path)?;
-    match copy_backup(session, sftp, layout, info, theirs, id, opts).await {
-        Ok(report) => {
-            mine.status = "DONE".into();
-            save(&mine, &info_path)?;
-            Ok(report)
-        }
-        Err(e) => {
-            mine.status = "FAILED".into();
-            mine.error = Some(format!("failure syncing server {} backup {id}: {e}", layout.server));
-            save(&mine, &info_path)?;
-            Err(e)
-        }
-    }
-}
-
-fn save(info: &BackupInfo, path: &Path) -> Result<(), SyncError> {
-    info.save(path).map_err(|e| SyncError::Io { path: path.display().to_string(), source: std::io::Error::other(e) })
+    super::backups::tracked(layout, id, mine, copy_backup(session, sftp, layout, info, theirs, id, opts)).await
 }
 
 async fn copy_backup(
@@ -418,42 +378,15 @@ async fn copy_backup(
     for t in theirs.tablespaces.iter().flatten() {
         exclude.insert(format!("data/pg_tblspc/{}", t.oid));
     }
-    let entries = list_remote(&sftp, &peer, &root, &exclude).await?;
-    let files: Vec<&RemoteEntry> = entries.iter().filter(|e| !e.dir).collect();
-    let rels: Vec<String> = files.iter().map(|f| f.rel.clone()).collect();
+    let files = list_remote(&sftp, &peer, &root, &exclude).await?;
+    super::backups::check_listing(&peer, id, &files)?;
+    let rels: Vec<String> = files.iter().filter(|f| f.kind() == Kind::File).map(|f| f.path.clone()).collect();
     let sums = if rels.is_empty() { HashMap::new() } else { remote_sums(session, &root, &rels).await? };
-    let base = layout.base_dir.join(id);
-    durable::create_dir_all(&base).map_err(io_err(&base))?;
-    let mut dirs = vec![base.clone()];
-    for d in entries.iter().filter(|e| e.dir) {
-        dirs.push(super::backups::make_dirs(&base, Path::new(&d.rel), Some(d.mode))?);
-    }
-    let mut wants = Vec::new();
-    for f in &files {
-        let rel = Path::new(&f.rel);
-        let dir = super::backups::make_dirs(&base, rel.parent().unwrap_or(Path::new("")), None)?;
-        let name = rel.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        wants.push(Want {
-            what: format!("{} of backup {id}", f.rel),
-            origin: Origin::Sftp { path: format!("{root}/{}", f.rel), sha256: sums[&f.rel].clone() },
-            dst: dir.join(&name),
-            part: dir.join(format!(".{name}.sync-part")),
-            size: f.size,
-            mtime: f.mtime,
-            mode: f.mode & 0o777,
-            owned: true,
-        });
-    }
-    let limit = opts.bandwidth.filter(|b| *b > 0).map(|b| Arc::new(RateLimit::new(b)));
-    let mut report = super::backups::BackupSyncReport { id: id.to_string(), ..Default::default() };
-    for r in fetch_all(&Source::Sftp(sftp), &peer, wants, opts.jobs, limit, true).await.into_iter().flatten() {
-        report.bytes += r?.bytes;
-        report.files += 1;
-    }
-    for d in dirs.iter().rev() {
-        durable::fsync_dir(d).map_err(io_err(d))?;
-    }
-    Ok(report)
+    let origin = |f: &FileMeta| Origin::Sftp {
+        path: format!("{root}/{}", f.path),
+        sha256: sums.get(&f.path).cloned().unwrap_or_default(),
+    };
+    super::backups::copy_tree(&Source::Sftp(sftp), &peer, layout, id, &files, origin, opts).await
 }
 
 /// What the sync-required rules (§6.5) say of backup `id`.

@@ -147,11 +147,12 @@ impl PrimaryInfo {
         })
     }
 
-    /// Where a WAL file of the listing lies on the primary.
-    pub fn wal_path(&self, name: &WalFileName) -> String {
+    /// Where a WAL file lies under a `wals_directory`: `<hash>/<name>`, or `<name>` for a
+    /// history file.
+    pub fn wal_rel(name: &WalFileName) -> String {
         match name.hash_dir() {
-            Some(h) => format!("{}/{h}/{name}", self.wals_directory),
-            None => format!("{}/{name}", self.wals_directory),
+            Some(h) => format!("{h}/{name}"),
+            None => name.to_string(),
         }
     }
 }

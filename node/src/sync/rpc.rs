@@ -239,7 +239,7 @@ fn read_after(layout: &ServerLayout, after: &str, position: u64) -> Result<WalLi
 /// What a backup's tree holds, parents before children, links not followed. The metadata
 /// and lock Barman may keep at its top are not part of it.
 fn walk(root: &Path, dir: &Path, out: &mut Vec<FileMeta>) -> std::io::Result<()> {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::fs::PermissionsExt;
     let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
@@ -249,7 +249,7 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<FileMeta>) -> std::io::Result<()>
             continue;
         }
         let meta = std::fs::symlink_metadata(&path)?;
-        let mtime = meta.mtime() as f64 + meta.mtime_nsec() as f64 * 1e-9;
+        let mtime = crate::catalog::xlogdb::mtime_float(&meta);
         let mode = meta.permissions().mode() & 0o7777;
         let ft = meta.file_type();
         let entry = |kind: Kind, size: u64, target: String| FileMeta {

@@ -31,6 +31,37 @@ pub struct WalSyncOptions {
     pub cursor: Option<WalCursor>,
 }
 
+impl WalSyncOptions {
+    /// The server's `parallel_jobs` and `bandwidth_limit`, no cursor.
+    pub fn for_server(s: &crate::config::ServerConfig) -> WalSyncOptions {
+        WalSyncOptions {
+            jobs: s.opts.parallel_jobs.max(1) as usize,
+            // KB/s as rsync's --bwlimit counts them (1024 bytes).
+            bandwidth: s.opts.bandwidth_limit.map(|b| b.0 * 1024).filter(|b| *b > 0),
+            cursor: None,
+        }
+    }
+
+    /// The one rate limit all of a sync's transfers share.
+    pub fn limit(&self) -> Option<Arc<RateLimit>> {
+        self.bandwidth.filter(|b| *b > 0).map(|b| Arc::new(RateLimit::new(b)))
+    }
+}
+
+/// Appends `entries` to the server's xlog.db under its lock (off the runtime's threads).
+pub(crate) async fn record(layout: &ServerLayout, entries: Vec<XlogEntry>) -> Result<(), SyncError> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let l = layout.clone();
+    blocking(move || {
+        let db = XlogDb::new(&l);
+        let held = db.lock()?;
+        Ok(db.append(&held, &entries)?)
+    })
+    .await
+}
+
 /// Where a peer's xlog.db was last read to: its last line's name and offset.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WalCursor {
@@ -119,7 +150,7 @@ pub async fn sync_wals(
             owned: false,
         })
         .collect();
-    let limit = opts.bandwidth.filter(|b| *b > 0).map(|b| Arc::new(RateLimit::new(b)));
+    let limit = opts.limit();
     let results = fetch_all(&Source::Grpc(client.clone()), peer, wants, opts.jobs, limit, false).await;
     // Record what arrived, in name order, even when another file failed; then report the
     // first failure.
@@ -149,15 +180,7 @@ pub async fn sync_wals(
             None => {}
         }
     }
-    if !entries.is_empty() {
-        let l = layout.clone();
-        blocking(move || {
-            let db = XlogDb::new(&l);
-            let held = db.lock()?;
-            Ok(db.append(&held, &entries)?)
-        })
-        .await?;
-    }
+    record(layout, entries).await?;
     match first_error {
         Some(e) => Err(e),
         None => Ok(WalSyncReport { cursor, ..report }),
