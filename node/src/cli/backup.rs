@@ -160,7 +160,7 @@ fn backup_server(ctx: &mut Ctx, s: &ServerConfig, args: &BackupArgs) {
     if b.info.status == "WAITING_FOR_WALS"
         && let Err(e) = super::backups::check_one(&layout, &mut b)
     {
-        ctx.out.error(e);
+        ctx.out.error(e.to_string());
     }
     if b.info.status == "WAITING_FOR_WALS" {
         ctx.out.warning(

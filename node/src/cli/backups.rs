@@ -54,31 +54,42 @@ pub fn marked_failed(info: &crate::catalog::backup_info::BackupInfo) -> String {
     )
 }
 
+/// Why check-backup did not pass.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// Another process (the backup itself, finishing) holds the backup's lock.
+    #[error("Another action is in progress for the backup {id} of server {server}, skipping check-backup")]
+    Busy { id: String, server: String },
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<String> for CheckError {
+    fn from(s: String) -> CheckError {
+        CheckError::Failed(s)
+    }
+}
+
 /// check-backup's work on one backup, under the backup-id lock.
-pub fn check_one(l: &ServerLayout, b: &mut Backup) -> Result<(), String> {
+pub fn check_one(l: &ServerLayout, b: &mut Backup) -> Result<(), CheckError> {
     let lock_path = l.lock_dir.join(LockKind::BackupId(b.id.clone()).file_name(&l.server));
     let _lock = match Lock::acquire(&lock_path, false) {
         Ok(lock) => lock,
-        Err(LockError::Busy(_)) => {
-            return Err(format!(
-                "Another action is in progress for the backup {} of server {}, skipping check-backup",
-                b.id, l.server
-            ));
-        }
-        Err(e) => return Err(e.to_string()),
+        Err(LockError::Busy(_)) => return Err(CheckError::Busy { id: b.id.clone(), server: l.server.clone() }),
+        Err(e) => return Err(e.to_string().into()),
     };
     if fail_abandoned(l, b)? {
         return Ok(());
     }
     if b.info.status == "FAILED" {
-        return Err("The validity of a failed backup cannot be checked".into());
+        return Err(CheckError::Failed("The validity of a failed backup cannot be checked".into()));
     }
     let before = b.info.status.clone();
     wal_check::check_wals(&b.info, &l.wals_dir).apply(&mut b.info);
     if b.info.status != before {
         b.info.save(&backups::meta_path(l, &b.id)).map_err(|e| e.to_string())?;
         if b.info.status == "FAILED" {
-            return Err(marked_failed(&b.info));
+            return Err(marked_failed(&b.info).into());
         }
     }
     Ok(())
@@ -94,7 +105,7 @@ pub fn check_backup(ctx: &mut Ctx, server: &str, backup_id: &str) {
     };
     let Some(b) = all.iter_mut().find(|b| b.id == id) else { return };
     if let Err(e) = check_one(&l, b) {
-        ctx.out.error(e);
+        ctx.out.error(e.to_string());
     }
 }
 
@@ -114,15 +125,12 @@ pub fn cron_backups(ctx: &mut Ctx, s: &ServerConfig) {
         }
     }
     let Some(b) = all.iter_mut().find(|b| b.info.status == "WAITING_FOR_WALS") else { return };
-    // The backup's own process still holds it (finishing up): the next cron run checks it.
-    // Not an error: a cluster node runs cron every few seconds and would log it as one.
-    let lock_path = l.lock_dir.join(LockKind::BackupId(b.id.clone()).file_name(&l.server));
-    if crate::catalog::lock::holder(&lock_path).is_some() {
-        tracing::debug!(server = %s.name, backup = %b.id, "backup busy: check-backup left to the next cron run");
-        return;
-    }
-    if let Err(e) = check_one(&l, b) {
-        ctx.out.error(e);
+    match check_one(&l, b) {
+        Ok(()) => {}
+        // The backup's own process still holds it (finishing up): the next cron run checks
+        // it. Not an error: a cluster node runs cron every few seconds and would log one.
+        Err(e @ CheckError::Busy { .. }) => tracing::debug!(server = %s.name, "{e}"),
+        Err(e) => ctx.out.error(e.to_string()),
     }
 }
 
