@@ -69,6 +69,17 @@ fn archive_all(pri: &Env, pg: &PgCluster) {
     theirs(pri, &["archive-wal", "pg"]).ok();
 }
 
+/// The primary's environment with one backup taken by the real Barman, the passive's, the
+/// PostgreSQL and the backup's id.
+fn setup() -> (Env, Env, PgCluster, String) {
+    let pri = Env::new();
+    let pas = Env::new();
+    let pg = primary(&pri);
+    let id = theirs(&pri, &["list-backups", "--minimal", "pg"]).stdout.trim().to_string();
+    assert!(!id.is_empty(), "the primary took no backup");
+    (pri, pas, pg, id)
+}
+
 fn passive_config(pas: &Env, sshd: &Sshd, extra: &str) {
     pas.write_config(&format!(
         "[pg]\ndescription = passive of a Barman primary\nprimary_ssh_command = ssh -F {} 127.0.0.1\n\
@@ -92,11 +103,7 @@ fn status_of(home: &Path, id: &str) -> String {
 
 #[test]
 fn our_passive_follows_a_real_barman_primary_and_recovers_its_tables() {
-    let pri = Env::new();
-    let pas = Env::new();
-    let pg = primary(&pri);
-    let id = theirs(&pri, &["list-backups", "--minimal", "pg"]).stdout.trim().to_string();
-    assert!(!id.is_empty(), "the primary took no backup");
+    let (pri, pas, pg, id) = setup();
     // Work after the backup, archived by the primary.
     pg.pgbench(&["-n", "-t", "500"]).unwrap();
     pg.psql("CREATE TABLE after_backup AS SELECT generate_series(1, 1000) AS i").unwrap();
@@ -116,6 +123,10 @@ fn our_passive_follows_a_real_barman_primary_and_recovers_its_tables() {
     let not_passive = pri.barman(&["sync-wals", "pg"]);
     assert_ne!(not_passive.code, 0);
     assert!(not_passive.stderr.contains("server pg is not passive"), "{}", not_passive.stderr);
+
+    let early = pas.barman(&["sync-wals", "pg"]);
+    assert_ne!(early.code, 0);
+    assert!(early.stderr.contains("run 'barman cron'"), "sync-wals before any cron: {}", early.stderr);
 
     let primary_wals: Vec<String> = xlog_names(&pri.home);
     wait_until(Duration::from_secs(120), "the passive holds the backup DONE and every WAL", || {
@@ -154,6 +165,18 @@ fn our_passive_follows_a_real_barman_primary_and_recovers_its_tables() {
     let again = pas.barman(&["sync-wals", "pg"]);
     assert!(again.stdout.contains("No WAL synchronisation required"), "{}{}", again.stdout, again.stderr);
 
+    // A cursor the primary no longer knows: its sync-info exits 1, the passive asks again
+    // without it (Barman's self-recovery), and the cursor is put right.
+    let cursor = pas.server_dir("pg").join("wals").join("sync-wals.info");
+    std::fs::write(&cursor, "0000000100000000000000FF\t999999").unwrap();
+    let o = pas.barman(&["cron"]);
+    o.ok();
+    assert!(o.stderr.contains("sync-info is out of sync"), "{}{}", o.stdout, o.stderr);
+    wait_until(Duration::from_secs(30), "sync-wals.info rewritten", || {
+        std::fs::read_to_string(&cursor).is_ok_and(|c| c.starts_with(primary_wals.last().unwrap()))
+    })
+    .unwrap();
+
     // A recovery from the passive gives the primary's tables.
     let dir = pas.path().join("recovered");
     let out = pas.barman(&["recover", "pg", &id, &dir.join("data").display().to_string()]);
@@ -165,10 +188,7 @@ fn our_passive_follows_a_real_barman_primary_and_recovers_its_tables() {
 
 #[test]
 fn a_lying_primary_is_refused_and_nothing_is_kept() {
-    let pri = Env::new();
-    let pas = Env::new();
-    let _pg = primary(&pri);
-    let id = theirs(&pri, &["list-backups", "--minimal", "pg"]).stdout.trim().to_string();
+    let (pri, pas, _pg, id) = setup();
     let honest = theirs(&pri, &["sync-info", "pg"]).stdout;
     let bin = pri.path().join("lying-bin");
     let sshd = Sshd::start(pas.path(), std::slice::from_ref(&bin), &[]).unwrap();
@@ -234,10 +254,7 @@ fn bytes_under(dir: &Path) -> u64 {
 
 #[test]
 fn a_backup_copy_cut_twenty_times_resends_only_what_is_missing() {
-    let pri = Env::new();
-    let pas = Env::new();
-    let _pg = primary(&pri);
-    let id = theirs(&pri, &["list-backups", "--minimal", "pg"]).stdout.trim().to_string();
+    let (pri, pas, _pg, id) = setup();
     let sshd = Sshd::start(pas.path(), &[remote_bin(&pri)], &[]).unwrap();
     // Slow enough that each run is cut in the middle of some file.
     passive_config(&pas, &sshd, "bandwidth_limit = 2000\n");
@@ -247,8 +264,17 @@ fn a_backup_copy_cut_twenty_times_resends_only_what_is_missing() {
     // cron saves primary.info and starts a copy: that one is stopped at once, the test
     // drives the copies itself.
     pas.barman(&["cron"]).ok();
-    let _ = Command::new("pkill").args(["-KILL", "-f", &format!("sync-backup pg {id}")]).status();
-    std::thread::sleep(Duration::from_millis(300));
+    let lock = pas.home.join(format!(".pg-{id}-sync-backup.lock"));
+    wait_until(Duration::from_secs(20), "cron's sync-backup to start", || {
+        barman::catalog::lock::holder(&lock).is_some()
+    })
+    .unwrap();
+    if let Some(pid) = barman::catalog::lock::holder(&lock) {
+        // SAFETY: the pid the running sync-backup wrote into its lock.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+    wait_until(Duration::from_secs(20), "cron's sync-backup to end", || barman::catalog::lock::holder(&lock).is_none())
+        .unwrap();
     let ours = pas.server_dir("pg").join("base").join(&id);
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
     let mut cuts = 0;
