@@ -1,7 +1,12 @@
 //! Compiles the .proto files with protox (pure Rust), so no protoc is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/barman/v1/wal.proto", "proto/barman/v1/cluster.proto", "proto/barman/v1/sync.proto"];
+    let files = [
+        "proto/barman/v1/wal.proto",
+        "proto/barman/v1/cluster.proto",
+        "proto/barman/v1/sync.proto",
+        "proto/barman/v1/archive.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -28,11 +28,22 @@ pub struct ClusterOptions {
     pub extra_servers: usize,
     /// Start a metrics endpoint per node.
     pub metrics: bool,
+    /// PostgreSQL with `archive_mode = on` (its archive_command is the test's to set), and
+    /// the servers with `archiver = on` besides streaming.
+    pub archiving: bool,
 }
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        ClusterOptions { nodes: 3, sites: false, lease: 2.0, synchronous: false, extra_servers: 0, metrics: false }
+        ClusterOptions {
+            nodes: 3,
+            sites: false,
+            lease: 2.0,
+            synchronous: false,
+            extra_servers: 0,
+            metrics: false,
+            archiving: false,
+        }
     }
 }
 
@@ -57,7 +68,8 @@ impl TestCluster {
     pub fn start(dir: &Path, opts: ClusterOptions) -> Result<TestCluster> {
         let sites = if opts.sites { Some(Sites::create(opts.nodes)?) } else { None };
         let listen = sites.as_ref().map(|s| s.pg_listen()).unwrap_or_default();
-        let pg = PgCluster::start(dir, PgOptions { listen, ..PgOptions::default() })?;
+        let conf = if opts.archiving { vec![("archive_mode".into(), "on".into())] } else { Vec::new() };
+        let pg = PgCluster::start(dir, PgOptions { listen, conf, ..PgOptions::default() })?;
         let bin = barman_bin()?;
         let tls = dir.join("tls");
         run(Command::new(&bin).args(["cluster", "cert", "ca", "--dir"]).arg(&tls), "cluster cert ca")?;
@@ -107,10 +119,11 @@ impl TestCluster {
                 conf.push_str(&format!(
                     "\n[{s}]\nconninfo = host={pg_host} port={port} user=postgres dbname=postgres\n\
                      streaming_conninfo = host={pg_host} port={port} user=postgres\n\
-                     backup_method = postgres\nstreaming_archiver = on\narchiver = off\n\
+                     backup_method = postgres\nstreaming_archiver = on\narchiver = {archiver}\n\
                      slot_name = barman_{s}\ncreate_slot = auto\n\
                      streaming_archiver_name = barman_{s}\n",
-                    port = pg.port()
+                    port = pg.port(),
+                    archiver = if opts.archiving { "on" } else { "off" },
                 ));
             }
             let path = dir.join(format!("{name}.conf"));

@@ -454,3 +454,125 @@ fn passives_follow_the_owners_wal_archive() {
     }
     check_invariants(&mut c, &from, &[]);
 }
+
+/// The gRPC address a node listens on (its config's `node_listen`).
+fn grpc_addr(c: &TestCluster, i: usize) -> String {
+    let conf = std::fs::read_to_string(&c.confs[i]).unwrap();
+    conf.lines().find_map(|l| l.strip_prefix("node_listen = ")).unwrap().trim().to_string()
+}
+
+fn log_of(c: &TestCluster, i: usize) -> String {
+    c.logs().into_iter().nth(i).map(|(_, l)| l).unwrap_or_default()
+}
+
+#[test]
+fn archive_command_and_restore_command_reach_any_node_over_grpc() {
+    let _g = serial();
+    let dir = TestDir::new().unwrap();
+    let mut c =
+        TestCluster::start(dir.path(), ClusterOptions { archiving: true, ..ClusterOptions::default() }).unwrap();
+    let (owner, _) = c.wait_streaming(Duration::from_secs(30)).unwrap();
+    let other = (owner + 1) % 3;
+    let third = (owner + 2) % 3;
+    // The PostgreSQL host's side: its clients and a WAL client certificate, all readable
+    // by the postgres user.
+    let built = cluster_tests::nodes::barman_bin().unwrap();
+    let bin = cluster_tests::util::install_binaries(
+        &dir.path().join("install"),
+        &[
+            ("barman-wal-archive", &built.with_file_name("barman-wal-archive")),
+            ("barman-wal-restore", &built.with_file_name("barman-wal-restore")),
+        ],
+    )
+    .unwrap();
+    let client = dir.path().join("client");
+    let tls = dir.path().join("tls");
+    let made = std::process::Command::new(&built)
+        .args(["cluster", "cert", "client", "pghost", "--ca-dir"])
+        .arg(&tls)
+        .arg("--dir")
+        .arg(&client)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    assert!(String::from_utf8_lossy(&made.stdout).contains("pghost (WAL client)"));
+    std::fs::copy(tls.join("ca.crt"), client.join("ca.crt")).unwrap();
+    for f in ["", "ca.crt", "pghost.crt", "pghost.key"] {
+        cluster_tests::util::chown_to_pg_user(&client.join(f)).unwrap();
+    }
+    let tls_args = format!(
+        "--tls-ca-file {d}/ca.crt --tls-cert-file {d}/pghost.crt --tls-key-file {d}/pghost.key",
+        d = client.display()
+    );
+    // First a host where nothing listens, then a node that does not own pg, then the owner.
+    let dead = format!("grpcs://127.0.0.1:{}", cluster_tests::util::free_port().unwrap());
+    let hosts = format!("{dead},grpcs://{},grpcs://{}", grpc_addr(&c, other), grpc_addr(&c, owner));
+    c.pg.set_conf(
+        "archive_command",
+        &cluster_tests::pg::conf_quote(&format!("{}/barman-wal-archive {tls_args} {hosts} pg %p", bin.display())),
+    )
+    .unwrap();
+    // A client certificate is no member: the Sync service refuses it.
+    let mut segs = Vec::new();
+    for _ in 0..3 {
+        c.pg.psql("CREATE TABLE IF NOT EXISTS t (i int); INSERT INTO t SELECT generate_series(1, 1000)").unwrap();
+        segs.push(c.pg.switch_wal().unwrap());
+    }
+    let archived_upto = |c: &TestCluster, seg: &str| {
+        c.pg.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver").is_ok_and(|v| v.as_str() >= seg)
+    };
+    c.wait(Duration::from_secs(60), "PostgreSQL archiving through the node list", |c| {
+        archived_upto(c, segs.last().unwrap())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.pg.log()));
+    assert_eq!(c.pg.psql("SELECT failed_count FROM pg_stat_archiver").unwrap(), "0", "{}", c.pg.log());
+    // The non-owner took them and passed them on: the owner received each by put-wal.
+    c.wait(Duration::from_secs(30), "the owner receiving the segments put to n-other", |c| {
+        let l = log_of(c, owner);
+        segs.iter().all(|s| l.contains(&format!("Received file '{s}' by put-wal")))
+    })
+    .unwrap_or_else(|e| panic!("{e}\nother's log:\n{}", log_of(&c, other)));
+    assert!(
+        segs.iter().all(|s| log_of(&c, other).contains(&format!("Received file '{s}' by put-wal"))),
+        "the first live host in the list took them"
+    );
+    let markers = c.homes[other].join("pg").join("forward");
+    c.wait(Duration::from_secs(30), "no forward marker left", |_| {
+        std::fs::read_dir(&markers).map(|d| d.count()).unwrap_or(0) == 0
+    })
+    .unwrap();
+
+    // That node gone, archiving goes on through the next host: the owner.
+    c.nodes[other].kill().unwrap();
+    let seg = c.pg.switch_wal().unwrap();
+    c.wait(Duration::from_secs(60), "archiving with a node of the list down", |c| archived_upto(c, &seg))
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.pg.log()));
+    c.wait(Duration::from_secs(30), "the owner receiving it directly", |c| {
+        log_of(c, owner).contains(&format!("Received file '{seg}' by put-wal"))
+    })
+    .unwrap();
+
+    // A standby of the third node's site restores every segment from that node alone.
+    let restore = format!(
+        "{}/barman-wal-restore {tls_args} -p 3 --spool-dir {}/spool grpcs://{} pg %f %p",
+        bin.display(),
+        client.display(),
+        grpc_addr(&c, third)
+    );
+    let standby = c.pg.make_standby(dir.path(), &restore, false).unwrap();
+    c.pg.psql("INSERT INTO t SELECT generate_series(1, 1000)").unwrap();
+    let lsn = c.pg.current_lsn().unwrap();
+    let last = c.pg.switch_wal().unwrap();
+    c.wait(Duration::from_secs(60), "the third node holding the last segment", |c| {
+        archived(&c.homes[third]).contains(&last)
+    })
+    .unwrap();
+    standby.wait_replay(&lsn, Duration::from_secs(60)).unwrap();
+    assert_eq!(
+        standby.psql("SELECT count(*) FROM t").unwrap(),
+        c.pg.psql("SELECT count(*) FROM t").unwrap(),
+        "the standby replayed the archive of its site's node"
+    );
+    // The restores came from that node's Archive service, not from PostgreSQL.
+    assert!(standby.log().contains("restored log file"), "{}", standby.log());
+}

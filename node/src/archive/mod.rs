@@ -6,6 +6,7 @@ pub mod client;
 pub mod get_wal;
 pub mod put_wal;
 pub mod receive_wal;
+pub mod rpc;
 pub mod server;
 pub mod validate;
 pub mod wire;

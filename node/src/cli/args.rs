@@ -540,6 +540,17 @@ pub enum CertCommand {
         #[arg(long, default_value = ".")]
         dir: std::path::PathBuf,
     },
+    /// Create a WAL client certificate for the PostgreSQL host NAME (barman-wal-archive and
+    /// barman-wal-restore over gRPC), signed by the CA in --ca-dir
+    Client {
+        name: String,
+        /// Directory holding ca.crt and ca.key
+        #[arg(long = "ca-dir", default_value = ".")]
+        ca_dir: std::path::PathBuf,
+        /// Directory to write NAME.crt and NAME.key into
+        #[arg(long, default_value = ".")]
+        dir: std::path::PathBuf,
+    },
 }
 
 fn non_negative(s: &str) -> Result<u32, String> {

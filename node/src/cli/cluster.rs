@@ -17,6 +17,7 @@ pub fn cert(cmd: &CertCommand) -> i32 {
     let r = match cmd {
         CertCommand::Ca { dir } => cert_ca(&abs(dir)),
         CertCommand::Node { name, hosts, ca_dir, dir } => cert_node(name, hosts, &abs(ca_dir), &abs(dir)),
+        CertCommand::Client { name, ca_dir, dir } => cert_client(name, &abs(ca_dir), &abs(dir)),
     };
     match r {
         Ok(msg) => {
@@ -42,13 +43,33 @@ fn cert_ca(dir: &Path) -> Result<String, String> {
     ))
 }
 
-fn cert_node(name: &str, hosts: &[String], ca_dir: &Path, dir: &Path) -> Result<String, String> {
+fn read_ca(ca_dir: &Path) -> Result<tls::Pem, String> {
     let read = |p: &Path| {
         std::fs::read_to_string(p)
             .map_err(|e| format!("{}: {e}; create the CA with 'barman cluster cert ca'", p.display()))
     };
-    let ca = tls::Pem { cert: read(&ca_dir.join("ca.crt"))?, key: read(&ca_dir.join("ca.key"))? };
-    let pem = tls::new_node_cert(&ca, name, hosts).map_err(|e| e.to_string())?;
+    Ok(tls::Pem { cert: read(&ca_dir.join("ca.crt"))?, key: read(&ca_dir.join("ca.key"))? })
+}
+
+fn cert_client(name: &str, ca_dir: &Path, dir: &Path) -> Result<String, String> {
+    let pem = tls::new_client_cert(&read_ca(ca_dir)?, name).map_err(|e| e.to_string())?;
+    if name.contains('/') || name.starts_with('.') {
+        return Err(format!("client name '{name}' cannot name a file: use letters, digits, '-' and '.'"));
+    }
+    crate::catalog::durable::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let (c, k) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+    tls::write_pem_files(&pem, &c, &k).map_err(|e| e.to_string())?;
+    Ok(format!(
+        "WAL client certificate '{}' written to {} and {} (--tls-cert-file, --tls-key-file of \
+         barman-wal-archive and barman-wal-restore)",
+        tls::wal_client_name(name),
+        c.display(),
+        k.display()
+    ))
+}
+
+fn cert_node(name: &str, hosts: &[String], ca_dir: &Path, dir: &Path) -> Result<String, String> {
+    let pem = tls::new_node_cert(&read_ca(ca_dir)?, name, hosts).map_err(|e| e.to_string())?;
     crate::catalog::durable::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let (c, k) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
     tls::write_pem_files(&pem, &c, &k).map_err(|e| e.to_string())?;

@@ -6,6 +6,7 @@ pub mod clock;
 pub mod control;
 mod driver;
 mod follow;
+mod forward;
 mod maint;
 pub mod metrics;
 pub mod stream;
@@ -164,9 +165,20 @@ async fn run_async(
             m.membership_config.membership().nodes().any(|(_, n)| n.name == peer)
         })
     };
+    // WAL put to this node for a server another node owns is marked and passed on.
+    let forward_kick = Arc::new(tokio::sync::Notify::new());
+    let is_owner: crate::archive::rpc::IsOwner = {
+        let applied = applied.clone();
+        Arc::new(move |server: &str| {
+            applied.borrow().state.servers.get(server).and_then(|r| r.ownership.owner) == Some(me)
+        })
+    };
     let routes = RaftService::new(raft.clone())
         .routes()
-        .add_service(crate::sync::rpc::SyncService::new(cfg.clone(), admit).server());
+        .add_service(crate::sync::rpc::SyncService::new(cfg.clone(), admit).server())
+        .add_service(
+            crate::archive::rpc::ArchiveService::new(cfg.clone(), Some(is_owner), forward_kick.clone()).server(),
+        );
     let grpc_task = tokio::spawn(grpc::serve(listener, server_tls, routes, stopped()));
 
     let handle = Arc::new(Handle { raft: raft.clone(), peers: peers.clone(), acks, patience: g.ownership_lease });
@@ -213,6 +225,16 @@ async fn run_async(
         applied: applied.clone(),
     };
     let follow_task = tokio::spawn(follower.run(stopped()));
+    let forwarder = forward::Forwarder {
+        me,
+        name: name.clone(),
+        cfg: cfg.clone(),
+        raft: raft.clone(),
+        peers: peers.clone(),
+        applied: applied.clone(),
+        kick: forward_kick,
+    };
+    let forward_task = tokio::spawn(forwarder.run(stopped()));
     let driver_task = tokio::spawn(drv.run(applied, stopped()));
     tracing::info!(node = %name, id = me, mono_ms = mono_ms(), "node started");
 
@@ -223,6 +245,7 @@ async fn run_async(
     let _ = driver_task.await;
     let _ = maint_task.await;
     let _ = follow_task.await;
+    let _ = forward_task.await;
     if let Some(t) = metrics_task {
         let _ = t.await;
     }

@@ -103,16 +103,7 @@ pub fn new_node_cert(ca: &Pem, node_name: &str, hosts: &[String]) -> Result<Pem,
             "node name '{node_name}' is not a valid DNS name: use letters, digits, '-' and '.'"
         )));
     }
-    let ca_der = CertificateDer::from_pem_slice(ca.cert.as_bytes())
-        .map_err(|e| TlsError::Generate(format!("the CA certificate is not PEM: {e}")))?;
-    let ca_key = KeyPair::from_pem(&ca.key).map_err(|e| TlsError::Generate(format!("the CA key is unusable: {e}")))?;
-    let ca_name = cert_names(&ca_der)
-        .and_then(|n| n.common_name)
-        .ok_or_else(|| TlsError::Generate("the CA certificate has no common name".into()))?;
-    // rcgen 0.14 cannot read a certificate back (that needs its x509-parser feature): the
-    // issuer is rebuilt from the same subject, and the result verified below.
-    let issuer = Issuer::new(ca_params(&ca_name), ca_key);
-
+    let (ca_der, issuer) = issuer_of(ca)?;
     let mut sans = vec![node_name.to_string()];
     for h in hosts {
         if !sans.contains(h) {
@@ -130,12 +121,60 @@ pub fn new_node_cert(ca: &Pem, node_name: &str, hosts: &[String]) -> Result<Pem,
     let key = KeyPair::generate().map_err(generate)?;
     let cert = params.signed_by(&key, &issuer).map_err(generate)?;
 
-    verify_as_node(&ca_der, cert.der(), node_name).map_err(|e| {
-        TlsError::Generate(format!(
-            "the new certificate does not verify against the CA ({e}): is the CA key the one of this CA \
-             certificate, made by 'barman cluster cert ca'?"
-        ))
-    })?;
+    verify_as_node(&ca_der, cert.der(), node_name).map_err(not_of_ca)?;
+    Ok(Pem { cert: cert.pem(), key: key.serialize_pem() })
+}
+
+fn not_of_ca(e: String) -> TlsError {
+    TlsError::Generate(format!(
+        "the new certificate does not verify against the CA ({e}): is the CA key the one of this CA \
+         certificate, made by 'barman cluster cert ca'?"
+    ))
+}
+
+/// The CA certificate, and the issuer that signs with its key.
+fn issuer_of(ca: &Pem) -> Result<(CertificateDer<'static>, Issuer<'static, KeyPair>), TlsError> {
+    let ca_der = CertificateDer::from_pem_slice(ca.cert.as_bytes())
+        .map_err(|e| TlsError::Generate(format!("the CA certificate is not PEM: {e}")))?;
+    let ca_key = KeyPair::from_pem(&ca.key).map_err(|e| TlsError::Generate(format!("the CA key is unusable: {e}")))?;
+    let ca_name = cert_names(&ca_der)
+        .and_then(|n| n.common_name)
+        .ok_or_else(|| TlsError::Generate("the CA certificate has no common name".into()))?;
+    // rcgen 0.14 cannot read a certificate back (that needs its x509-parser feature): the
+    // issuer is rebuilt from the same subject, and the result verified by the caller.
+    Ok((ca_der, Issuer::new(ca_params(&ca_name), ca_key)))
+}
+
+/// What a WAL client certificate's name becomes: `NAME (WAL client)`. It cannot be a node
+/// name (those are DNS names, without spaces), so such a certificate is never admitted as
+/// a member of the cluster (Raft, Sync), only to the Archive service.
+pub fn wal_client_name(name: &str) -> String {
+    format!("{name} (WAL client)")
+}
+
+/// A client-only certificate for the PostgreSQL host `name`, signed by `ca`, for
+/// `barman-wal-archive` / `barman-wal-restore` talking to nodes over gRPC.
+pub fn new_client_cert(ca: &Pem, name: &str) -> Result<Pem, TlsError> {
+    if name.trim().is_empty() || name.chars().any(char::is_control) {
+        return Err(TlsError::Generate(format!("client name '{name}' is empty or holds control characters")));
+    }
+    let (ca_der, issuer) = issuer_of(ca)?;
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(generate)?;
+    params.distinguished_name = DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, wal_client_name(name));
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    validity(&mut params, NODE_YEARS);
+    let key = KeyPair::generate().map_err(generate)?;
+    let cert = params.signed_by(&key, &issuer).map_err(generate)?;
+    let mut roots = RootCertStore::empty();
+    roots.add(ca_der).map_err(|e| not_of_ca(e.to_string()))?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(|e| not_of_ca(e.to_string()))?;
+    verifier.verify_client_cert(cert.der(), &[], UnixTime::now()).map_err(|e| not_of_ca(e.to_string()))?;
     Ok(Pem { cert: cert.pem(), key: key.serialize_pem() })
 }
 

@@ -464,6 +464,7 @@ fn failovers(ctx: &Ctx, lease_s: f64, latency: Option<&mut Table>) -> Result<Lea
         synchronous: true,
         extra_servers: 0,
         metrics: true,
+        archiving: false,
     };
     progress!("cluster: lease {lease_s} s: starting PostgreSQL and 3 nodes ...");
     let mut c = TestCluster::start(&dir, opts)?;
@@ -684,6 +685,7 @@ fn idle(ctx: &Ctx, servers: usize, t: &mut Table, latency: &mut Table, threads: 
         synchronous: false,
         extra_servers: servers - 1,
         metrics: true,
+        archiving: false,
     };
     progress!("cluster: idle: 3 nodes, {servers} servers each: steady for {} s, then measured ...", steady.as_secs());
     let mut c = TestCluster::start(&dir, opts)?;

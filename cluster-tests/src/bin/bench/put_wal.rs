@@ -5,7 +5,7 @@ use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use cluster_tests::util::unique_subdir;
 
 use crate::fixture::{Home, ServerOptions, renamed_segment, visible_files};
@@ -174,8 +174,123 @@ pub fn run(ctx: &Ctx, servers: &Servers) -> Result<Vec<Table>> {
     for v in variants {
         v.home.remove();
     }
+    let grpc = over_grpc(ctx, &sources[..=c.put_wal], &work)?;
     let _ = fs::remove_dir_all(&work);
-    Ok(vec![t, breakdown])
+    Ok(vec![t, breakdown, grpc])
+}
+
+/// Stops the node it holds when dropped.
+struct NodeProcess(std::process::Child);
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `barman-wal-archive grpcs://HOST:PORT`: straight to a node's Archive service over mutual
+/// TLS, one segment per call, against `cp` of the same segment (and `cp` + fsync) in the
+/// same run. The last source is the warm-up.
+fn over_grpc(ctx: &Ctx, sources: &[PathBuf], work: &Path) -> Result<Table> {
+    progress!("barman-wal-archive → a node over gRPC ...");
+    let r = &ctx.runner;
+    let home = Home::create(&ctx.scratch, "put-grpc", &ctx.conninfo, ctx.wal.systemid, &ServerOptions::default())?;
+    let tls = work.join("tls");
+    let barman = &ctx.ours.barman;
+    let cert = |args: &[&str]| -> Result<()> {
+        let o = Command::new(barman).args(["cluster", "cert"]).args(args).output()?;
+        if !o.status.success() {
+            bail!("cluster cert {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        }
+        Ok(())
+    };
+    let t = tls.to_string_lossy().into_owned();
+    cert(&["ca", "--dir", &t])?;
+    cert(&["node", "n1", "--host", "127.0.0.1", "--ca-dir", &t, "--dir", &t])?;
+    cert(&["client", "bench", "--ca-dir", &t, "--dir", &t])?;
+    let port = cluster_tests::util::free_port()?;
+    let text = fs::read_to_string(&home.config)?;
+    let node = format!(
+        "node_name = n1\nnode_listen = 127.0.0.1:{port}\ncluster_peers = n1=127.0.0.1:{port}\n\
+         cluster_ca_file = {t}/ca.crt\nnode_cert_file = {t}/n1.crt\nnode_key_file = {t}/n1.key\n\n[pg]"
+    );
+    fs::write(&home.config, text.replacen("\n[pg]", &format!("\n{node}"), 1))?;
+    let log = File::create(home.dir.join("node.log"))?;
+    let _node = NodeProcess(
+        home.command(barman, &["node", "run"])
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?,
+    );
+    cluster_tests::util::wait_until(std::time::Duration::from_secs(30), "the node's cluster init", || {
+        home.command(barman, &["cluster", "init"]).output().is_ok_and(|o| o.status.success())
+    })?;
+    let client = |src: &Path| -> Command {
+        let mut cmd = Command::new(&ctx.ours.wal_archive);
+        cmd.arg("--tls-ca-file")
+            .arg(tls.join("ca.crt"))
+            .arg("--tls-cert-file")
+            .arg(tls.join("bench.crt"))
+            .arg("--tls-key-file")
+            .arg(tls.join("bench.key"))
+            .args([&format!("grpcs://127.0.0.1:{port}"), "pg"])
+            .arg(src);
+        cmd
+    };
+    let (warm, measured) = sources.split_last().context("no segment")?;
+    r.timed_quiet(&mut client(warm), "warm-up barman-wal-archive over gRPC")?;
+    for f in visible_files(&home.incoming()) {
+        fs::remove_file(f)?;
+    }
+    let (mut cp, mut cp_sync, mut ours) = (Series::default(), Series::default(), Series::default());
+    let sink = work.join("cp-sink");
+    for src in measured {
+        let _ = fs::remove_file(&sink);
+        cp.push(r.timed_quiet(Command::new("cp").arg(src).arg(&sink), "cp")?);
+        let _ = fs::remove_file(&sink);
+        let mut dd = Command::new("dd");
+        dd.arg(format!("if={}", src.display())).arg(format!("of={}", sink.display())).args([
+            "bs=1M",
+            "conv=fsync",
+            "status=none",
+        ]);
+        cp_sync.push(r.timed_quiet(&mut dd, "dd conv=fsync")?);
+        ours.push(r.timed_quiet(&mut client(src), "barman-wal-archive over gRPC")?);
+    }
+    let got = visible_files(&home.incoming()).len();
+    if got != measured.len() {
+        bail!("gRPC put-wal: {got} files in incoming after {} calls", measured.len());
+    }
+    let mut t = Table::new(
+        "barman-wal-archive → a node over gRPC (mutual TLS), one 16 MiB segment per call (median ms)",
+        &["variant", "calls", "median ms", "× `cp SEGMENT FILE`", "peak RSS client (MiB)"],
+    );
+    let base = cp.median_ms();
+    for (label, s) in [
+        ("reference: `cp SEGMENT FILE`", &cp),
+        ("floor with durability: `dd of=FILE conv=fsync`", &cp_sync),
+        ("ours: barman-wal-archive grpcs://127.0.0.1:PORT (fsynced, acknowledged)", &ours),
+    ] {
+        t.row(vec![
+            label.into(),
+            s.len().to_string(),
+            fmt_ms(s.median_ms()),
+            fmt_ratio(s.median_ms() / base),
+            fmt_mib(s.peak_rss_mib()),
+        ]);
+    }
+    let ratio = ours.median_ms() / base;
+    t.note(format!("Goal ≤ 3× cp — ours over gRPC: {} → {}.", fmt_ratio(ratio), verdict(ratio <= 3.0)));
+    t.note(
+        "Each call is a new process: TLS handshake with a client certificate, the segment read and \
+         hashed, sent as put-wal's tar stream, verified, written and fsynced in the node's incoming/ \
+         before the reply.",
+    );
+    drop(_node);
+    home.remove();
+    Ok(t)
 }
 
 /// Where a put-wal round trip goes (ControlMaster): the client with an `ssh` that only

@@ -6,6 +6,7 @@
 pub mod wal_archive;
 pub mod wal_restore;
 
+use std::path::PathBuf;
 use std::process::Command;
 
 /// The options both clients share: how to reach the Barman server.
@@ -23,6 +24,83 @@ pub struct Remote {
     /// Test the connection and the server's configuration only
     #[arg(short = 't', long = "test")]
     pub test: bool,
+    /// CA certificate of the cluster, for grpcs://HOST:PORT hosts
+    #[arg(long = "tls-ca-file", value_name = "FILE")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// This host's WAL client certificate (barman cluster cert client), for grpcs:// hosts
+    #[arg(long = "tls-cert-file", value_name = "FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The key of --tls-cert-file
+    #[arg(long = "tls-key-file", value_name = "FILE")]
+    pub tls_key_file: Option<PathBuf>,
+}
+
+/// One of the comma-separated hosts of BARMAN_HOST.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Through `ssh HOST barman ...`, as Barman's clients.
+    Ssh(String),
+    /// `grpcs://HOST:PORT`: a node's gRPC endpoint, over mutual TLS.
+    Grpc { host: String, addr: String },
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Ssh(h) => f.write_str(h),
+            Target::Grpc { addr, .. } => write!(f, "grpcs://{addr}"),
+        }
+    }
+}
+
+/// Splits BARMAN_HOST (`HOST[,HOST...]`, each an ssh host or `grpcs://HOST:PORT`).
+pub fn targets(spec: &str) -> Result<Vec<Target>, String> {
+    let mut out = Vec::new();
+    for item in spec.split(',').map(str::trim) {
+        if item.is_empty() {
+            return Err(format!("BARMAN_HOST '{spec}' has an empty host; expected HOST[,HOST...]"));
+        }
+        let Some(addr) = item.strip_prefix("grpcs://") else {
+            if item.contains("://") {
+                return Err(format!("host '{item}': only grpcs://HOST:PORT or a plain ssh host are understood"));
+            }
+            out.push(Target::Ssh(item.to_string()));
+            continue;
+        };
+        let addr = addr.trim_end_matches('/');
+        let (host, port) =
+            addr.rsplit_once(':').ok_or_else(|| format!("host '{item}' has no port; expected grpcs://HOST:PORT"))?;
+        if port.parse::<u16>().is_err() || host.is_empty() {
+            return Err(format!("host '{item}' is not grpcs://HOST:PORT"));
+        }
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        out.push(Target::Grpc { host, addr: addr.to_string() });
+    }
+    Ok(out)
+}
+
+impl Remote {
+    /// The TLS files for grpcs:// hosts, read; an error names the missing option.
+    pub fn client_tls(&self) -> Result<crate::transport::tls::ClientTls, String> {
+        let read = |opt: &str, p: &Option<PathBuf>| -> Result<String, String> {
+            let p = p.as_ref().ok_or_else(|| format!("a grpcs:// host needs {opt}"))?;
+            std::fs::read_to_string(p).map_err(|e| format!("{opt} {}: {e}", p.display()))
+        };
+        let ca = read("--tls-ca-file", &self.tls_ca_file)?;
+        let cert = read("--tls-cert-file", &self.tls_cert_file)?;
+        let key = read("--tls-key-file", &self.tls_key_file)?;
+        Ok(crate::transport::tls::ClientTls::from_pem(&ca, &crate::transport::tls::Pem { cert, key }))
+    }
+}
+
+/// A runtime for one gRPC call of a client (one worker: the main thread reads what it
+/// receives while the worker drives the connection).
+pub fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the gRPC client: {e}"))
 }
 
 /// `ssh [-p PORT] -q -T USER@HOST barman [<config>] <rest...>`.

@@ -2,8 +2,10 @@
 //! `barman put-wal` over ssh as a tar stream with its checksum.
 
 use super::super::wire::{MemberInfo, SumAlgo, TarWriter};
-use super::{code_of, fail, ssh_command};
+use super::{Target, code_of, fail, runtime, ssh_command, targets};
+use crate::archive::rpc::{is_unreachable, put_test, put_to};
 use crate::catalog::xlogdb::mtime_float;
+use crate::transport::grpc;
 use crate::wal::compression::{Codec, Codecs, Level};
 use clap::{ArgGroup, Parser};
 use std::ffi::CStr;
@@ -90,7 +92,8 @@ fn group_name(gid: u32) -> String {
     }
 }
 
-/// Runs the client; returns the exit code.
+/// Runs the client; returns the exit code. The hosts of BARMAN_HOST are tried in order
+/// until one takes the file.
 pub fn run(a: Args) -> i32 {
     if a.version {
         println!("barman-wal-archive {}", crate::hooks::BARMAN_COMPAT_VERSION);
@@ -100,11 +103,36 @@ pub fn run(a: Args) -> i32 {
     else {
         return fail("BARMAN_HOST, SERVER_NAME and WAL_PATH are required", 2, 0);
     };
-    let mut cmd = ssh_command(a.remote.port.as_deref(), &a.remote.user, &host);
+    let targets = match targets(&host) {
+        Ok(t) => t,
+        Err(e) => return fail(&e, 2, 0),
+    };
+    if !a.remote.test && wal_path.is_dir() {
+        return fail(&format!("WAL_PATH cannot be a directory: {}", wal_path.display()), 2, 0);
+    }
+    let mut code = 2;
+    for (i, t) in targets.iter().enumerate() {
+        code = match t {
+            Target::Ssh(h) => over_ssh(&a, h, &server, &wal_path),
+            Target::Grpc { host, addr } => over_grpc(&a, host, addr, &server, &wal_path),
+        };
+        if code == 0 {
+            return 0;
+        }
+        if let Some(next) = targets.get(i + 1) {
+            eprintln!("WARNING: {t} did not take {}; trying {next}", wal_path.display());
+        }
+    }
+    code
+}
+
+/// `barman put-wal` through ssh, as Barman's client.
+fn over_ssh(a: &Args, host: &str, server: &str, wal_path: &Path) -> i32 {
+    let mut cmd = ssh_command(a.remote.port.as_deref(), &a.remote.user, host);
     if let Some(c) = &a.remote.config {
         cmd.arg(format!("--config='{c}'"));
     }
-    cmd.arg("put-wal").arg(&server);
+    cmd.arg("put-wal").arg(server);
     if a.remote.test {
         cmd.arg("--test");
         return match cmd.stdin(Stdio::null()).output() {
@@ -117,15 +145,12 @@ pub fn run(a: Args) -> i32 {
             Err(e) => fail(&format!("Impossible to invoke remote put-wal: {e}"), 2, 0),
         };
     }
-    if wal_path.is_dir() {
-        return fail(&format!("WAL_PATH cannot be a directory: {}", wal_path.display()), 2, 0);
-    }
     let mut child = match cmd.stdin(Stdio::piped()).spawn() {
         Ok(c) => c,
         Err(e) => return fail(&format!("Error executing ssh: {e}"), 2, 0),
     };
     let sent = match child.stdin.take() {
-        Some(stdin) => send(&a, &wal_path, BufWriter::with_capacity(1 << 18, stdin)),
+        Some(stdin) => send(a, wal_path, BufWriter::with_capacity(1 << 18, stdin)),
         None => Err("ssh has no standard input".to_string()),
     };
     let status = match child.wait() {
@@ -145,6 +170,44 @@ pub fn run(a: Args) -> i32 {
             }
             fail("Remote 'barman put-wal' command has failed!", code, 0)
         }
+    }
+}
+
+/// The same tar stream to a node's Archive service: exit 0 once the node holds the file
+/// durably; 3 when the node cannot be reached, 1 when it refuses the file.
+fn over_grpc(a: &Args, host: &str, addr: &str, server: &str, wal_path: &Path) -> i32 {
+    let tls = match a.remote.client_tls() {
+        Ok(t) => t,
+        Err(e) => return fail(&e, 2, 0),
+    };
+    let mut tar = Vec::new();
+    if !a.remote.test {
+        if let Err(e) = send(a, wal_path, &mut tar) {
+            return fail(&format!("Failure reading the WAL file: {e}"), 2, 0);
+        }
+    }
+    let rt = match runtime() {
+        Ok(r) => r,
+        Err(e) => return fail(&e, 2, 0),
+    };
+    let put = rt.block_on(async {
+        let channel = grpc::channel(addr, host, &tls).map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        if a.remote.test {
+            put_test(channel, server).await.map(|()| Vec::new())
+        } else {
+            put_to(channel, server, false, tar).await
+        }
+    });
+    match put {
+        Ok(_) if a.remote.test => {
+            println!("Ready to accept WAL files for the server {server}");
+            0
+        }
+        Ok(_) => 0,
+        Err(s) if is_unreachable(&s) => {
+            fail(&format!("Connection problem with grpcs://{addr}: {}", grpc::status_text(&s)), 3, 0)
+        }
+        Err(s) => fail(&format!("put-wal on grpcs://{addr} has failed: {}", s.message()), 1, 0),
     }
 }
 

@@ -4,9 +4,12 @@
 //! when the server offers it, else as Barman does (peek, then one ssh per file).
 
 use super::super::wire::{Hasher, SumAlgo, copy_hashing, parse_sums};
-use super::{code_of, fail, ssh_command};
+use super::{Target, code_of, fail, runtime, ssh_command, targets};
+use crate::archive::rpc::{get_from, is_unreachable};
 use crate::catalog::durable::DurableFile;
+use crate::transport::grpc;
 use crate::wal::compression::{Codecs, Head, MAGIC_PROBE_LEN};
+use barman_proto::v1::GetWalRequest;
 use clap::{ArgGroup, Parser};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -126,19 +129,27 @@ pub fn run(a: Args) -> i32 {
     else {
         return fail("BARMAN_HOST, SERVER_NAME, WAL_NAME and WAL_DEST are required", 2, 0);
     };
-    let ctx = Ctx { a: &a, host, server };
+    let targets = match targets(&host) {
+        Ok(t) => t,
+        Err(e) => return fail(&e, 2, 0),
+    };
     if a.remote.test {
-        return match ctx.get_wal("dummy_wal_name", &["--test".into()]).stdin(Stdio::null()).output() {
-            Ok(o) => {
-                let mut text = String::from_utf8_lossy(&o.stdout).into_owned();
-                text.push_str(&String::from_utf8_lossy(&o.stderr));
-                println!("{text}");
-                code_of(o.status)
+        let mut code = 2;
+        for t in &targets {
+            let ctx = Ctx { a: &a, host: t.to_string(), server: server.clone() };
+            code = match t {
+                Target::Ssh(_) => test_ssh(&ctx),
+                Target::Grpc { host, addr } => {
+                    grpc_get(&ctx, host, addr, "000000010000000000000001", 1, |_| Ok(()), true)
+                }
+            };
+            if code == 0 {
+                return 0;
             }
-            Err(e) => fail(&format!("Impossible to invoke remote get-wal: {e}"), 2, 0),
-        };
+        }
+        return code;
     }
-    if let Some(f) = ctx.compression_flag() {
+    if let Some(f) = (Ctx { a: &a, host: String::new(), server: server.clone() }).compression_flag() {
         println!(
             "WARNING: `{f}` option is deprecated and will be removed in future versions. For WAL compression, please make sure to enable it directly on the Barman server via the `compression` configuration option"
         );
@@ -165,22 +176,126 @@ pub fn run(a: Args) -> i32 {
         }
         // Partial downloads of killed calls never stand under a WAL name, but take space.
         crate::catalog::durable::remove_stale_temps(&a.spool_dir);
+    }
+    // The hosts in order, until one gives the file.
+    let mut code = 2;
+    for (i, t) in targets.iter().enumerate() {
+        let ctx = Ctx { a: &a, host: t.to_string(), server: server.clone() };
+        code = match t {
+            Target::Ssh(_) => from_ssh(&ctx, &wal_name, &mut out),
+            Target::Grpc { host, addr } => {
+                let bundle = a.parallel.max(1);
+                grpc_get(
+                    &ctx,
+                    host,
+                    addr,
+                    &wal_name,
+                    bundle,
+                    |input| receive_bundle(&ctx, &wal_name, input, &mut out),
+                    false,
+                )
+            }
+        };
+        if code == 0 {
+            return 0;
+        }
+        if let Some(next) = targets.get(i + 1) {
+            eprintln!("WARNING: {t} did not give {wal_name}; trying {next}");
+        }
+    }
+    code
+}
+
+fn test_ssh(ctx: &Ctx<'_>) -> i32 {
+    match ctx.get_wal("dummy_wal_name", &["--test".into()]).stdin(Stdio::null()).output() {
+        Ok(o) => {
+            let mut text = String::from_utf8_lossy(&o.stdout).into_owned();
+            text.push_str(&String::from_utf8_lossy(&o.stderr));
+            println!("{text}");
+            code_of(o.status)
+        }
+        Err(e) => fail(&format!("Impossible to invoke remote get-wal: {e}"), 2, 0),
+    }
+}
+
+/// Barman's way, through ssh: one file, or with `-p` our bundle (Barman's peek and
+/// parallel fetches from a Barman without it).
+fn from_ssh(ctx: &Ctx<'_>, wal_name: &str, out: &mut File) -> i32 {
+    if ctx.a.parallel > 0 {
         let plain = fs::metadata(ctx.marker())
             .and_then(|m| m.modified())
             .ok()
             .and_then(|t| SystemTime::now().duration_since(t).ok())
             .is_some_and(|age| age < PLAIN_SERVER_MEMORY);
         if !plain {
-            match bundle(&ctx, &wal_name, &mut out) {
+            match bundle(ctx, wal_name, out) {
                 Bundle::Done(code) => return code,
                 Bundle::Unsupported => {
                     let _ = fs::write(ctx.marker(), b"");
                 }
             }
         }
-        return barman_parallel(&ctx, &wal_name, &mut out);
+        return barman_parallel(ctx, wal_name, out);
     }
-    fetch_into(&ctx, &wal_name, &mut out)
+    fetch_into(ctx, wal_name, out)
+}
+
+/// `get-wal --bundle` from a node's Archive service: the tar stream goes to `receive`.
+/// With `test`, only whether the node answers for the server (a missing file is fine).
+fn grpc_get(
+    ctx: &Ctx<'_>,
+    host: &str,
+    addr: &str,
+    wal: &str,
+    bundle: u32,
+    receive: impl FnOnce(Box<dyn Read>) -> Result<(), String>,
+    test: bool,
+) -> i32 {
+    let sleep = ctx.a.sleep;
+    let tls = match ctx.a.remote.client_tls() {
+        Ok(t) => t,
+        Err(e) => return fail(&e, 2, 0),
+    };
+    let rt = match runtime() {
+        Ok(r) => r,
+        Err(e) => return fail(&e, 2, sleep),
+    };
+    let req = GetWalRequest {
+        server: ctx.server.clone(),
+        name: wal.to_string(),
+        bundle,
+        partial: ctx.a.partial,
+        keep_compression: false,
+    };
+    let channel = {
+        let _guard = rt.enter();
+        grpc::channel(addr, host, &tls)
+    };
+    let got = channel.map_err(|e| tonic::Status::unavailable(e.to_string())).and_then(|c| get_from(&rt, c, req));
+    let input = match got {
+        Ok(_) if test => {
+            println!("Ready to retrieve WAL files from the server {}", ctx.server);
+            return 0;
+        }
+        Ok(i) => i,
+        Err(s) if test && s.code() == tonic::Code::NotFound && s.message().contains("WAL") => {
+            println!("Ready to retrieve WAL files from the server {}", ctx.server);
+            return 0;
+        }
+        Err(s) if is_unreachable(&s) => {
+            return fail(&format!("Connection problem with grpcs://{addr}: {}", grpc::status_text(&s)), 2, sleep);
+        }
+        Err(s) if s.code() == tonic::Code::NotFound => {
+            return fail(&format!("The required file is not available: {wal} ({})", s.message()), 1, sleep);
+        }
+        Err(s) => return fail(&format!("get-wal on grpcs://{addr} has failed: {}", s.message()), 2, sleep),
+    };
+    let received = receive(Box::new(input));
+    drop(rt);
+    match received {
+        Ok(()) => 0,
+        Err(e) => fail(&format!("Bad WAL bundle from grpcs://{addr}: {e}"), 2, sleep),
+    }
 }
 
 /// Puts a prefetched file under its name in the spool. Its content is fsynced

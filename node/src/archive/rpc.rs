@@ -1,0 +1,408 @@
+//! The Archive gRPC service: `put-wal` and `get-wal --bundle` for `barman-wal-archive` and
+//! `barman-wal-restore` that reach a node directly over mutual TLS instead of through ssh.
+//! The payloads are the tar streams of the ssh commands, checked by the same code
+//! ([`PutWal`], [`WalSource::send_bundle`]). Any certificate of the cluster CA is served: a
+//! node's, or a WAL client's (`barman cluster cert client`).
+//!
+//! In a cluster, a node that does not own the server acknowledges a put-wal once the files
+//! are durable in its own `incoming/` and a forward marker for each is durable too; its
+//! forwarder ([`forward_pending`]) then puts them to the owner, so `archive_command` may
+//! name any node.
+
+use std::io::{self, Read, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use barman_proto::v1::archive_client::ArchiveClient;
+use barman_proto::v1::archive_server::{Archive, ArchiveServer};
+use barman_proto::v1::{GetWalRequest, PutWalChunk, PutWalReply, TarChunk};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::get_wal::{Delivery, GetWalError, WalSource};
+use super::put_wal::{PutWal, PutWalError, Stored};
+use super::server::{codecs_for, expected_from_identity};
+use super::wire::{MemberInfo, SumAlgo, TarWriter};
+use crate::catalog::ServerLayout;
+use crate::catalog::durable;
+use crate::catalog::xlogdb::mtime_float;
+use crate::config::{Config, ServerConfig};
+use crate::transport::grpc;
+use crate::wal::WalFileName;
+use crate::wal::header::Expected;
+
+/// Bytes per streamed chunk.
+pub const CHUNK: usize = 1 << 20;
+
+/// Whether this node owns a server now (None: not in a cluster, nothing to forward).
+pub type IsOwner = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// The directory of forward markers of a server: one empty file per WAL file a client put
+/// to this node while another node owned the server, until the owner has it.
+pub fn forward_dir(layout: &ServerLayout) -> PathBuf {
+    layout.backup_dir.join("forward")
+}
+
+pub struct ArchiveService {
+    cfg: Arc<Config>,
+    is_owner: Option<IsOwner>,
+    /// Woken when markers were written.
+    kick: Arc<tokio::sync::Notify>,
+}
+
+impl ArchiveService {
+    pub fn new(cfg: Arc<Config>, is_owner: Option<IsOwner>, kick: Arc<tokio::sync::Notify>) -> ArchiveService {
+        ArchiveService { cfg, is_owner, kick }
+    }
+
+    pub fn server(self) -> ArchiveServer<ArchiveService> {
+        ArchiveServer::new(self)
+            .max_decoding_message_size(grpc::MAX_MESSAGE)
+            .max_encoding_message_size(grpc::MAX_MESSAGE)
+    }
+
+    fn server_cfg(&self, name: &str) -> Result<ServerConfig, Status> {
+        let s = self
+            .cfg
+            .servers
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Status::not_found(format!("server '{name}' is not configured on this node")))?;
+        if !s.active() {
+            return Err(Status::failed_precondition(format!("server '{name}' is not active on this node")));
+        }
+        Ok(s)
+    }
+}
+
+/// The verified peer's name, for the log; a request without one is refused.
+fn peer_name<T>(request: &Request<T>) -> Result<String, Status> {
+    let peer = grpc::peer(request).ok_or_else(|| Status::unauthenticated("no verified peer certificate"))?;
+    Ok(format!("{} at {}", peer.name.as_deref().unwrap_or("?"), peer.addr))
+}
+
+/// A blocking reader over chunks sent by an async task.
+pub struct ChannelReader {
+    rx: mpsc::Receiver<Result<Vec<u8>, Status>>,
+    cur: Vec<u8>,
+    at: usize,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.at == self.cur.len() {
+            match self.rx.blocking_recv() {
+                None => return Ok(0),
+                Some(Ok(c)) => {
+                    self.cur = c;
+                    self.at = 0;
+                }
+                Some(Err(s)) => return Err(io::Error::other(grpc::status_text(&s))),
+            }
+        }
+        let n = buf.len().min(self.cur.len() - self.at);
+        buf[..n].copy_from_slice(&self.cur[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// A blocking writer that sends full chunks to a stream.
+struct ChannelWriter {
+    tx: mpsc::Sender<Result<TarChunk, Status>>,
+    buf: Vec<u8>,
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+        self.tx
+            .blocking_send(Ok(TarChunk { data }))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the client went away"))
+    }
+}
+
+fn put_wal_status(e: PutWalError) -> Status {
+    match e {
+        PutWalError::Io { .. } => Status::internal(e.to_string()),
+        other => Status::invalid_argument(other.to_string()),
+    }
+}
+
+/// Stores a put-wal tar stream for `s` as `barman put-wal` does; the names now held.
+fn receive(cfg: &Config, s: &ServerConfig, input: &mut dyn Read) -> Result<Vec<String>, Status> {
+    let layout = ServerLayout::new(&cfg.global, s);
+    let codecs = codecs_for(s);
+    let expected = expected_from_identity(&layout).map_err(Status::internal)?.unwrap_or_default();
+    let receiver = PutWal {
+        server: &s.name,
+        incoming_dir: &layout.incoming_dir,
+        errors_dir: &layout.errors_dir,
+        codecs: &codecs,
+        expected: Expected { seg_size: None, ..expected },
+    };
+    let mut held = Vec::new();
+    for st in receiver.receive(input).map_err(put_wal_status)? {
+        match st {
+            Stored::New(n) => {
+                tracing::info!(server = %s.name, "Received file '{n}' by put-wal for server '{}'", s.name);
+                held.push(n);
+            }
+            Stored::SameAsIncoming(n) => held.push(n),
+            Stored::Duplicate { name, .. } => {
+                tracing::error!(server = %s.name, "put-wal received a different copy of {name}; kept in the errors directory")
+            }
+        }
+    }
+    Ok(held)
+}
+
+/// Durable forward markers for `names`.
+fn mark_for_forward(layout: &ServerLayout, names: &[String]) -> io::Result<()> {
+    let dir = forward_dir(layout);
+    durable::create_dir_all(&dir)?;
+    for n in names {
+        durable::write_file(&dir.join(n), b"", 0o600)?;
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl Archive for ArchiveService {
+    async fn put_wal(&self, request: Request<Streaming<PutWalChunk>>) -> Result<Response<PutWalReply>, Status> {
+        let peer = peer_name(&request)?;
+        let mut stream = request.into_inner();
+        let first = stream.message().await?.ok_or_else(|| Status::invalid_argument("empty put-wal stream"))?;
+        let s = self.server_cfg(&first.server)?;
+        if first.test {
+            return Ok(Response::new(PutWalReply { stored: Vec::new() }));
+        }
+        let forwarded = first.forwarded;
+        let (mut input, pump) = pump(&tokio::runtime::Handle::current(), Some(first.data), stream, |c| c.data);
+        let cfg = self.cfg.clone();
+        let forward = match &self.is_owner {
+            Some(is_owner) if !forwarded && !is_owner(&s.name) => true,
+            _ => false,
+        };
+        let server = s.name.clone();
+        let held = tokio::task::spawn_blocking(move || {
+            let held = receive(&cfg, &s, &mut input)?;
+            if forward {
+                let layout = ServerLayout::new(&cfg.global, &s);
+                mark_for_forward(&layout, &held)
+                    .map_err(|e| Status::internal(format!("cannot record the forward of {held:?}: {e}")))?;
+            }
+            Ok::<_, Status>(held)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+        pump.abort();
+        let held = held.inspect_err(
+            |e| tracing::warn!(server = %server, "refused a put-wal from {peer}: {}", grpc::status_text(e)),
+        )?;
+        if forward {
+            self.kick.notify_one();
+        }
+        Ok(Response::new(PutWalReply { stored: held }))
+    }
+
+    type GetWalStream = ReceiverStream<Result<TarChunk, Status>>;
+
+    async fn get_wal(&self, request: Request<GetWalRequest>) -> Result<Response<Self::GetWalStream>, Status> {
+        peer_name(&request)?;
+        let r = request.into_inner();
+        let s = self.server_cfg(&r.server)?;
+        let name: WalFileName = r
+            .name
+            .parse()
+            .map_err(|e| Status::invalid_argument(format!("'{}' is not a WAL file name: {e}", r.name)))?;
+        let layout = ServerLayout::new(&self.cfg.global, &s);
+        let (tx, rx) = mpsc::channel(4);
+        tokio::task::spawn_blocking(move || {
+            let codecs = codecs_for(&s);
+            let src = WalSource {
+                layout: &layout,
+                codecs: &codecs,
+                custom_decompression: s.opts.custom_decompression_filter.is_some(),
+            };
+            let how = Delivery { compress: None, keep_compression: r.keep_compression, partial: r.partial };
+            let mut out = ChannelWriter { tx: tx.clone(), buf: Vec::with_capacity(CHUNK) };
+            let sent = src.send_bundle(&name, r.bundle.max(1), how, &mut out).and_then(|_| Ok(out.flush()?));
+            if let Err(e) = sent {
+                let status = match e {
+                    GetWalError::NotFound { .. } => Status::not_found(e.to_string()),
+                    other => Status::internal(other.to_string()),
+                };
+                let _ = tx.blocking_send(Err(status));
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// The tar stream `barman-wal-archive` would send for the WAL file `name` of a server, its
+/// bytes as the archive holds them after decompression (the receiver compresses them as
+/// its own configuration says).
+pub fn put_wal_stream(layout: &ServerLayout, s: &ServerConfig, name: &WalFileName) -> Result<Vec<u8>, String> {
+    let codecs = codecs_for(s);
+    let src = WalSource { layout, codecs: &codecs, custom_decompression: s.opts.custom_decompression_filter.is_some() };
+    let found = src.find(name, false).map_err(|e| e.to_string())?;
+    let mtime = std::fs::metadata(&found.path).map(|m| mtime_float(&m)).unwrap_or(0.0);
+    let mut body = Vec::new();
+    src.deliver(found, Delivery::default(), &mut body).map_err(|e| e.to_string())?;
+    let mut w = TarWriter::new(Vec::with_capacity(body.len() + 4096), SumAlgo::Sha256);
+    let info = MemberInfo::anonymous(name.to_string(), body.len() as u64, mtime);
+    w.append(&info, &mut &body[..]).map_err(|e| e.to_string())?;
+    w.finish().map_err(|e| e.to_string())
+}
+
+/// Sends a put-wal tar stream to a node; the names it holds afterwards.
+pub async fn put_to(
+    channel: tonic::transport::Channel,
+    server: &str,
+    forwarded: bool,
+    tar: Vec<u8>,
+) -> Result<Vec<String>, Status> {
+    let server = server.to_string();
+    let chunks: Vec<PutWalChunk> = tar
+        .chunks(CHUNK)
+        .enumerate()
+        .map(|(i, c)| PutWalChunk {
+            server: if i == 0 { server.clone() } else { String::new() },
+            forwarded: i == 0 && forwarded,
+            data: c.to_vec(),
+            test: false,
+        })
+        .collect();
+    let mut client = ArchiveClient::new(channel)
+        .max_decoding_message_size(grpc::MAX_MESSAGE)
+        .max_encoding_message_size(grpc::MAX_MESSAGE);
+    let reply = client.put_wal(tokio_stream::iter(chunks)).await?;
+    Ok(reply.into_inner().stored)
+}
+
+/// `--test`: whether the node takes WAL for `server`.
+pub async fn put_test(channel: tonic::transport::Channel, server: &str) -> Result<(), Status> {
+    let first = PutWalChunk { server: server.to_string(), test: true, ..Default::default() };
+    ArchiveClient::new(channel).put_wal(tokio_stream::iter([first])).await?;
+    Ok(())
+}
+
+/// Whether a failed call never reached the node's service (worth trying another node;
+/// the file was not looked at).
+pub fn is_unreachable(s: &Status) -> bool {
+    matches!(s.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown)
+}
+
+/// Asks a node for `get-wal --bundle`; a blocking reader of the tar stream. Call it
+/// outside the runtime: reading blocks on it.
+pub fn get_from(
+    rt: &tokio::runtime::Runtime,
+    channel: tonic::transport::Channel,
+    req: GetWalRequest,
+) -> Result<ChannelReader, Status> {
+    let mut stream = rt.block_on(async {
+        let mut client = ArchiveClient::new(channel)
+            .max_decoding_message_size(grpc::MAX_MESSAGE)
+            .max_encoding_message_size(grpc::MAX_MESSAGE);
+        client.get_wal(req).await.map(|r| r.into_inner())
+    })?;
+    // The first message tells whether the file is there at all.
+    let first = rt.block_on(stream.message())?;
+    Ok(pump(rt.handle(), first.map(|c| c.data), stream, |c| c.data).0)
+}
+
+/// A blocking reader of `first` and then the payloads of `stream`, fed by a task on `rt`.
+fn pump<T: Send + 'static>(
+    rt: &tokio::runtime::Handle,
+    first: Option<Vec<u8>>,
+    mut stream: Streaming<T>,
+    data: fn(T) -> Vec<u8>,
+) -> (ChannelReader, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(8);
+    let task = rt.spawn(async move {
+        if let Some(d) = first {
+            if tx.send(Ok(d)).await.is_err() {
+                return;
+            }
+        }
+        loop {
+            let next = match stream.message().await {
+                Ok(Some(c)) => Ok(data(c)),
+                Ok(None) => return,
+                Err(e) => Err(e),
+            };
+            let end = next.is_err();
+            if tx.send(next).await.is_err() || end {
+                return;
+            }
+        }
+    });
+    (ChannelReader { rx, cur: Vec::new(), at: 0 }, task)
+}
+
+/// One pass of the forwarder for server `s`: every marked WAL file is put to `owner`
+/// (a channel to it); markers of files the owner now holds are removed. Returns how many
+/// were forwarded; stops at the first failure (the owner is unreachable: the next pass
+/// tries again).
+pub async fn forward_pending(
+    cfg: &Config,
+    s: &ServerConfig,
+    owner: tonic::transport::Channel,
+) -> Result<usize, String> {
+    let layout = ServerLayout::new(&cfg.global, s);
+    let dir = forward_dir(&layout);
+    let mut names: Vec<String> = match std::fs::read_dir(&dir) {
+        Ok(rd) => rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(format!("{}: {e}", dir.display())),
+    };
+    names.sort();
+    let mut done = 0;
+    for n in names {
+        let marker = dir.join(&n);
+        let Ok(name) = n.parse::<WalFileName>() else {
+            // Not ours (a temporary file of a cut write): nothing to forward.
+            let _ = std::fs::remove_file(&marker);
+            continue;
+        };
+        let tar = {
+            let (layout, s, name) = (layout.clone(), s.clone(), name.clone());
+            tokio::task::spawn_blocking(move || put_wal_stream(&layout, &s, &name)).await.map_err(|e| e.to_string())?
+        };
+        let tar = match tar {
+            Ok(t) => t,
+            Err(e) => return Err(format!("cannot read {n} to forward it: {e}")),
+        };
+        put_to(owner.clone(), &s.name, true, tar)
+            .await
+            .map_err(|e| format!("forwarding {n} to the owner: {}", grpc::status_text(&e)))?;
+        durable::remove(&marker).map_err(|e| format!("{}: {e}", marker.display()))?;
+        done += 1;
+    }
+    Ok(done)
+}
+
+/// Removes the forward markers of server `s` (this node owns it now: what it holds is
+/// the owner's).
+pub fn drop_markers(layout: &ServerLayout) {
+    let dir = forward_dir(layout);
+    if let Ok(rd) = std::fs::read_dir(&dir) {
+        for e in rd.flatten() {
+            let _ = std::fs::remove_file(e.path());
+        }
+        let _ = durable::fsync_dir(&dir);
+    }
+}
