@@ -3,7 +3,7 @@
 //! codec alone, Barman 3.17, `pg_receivewal` for WAL streaming, `pg_basebackup` and pgBackRest for
 //! base backups, `cp -a` and pgBackRest for recovery). Prints Markdown tables; see docs/benchmarks.md.
 //!
-//! Usage: `bench [--quick] [--out FILE] [--only get-wal,restore,archive,put-wal,stream,backup,recover]`; our
+//! Usage: `bench [--quick] [--out FILE] [--only get-wal,restore,archive,put-wal,stream,backup,recover,geo-sync,...]`; our
 //! release binaries are taken from the directory of this executable.
 
 /// When the run started, for the progress lines on stderr.
@@ -28,6 +28,8 @@ mod backup;
 mod cluster;
 #[path = "bench/fixture.rs"]
 mod fixture;
+#[path = "bench/geo_sync.rs"]
+mod geo_sync;
 #[path = "bench/get_wal.rs"]
 mod get_wal;
 #[path = "bench/measure.rs"]
@@ -107,6 +109,9 @@ pub struct Counts {
     pub failover_runs: usize,
     /// The cluster benchmark's steady periods and measurement windows, in seconds.
     pub cluster_steady_secs: u64,
+    /// Files of 128 MiB in the geo-sync benchmark's backup, and its runs.
+    pub geo_sync_big_files: usize,
+    pub geo_sync_reps: usize,
 }
 
 impl Counts {
@@ -142,6 +147,8 @@ impl Counts {
             restore_command_calls: 24,
             failover_runs: 20,
             cluster_steady_secs: 60,
+            geo_sync_big_files: 8,
+            geo_sync_reps: 3,
         }
     }
 
@@ -177,6 +184,8 @@ impl Counts {
             restore_command_calls: 4,
             failover_runs: 4,
             cluster_steady_secs: 10,
+            geo_sync_big_files: 2,
+            geo_sync_reps: 1,
         }
     }
 }
@@ -217,7 +226,7 @@ struct Args {
     only: Option<Vec<String>>,
 }
 
-const BENCHMARKS: [&str; 10] = [
+const BENCHMARKS: [&str; 11] = [
     "get-wal",
     "restore",
     "archive",
@@ -228,6 +237,7 @@ const BENCHMARKS: [&str; 10] = [
     "recover-remote",
     "cluster",
     "cluster-idle",
+    "geo-sync",
 ];
 
 fn parse_args() -> Result<Args> {
@@ -347,6 +357,9 @@ fn real_main() -> Result<()> {
     }
     if wanted("recover-remote") {
         tables.extend(recover_remote::run(&ctx)?);
+    }
+    if wanted("geo-sync") {
+        tables.extend(geo_sync::run(&ctx)?);
     }
     if wanted("cluster") {
         tables.extend(cluster::run(&ctx)?);

@@ -192,10 +192,7 @@ impl Archive for ArchiveService {
         let forwarded = first.forwarded;
         let (mut input, pump) = pump(&tokio::runtime::Handle::current(), Some(first.data), stream, |c| c.data);
         let cfg = self.cfg.clone();
-        let forward = match &self.is_owner {
-            Some(is_owner) if !forwarded && !is_owner(&s.name) => true,
-            _ => false,
-        };
+        let forward = !forwarded && self.is_owner.as_ref().is_some_and(|is_owner| !is_owner(&s.name));
         let server = s.name.clone();
         let held = tokio::task::spawn_blocking(move || {
             let held = receive(&cfg, &s, &mut input)?;
@@ -333,10 +330,10 @@ fn pump<T: Send + 'static>(
 ) -> (ChannelReader, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(8);
     let task = rt.spawn(async move {
-        if let Some(d) = first {
-            if tx.send(Ok(d)).await.is_err() {
-                return;
-            }
+        if let Some(d) = first
+            && tx.send(Ok(d)).await.is_err()
+        {
+            return;
         }
         loop {
             let next = match stream.message().await {

@@ -157,15 +157,16 @@ impl Chunks {
     }
 }
 
-/// Fetches `want` into place (see the module's comment).
-pub async fn fetch(source: &Source, peer: &str, want: &Want, limit: Option<&RateLimit>) -> Result<Fetched, SyncError> {
-    let (name, dst, part) = (&want.what, &want.dst, &want.part);
+/// What is held of a file before its transfer: the final file (then only its checksum is
+/// asked), or the part of an earlier try. None: the final file is the sync's own and whole.
+fn held(want: &Want) -> Result<Option<(bool, Sha256, u64)>, SyncError> {
+    let (dst, part) = (&want.dst, &want.part);
     if want.owned {
         match fs::symlink_metadata(dst) {
             Ok(m) if m.is_file() && m.len() == want.size => {
                 // A part file beside it is what a cut between the link and its removal left.
                 durable::remove(part).map_err(io_err(part))?;
-                return Ok(Fetched { bytes: 0, on_disk: true });
+                return Ok(None);
             }
             Ok(_) => fs::remove_file(dst).map_err(io_err(dst))?,
             Err(_) => {}
@@ -174,68 +175,122 @@ pub async fn fetch(source: &Source, peer: &str, want: &Want, limit: Option<&Rate
     let on_disk = dst.exists();
     if on_disk {
         durable::remove(part).map_err(io_err(part))?;
+        let (h, n) = hash_file(dst).map_err(io_err(dst))?;
+        return Ok(Some((true, h, n)));
     }
-    // What is held already: the final file (then only its checksum is asked), or the part
-    // of an earlier transfer.
-    let (mut hasher, mut have) = if on_disk {
-        hash_file(dst).map_err(io_err(dst))?
-    } else {
-        match hash_file(part) {
-            Ok((h, n)) if n <= want.size => (h, n),
-            // Longer than announced: useless, start again.
-            Ok(_) => {
-                fs::remove_file(part).map_err(io_err(part))?;
-                (Sha256::new(), 0)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Sha256::new(), 0),
-            Err(e) => return Err(io_err(part)(e)),
+    match hash_file(part) {
+        Ok((h, n)) if n <= want.size => Ok(Some((false, h, n))),
+        // Longer than announced: useless, start again.
+        Ok(_) => {
+            fs::remove_file(part).map_err(io_err(part))?;
+            Ok(Some((false, Sha256::new(), 0)))
         }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Some((false, Sha256::new(), 0))),
+        Err(e) => Err(io_err(part)(e)),
+    }
+}
+
+/// Puts a complete, checked part file under its final name: the peer's mtime, our mode,
+/// fsynced, hard-linked (never over a file that appeared meanwhile: another sync,
+/// archive-wal), the directory fsynced, the part removed.
+fn publish(want: &Want, peer: &str, f: File, sha256: &[u8]) -> Result<(), SyncError> {
+    let (dst, part) = (&want.dst, &want.part);
+    let t = super::system_time(want.mtime);
+    f.set_times(fs::FileTimes::new().set_modified(t).set_accessed(t)).map_err(io_err(part))?;
+    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(want.mode)).map_err(io_err(part))?;
+    f.sync_all().map_err(io_err(part))?;
+    drop(f);
+    let dir = dst.parent().map(Path::to_path_buf).unwrap_or_default();
+    durable::create_dir_all(&dir).map_err(io_err(&dir))?;
+    match fs::hard_link(part, dst) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let (h, n) = hash_file(dst).map_err(io_err(dst))?;
+            if n != want.size || h.finalize().as_slice() != sha256 {
+                return Err(SyncError::Conflict {
+                    peer: peer.into(),
+                    name: want.what.clone(),
+                    ours: n,
+                    theirs: want.size,
+                });
+            }
+        }
+        Err(e) => return Err(io_err(dst)(e)),
+    }
+    durable::fsync_dir(&dir).map_err(io_err(&dir))?;
+    fs::remove_file(part).map_err(io_err(part))
+}
+
+/// Fetches `want` into place (see the module's comment). The disk work runs off the
+/// runtime's threads (an fsync must not hold up the other transfers' network reads).
+pub async fn fetch(
+    source: &Source,
+    peer: &str,
+    want: Arc<Want>,
+    limit: Option<&RateLimit>,
+) -> Result<Fetched, SyncError> {
+    let name = want.what.clone();
+    let part = want.part.clone();
+    let w = want.clone();
+    let Some((on_disk, hasher, have)) = super::blocking(move || held(&w)).await? else {
+        return Ok(Fetched { bytes: 0, on_disk: true });
     };
     if on_disk && have != want.size {
-        return Err(SyncError::Conflict { peer: peer.into(), name: name.to_string(), ours: have, theirs: want.size });
+        return Err(SyncError::Conflict { peer: peer.into(), name, ours: have, theirs: want.size });
     }
-    let mut stream = Chunks::open(source, peer, want, have).await?;
+    let mut stream = Chunks::open(source, peer, &want, have).await?;
     let mut out = if on_disk {
         None
     } else {
-        Some(OpenOptions::new().create(true).append(true).open(part).map_err(io_err(part))?)
+        Some(OpenOptions::new().create(true).append(true).open(&part).map_err(io_err(&part))?)
     };
-    let corrupt = |why: String| SyncError::Corrupt { peer: peer.into(), name: name.to_string(), why };
-    let mut received = 0u64;
+    let corrupt = |why: String| SyncError::Corrupt { peer: peer.into(), name: name.clone(), why };
+    let (mut hasher, mut have, mut received) = (hasher, have, 0u64);
     let (last_size, last_sha256) = loop {
-        let chunk = match stream.next(peer, name).await {
+        let chunk = match stream.next(peer, &name).await {
             Ok(c) => c,
             Err(Cut::Unended) => {
                 drop(out.take());
                 if !on_disk {
-                    let _ = fs::remove_file(part);
+                    let _ = fs::remove_file(&part);
                 }
                 return Err(corrupt("the stream ended without its checksum".into()));
             }
             Err(Cut::Broken(e)) => {
                 // Cut: what arrived stays in the part file for the next try.
-                if let Some(f) = out.as_mut() {
-                    f.sync_data().map_err(io_err(part))?;
+                if let Some(f) = out.take() {
+                    let p = part.clone();
+                    super::blocking(move || f.sync_data().map_err(io_err(&p))).await?;
                 }
                 return Err(e);
             }
         };
         if !chunk.data.is_empty() {
-            let Some(f) = out.as_mut() else {
+            let Some(f) = out.take() else {
                 return Err(corrupt("data for a file this node already holds whole".into()));
             };
-            if have + chunk.data.len() as u64 > want.size {
-                drop(out.take());
-                let _ = fs::remove_file(part);
+            let n = chunk.data.len() as u64;
+            if have + n > want.size {
+                drop(f);
+                let _ = fs::remove_file(&part);
                 return Err(corrupt(format!("more than the {} bytes it listed", want.size)));
             }
             if let Some(l) = limit {
-                l.wait(chunk.data.len() as u64).await;
+                l.wait(n).await;
             }
-            f.write_all(&chunk.data).map_err(io_err(part))?;
-            hasher.update(&chunk.data);
-            have += chunk.data.len() as u64;
-            received += chunk.data.len() as u64;
+            let p = part.clone();
+            let (f, h) = super::blocking(move || {
+                let mut f = f;
+                let mut h = hasher;
+                f.write_all(&chunk.data).map_err(io_err(&p))?;
+                h.update(&chunk.data);
+                Ok((f, h))
+            })
+            .await?;
+            out = Some(f);
+            hasher = h;
+            have += n;
+            received += n;
         }
         if let Some(end) = chunk.end {
             break end;
@@ -251,51 +306,29 @@ pub async fn fetch(source: &Source, peer: &str, want: &Want, limit: Option<&Rate
     };
     if let Some(why) = bad {
         if on_disk {
-            return Err(SyncError::Conflict {
-                peer: peer.into(),
-                name: name.to_string(),
-                ours: have,
-                theirs: last_size,
-            });
+            return Err(SyncError::Conflict { peer: peer.into(), name, ours: have, theirs: last_size });
         }
         drop(out.take());
-        let _ = fs::remove_file(part);
+        let _ = fs::remove_file(&part);
         return Err(corrupt(why));
     }
     if let Some(f) = out.take() {
-        // The peer's mtime, as Barman's rsync keeps it (--times).
-        let t = super::system_time(want.mtime);
-        f.set_times(fs::FileTimes::new().set_modified(t).set_accessed(t)).map_err(io_err(part))?;
-        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(want.mode)).map_err(io_err(part))?;
-        f.sync_all().map_err(io_err(part))?;
-        drop(f);
-        let dir = dst.parent().map(Path::to_path_buf).unwrap_or_default();
-        durable::create_dir_all(&dir).map_err(io_err(&dir))?;
-        // Never over a file that appeared meanwhile (another sync, archive-wal).
-        match fs::hard_link(part, dst) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let (h, n) = hash_file(dst).map_err(io_err(dst))?;
-                if n != want.size || h.finalize().to_vec() != ours {
-                    return Err(SyncError::Conflict {
-                        peer: peer.into(),
-                        name: name.to_string(),
-                        ours: n,
-                        theirs: want.size,
-                    });
-                }
-            }
-            Err(e) => return Err(io_err(dst)(e)),
-        }
-        durable::fsync_dir(&dir).map_err(io_err(&dir))?;
-        fs::remove_file(part).map_err(io_err(part))?;
+        let (w, peer) = (want.clone(), peer.to_string());
+        super::blocking(move || publish(&w, &peer, f, &ours)).await?;
     }
     Ok(Fetched { bytes: received, on_disk })
 }
 
-/// Fetches `wants`, `jobs` at a time, all on the one channel or session to the peer, under
-/// one bandwidth `limit`; the results in the order of `wants`. With `stop_on_error`, no
-/// transfer starts after one failed (those running finish their file): theirs are None.
+/// Files below this size are mostly round trips and an fsync: more of them run at once.
+const SMALL: u64 = 1 << 20;
+/// How many small files per job may be in flight.
+const SMALL_PER_JOB: usize = 8;
+
+/// Fetches `wants` on the one channel or session to the peer, under one bandwidth `limit`:
+/// `jobs` large files at a time and, beside them, up to `8 × jobs` small ones (their cost
+/// is the request's round trip and the fsync, not the bytes); the results in the order of
+/// `wants`. With `stop_on_error`, no transfer starts after one failed (those running finish
+/// their file): theirs are None.
 pub async fn fetch_all(
     source: &Source,
     peer: &str,
@@ -305,16 +338,22 @@ pub async fn fetch_all(
     stop_on_error: bool,
 ) -> Vec<Option<Result<Fetched, SyncError>>> {
     let mut results: Vec<Option<Result<Fetched, SyncError>>> = (0..wants.len()).map(|_| None).collect();
-    let mut queue = wants.into_iter().enumerate();
+    let (small, large): (Vec<_>, Vec<_>) = wants.into_iter().enumerate().partition(|(_, w)| w.size < SMALL);
+    let mut queues = [large.into_iter(), small.into_iter()];
+    let caps = [jobs.max(1), jobs.max(1) * SMALL_PER_JOB];
+    let mut in_flight = [0usize; 2];
     let mut running = tokio::task::JoinSet::new();
     let mut index = std::collections::HashMap::new();
     let mut stopped = false;
     loop {
-        while !stopped && running.len() < jobs.max(1) {
-            let Some((i, want)) = queue.next() else { break };
-            let (source, peer, limit) = (source.clone(), peer.to_string(), limit.clone());
-            let task = running.spawn(async move { fetch(&source, &peer, &want, limit.as_deref()).await });
-            index.insert(task.id(), i);
+        for k in 0..2 {
+            while !stopped && in_flight[k] < caps[k] {
+                let Some((i, want)) = queues[k].next() else { break };
+                let (source, peer, limit) = (source.clone(), peer.to_string(), limit.clone());
+                let task = running.spawn(async move { fetch(&source, &peer, Arc::new(want), limit.as_deref()).await });
+                index.insert(task.id(), (i, k));
+                in_flight[k] += 1;
+            }
         }
         let (id, r) = match running.join_next_with_id().await {
             Some(Ok((id, r))) => (id, r),
@@ -322,8 +361,9 @@ pub async fn fetch_all(
             None => break,
         };
         stopped |= stop_on_error && r.is_err();
-        if let Some(i) = index.get(&id) {
+        if let Some((i, k)) = index.get(&id) {
             results[*i] = Some(r);
+            in_flight[*k] -= 1;
         }
     }
     results

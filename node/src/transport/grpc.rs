@@ -35,6 +35,11 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const KEEPALIVE: Duration = Duration::from_secs(1);
 /// How long a ping may go unanswered.
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
+/// HTTP/2 flow-control windows, each way: what may be in flight unacknowledged on one
+/// stream and on a whole connection. Across sites (tens of ms) the defaults (a few MiB)
+/// would cap a file transfer at a few tens of MB/s; the windows are credit, not buffers.
+const STREAM_WINDOW: u32 = 16 << 20;
+const CONNECTION_WINDOW: u32 = 64 << 20;
 /// The largest message either way (batches of log entries, snapshot chunks).
 pub const MAX_MESSAGE: usize = 64 << 20;
 
@@ -131,6 +136,8 @@ pub async fn serve(
         .trace_fn(move |_| span.clone())
         .http2_keepalive_interval(Some(KEEPALIVE))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
         .add_routes(routes)
         .serve_with_incoming_shutdown(ReceiverStream::new(rx), signal)
         .await;
@@ -216,6 +223,8 @@ pub fn channel(addr: &str, peer_name: &str, tls: &ClientTls) -> Result<Channel, 
         .tls_config(config)
         .map_err(|e| bad(error_chain(&e)))?
         .connect_timeout(CONNECT_TIMEOUT)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(KEEPALIVE)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)

@@ -510,6 +510,22 @@ mod tests {
     }
 
     #[test]
+    fn a_wal_client_certificate_is_a_client_only_and_never_a_member_name() {
+        let ca = new_ca("c").unwrap();
+        let client = new_client_cert(&ca, "n1").unwrap();
+        let name = peer_name(&der(&client.cert)).unwrap();
+        assert_eq!(name, "n1 (WAL client)");
+        // Members are admitted by a node name, which is a DNS name: this one never is.
+        assert!(!matches!(ServerName::try_from(name.as_str()), Ok(ServerName::DnsName(_))));
+        // Usable to call a node, not to be one.
+        verify_as_node(&der(&ca.cert), &der(&client.cert), "n1").unwrap_err();
+        let other = new_ca("c").unwrap();
+        let e = new_client_cert(&Pem { cert: ca.cert.clone(), key: other.key }, "pg1").unwrap_err().to_string();
+        assert!(e.contains("does not verify against the CA"), "{e}");
+        assert!(new_client_cert(&ca, " ").is_err());
+    }
+
+    #[test]
     fn a_certificate_is_made_only_with_the_key_of_its_ca_and_a_dns_name() {
         let ca = new_ca("one").unwrap();
         let other = new_ca("one").unwrap();

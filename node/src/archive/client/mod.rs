@@ -127,3 +127,26 @@ pub fn fail(msg: &str, code: i32, sleep: u64) -> i32 {
 pub fn code_of(status: std::process::ExitStatus) -> i32 {
     status.code().unwrap_or(255)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn barman_host_is_a_list_of_ssh_and_grpcs_hosts() {
+        let t = targets("barman1, grpcs://n1.example:7000,grpcs://[::1]:7001/").unwrap();
+        assert_eq!(
+            t,
+            [
+                Target::Ssh("barman1".into()),
+                Target::Grpc { host: "n1.example".into(), addr: "n1.example:7000".into() },
+                Target::Grpc { host: "::1".into(), addr: "[::1]:7001".into() },
+            ]
+        );
+        assert_eq!(t[1].to_string(), "grpcs://n1.example:7000");
+        for bad in ["a,,b", "grpcs://n1", "grpcs://n1:port", "grpcs://:7000", "https://n1:7000", ""] {
+            let e = targets(bad).unwrap_err();
+            assert!(e.contains("host") || e.contains("BARMAN_HOST"), "{bad}: {e}");
+        }
+    }
+}

@@ -181,10 +181,10 @@ fn over_grpc(a: &Args, host: &str, addr: &str, server: &str, wal_path: &Path) ->
         Err(e) => return fail(&e, 2, 0),
     };
     let mut tar = Vec::new();
-    if !a.remote.test {
-        if let Err(e) = send(a, wal_path, &mut tar) {
-            return fail(&format!("Failure reading the WAL file: {e}"), 2, 0);
-        }
+    if !a.remote.test
+        && let Err(e) = send(a, wal_path, &mut tar)
+    {
+        return fail(&format!("Failure reading the WAL file: {e}"), 2, 0);
     }
     let rt = match runtime() {
         Ok(r) => r,
