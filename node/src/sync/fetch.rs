@@ -192,7 +192,7 @@ fn held(want: &Want) -> Result<Option<(bool, Sha256, u64)>, SyncError> {
 
 /// Puts a complete, checked part file under its final name: the peer's mtime, our mode,
 /// fsynced, hard-linked (never over a file that appeared meanwhile: another sync,
-/// archive-wal), the directory fsynced, the part removed.
+/// archive-wal), the part removed.
 fn publish(want: &Want, peer: &str, f: File, sha256: &[u8]) -> Result<(), SyncError> {
     let (dst, part) = (&want.dst, &want.part);
     let t = super::system_time(want.mtime);
@@ -217,8 +217,35 @@ fn publish(want: &Want, peer: &str, f: File, sha256: &[u8]) -> Result<(), SyncEr
         }
         Err(e) => return Err(io_err(dst)(e)),
     }
-    durable::fsync_dir(&dir).map_err(io_err(&dir))?;
+    // The directory is fsynced once for all its files, by fetch_all, before it returns.
     fs::remove_file(part).map_err(io_err(part))
+}
+
+/// Appends chunks to a part file and hashes them, in a blocking task.
+struct Writer {
+    tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+    task: tokio::task::JoinHandle<Result<(File, Sha256), SyncError>>,
+}
+
+impl Writer {
+    fn start(f: File, hasher: Sha256, part: PathBuf) -> Writer {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+        let task = tokio::task::spawn_blocking(move || {
+            let (mut f, mut h) = (f, hasher);
+            while let Some(d) = rx.blocking_recv() {
+                f.write_all(&d).map_err(io_err(&part))?;
+                h.update(&d);
+            }
+            Ok((f, h))
+        });
+        Writer { tx, task }
+    }
+
+    /// Waits for everything sent to be written; the file and the hash of all it holds.
+    async fn finish(self) -> Result<(File, Sha256), SyncError> {
+        drop(self.tx);
+        self.task.await.map_err(|e| SyncError::Task(e.to_string()))?
+    }
 }
 
 /// Fetches `want` into place (see the module's comment). The disk work runs off the
@@ -239,26 +266,30 @@ pub async fn fetch(
         return Err(SyncError::Conflict { peer: peer.into(), name, ours: have, theirs: want.size });
     }
     let mut stream = Chunks::open(source, peer, &want, have).await?;
-    let mut out = if on_disk {
+    // The bytes go to a writer of their own off the runtime's threads, which hashes what
+    // it writes; the network reads go on meanwhile.
+    let mut writer = if on_disk {
         None
     } else {
-        Some(OpenOptions::new().create(true).append(true).open(&part).map_err(io_err(&part))?)
+        let f = OpenOptions::new().create(true).append(true).open(&part).map_err(io_err(&part))?;
+        Some(Writer::start(f, hasher.clone(), part.clone()))
     };
     let corrupt = |why: String| SyncError::Corrupt { peer: peer.into(), name: name.clone(), why };
-    let (mut hasher, mut have, mut received) = (hasher, have, 0u64);
+    let (mut have, mut received) = (have, 0u64);
     let (last_size, last_sha256) = loop {
         let chunk = match stream.next(peer, &name).await {
             Ok(c) => c,
             Err(Cut::Unended) => {
-                drop(out.take());
-                if !on_disk {
+                if let Some(w) = writer.take() {
+                    let _ = w.finish().await;
                     let _ = fs::remove_file(&part);
                 }
                 return Err(corrupt("the stream ended without its checksum".into()));
             }
             Err(Cut::Broken(e)) => {
                 // Cut: what arrived stays in the part file for the next try.
-                if let Some(f) = out.take() {
+                if let Some(w) = writer.take() {
+                    let (f, _) = w.finish().await?;
                     let p = part.clone();
                     super::blocking(move || f.sync_data().map_err(io_err(&p))).await?;
                 }
@@ -266,35 +297,40 @@ pub async fn fetch(
             }
         };
         if !chunk.data.is_empty() {
-            let Some(f) = out.take() else {
+            let Some(w) = writer.as_mut() else {
                 return Err(corrupt("data for a file this node already holds whole".into()));
             };
             let n = chunk.data.len() as u64;
             if have + n > want.size {
-                drop(f);
+                if let Some(w) = writer.take() {
+                    let _ = w.finish().await;
+                }
                 let _ = fs::remove_file(&part);
                 return Err(corrupt(format!("more than the {} bytes it listed", want.size)));
             }
             if let Some(l) = limit {
                 l.wait(n).await;
             }
-            let p = part.clone();
-            let (f, h) = super::blocking(move || {
-                let mut f = f;
-                let mut h = hasher;
-                f.write_all(&chunk.data).map_err(io_err(&p))?;
-                h.update(&chunk.data);
-                Ok((f, h))
-            })
-            .await?;
-            out = Some(f);
-            hasher = h;
+            if w.tx.send(chunk.data).await.is_err() {
+                // The writer stopped: its error says why.
+                if let Some(w) = writer.take() {
+                    w.finish().await?;
+                }
+                return Err(SyncError::Task(format!("{name}: the writer stopped")));
+            }
             have += n;
             received += n;
         }
         if let Some(end) = chunk.end {
             break end;
         }
+    };
+    let (out, hasher) = match writer.take() {
+        Some(w) => {
+            let (f, h) = w.finish().await?;
+            (Some(f), h)
+        }
+        None => (None, hasher),
     };
     let ours = hasher.finalize().to_vec();
     let bad = if last_size != want.size || have != want.size {
@@ -308,11 +344,11 @@ pub async fn fetch(
         if on_disk {
             return Err(SyncError::Conflict { peer: peer.into(), name, ours: have, theirs: last_size });
         }
-        drop(out.take());
+        drop(out);
         let _ = fs::remove_file(&part);
         return Err(corrupt(why));
     }
-    if let Some(f) = out.take() {
+    if let Some(f) = out {
         let (w, peer) = (want.clone(), peer.to_string());
         super::blocking(move || publish(&w, &peer, f, &ours)).await?;
     }
@@ -338,6 +374,7 @@ pub async fn fetch_all(
     stop_on_error: bool,
 ) -> Vec<Option<Result<Fetched, SyncError>>> {
     let mut results: Vec<Option<Result<Fetched, SyncError>>> = (0..wants.len()).map(|_| None).collect();
+    let dirs: Vec<Option<PathBuf>> = wants.iter().map(|w| w.dst.parent().map(Path::to_path_buf)).collect();
     let (small, large): (Vec<_>, Vec<_>) = wants.into_iter().enumerate().partition(|(_, w)| w.size < SMALL);
     let mut queues = [large.into_iter(), small.into_iter()];
     let caps = [jobs.max(1), jobs.max(1) * SMALL_PER_JOB];
@@ -364,6 +401,30 @@ pub async fn fetch_all(
         if let Some((i, k)) = index.get(&id) {
             results[*i] = Some(r);
             in_flight[*k] -= 1;
+        }
+    }
+    // Each directory that received a file is fsynced once, before anything is reported
+    // fetched (and recorded by the caller); if that fails, its files are not fetched.
+    let mut touched: std::collections::BTreeSet<PathBuf> = std::collections::BTreeSet::new();
+    for (r, d) in results.iter().zip(&dirs) {
+        if let (Some(Ok(f)), Some(d)) = (r, d)
+            && !f.on_disk
+        {
+            touched.insert(d.clone());
+        }
+    }
+    let all: Vec<PathBuf> = touched.iter().cloned().collect();
+    let failed = super::blocking(move || {
+        Ok(touched.into_iter().filter_map(|d| durable::fsync_dir(&d).err().map(|e| (d, e))).collect::<Vec<_>>())
+    })
+    .await
+    .unwrap_or_else(|e| all.into_iter().map(|d| (d, std::io::Error::other(e.to_string()))).collect());
+    for (dir, e) in failed {
+        for (r, d) in results.iter_mut().zip(&dirs) {
+            if d.as_ref() == Some(&dir) && matches!(r, Some(Ok(_))) {
+                let source = std::io::Error::new(e.kind(), e.to_string());
+                *r = Some(Err(SyncError::Io { path: dir.display().to_string(), source }));
+            }
         }
     }
     results

@@ -144,9 +144,10 @@ impl Sync for SyncService {
             // what it already held along with what it is sent.
             let mut hasher = Sha256::new();
             let mut at = 0u64;
-            let mut buf = vec![0u8; CHUNK];
             loop {
-                let n = match file.read(&mut buf) {
+                // A buffer per chunk, moved into the message: no copy.
+                let mut buf = Vec::with_capacity(CHUNK);
+                let n = match (&mut file).take(CHUNK as u64).read_to_end(&mut buf) {
                     Ok(0) => break,
                     Ok(n) => n,
                     Err(e) => {
@@ -154,11 +155,14 @@ impl Sync for SyncService {
                         return;
                     }
                 };
-                hasher.update(&buf[..n]);
+                hasher.update(&buf);
                 let end = at + n as u64;
                 if end > r.offset {
                     let from = r.offset.saturating_sub(at) as usize;
-                    let chunk = FileChunk { data: buf[from..n].to_vec(), ..Default::default() };
+                    if from > 0 {
+                        buf.drain(..from);
+                    }
+                    let chunk = FileChunk { data: buf, ..Default::default() };
                     if tx.blocking_send(Ok(chunk)).is_err() {
                         return;
                     }
