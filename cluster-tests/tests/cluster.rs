@@ -453,6 +453,42 @@ fn passives_follow_the_owners_wal_archive() {
         assert_eq!(status(h), status(&c.homes[owner]), "node {}", node_name(i));
     }
     check_invariants(&mut c, &from, &[]);
+
+    // The owner's expiry is followed: a second backup, then the owner deletes the first;
+    // the others delete it too (their WAL before the second backup with it).
+    let done = |h: &std::path::Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(h.join("pg").join("meta"))
+            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        v.retain(|n| n.ends_with("-backup.info"));
+        v.retain(|n| {
+            std::fs::read_to_string(h.join("pg").join("meta").join(n)).is_ok_and(|t| t.contains("\nstatus=DONE\n"))
+        });
+        let mut ids: Vec<String> = v.iter().map(|n| n.trim_end_matches("-backup.info").to_string()).collect();
+        ids.sort();
+        ids
+    };
+    let first = done(&c.homes[owner]).first().cloned().expect("the owner's backup");
+    c.barman(owner, &["backup", "--immediate-checkpoint", "--wait", "pg"]).unwrap();
+    c.wait(Duration::from_secs(60), "every node holding both backups DONE", |c| {
+        c.homes.iter().all(|h| done(h).len() == 2)
+    })
+    .unwrap();
+    c.barman(owner, &["delete", "pg", &first]).unwrap();
+    let t0 = Instant::now();
+    c.wait(Duration::from_secs(60), "every node deleting the backup the owner deleted", |c| {
+        c.homes.iter().all(|h| done(h).len() == 1 && !h.join("pg").join("base").join(&first).exists())
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?}", c.homes.iter().map(|h| done(h)).collect::<Vec<_>>()));
+    println!("passives deleted the expired backup after (ms): {}", t0.elapsed().as_millis());
+    let kept = done(&c.homes[owner]);
+    for (i, h) in c.homes.iter().enumerate() {
+        assert_eq!(done(h), kept, "node {}", node_name(i));
+    }
+    c.wait(Duration::from_secs(30), "every node's WAL archive as the owner's after the delete", |c| {
+        c.homes.iter().all(|h| archived(h) == archived(&c.homes[owner]))
+    })
+    .unwrap();
 }
 
 /// The gRPC address a node listens on (its config's `node_listen`).

@@ -35,8 +35,10 @@ use crate::wal::header::Expected;
 /// Bytes per streamed chunk.
 pub const CHUNK: usize = 1 << 20;
 
-/// Whether this node owns a server now (None: not in a cluster, nothing to forward).
-pub type IsOwner = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+/// Whether another node owns a server now: what is put here is passed on to it. A server
+/// no node owns (not streamed: the cluster gives owners to streamed servers) keeps what is
+/// put to a node there, as a plain Barman would.
+pub type OwnedElsewhere = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 /// The directory of forward markers of a server: one empty file per WAL file a client put
 /// to this node while another node owned the server, until the owner has it.
@@ -46,14 +48,18 @@ pub fn forward_dir(layout: &ServerLayout) -> PathBuf {
 
 pub struct ArchiveService {
     cfg: Arc<Config>,
-    is_owner: Option<IsOwner>,
+    owned_elsewhere: Option<OwnedElsewhere>,
     /// Woken when markers were written.
     kick: Arc<tokio::sync::Notify>,
 }
 
 impl ArchiveService {
-    pub fn new(cfg: Arc<Config>, is_owner: Option<IsOwner>, kick: Arc<tokio::sync::Notify>) -> ArchiveService {
-        ArchiveService { cfg, is_owner, kick }
+    pub fn new(
+        cfg: Arc<Config>,
+        owned_elsewhere: Option<OwnedElsewhere>,
+        kick: Arc<tokio::sync::Notify>,
+    ) -> ArchiveService {
+        ArchiveService { cfg, owned_elsewhere, kick }
     }
 
     pub fn server(self) -> ArchiveServer<ArchiveService> {
@@ -192,7 +198,7 @@ impl Archive for ArchiveService {
         let forwarded = first.forwarded;
         let (mut input, pump) = pump(&tokio::runtime::Handle::current(), Some(first.data), stream, |c| c.data);
         let cfg = self.cfg.clone();
-        let forward = !forwarded && self.is_owner.as_ref().is_some_and(|is_owner| !is_owner(&s.name));
+        let forward = !forwarded && self.owned_elsewhere.as_ref().is_some_and(|elsewhere| elsewhere(&s.name));
         let server = s.name.clone();
         let held = tokio::task::spawn_blocking(move || {
             let held = receive(&cfg, &s, &mut input)?;
@@ -272,22 +278,69 @@ pub async fn put_to(
     forwarded: bool,
     tar: Vec<u8>,
 ) -> Result<Vec<String>, Status> {
+    let chunks: Vec<Vec<u8>> = tar.chunks(CHUNK).map(<[u8]>::to_vec).collect();
+    put_chunks(channel, server, forwarded, tokio_stream::iter(chunks)).await
+}
+
+/// Sends a put-wal tar stream, as it is produced, to a node; the names it holds afterwards.
+pub async fn put_chunks(
+    channel: tonic::transport::Channel,
+    server: &str,
+    forwarded: bool,
+    chunks: impl tokio_stream::Stream<Item = Vec<u8>> + Send + 'static,
+) -> Result<Vec<String>, Status> {
+    use tokio_stream::StreamExt;
     let server = server.to_string();
-    let chunks: Vec<PutWalChunk> = tar
-        .chunks(CHUNK)
-        .enumerate()
-        .map(|(i, c)| PutWalChunk {
-            server: if i == 0 { server.clone() } else { String::new() },
-            forwarded: i == 0 && forwarded,
-            data: c.to_vec(),
+    let mut first = true;
+    let messages = chunks.map(move |data| {
+        let m = PutWalChunk {
+            server: if first { server.clone() } else { String::new() },
+            forwarded: first && forwarded,
+            data,
             test: false,
-        })
-        .collect();
+        };
+        first = false;
+        m
+    });
     let mut client = ArchiveClient::new(channel)
         .max_decoding_message_size(grpc::MAX_MESSAGE)
         .max_encoding_message_size(grpc::MAX_MESSAGE);
-    let reply = client.put_wal(tokio_stream::iter(chunks)).await?;
+    let reply = client.put_wal(messages).await?;
     Ok(reply.into_inner().stored)
+}
+
+/// A writer that hands full chunks to a channel, for [`put_chunks`]: what it is given is
+/// sent while the rest is being produced.
+pub struct ChunkSender {
+    tx: mpsc::Sender<Vec<u8>>,
+    buf: Vec<u8>,
+}
+
+impl ChunkSender {
+    /// The writer, and the stream of its chunks.
+    pub fn new() -> (ChunkSender, ReceiverStream<Vec<u8>>) {
+        let (tx, rx) = mpsc::channel(4);
+        (ChunkSender { tx, buf: Vec::with_capacity(CHUNK) }, ReceiverStream::new(rx))
+    }
+}
+
+impl Write for ChunkSender {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = data.len().min(CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == CHUNK {
+            self.flush()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+        self.tx.blocking_send(data).map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the node went away"))
+    }
 }
 
 /// `--test`: whether the node takes WAL for `server`.

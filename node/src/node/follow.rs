@@ -116,9 +116,10 @@ impl Follower {
         if backups_due {
             sn.backups_at = Some(Instant::now());
             let (mut client, layout, opts) = (client.clone(), layout.clone(), opts.clone());
-            let (node, peer) = (self.name.clone(), member.name.clone());
+            let (node, peer, config) = (self.name.clone(), member.name.clone(), self.cfg.file.clone());
             sn.backup_task = Some(tokio::spawn(async move {
                 follow_backups(&node, &peer, &mut client, &layout, &opts).await;
+                follow_expiry(&node, &peer, &mut client, &layout, &config).await;
             }));
         }
         if !wal_due {
@@ -201,6 +202,57 @@ async fn follow_backups(
                 }
                 return;
             }
+        }
+    }
+}
+
+/// Deletes here the backups the owner's retention expired ([`backups::expired`]), each by
+/// a child `barman delete`, so Barman's rules apply as to any delete: never below
+/// `minimum_redundancy`, keep annotations honoured, the WAL only this backup needed
+/// removed with it.
+async fn follow_expiry(
+    node: &str,
+    peer: &str,
+    client: &mut SyncClient<tonic::transport::Channel>,
+    layout: &ServerLayout,
+    config: &std::path::Path,
+) {
+    let server = &layout.server;
+    let expired = match backups::expired(client, peer, layout).await {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::info!(node = %node, server = %server, "cannot list the owner's backups, will retry: {e}");
+            return;
+        }
+    };
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(node = %node, server = %server, "cannot follow the owner's expiry: {e}");
+            return;
+        }
+    };
+    for id in expired {
+        let out = tokio::process::Command::new(&exe)
+            .arg("-c")
+            .arg(config)
+            .args(["delete", server, &id])
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output()
+            .await;
+        match out {
+            Ok(o) if o.status.success() && !String::from_utf8_lossy(&o.stdout).contains("Skipping") => {
+                tracing::info!(node = %node, server = %server, backup = %id,
+                    "backup {id} expired by the owner {peer}: deleted here too")
+            }
+            Ok(o) => {
+                let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+                // Told at each round while it lasts (minimum_redundancy, a keep): debug only.
+                tracing::debug!(node = %node, server = %server, backup = %id,
+                    "backup {id} expired by the owner {peer} is kept here: {}", text.trim());
+            }
+            Err(e) => tracing::warn!(node = %node, server = %server, "cannot run delete for backup {id}: {e}"),
         }
     }
 }

@@ -167,17 +167,17 @@ async fn run_async(
     };
     // WAL put to this node for a server another node owns is marked and passed on.
     let forward_kick = Arc::new(tokio::sync::Notify::new());
-    let is_owner: crate::archive::rpc::IsOwner = {
+    let elsewhere: crate::archive::rpc::OwnedElsewhere = {
         let applied = applied.clone();
         Arc::new(move |server: &str| {
-            applied.borrow().state.servers.get(server).and_then(|r| r.ownership.owner) == Some(me)
+            applied.borrow().state.servers.get(server).and_then(|r| r.ownership.owner).is_some_and(|o| o != me)
         })
     };
     let routes = RaftService::new(raft.clone())
         .routes()
         .add_service(crate::sync::rpc::SyncService::new(cfg.clone(), admit).server())
         .add_service(
-            crate::archive::rpc::ArchiveService::new(cfg.clone(), Some(is_owner), forward_kick.clone()).server(),
+            crate::archive::rpc::ArchiveService::new(cfg.clone(), Some(elsewhere), forward_kick.clone()).server(),
         );
     let grpc_task = tokio::spawn(grpc::serve(listener, server_tls, routes, stopped()));
 

@@ -31,20 +31,18 @@ pub struct BackupSyncReport {
     pub bytes: u64,
 }
 
-/// The backups of `peer` this node should copy, oldest first: `DONE` or
-/// `WAITING_FOR_WALS` there, and not `DONE` here.
-pub async fn wanted(
+/// The peer's backups of the server, checked: ids that are backup ids, metadata that parses.
+async fn listing(
     client: &mut SyncClient<Channel>,
     peer: &str,
     layout: &ServerLayout,
-) -> Result<Vec<BackupMeta>, SyncError> {
+) -> Result<Vec<(BackupMeta, BackupInfo)>, SyncError> {
     let list = client
         .list_backups(ServerRequest { server: layout.server.clone() })
         .await
         .map_err(SyncError::rpc(peer, "listing its backups"))?
         .into_inner()
         .backups;
-    let local = backups::scan(layout);
     let mut out = Vec::new();
     for m in list {
         if !backups::is_backup_id(&m.id) {
@@ -52,6 +50,20 @@ pub async fn wanted(
         }
         let info = BackupInfo::parse(&m.info, &format!("backup.info of {} on {peer}", m.id))
             .map_err(|e| SyncError::Refused { peer: peer.into(), why: e.to_string() })?;
+        out.push((m, info));
+    }
+    Ok(out)
+}
+
+/// The peer's copied backups (WAITING_FOR_WALS, DONE) that are not DONE here, oldest first.
+pub async fn wanted(
+    client: &mut SyncClient<Channel>,
+    peer: &str,
+    layout: &ServerLayout,
+) -> Result<Vec<BackupMeta>, SyncError> {
+    let local = backups::scan(layout);
+    let mut out = Vec::new();
+    for (m, info) in listing(client, peer, layout).await? {
         if !COPY_DONE.contains(&info.status.as_str()) {
             continue;
         }
@@ -61,6 +73,32 @@ pub async fn wanted(
         }
     }
     out.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(out)
+}
+
+/// The backups DONE here that the peer's retention expired: older than the oldest backup
+/// the peer holds DONE, and gone from it. A backup the peer never had (taken here while
+/// this node owned the server) is newer than that and is never among them; a peer holding
+/// no DONE backup expires nothing.
+pub async fn expired(
+    client: &mut SyncClient<Channel>,
+    peer: &str,
+    layout: &ServerLayout,
+) -> Result<Vec<String>, SyncError> {
+    let theirs = listing(client, peer, layout).await?;
+    let Some(oldest) = theirs.iter().filter(|(_, i)| i.status == "DONE").map(|(m, _)| m.id.clone()).min() else {
+        return Ok(Vec::new());
+    };
+    let mut out: Vec<String> = backups::scan(layout)
+        .into_iter()
+        .filter(|(id, path)| {
+            *id < oldest
+                && !theirs.iter().any(|(m, _)| &m.id == id)
+                && BackupInfo::read(path).is_ok_and(|b| b.status == "DONE")
+        })
+        .map(|(id, _)| id)
+        .collect();
+    out.sort();
     Ok(out)
 }
 

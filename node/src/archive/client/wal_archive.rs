@@ -3,14 +3,14 @@
 
 use super::super::wire::{MemberInfo, SumAlgo, TarWriter};
 use super::{Target, code_of, fail, runtime, ssh_command, targets};
-use crate::archive::rpc::{is_unreachable, put_test, put_to};
+use crate::archive::rpc::{ChunkSender, is_unreachable, put_chunks, put_test};
 use crate::catalog::xlogdb::mtime_float;
 use crate::transport::grpc;
 use crate::wal::compression::{Codec, Codecs, Level};
 use clap::{ArgGroup, Parser};
 use std::ffi::CStr;
 use std::fs::File;
-use std::io::{BufWriter, Read};
+use std::io::{BufWriter, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -180,24 +180,36 @@ fn over_grpc(a: &Args, host: &str, addr: &str, server: &str, wal_path: &Path) ->
         Ok(t) => t,
         Err(e) => return fail(&e, 2, 0),
     };
-    let mut tar = Vec::new();
-    if !a.remote.test
-        && let Err(e) = send(a, wal_path, &mut tar)
-    {
-        return fail(&format!("Failure reading the WAL file: {e}"), 2, 0);
-    }
     let rt = match runtime() {
         Ok(r) => r,
         Err(e) => return fail(&e, 2, 0),
     };
-    let put = rt.block_on(async {
-        let channel = grpc::channel(addr, host, &tls).map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-        if a.remote.test {
+    // The tar stream is made (read, hashed) by a thread while what is ready is sent.
+    let (put, made) = if a.remote.test {
+        let put = rt.block_on(async {
+            let channel = grpc::channel(addr, host, &tls).map_err(|e| tonic::Status::unavailable(e.to_string()))?;
             put_test(channel, server).await.map(|()| Vec::new())
-        } else {
-            put_to(channel, server, false, tar).await
-        }
-    });
+        });
+        (put, Ok(()))
+    } else {
+        let (mut sender, chunks) = ChunkSender::new();
+        let maker = std::thread::scope(|scope| {
+            let maker = scope.spawn(move || {
+                let r = send(a, wal_path, &mut sender);
+                r.and_then(|()| sender.flush().map_err(|e| e.to_string()))
+            });
+            let put = rt.block_on(async {
+                let channel = grpc::channel(addr, host, &tls).map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+                put_chunks(channel, server, false, chunks).await
+            });
+            (put, maker.join().unwrap_or_else(|_| Err("the reading thread failed".into())))
+        });
+        maker
+    };
+    if let (Ok(_), Err(e)) = (&put, made) {
+        // Whatever the node said of an incomplete stream: never report success.
+        return fail(&format!("Failure reading the WAL file: {e}"), 2, 0);
+    }
     match put {
         Ok(_) if a.remote.test => {
             println!("Ready to accept WAL files for the server {server}");
