@@ -55,6 +55,8 @@ struct Seen {
     flushed: u64,
     hot_until: Option<Instant>,
     backup_task: Option<tokio::task::JoinHandle<()>>,
+    /// The backups the owner followed listed at the last round (its deletions are followed).
+    owner_backups: Arc<std::sync::Mutex<(Option<NodeId>, std::collections::BTreeSet<String>)>>,
 }
 
 impl Follower {
@@ -117,9 +119,10 @@ impl Follower {
             sn.backups_at = Some(Instant::now());
             let (mut client, layout, opts) = (client.clone(), layout.clone(), opts.clone());
             let (node, peer, config) = (self.name.clone(), member.name.clone(), self.cfg.file.clone());
+            let seen = sn.owner_backups.clone();
             sn.backup_task = Some(tokio::spawn(async move {
                 follow_backups(&node, &peer, &mut client, &layout, &opts).await;
-                follow_expiry(&node, &peer, &mut client, &layout, &config).await;
+                follow_expiry(&node, (owner, &peer), &mut client, &layout, &config, &seen).await;
             }));
         }
         if !wal_due {
@@ -206,19 +209,30 @@ async fn follow_backups(
     }
 }
 
-/// Deletes here the backups the owner's retention expired ([`backups::expired`]), each by
+/// Deletes here the backups the owner deleted ([`backups::expired`]: its retention, or a
+/// `barman delete` there), each by
 /// a child `barman delete`, so Barman's rules apply as to any delete: never below
 /// `minimum_redundancy`, keep annotations honoured, the WAL only this backup needed
 /// removed with it.
 async fn follow_expiry(
     node: &str,
-    peer: &str,
+    (owner, peer): (NodeId, &str),
     client: &mut SyncClient<tonic::transport::Channel>,
     layout: &ServerLayout,
     config: &std::path::Path,
+    seen: &std::sync::Mutex<(Option<NodeId>, std::collections::BTreeSet<String>)>,
 ) {
     let server = &layout.server;
-    let expired = match backups::expired(client, peer, layout).await {
+    // What another owner listed says nothing of this one's deletions.
+    let mut known = match seen.lock() {
+        Ok(mut g) if g.0 == Some(owner) => std::mem::take(&mut g.1),
+        _ => std::collections::BTreeSet::new(),
+    };
+    let listed = backups::expired(client, peer, layout, &mut known).await;
+    if let Ok(mut g) = seen.lock() {
+        *g = (Some(owner), known);
+    }
+    let expired = match listed {
         Ok(e) => e,
         Err(e) => {
             tracing::info!(node = %node, server = %server, "cannot list the owner's backups, will retry: {e}");

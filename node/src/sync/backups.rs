@@ -76,29 +76,24 @@ pub async fn wanted(
     Ok(out)
 }
 
-/// The backups DONE here that the peer's retention expired: older than the oldest backup
-/// the peer holds DONE, and gone from it. A backup the peer never had (taken here while
-/// this node owned the server) is newer than that and is never among them; a peer holding
-/// no DONE backup expires nothing.
+/// The backups DONE here that the peer deleted: listed by it at an earlier call (`seen`,
+/// which this call updates to the current listing) and listed no more. A backup the peer
+/// never listed to this caller — taken here while this node owned the server, or deleted
+/// there before this node saw it — is never among them.
 pub async fn expired(
     client: &mut SyncClient<Channel>,
     peer: &str,
     layout: &ServerLayout,
+    seen: &mut BTreeSet<String>,
 ) -> Result<Vec<String>, SyncError> {
-    let theirs = listing(client, peer, layout).await?;
-    let Some(oldest) = theirs.iter().filter(|(_, i)| i.status == "DONE").map(|(m, _)| m.id.clone()).min() else {
-        return Ok(Vec::new());
-    };
-    let mut out: Vec<String> = backups::scan(layout)
+    let listed: BTreeSet<String> = listing(client, peer, layout).await?.into_iter().map(|(m, _)| m.id).collect();
+    let gone: BTreeSet<String> = seen.difference(&listed).cloned().collect();
+    *seen = listed;
+    let out = backups::scan(layout)
         .into_iter()
-        .filter(|(id, path)| {
-            *id < oldest
-                && !theirs.iter().any(|(m, _)| &m.id == id)
-                && BackupInfo::read(path).is_ok_and(|b| b.status == "DONE")
-        })
+        .filter(|(id, path)| gone.contains(id) && BackupInfo::read(path).is_ok_and(|b| b.status == "DONE"))
         .map(|(id, _)| id)
         .collect();
-    out.sort();
     Ok(out)
 }
 
