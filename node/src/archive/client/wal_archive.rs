@@ -193,7 +193,7 @@ fn over_grpc(a: &Args, host: &str, addr: &str, server: &str, wal_path: &Path) ->
         (put, Ok(()))
     } else {
         let (mut sender, chunks) = ChunkSender::new();
-        let maker = std::thread::scope(|scope| {
+        std::thread::scope(|scope| {
             let maker = scope.spawn(move || {
                 let r = send(a, wal_path, &mut sender);
                 r.and_then(|()| sender.flush().map_err(|e| e.to_string()))
@@ -203,8 +203,7 @@ fn over_grpc(a: &Args, host: &str, addr: &str, server: &str, wal_path: &Path) ->
                 put_chunks(channel, server, false, chunks).await
             });
             (put, maker.join().unwrap_or_else(|_| Err("the reading thread failed".into())))
-        });
-        maker
+        })
     };
     if let (Ok(_), Err(e)) = (&put, made) {
         // Whatever the node said of an incomplete stream: never report success.
