@@ -548,7 +548,6 @@ fn archive_command_and_restore_command_reach_any_node_over_grpc() {
         &cluster_tests::pg::conf_quote(&format!("{}/barman-wal-archive {tls_args} {hosts} pg %p", bin.display())),
     )
     .unwrap();
-    // A client certificate is no member: the Sync service refuses it.
     let mut segs = Vec::new();
     for _ in 0..3 {
         c.pg.psql("CREATE TABLE IF NOT EXISTS t (i int); INSERT INTO t SELECT generate_series(1, 1000)").unwrap();

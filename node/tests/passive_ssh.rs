@@ -38,11 +38,12 @@ fn remote_bin(pri: &Env) -> PathBuf {
     dir
 }
 
-/// The real Barman primary: PostgreSQL archiving into its incoming directory, one backup.
-fn primary(pri: &Env) -> PgCluster {
+/// PostgreSQL archiving into `pri`'s incoming directory, its server `pg` configured (gzip),
+/// pgbench tables and the `marker` table made.
+fn archiving_server(pri: &Env, description: &str) -> PgCluster {
     let pg = pri.archiving_primary(&[]);
     pri.write_config(&format!(
-        "[pg]\ndescription = real Barman primary\nconninfo = {c}\nstreaming_conninfo = {c}\n\
+        "[pg]\ndescription = {description}\nconninfo = {c}\nstreaming_conninfo = {c}\n\
          backup_method = postgres\narchiver = on\nimmediate_checkpoint = true\ncompression = gzip\n\
          path_prefix = {bin}\n",
         c = pg.conninfo(),
@@ -50,6 +51,12 @@ fn primary(pri: &Env) -> PgCluster {
     ));
     pg.pgbench(&["-i", "-s", "2", "-q"]).unwrap();
     pg.psql("CREATE TABLE marker (i int)").unwrap();
+    pg
+}
+
+/// The real Barman primary: PostgreSQL archiving into its incoming directory, one backup.
+fn primary(pri: &Env) -> PgCluster {
+    let pg = archiving_server(pri, "real Barman primary");
     archive_all(pri, &pg);
     theirs(pri, &["backup", "pg"]).ok();
     pg
@@ -334,16 +341,7 @@ fn a_real_barman_passive_follows_our_node_and_recovers_its_tables() {
     let pri = Env::new();
     let pas = Env::new();
     // Our node is the primary: PostgreSQL archives into it, it takes the backup.
-    let pg = pri.archiving_primary(&[]);
-    pri.write_config(&format!(
-        "[pg]\ndescription = our primary\nconninfo = {c}\nstreaming_conninfo = {c}\n\
-         backup_method = postgres\narchiver = on\nimmediate_checkpoint = true\ncompression = gzip\n\
-         path_prefix = {bin}\n",
-        c = pg.conninfo(),
-        bin = pg_bin("pg_basebackup").parent().unwrap().display()
-    ));
-    pg.pgbench(&["-i", "-s", "2", "-q"]).unwrap();
-    pg.psql("CREATE TABLE marker (i int)").unwrap();
+    let pg = archiving_server(&pri, "our primary");
     pri.switch_and_archive(&pg);
     pri.barman(&["backup", "pg"]).ok();
     pri.switch_and_archive(&pg);

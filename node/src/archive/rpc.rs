@@ -28,6 +28,7 @@ use crate::catalog::ServerLayout;
 use crate::catalog::durable;
 use crate::catalog::xlogdb::mtime_float;
 use crate::config::{Config, ServerConfig};
+use crate::transport::chunks::ChunkSender;
 use crate::transport::grpc;
 use crate::wal::WalFileName;
 use crate::wal::header::Expected;
@@ -111,32 +112,6 @@ impl Read for ChannelReader {
         buf[..n].copy_from_slice(&self.cur[self.at..self.at + n]);
         self.at += n;
         Ok(n)
-    }
-}
-
-/// A blocking writer that sends full chunks to a stream.
-struct ChannelWriter {
-    tx: mpsc::Sender<Result<TarChunk, Status>>,
-    buf: Vec<u8>,
-}
-
-impl Write for ChannelWriter {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= CHUNK {
-            self.flush()?;
-        }
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
-        self.tx
-            .blocking_send(Ok(TarChunk { data }))
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the client went away"))
     }
 }
 
@@ -241,7 +216,7 @@ impl Archive for ArchiveService {
                 custom_decompression: s.opts.custom_decompression_filter.is_some(),
             };
             let how = Delivery { compress: None, keep_compression: r.keep_compression, partial: r.partial };
-            let mut out = ChannelWriter { tx: tx.clone(), buf: Vec::with_capacity(CHUNK) };
+            let mut out = ChunkSender::new(tx.clone(), CHUNK, |data| Ok(TarChunk { data }));
             let sent = src.send_bundle(&name, r.bundle.max(1), how, &mut out).and_then(|_| Ok(out.flush()?));
             if let Err(e) = sent {
                 let status = match e {
@@ -309,38 +284,11 @@ pub async fn put_chunks(
     Ok(reply.into_inner().stored)
 }
 
-/// A writer that hands full chunks to a channel, for [`put_chunks`]: what it is given is
-/// sent while the rest is being produced.
-pub struct ChunkSender {
-    tx: mpsc::Sender<Vec<u8>>,
-    buf: Vec<u8>,
-}
-
-impl ChunkSender {
-    /// The writer, and the stream of its chunks.
-    pub fn new() -> (ChunkSender, ReceiverStream<Vec<u8>>) {
-        let (tx, rx) = mpsc::channel(4);
-        (ChunkSender { tx, buf: Vec::with_capacity(CHUNK) }, ReceiverStream::new(rx))
-    }
-}
-
-impl Write for ChunkSender {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let n = data.len().min(CHUNK - self.buf.len());
-        self.buf.extend_from_slice(&data[..n]);
-        if self.buf.len() == CHUNK {
-            self.flush()?;
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
-        self.tx.blocking_send(data).map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the node went away"))
-    }
+/// A writer of chunks for [`put_chunks`], and the stream of them: what it is given is sent
+/// while the rest is being produced.
+pub fn put_stream() -> (ChunkSender<Vec<u8>>, ReceiverStream<Vec<u8>>) {
+    let (tx, rx) = mpsc::channel(4);
+    (ChunkSender::new(tx, CHUNK, |data| data), ReceiverStream::new(rx))
 }
 
 /// `--test`: whether the node takes WAL for `server`.

@@ -72,12 +72,7 @@ impl Follower {
             for (server, rec) in &state.servers {
                 let Some(owner) = rec.ownership.owner.filter(|o| *o != self.me) else { continue };
                 let Some(s) = self.cfg.servers.get(server) else { continue };
-                let member = {
-                    let m = self.raft.metrics();
-                    let m = m.borrow();
-                    m.membership_config.membership().get_node(&owner).cloned()
-                };
-                let Some(member) = member else { continue };
+                let Some(member) = super::member(&self.raft, owner) else { continue };
                 let sn = seen.entry(server.clone()).or_default();
                 self.follow(s, owner, &member, rec.report.flushed, sn).await;
             }
@@ -121,8 +116,17 @@ impl Follower {
             let (node, peer, config) = (self.name.clone(), member.name.clone(), self.cfg.file.clone());
             let seen = sn.owner_backups.clone();
             sn.backup_task = Some(tokio::spawn(async move {
-                follow_backups(&node, &peer, &mut client, &layout, &opts).await;
-                follow_expiry(&node, (owner, &peer), &mut client, &layout, &config, &seen).await;
+                // One listing per round serves the copies and the deletions.
+                let listing = match backups::listing(&mut client, &peer, &layout).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let server = &layout.server;
+                        tracing::info!(node = %node, server = %server, "cannot list the owner's backups, will retry: {e}");
+                        return;
+                    }
+                };
+                follow_backups(&node, &peer, &mut client, &layout, &opts, backups::wanted_in(&listing, &layout)).await;
+                follow_expiry(&node, (owner, &peer), &listing, &layout, &config, &seen).await;
             }));
         }
         if !wal_due {
@@ -178,15 +182,9 @@ async fn follow_backups(
     client: &mut SyncClient<tonic::transport::Channel>,
     layout: &ServerLayout,
     opts: &WalSyncOptions,
+    wanted: Vec<barman_proto::v1::BackupMeta>,
 ) {
     let server = &layout.server;
-    let wanted = match backups::wanted(client, peer, layout).await {
-        Ok(w) => w,
-        Err(e) => {
-            tracing::info!(node = %node, server = %server, "cannot list the owner's backups, will retry: {e}");
-            return;
-        }
-    };
     for meta in wanted {
         let t = Instant::now();
         tracing::info!(node = %node, server = %server, peer = %peer, backup = %meta.id, "copying backup {} from the owner", meta.id);
@@ -217,7 +215,7 @@ async fn follow_backups(
 async fn follow_expiry(
     node: &str,
     (owner, peer): (NodeId, &str),
-    client: &mut SyncClient<tonic::transport::Channel>,
+    listing: &[(barman_proto::v1::BackupMeta, crate::catalog::backup_info::BackupInfo)],
     layout: &ServerLayout,
     config: &std::path::Path,
     seen: &std::sync::Mutex<(Option<NodeId>, std::collections::BTreeSet<String>)>,
@@ -228,17 +226,10 @@ async fn follow_expiry(
         Ok(mut g) if g.0 == Some(owner) => std::mem::take(&mut g.1),
         _ => std::collections::BTreeSet::new(),
     };
-    let listed = backups::expired(client, peer, layout, &mut known).await;
+    let expired = backups::expired(listing, layout, &mut known);
     if let Ok(mut g) = seen.lock() {
         *g = (Some(owner), known);
     }
-    let expired = match listed {
-        Ok(e) => e,
-        Err(e) => {
-            tracing::info!(node = %node, server = %server, "cannot list the owner's backups, will retry: {e}");
-            return;
-        }
-    };
     let exe = match std::env::current_exe() {
         Ok(e) => e,
         Err(e) => {

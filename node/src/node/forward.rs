@@ -47,12 +47,7 @@ impl Forwarder {
                     drop_markers(&layout);
                     continue;
                 }
-                let member = {
-                    let m = self.raft.metrics();
-                    let m = m.borrow();
-                    m.membership_config.membership().get_node(&owner).cloned()
-                };
-                let Some(member) = member else { continue };
+                let Some(member) = super::member(&self.raft, owner) else { continue };
                 let result = match self.peers.channel(owner, &member) {
                     Ok(ch) => forward_pending(&self.cfg, s, ch).await,
                     Err(e) => Err(e.to_string()),

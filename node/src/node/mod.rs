@@ -30,6 +30,13 @@ use driver::{Driver, Proposal, ServerStatus};
 
 type Raft = openraft::Raft<TypeConfig>;
 
+/// A member of the cluster as its current membership has it.
+fn member(raft: &Raft, id: NodeId) -> Option<Member> {
+    let m = raft.metrics();
+    let m = m.borrow();
+    m.membership_config.membership().get_node(&id).cloned()
+}
+
 /// The Raft handle as the driver sees it.
 struct Handle {
     raft: Raft,

@@ -32,7 +32,7 @@ pub struct BackupSyncReport {
 }
 
 /// The peer's backups of the server, checked: ids that are backup ids, metadata that parses.
-async fn listing(
+pub async fn listing(
     client: &mut SyncClient<Channel>,
     peer: &str,
     layout: &ServerLayout,
@@ -61,40 +61,43 @@ pub async fn wanted(
     peer: &str,
     layout: &ServerLayout,
 ) -> Result<Vec<BackupMeta>, SyncError> {
+    Ok(wanted_in(&listing(client, peer, layout).await?, layout))
+}
+
+/// [`wanted`] from a [`listing`] already made.
+pub fn wanted_in(listing: &[(BackupMeta, BackupInfo)], layout: &ServerLayout) -> Vec<BackupMeta> {
     let local = backups::scan(layout);
     let mut out = Vec::new();
-    for (m, info) in listing(client, peer, layout).await? {
+    for (m, info) in listing {
         if !COPY_DONE.contains(&info.status.as_str()) {
             continue;
         }
         let done_here = local.get(&m.id).and_then(|p| BackupInfo::read(p).ok()).is_some_and(|b| b.status == "DONE");
         if !done_here {
-            out.push(m);
+            out.push(m.clone());
         }
     }
     out.sort_by(|a, b| a.id.cmp(&b.id));
-    Ok(out)
+    out
 }
 
-/// The backups DONE here that the peer deleted: listed by it at an earlier call (`seen`,
-/// which this call updates to the current listing) and listed no more. A backup the peer
+/// The backups DONE here that the peer deleted: listed by it at an earlier round (`seen`,
+/// which this call updates to `listing`) and listed no more. A backup the peer
 /// never listed to this caller — taken here while this node owned the server, or deleted
 /// there before this node saw it — is never among them.
-pub async fn expired(
-    client: &mut SyncClient<Channel>,
-    peer: &str,
+pub fn expired(
+    listing: &[(BackupMeta, BackupInfo)],
     layout: &ServerLayout,
     seen: &mut BTreeSet<String>,
-) -> Result<Vec<String>, SyncError> {
-    let listed: BTreeSet<String> = listing(client, peer, layout).await?.into_iter().map(|(m, _)| m.id).collect();
+) -> Vec<String> {
+    let listed: BTreeSet<String> = listing.iter().map(|(m, _)| m.id.clone()).collect();
     let gone: BTreeSet<String> = seen.difference(&listed).cloned().collect();
     *seen = listed;
-    let out = backups::scan(layout)
+    backups::scan(layout)
         .into_iter()
         .filter(|(id, path)| gone.contains(id) && BackupInfo::read(path).is_ok_and(|b| b.status == "DONE"))
         .map(|(id, _)| id)
-        .collect();
-    Ok(out)
+        .collect()
 }
 
 /// Copies backup `meta.id` from `peer`.

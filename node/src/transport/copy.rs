@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use super::chunks::ChunkSender;
 use super::lock;
 use super::ssh::{Remote, Session, SshError};
 
@@ -149,7 +150,7 @@ async fn stream(
     let (tx, mut rx) = mpsc::channel::<Bytes>(QUEUE);
     let builder = std::thread::Builder::new()
         .name("tar-stream".into())
-        .spawn(move || build(queue, ChunkWriter { tx, buf: Vec::with_capacity(CHUNK) }))
+        .spawn(move || build(queue, ChunkSender::new(tx, CHUNK, Bytes::from)))
         .map_err(|e| CopyError::Stream(format!("starting a stream thread: {e}")))?;
     let mut send_error = None;
     while let Some(chunk) = rx.recv().await {
@@ -192,7 +193,7 @@ fn untar_failed(session: &Session, out: &super::ssh::Output) -> CopyError {
 }
 
 /// The builder thread: units until the queue is empty, then the end-of-archive blocks.
-fn build(queue: Arc<Mutex<VecDeque<Unit>>>, out: ChunkWriter) -> Result<(), CopyError> {
+fn build(queue: Arc<Mutex<VecDeque<Unit>>>, out: ChunkSender<Bytes>) -> Result<(), CopyError> {
     let mut tar = tar::Builder::new(out);
     tar.mode(tar::HeaderMode::Complete);
     tar.follow_symlinks(false);
@@ -201,8 +202,8 @@ fn build(queue: Arc<Mutex<VecDeque<Unit>>>, out: ChunkWriter) -> Result<(), Copy
         let Some(unit) = next else { break };
         append(&mut tar, unit)?;
     }
-    let out = tar.into_inner().map_err(stopped)?;
-    out.flush_final()
+    let mut out = tar.into_inner().map_err(stopped)?;
+    out.flush().map_err(stopped)
 }
 
 fn stopped(e: io::Error) -> CopyError {
@@ -214,7 +215,7 @@ fn member(dest: &Path) -> PathBuf {
     dest.strip_prefix("/").unwrap_or(dest).to_path_buf()
 }
 
-fn append(tar: &mut tar::Builder<ChunkWriter>, unit: Unit) -> Result<(), CopyError> {
+fn append(tar: &mut tar::Builder<ChunkSender<Bytes>>, unit: Unit) -> Result<(), CopyError> {
     let read_err = |p: &Path| {
         let path = p.display().to_string();
         move |source| CopyError::Read { path, source }
@@ -288,41 +289,6 @@ fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
     h.set_size(size);
     h.set_mtime(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()));
     h
-}
-
-/// Collects tar output into chunks for the sending task; a closed receiver is a broken pipe.
-struct ChunkWriter {
-    tx: mpsc::Sender<Bytes>,
-    buf: Vec<u8>,
-}
-
-impl ChunkWriter {
-    fn ship(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
-        self.tx.blocking_send(chunk).map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the stream stopped"))
-    }
-
-    fn flush_final(mut self) -> Result<(), CopyError> {
-        self.ship().map_err(stopped)
-    }
-}
-
-impl Write for ChunkWriter {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let n = data.len().min(CHUNK - self.buf.len());
-        self.buf.extend_from_slice(&data[..n]);
-        if self.buf.len() == CHUNK {
-            self.ship()?;
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }
 
 /// A shared budget of bytes per second, measured from the first byte (the copy engine's

@@ -1,6 +1,7 @@
 //! Moving bytes between hosts: our SSH client and the copy engine that streams files over it
 //! (remote recovery now; sync-backup over SSH and the rsync backup method reuse it).
 
+pub mod chunks;
 pub mod copy;
 pub mod grpc;
 pub mod ssh;

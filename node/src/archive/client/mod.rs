@@ -113,6 +113,20 @@ pub fn ssh_command(port: Option<&str>, user: &str, host: &str) -> Command {
     c
 }
 
+/// `--test` through ssh: runs `cmd`, prints what the remote side said (stdout, then
+/// stderr) and returns its exit code.
+pub fn ssh_test(cmd: &mut Command, what: &str) -> i32 {
+    match cmd.stdin(std::process::Stdio::null()).output() {
+        Ok(o) => {
+            let mut text = String::from_utf8_lossy(&o.stdout).into_owned();
+            text.push_str(&String::from_utf8_lossy(&o.stderr));
+            println!("{text}");
+            code_of(o.status)
+        }
+        Err(e) => fail(&format!("Impossible to invoke remote {what}: {e}"), 2, 0),
+    }
+}
+
 /// `ERROR: <msg>` on stderr, then the exit code (after `sleep` seconds, if any).
 pub fn fail(msg: &str, code: i32, sleep: u64) -> i32 {
     eprintln!("ERROR: {msg}");

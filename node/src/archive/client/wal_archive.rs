@@ -2,8 +2,8 @@
 //! `barman put-wal` over ssh as a tar stream with its checksum.
 
 use super::super::wire::{MemberInfo, SumAlgo, TarWriter};
-use super::{Target, code_of, fail, runtime, ssh_command, targets};
-use crate::archive::rpc::{ChunkSender, is_unreachable, put_chunks, put_test};
+use super::{Target, code_of, fail, runtime, ssh_command, ssh_test, targets};
+use crate::archive::rpc::{is_unreachable, put_chunks, put_stream, put_test};
 use crate::catalog::xlogdb::mtime_float;
 use crate::transport::grpc;
 use crate::wal::compression::{Codec, Codecs, Level};
@@ -134,16 +134,7 @@ fn over_ssh(a: &Args, host: &str, server: &str, wal_path: &Path) -> i32 {
     }
     cmd.arg("put-wal").arg(server);
     if a.remote.test {
-        cmd.arg("--test");
-        return match cmd.stdin(Stdio::null()).output() {
-            Ok(o) => {
-                let mut text = String::from_utf8_lossy(&o.stdout).into_owned();
-                text.push_str(&String::from_utf8_lossy(&o.stderr));
-                println!("{text}");
-                code_of(o.status)
-            }
-            Err(e) => fail(&format!("Impossible to invoke remote put-wal: {e}"), 2, 0),
-        };
+        return ssh_test(cmd.arg("--test"), "put-wal");
     }
     let mut child = match cmd.stdin(Stdio::piped()).spawn() {
         Ok(c) => c,
@@ -192,7 +183,7 @@ fn over_grpc(a: &Args, host: &str, addr: &str, server: &str, wal_path: &Path) ->
         });
         (put, Ok(()))
     } else {
-        let (mut sender, chunks) = ChunkSender::new();
+        let (mut sender, chunks) = put_stream();
         std::thread::scope(|scope| {
             let maker = scope.spawn(move || {
                 let r = send(a, wal_path, &mut sender);

@@ -4,7 +4,7 @@
 //! when the server offers it, else as Barman does (peek, then one ssh per file).
 
 use super::super::wire::{Hasher, SumAlgo, copy_hashing, parse_sums};
-use super::{Target, code_of, fail, runtime, ssh_command, targets};
+use super::{Target, code_of, fail, runtime, ssh_command, ssh_test, targets};
 use crate::archive::rpc::{get_from, is_unreachable};
 use crate::catalog::durable::DurableFile;
 use crate::transport::grpc;
@@ -207,15 +207,7 @@ pub fn run(a: Args) -> i32 {
 }
 
 fn test_ssh(ctx: &Ctx<'_>) -> i32 {
-    match ctx.get_wal("dummy_wal_name", &["--test".into()]).stdin(Stdio::null()).output() {
-        Ok(o) => {
-            let mut text = String::from_utf8_lossy(&o.stdout).into_owned();
-            text.push_str(&String::from_utf8_lossy(&o.stderr));
-            println!("{text}");
-            code_of(o.status)
-        }
-        Err(e) => fail(&format!("Impossible to invoke remote get-wal: {e}"), 2, 0),
-    }
+    ssh_test(&mut ctx.get_wal("dummy_wal_name", &["--test".into()]), "get-wal")
 }
 
 /// Barman's way, through ssh: one file, or with `-p` our bundle (Barman's peek and
