@@ -89,6 +89,8 @@ struct Shared {
     status: watch::Receiver<Vec<ServerStatus>>,
     latencies: Arc<std::sync::Mutex<driver::Latencies>>,
     cfg: Arc<Config>,
+    /// Bytes the Sync service sent to peers.
+    sent: Arc<crate::sync::rpc::Sent>,
 }
 
 /// Runs the node until SIGTERM or SIGINT.
@@ -180,12 +182,11 @@ async fn run_async(
             applied.borrow().state.servers.get(server).and_then(|r| r.ownership.owner).is_some_and(|o| o != me)
         })
     };
-    let routes = RaftService::new(raft.clone())
-        .routes()
-        .add_service(crate::sync::rpc::SyncService::new(cfg.clone(), admit).server())
-        .add_service(
-            crate::archive::rpc::ArchiveService::new(cfg.clone(), Some(elsewhere), forward_kick.clone()).server(),
-        );
+    let sync_service = crate::sync::rpc::SyncService::new(cfg.clone(), admit);
+    let sent = sync_service.sent();
+    let routes = RaftService::new(raft.clone()).routes().add_service(sync_service.server()).add_service(
+        crate::archive::rpc::ArchiveService::new(cfg.clone(), Some(elsewhere), forward_kick.clone()).server(),
+    );
     let grpc_task = tokio::spawn(grpc::serve(listener, server_tls, routes, stopped()));
 
     let handle = Arc::new(Handle { raft: raft.clone(), peers: peers.clone(), acks, patience: g.ownership_lease });
@@ -203,6 +204,7 @@ async fn run_async(
         status,
         latencies: drv.latencies.clone(),
         cfg: cfg.clone(),
+        sent,
     });
     let control_task = {
         let shared = shared.clone();
@@ -450,6 +452,16 @@ fn render_metrics(sh: &Shared) -> String {
             if let Some(l) = s.lag_bytes {
                 f.sample(&[("node", node), ("server", &s.name)], l as f64);
             }
+        }
+    }
+    {
+        let mut f = e.family(
+            "barman_sync_sent_bytes_total",
+            "counter",
+            "File bytes this node sent to each peer's sync since it started (kind: wal or backup).",
+        );
+        for ((server, kind, peer), n) in sh.sent.snapshot() {
+            f.sample(&[("node", node), ("server", &server), ("kind", kind), ("peer", &peer)], n as f64);
         }
     }
     catalog_metrics(&mut e, sh);

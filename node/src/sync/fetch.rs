@@ -101,11 +101,11 @@ enum Cut {
 }
 
 impl Chunks {
-    async fn open(source: &Source, peer: &str, want: &Want, offset: u64) -> Result<Chunks, SyncError> {
+    async fn open(source: &Source, peer: &str, want: &Want, offset: u64, max_rate: u64) -> Result<Chunks, SyncError> {
         let name = &want.what;
         match (source, &want.origin) {
             (Source::Grpc(client), Origin::Grpc(request)) => {
-                let request = FetchRequest { offset, ..request.clone() };
+                let request = FetchRequest { offset, max_rate, ..request.clone() };
                 let stream = client
                     .clone()
                     .fetch(request)
@@ -249,12 +249,15 @@ impl Writer {
 }
 
 /// Fetches `want` into place (see the module's comment). The disk work runs off the
-/// runtime's threads (an fsync must not hold up the other transfers' network reads).
+/// runtime's threads (an fsync must not hold up the other transfers' network reads). Under
+/// a `limit`, a peer is asked to send at `max_rate` (bytes per second): what it would send
+/// faster would only wait in buffers here, and be lost if the transfer were cut.
 pub async fn fetch(
     source: &Source,
     peer: &str,
     want: Arc<Want>,
     limit: Option<&RateLimit>,
+    max_rate: u64,
 ) -> Result<Fetched, SyncError> {
     let name = want.what.clone();
     let part = want.part.clone();
@@ -265,7 +268,7 @@ pub async fn fetch(
     if on_disk && have != want.size {
         return Err(SyncError::Conflict { peer: peer.into(), name, ours: have, theirs: want.size });
     }
-    let mut stream = Chunks::open(source, peer, &want, have).await?;
+    let mut stream = Chunks::open(source, peer, &want, have, max_rate).await?;
     // The bytes go to a writer of their own off the runtime's threads, which hashes what
     // it writes; the network reads go on meanwhile.
     let mut writer = if on_disk {
@@ -382,12 +385,15 @@ pub async fn fetch_all(
     let mut running = tokio::task::JoinSet::new();
     let mut index = std::collections::HashMap::new();
     let mut stopped = false;
+    // What each transfer asks the peer for: a large one's share of the limit.
+    let max_rate = limit.as_ref().map_or(0, |l| (l.per_second() / caps[0] as u64).max(1));
     loop {
         for k in 0..2 {
             while !stopped && in_flight[k] < caps[k] {
                 let Some((i, want)) = queues[k].next() else { break };
                 let (source, peer, limit) = (source.clone(), peer.to_string(), limit.clone());
-                let task = running.spawn(async move { fetch(&source, &peer, Arc::new(want), limit.as_deref()).await });
+                let task = running
+                    .spawn(async move { fetch(&source, &peer, Arc::new(want), limit.as_deref(), max_rate).await });
                 index.insert(task.id(), (i, k));
                 in_flight[k] += 1;
             }

@@ -33,11 +33,38 @@ pub type Admit = Arc<dyn Fn(&str) -> bool + Send + std::marker::Sync>;
 pub struct SyncService {
     cfg: Arc<Config>,
     admit: Admit,
+    sent: Arc<Sent>,
+}
+
+/// Bytes of file content handed to peers, per server, kind (`wal`, `backup`) and peer:
+/// what the geo sync costs on the wire, and what a cut transfer had to send again.
+#[derive(Default)]
+pub struct Sent(std::sync::Mutex<std::collections::BTreeMap<SentKey, u64>>);
+
+/// Server, kind, peer.
+type SentKey = (String, &'static str, String);
+
+impl Sent {
+    fn add(&self, key: &SentKey, n: u64) {
+        if let Ok(mut m) = self.0.lock() {
+            *m.entry(key.clone()).or_default() += n;
+        }
+    }
+
+    /// `((server, kind, peer), bytes)` for each that sent anything.
+    pub fn snapshot(&self) -> Vec<(SentKey, u64)> {
+        self.0.lock().map(|m| m.iter().map(|(k, n)| (k.clone(), *n)).collect()).unwrap_or_default()
+    }
 }
 
 impl SyncService {
     pub fn new(cfg: Arc<Config>, admit: Admit) -> SyncService {
-        SyncService { cfg, admit }
+        SyncService { cfg, admit, sent: Arc::default() }
+    }
+
+    /// The counter of bytes this service sends, for the node's metrics.
+    pub fn sent(&self) -> Arc<Sent> {
+        self.sent.clone()
     }
 
     pub fn server(self) -> SyncServer<SyncService> {
@@ -116,9 +143,11 @@ impl Sync for SyncService {
 
     async fn fetch(&self, request: Request<FetchRequest>) -> Result<Response<Self::FetchStream>, Status> {
         self.check(&request, "sync Fetch")?;
+        let peer = grpc::peer(&request).and_then(|p| p.name.clone()).unwrap_or_default();
         let r = request.into_inner();
         let s = self.server_cfg(&r.server)?;
         let layout = ServerLayout::new(&self.cfg.global, &s);
+        let kind = if r.backup_id.is_empty() { "wal" } else { "backup" };
         let (path, what) = if r.backup_id.is_empty() {
             let name: WalFileName = r
                 .wal
@@ -139,15 +168,21 @@ impl Sync for SyncService {
             return Err(Status::out_of_range(format!("offset {} is past the end of {what} ({size} bytes)", r.offset)));
         }
         let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let (sent, key) = (self.sent.clone(), (s.name.clone(), kind, peer));
         tokio::task::spawn_blocking(move || {
             // The whole file is hashed, the part before the offset too: the caller checks
             // what it already held along with what it is sent.
             let mut hasher = Sha256::new();
             let mut at = 0u64;
+            // Paced to the caller's rate: chunks of about an eighth of a second.
+            let rate = r.max_rate;
+            let chunk = if rate > 0 { (rate / 8).clamp(64 << 10, CHUNK as u64) as usize } else { CHUNK };
+            let started = std::time::Instant::now();
+            let mut paced = 0u64;
             loop {
                 // A buffer per chunk, moved into the message: no copy.
-                let mut buf = Vec::with_capacity(CHUNK);
-                let n = match (&mut file).take(CHUNK as u64).read_to_end(&mut buf) {
+                let mut buf = Vec::with_capacity(chunk);
+                let n = match (&mut file).take(chunk as u64).read_to_end(&mut buf) {
                     Ok(0) => break,
                     Ok(n) => n,
                     Err(e) => {
@@ -162,10 +197,17 @@ impl Sync for SyncService {
                     if from > 0 {
                         buf.drain(..from);
                     }
+                    let n = buf.len() as u64;
+                    if rate > 0 {
+                        let due = started + std::time::Duration::from_secs_f64(paced as f64 / rate as f64);
+                        std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
+                        paced += n;
+                    }
                     let chunk = FileChunk { data: buf, ..Default::default() };
                     if tx.blocking_send(Ok(chunk)).is_err() {
                         return;
                     }
+                    sent.add(&key, n);
                 }
                 at = end;
             }

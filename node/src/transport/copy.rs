@@ -303,6 +303,11 @@ impl RateLimit {
         RateLimit { per_second, state: Mutex::new(None) }
     }
 
+    /// The rate, in bytes per second.
+    pub fn per_second(&self) -> u64 {
+        self.per_second
+    }
+
     /// Takes `n` bytes of the budget, sleeping until they are due.
     pub async fn wait(&self, n: u64) {
         let due = {

@@ -37,7 +37,8 @@ const KEEPALIVE: Duration = Duration::from_secs(1);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
 /// HTTP/2 flow-control windows, each way: what may be in flight unacknowledged on one
 /// stream and on a whole connection. Across sites (tens of ms) the defaults (a few MiB)
-/// would cap a file transfer at a few tens of MB/s; the windows are credit, not buffers.
+/// would cap a file transfer at a few tens of MB/s. What a slower reader would leave in
+/// them is kept small by the sender pacing itself to the reader's bandwidth_limit.
 const STREAM_WINDOW: u32 = 16 << 20;
 const CONNECTION_WINDOW: u32 = 64 << 20;
 /// The largest message either way (batches of log entries, snapshot chunks).
