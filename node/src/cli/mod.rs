@@ -20,6 +20,7 @@ mod show_backup;
 mod status;
 mod switch_wal;
 mod sync;
+mod sync_peer;
 mod wal;
 
 use args::{Cli, Color, Command, Format};

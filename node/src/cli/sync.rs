@@ -35,7 +35,11 @@ pub fn sync_info(ctx: &mut Ctx, server: &str, last_wal: Option<String>, last_pos
 
 /// `sync-info --primary`: the primary's answer, as the primary printed it re-indented.
 pub fn sync_info_primary(ctx: &mut Ctx, server: &str, last_wal: Option<String>, last_position: Option<u64>) {
-    let Some(s) = passive_server(ctx, server) else { return };
+    let s = match route(ctx, server) {
+        Some(Route::Ssh(s)) => s,
+        Some(Route::Cluster(s)) => return super::sync_peer::sync_info(ctx, &s, last_wal, last_position),
+        None => return,
+    };
     let Some(remote) = connect(ctx, &s) else { return };
     let cmd = primary::remote_command(&s, &ctx.cfg.file, last_wal.as_deref(), last_position);
     match remote.run(&cmd, None) {
@@ -59,7 +63,11 @@ pub fn sync_info_primary(ctx: &mut Ctx, server: &str, last_wal: Option<String>, 
 
 /// `sync-wals SERVER`: the WAL the saved primary.info lists and this node lacks.
 pub fn sync_wals(ctx: &mut Ctx, server: &str) {
-    let Some(s) = passive_server(ctx, server) else { return };
+    let s = match route(ctx, server) {
+        Some(Route::Ssh(s)) => s,
+        Some(Route::Cluster(s)) => return super::sync_peer::sync_wals(ctx, &s),
+        None => return,
+    };
     let layout = ServerLayout::new(&ctx.cfg.global, &s);
     let _lock = match take_lock(ctx, &layout, LockKind::SyncWal, true) {
         Some(l) => l,
@@ -113,7 +121,11 @@ pub fn sync_wals(ctx: &mut Ctx, server: &str) {
 
 /// `sync-backup SERVER BACKUP_ID`.
 pub fn sync_backup(ctx: &mut Ctx, server: &str, id: &str) {
-    let Some(s) = passive_server(ctx, server) else { return };
+    let s = match route(ctx, server) {
+        Some(Route::Ssh(s)) => s,
+        Some(Route::Cluster(s)) => return super::sync_peer::sync_backup(ctx, &s, id),
+        None => return,
+    };
     let layout = ServerLayout::new(&ctx.cfg.global, &s);
     let info = match passive::load_primary_info(&layout) {
         Ok(i) => i,
@@ -201,13 +213,24 @@ pub fn cron_passive(ctx: &mut Ctx, s: &ServerConfig, spawn: &dyn Fn(&[&str]) -> 
     }
 }
 
-fn passive_server(ctx: &mut Ctx, server: &str) -> Option<ServerConfig> {
+/// Where a passive server's primary is.
+enum Route {
+    /// A Barman host, through `primary_ssh_command`.
+    Ssh(ServerConfig),
+    /// The cluster node that owns the server.
+    Cluster(ServerConfig),
+}
+
+fn route(ctx: &mut Ctx, server: &str) -> Option<Route> {
     let s = ctx.server(server, Pick::DEFAULT)?;
-    if !s.passive {
-        ctx.out.error(format!("server {} is not passive", s.name));
-        return None;
+    if s.passive {
+        return Some(Route::Ssh(s));
     }
-    Some(s)
+    if ctx.cfg.global.node_name.is_some() {
+        return Some(Route::Cluster(s));
+    }
+    ctx.out.error(format!("server {} is not passive", s.name));
+    None
 }
 
 fn connect(ctx: &mut Ctx, s: &ServerConfig) -> Option<Remote> {
@@ -221,7 +244,7 @@ fn connect(ctx: &mut Ctx, s: &ServerConfig) -> Option<Remote> {
     }
 }
 
-fn take_lock(ctx: &mut Ctx, layout: &ServerLayout, kind: LockKind, wait: bool) -> Option<Lock> {
+pub(super) fn take_lock(ctx: &mut Ctx, layout: &ServerLayout, kind: LockKind, wait: bool) -> Option<Lock> {
     if let Err(e) = durable::create_dir_all(&layout.lock_dir) {
         ctx.out.error(format!("{}: {e}", layout.lock_dir.display()));
         return None;

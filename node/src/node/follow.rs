@@ -13,6 +13,7 @@ use barman_proto::v1::sync_client::SyncClient;
 use tokio::sync::watch;
 
 use crate::catalog::ServerLayout;
+use crate::catalog::lock::{Lock, LockKind};
 use crate::cluster::network::Peers;
 use crate::cluster::ownership::NodeId;
 use crate::cluster::store::Applied;
@@ -132,6 +133,8 @@ impl Follower {
         if !wal_due {
             return;
         }
+        // A `barman sync-wals` run by hand holds the lock: this round is its.
+        let Some(_lock) = try_lock(&layout, LockKind::SyncWal) else { return };
         match sync_wals(&mut client, &member.name, &layout, &opts).await {
             Ok(r) => {
                 if full {
@@ -174,6 +177,22 @@ impl Follower {
     }
 }
 
+/// Barman's lock of a sync (the one `sync-wals` and `sync-backup` take), if free; `None`
+/// when another process holds it or it cannot be taken (said at debug: the next round
+/// tries again).
+fn try_lock(layout: &ServerLayout, kind: LockKind) -> Option<Lock> {
+    let taken = crate::catalog::durable::create_dir_all(&layout.lock_dir).map_err(|e| e.to_string()).and_then(|()| {
+        Lock::acquire(&layout.lock_dir.join(kind.file_name(&layout.server)), false).map_err(|e| e.to_string())
+    });
+    match taken {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::debug!(server = %layout.server, "sync skipped this round: {e}");
+            None
+        }
+    }
+}
+
 /// Copies the owner's backups this node lacks, oldest first. Failures are logged (the
 /// backup is left FAILED with the reason, and retried next time from what arrived).
 async fn follow_backups(
@@ -186,6 +205,8 @@ async fn follow_backups(
 ) {
     let server = &layout.server;
     for meta in wanted {
+        // A `barman sync-backup` run by hand copies it: the next round looks again.
+        let Some(_lock) = try_lock(layout, LockKind::SyncBackup(meta.id.clone())) else { return };
         let t = Instant::now();
         tracing::info!(node = %node, server = %server, peer = %peer, backup = %meta.id, "copying backup {} from the owner", meta.id);
         match backups::sync_backup(client, peer, layout, &meta, opts).await {
