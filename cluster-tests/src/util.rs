@@ -14,6 +14,38 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 
+/// splitmix64: small, fast, and the same sequence for a seed everywhere (a test prints its
+/// seed, so that a failing run can be replayed).
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// Seeded from the clock.
+    pub fn from_time() -> Rng {
+        Rng(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64))
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// A duration between `lo` and `hi` seconds, to the millisecond.
+    pub fn secs(&mut self, lo: u64, hi: u64) -> Duration {
+        Duration::from_millis(lo * 1000 + self.below((hi - lo) * 1000 + 1))
+    }
+
+    pub fn percent(&mut self, p: u64) -> bool {
+        self.below(100) < p
+    }
+}
+
 /// Returns a TCP port on 127.0.0.1 that was free a moment ago and was never handed out before by this process.
 pub fn free_port() -> Result<u16> {
     static HANDED: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();

@@ -611,3 +611,153 @@ fn archive_command_and_restore_command_reach_any_node_over_grpc() {
     // The restores came from that node's Archive service, not from PostgreSQL.
     assert!(standby.log().contains("restored log file"), "{}", standby.log());
 }
+
+/// Bytes under `dir` (each inode once): a backup copy's files and the part files of the
+/// transfers in progress.
+fn bytes_under(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = std::collections::BTreeSet::new();
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let Ok(m) = std::fs::symlink_metadata(e.path()) else { continue };
+            if m.is_dir() {
+                stack.push(e.path());
+            } else if m.is_file() && seen.insert(m.ino()) {
+                total += m.len();
+            }
+        }
+    }
+    total
+}
+
+/// What `node`'s metrics say it sent to `peer` for `pg`'s backups.
+fn sent_to(c: &TestCluster, node: usize, peer: &str) -> u64 {
+    let m = c.nodes[node].spec().metrics.clone().expect("metrics address");
+    let body = http_get(&m, "/metrics");
+    body.lines()
+        .filter(|l| {
+            l.starts_with("barman_sync_sent_bytes_total{")
+                && l.contains("server=\"pg\"")
+                && l.contains("kind=\"backup\"")
+                && l.contains(&format!("peer=\"{peer}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+/// `status=` of backup `id` of `pg` in a node's home.
+fn backup_status(home: &std::path::Path, id: &str) -> Option<String> {
+    let text = std::fs::read_to_string(home.join("pg").join("meta").join(format!("{id}-backup.info"))).ok()?;
+    text.lines().find_map(|l| l.strip_prefix("status=")).map(str::to_string)
+}
+
+#[test]
+fn a_passive_cut_twenty_times_during_a_backup_copy_resends_only_what_it_lacked() {
+    let _g = serial();
+    let dir = TestDir::new().unwrap();
+    let mut c = TestCluster::start(dir.path(), ClusterOptions { metrics: true, ..opts(false) }).unwrap();
+    let (owner, _) = c.wait_streaming(Duration::from_secs(30)).unwrap();
+    let passive = (owner + 1) % 3;
+    let name = node_name(passive);
+    c.pg.pgbench_init(10).unwrap();
+    // The passive copies at 10 MB/s (bandwidth_limit, in KB/s), so that the copy is cut
+    // many times; it is down while the owner takes the backup.
+    let mut conf = std::fs::read_to_string(&c.confs[passive]).unwrap();
+    conf.push_str("bandwidth_limit = 10000\n");
+    std::fs::write(&c.confs[passive], conf).unwrap();
+    c.nodes[passive].kill().unwrap();
+    c.barman(owner, &["backup", "--immediate-checkpoint", "--wait", "pg"]).unwrap();
+    let meta = std::fs::read_dir(c.homes[owner].join("pg").join("meta")).unwrap();
+    let id = meta
+        .flatten()
+        .find_map(|e| e.file_name().to_string_lossy().strip_suffix("-backup.info").map(str::to_string))
+        .expect("the owner's backup");
+    let theirs = c.homes[owner].join("pg").join("base").join(&id);
+    let mine = c.homes[passive].join("pg").join("base").join(&id);
+    let size = bytes_under(&theirs);
+
+    let mut rng = cluster_tests::util::Rng::from_time();
+    println!("seed {}", rng.0);
+    // Per try: bytes the owner sent, bytes the passive held after it; the waste of a try is
+    // what was sent and not kept (in flight when the process died).
+    let (mut sent, mut held) = (0u64, 0u64);
+    let (mut wastes, mut restart_cost) = (Vec::new(), 0u64);
+    for cut in 0..20 {
+        c.nodes[passive].restart().unwrap();
+        c.wait(Duration::from_secs(60), "the passive's copy moving again", |_| bytes_under(&mine) > held)
+            .unwrap_or_else(|e| panic!("cut {cut}: {e}\n{}", log_of(&c, passive)));
+        std::thread::sleep(Duration::from_millis(50 + rng.below(400)));
+        c.nodes[passive].kill().unwrap();
+        assert_ne!(backup_status(&c.homes[passive], &id).as_deref(), Some("DONE"), "cut {cut}: the copy ended first");
+        // The owner notices the closed connection at once; give its sender a moment.
+        std::thread::sleep(Duration::from_millis(300));
+        let (s, h) = (sent_to(&c, owner, &name), bytes_under(&mine));
+        wastes.push((s - sent).saturating_sub(h - held));
+        restart_cost += held;
+        (sent, held) = (s, h);
+    }
+    c.nodes[passive].restart().unwrap();
+    c.wait(Duration::from_secs(120), "the passive's copy DONE", |c| {
+        backup_status(&c.homes[passive], &id).as_deref() == Some("DONE")
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", log_of(&c, passive)));
+    assert!(contents(&mine) == contents(&theirs), "the passive's copy differs from the owner's backup");
+    let total = sent_to(&c, owner, &name);
+    println!(
+        "backup of {size} bytes: {total} bytes sent over 21 tries; held at the cuts up to {held}; \
+         sent and lost at each cut (in flight): {wastes:?}"
+    );
+    // What a try re-sends is what the last one had in flight when it died: the sender paces
+    // itself to the passive's bandwidth_limit in chunks of an eighth of a second, a few of
+    // them queued; never what the passive already held (restarting each file from its
+    // start would have sent again everything held at each cut).
+    let bound = 8 << 20;
+    assert!(wastes.iter().all(|w| *w <= bound), "a try re-sent more than was in flight: {wastes:?}");
+    assert!(restart_cost > 20 * bound, "the cuts came late enough in the copy to tell a resume from a restart");
+    let lost: u64 = wastes.iter().sum();
+    assert!(total + (1 << 20) >= size && total <= size + lost + (1 << 20), "{total} bytes sent for {size}");
+
+    // The same by hand on the passive, from the command line: the owner's sync-info, then a
+    // WAL file and the backup lost here fetched again.
+    let info = c.barman(passive, &["sync-info", "--primary", "pg"]).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&info).unwrap_or_else(|e| panic!("{e}: {info}"));
+    assert!(v["backups"].get(&id).is_some(), "{info}");
+    let again = c.barman(passive, &["sync-backup", "pg", &id]).unwrap();
+    assert!(again.contains("already synced"), "{again}");
+    let err = c.barman(owner, &["sync-wals", "pg"]).unwrap_err().to_string();
+    assert!(err.contains("owned by this node"), "{err}");
+    let db = c.homes[passive].join("pg").join("wals").join("pg-xlog.db");
+    let text = std::fs::read_to_string(&db).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    let last = lines.pop().expect("a WAL file on the passive").split('\t').next().unwrap().to_string();
+    let wal = c.homes[passive].join("pg").join("wals").join(&last[..16]).join(&last);
+    let bytes = std::fs::read(&wal).unwrap();
+    std::fs::remove_file(&wal).unwrap();
+    std::fs::write(&db, lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    let out = c.barman(passive, &["sync-wals", "pg"]).unwrap();
+    assert!(out.contains("Synchronised 1 WAL file(s)"), "{out}");
+    assert_eq!(std::fs::read(&wal).unwrap(), bytes, "{last} fetched again");
+    assert_eq!(std::fs::read_to_string(&db).unwrap(), text, "the xlog.db line of {last} again");
+    std::fs::remove_dir_all(&mine).unwrap();
+    std::fs::remove_file(c.homes[passive].join("pg").join("meta").join(format!("{id}-backup.info"))).unwrap();
+    // The node's own follower may take it first (its lock makes this call fail): then
+    // the call is made again and finds it synced.
+    let mut said = String::new();
+    for _ in 0..50 {
+        match c.barman(passive, &["sync-backup", "pg", &id]) {
+            Ok(out) => {
+                said = out;
+                break;
+            }
+            Err(e) if e.to_string().contains("already in progress") => std::thread::sleep(Duration::from_millis(200)),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    println!("sync-backup by hand: {said}");
+    assert!(said.contains("synchronised from node") || said.contains("already synced"), "{said}");
+    assert_eq!(backup_status(&c.homes[passive], &id).as_deref(), Some("DONE"));
+    assert!(contents(&mine) == contents(&theirs), "the copy made by hand differs from the owner's backup");
+}

@@ -51,7 +51,7 @@ use barman::node::control::{self, ControlRequest};
 use cluster_tests::fixture::{ClusterOptions, TestCluster, node_name};
 use cluster_tests::invariants::{check_invariants, walsenders};
 use cluster_tests::nodes::{Node, barman_bin};
-use cluster_tests::util::{TestDir, is_root, pg_bin};
+use cluster_tests::util::{Rng, TestDir, is_root, pg_bin};
 
 const NODES: usize = 3;
 /// How long the cluster may take to stream again once a fault has cleared.
@@ -63,32 +63,6 @@ const TRANSFER_DURING_WAIT_S: u64 = 8;
 
 // ---------------------------------------------------------------------------------------
 // Seeds and the fault plan
-
-/// splitmix64: small, fast, and the same sequence for a seed everywhere.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    /// A duration between `lo` and `hi` seconds, to the millisecond.
-    fn secs(&mut self, lo: u64, hi: u64) -> Duration {
-        Duration::from_millis(lo * 1000 + self.below((hi - lo) * 1000 + 1))
-    }
-
-    fn percent(&mut self, p: u64) -> bool {
-        self.below(100) < p
-    }
-}
 
 /// The node a fault hits: the owner of `pg` at that moment (half of the time, so that most
 /// faults cause a failover), or a node picked by index.
@@ -165,12 +139,12 @@ fn plan(rng: &mut Rng, partitions: bool) -> Vec<Step> {
                 0 => Fault::Kill { target: Target::draw(rng), down: rng.secs(1, 6) },
                 1 => Fault::Stop { target: Target::draw(rng), held: rng.secs(1, 6) },
                 2 => Fault::Terminate { target: Target::draw(rng) },
-                3 => Fault::Transfer { to_pick: rng.next(), via_pick: rng.next() },
+                3 => Fault::Transfer { to_pick: rng.next_u64(), via_pick: rng.next_u64() },
                 4 => Fault::KillLeader { down: rng.secs(1, 6) },
                 _ => Fault::Partition { target: Target::draw(rng), held: rng.secs(2, 8) },
             };
             let during = (!matches!(fault, Fault::Transfer { .. } | Fault::Terminate { .. }) && rng.percent(25))
-                .then(|| (rng.next(), rng.next()));
+                .then(|| (rng.next_u64(), rng.next_u64()));
             Step { fault, transfer_during: during }
         })
         .collect()
@@ -192,7 +166,7 @@ fn seeds() -> Vec<u64> {
     println!("base seed {base} (CLUSTER_FAULT_BASE={base} repeats this series), {runs} runs");
     let mut rng = Rng(base);
     // Seeds below 2^53 stay exact wherever they are pasted.
-    (0..runs).map(|_| rng.next() >> 11).collect()
+    (0..runs).map(|_| rng.next_u64() >> 11).collect()
 }
 
 // ---------------------------------------------------------------------------------------
