@@ -43,6 +43,8 @@ pub struct Proxy {
 #[derive(Debug)]
 struct Shared {
     target: SocketAddr,
+    /// Chunks that may wait per direction of a connection.
+    queue_chunks: usize,
     state: Mutex<State>,
     changed: Condvar,
     conns: Mutex<Vec<Weak<Conn>>>,
@@ -85,10 +87,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Proxy {
     /// Listens on `listen` (port 0 picks one, see [`Proxy::addr`]) and forwards to `target`.
     pub fn start(listen: SocketAddr, target: SocketAddr) -> Result<Proxy> {
+        Proxy::start_with_queue(listen, target, QUEUE_CHUNKS * CHUNK)
+    }
+
+    /// As [`Proxy::start`], holding up to `queue_bytes` per direction of a connection: with
+    /// a delay, it bounds what is in flight as a TCP socket's buffers do (the default 4 MiB
+    /// is about Linux's default maximum; a link tuned for its bandwidth-delay product holds
+    /// more).
+    pub fn start_with_queue(listen: SocketAddr, target: SocketAddr, queue_bytes: usize) -> Result<Proxy> {
         let listener = TcpListener::bind(listen).with_context(|| format!("proxy: binding {listen}"))?;
         let addr = listener.local_addr().context("proxy: reading the bound address")?;
         let shared = Arc::new(Shared {
             target,
+            queue_chunks: (queue_bytes / CHUNK).max(1),
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
             conns: Mutex::new(Vec::new()),
@@ -231,7 +242,7 @@ fn serve(shared: &Arc<Shared>, conn: Arc<Conn>) {
 
 /// Reads one direction of `conn` on this thread; a writer thread forwards what was read.
 fn pump(shared: &Arc<Shared>, conn: &Arc<Conn>, direction: Direction) {
-    let (tx, rx) = sync_channel::<Chunk>(QUEUE_CHUNKS);
+    let (tx, rx) = sync_channel::<Chunk>(shared.queue_chunks);
     let writing = (Arc::clone(shared), Arc::clone(conn));
     let writer = std::thread::Builder::new()
         .name("proxy writer".into())
