@@ -4,6 +4,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use barman_proto::v1::file_meta::Kind;
 use barman_proto::v1::sync_server::{Sync, SyncServer};
@@ -39,21 +40,22 @@ pub struct SyncService {
 /// Bytes of file content handed to peers, per server, kind (`wal`, `backup`) and peer:
 /// what the geo sync costs on the wire, and what a cut transfer had to send again.
 #[derive(Default)]
-pub struct Sent(std::sync::Mutex<std::collections::BTreeMap<SentKey, u64>>);
+pub struct Sent(std::sync::Mutex<std::collections::BTreeMap<SentKey, Arc<AtomicU64>>>);
 
 /// Server, kind, peer.
 type SentKey = (String, &'static str, String);
 
 impl Sent {
-    fn add(&self, key: &SentKey, n: u64) {
-        if let Ok(mut m) = self.0.lock() {
-            *m.entry(key.clone()).or_default() += n;
-        }
+    /// The counter of `key`, taken once per transfer (its chunks add to it).
+    fn counter(&self, key: SentKey) -> Arc<AtomicU64> {
+        let mut m = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        m.entry(key).or_default().clone()
     }
 
     /// `((server, kind, peer), bytes)` for each that sent anything.
     pub fn snapshot(&self) -> Vec<(SentKey, u64)> {
-        self.0.lock().map(|m| m.iter().map(|(k, n)| (k.clone(), *n)).collect()).unwrap_or_default()
+        let m = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        m.iter().map(|(k, n)| (k.clone(), n.load(Ordering::Relaxed))).collect()
     }
 }
 
@@ -168,7 +170,7 @@ impl Sync for SyncService {
             return Err(Status::out_of_range(format!("offset {} is past the end of {what} ({size} bytes)", r.offset)));
         }
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let (sent, key) = (self.sent.clone(), (s.name.clone(), kind, peer));
+        let sent = self.sent.counter((s.name.clone(), kind, peer));
         tokio::task::spawn_blocking(move || {
             // The whole file is hashed, the part before the offset too: the caller checks
             // what it already held along with what it is sent.
@@ -207,7 +209,7 @@ impl Sync for SyncService {
                     if tx.blocking_send(Ok(chunk)).is_err() {
                         return;
                     }
-                    sent.add(&key, n);
+                    sent.fetch_add(n, Ordering::Relaxed);
                 }
                 at = end;
             }
