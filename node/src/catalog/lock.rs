@@ -97,6 +97,16 @@ impl Lock {
     }
 }
 
+impl Lock {
+    /// Takes server `server`'s lock `kind` in `lock_dir`, creating the directory first (a
+    /// passive or a fresh home may not have it yet).
+    pub fn take(lock_dir: &Path, server: &str, kind: &LockKind, wait: bool) -> Result<Lock, LockError> {
+        crate::catalog::durable::create_dir_all(lock_dir)
+            .map_err(|source| LockError::Io { path: lock_dir.to_path_buf(), source })?;
+        Lock::acquire(&lock_dir.join(kind.file_name(server)), wait)
+    }
+}
+
 /// `flock`, retried when a signal interrupts it.
 fn flock(file: &File, op: libc::c_int) -> io::Result<()> {
     loop {

@@ -245,12 +245,7 @@ fn connect(ctx: &mut Ctx, s: &ServerConfig) -> Option<Remote> {
 }
 
 pub(super) fn take_lock(ctx: &mut Ctx, layout: &ServerLayout, kind: LockKind, wait: bool) -> Option<Lock> {
-    if let Err(e) = durable::create_dir_all(&layout.lock_dir) {
-        ctx.out.error(format!("{}: {e}", layout.lock_dir.display()));
-        return None;
-    }
-    let path = layout.lock_dir.join(kind.file_name(&layout.server));
-    match Lock::acquire(&path, wait) {
+    match Lock::take(&layout.lock_dir, &layout.server, &kind, wait) {
         Ok(l) => Some(l),
         Err(LockError::Busy(_)) => {
             let what = match &kind {

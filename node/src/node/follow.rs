@@ -181,16 +181,9 @@ impl Follower {
 /// when another process holds it or it cannot be taken (said at debug: the next round
 /// tries again).
 fn try_lock(layout: &ServerLayout, kind: LockKind) -> Option<Lock> {
-    let taken = crate::catalog::durable::create_dir_all(&layout.lock_dir).map_err(|e| e.to_string()).and_then(|()| {
-        Lock::acquire(&layout.lock_dir.join(kind.file_name(&layout.server)), false).map_err(|e| e.to_string())
-    });
-    match taken {
-        Ok(l) => Some(l),
-        Err(e) => {
-            tracing::debug!(server = %layout.server, "sync skipped this round: {e}");
-            None
-        }
-    }
+    Lock::take(&layout.lock_dir, &layout.server, &kind, false)
+        .inspect_err(|e| tracing::debug!(server = %layout.server, "sync skipped this round: {e}"))
+        .ok()
 }
 
 /// Copies the owner's backups this node lacks, oldest first. Failures are logged (the
