@@ -60,6 +60,25 @@ pub struct PutWal<'a> {
     pub expected: Expected,
 }
 
+impl<'a> PutWal<'a> {
+    /// The receiver of server `server` laid out in `layout`, checking what its identity.json
+    /// knows of the cluster (the segment size is taken from each file's own header).
+    pub fn for_server(
+        server: &'a str,
+        layout: &'a crate::catalog::ServerLayout,
+        codecs: &'a Codecs,
+    ) -> Result<PutWal<'a>, String> {
+        let expected = super::server::expected_from_identity(layout)?.unwrap_or_default();
+        Ok(PutWal {
+            server,
+            incoming_dir: &layout.incoming_dir,
+            errors_dir: &layout.errors_dir,
+            codecs,
+            expected: Expected { seg_size: None, ..expected },
+        })
+    }
+}
+
 struct Received {
     name: WalFileName,
     file: DurableFile,

@@ -22,7 +22,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::get_wal::{Delivery, GetWalError, WalSource};
 use super::put_wal::{PutWal, PutWalError, Stored};
-use super::server::{codecs_for, expected_from_identity};
+use super::server::codecs_for;
 use super::wire::{MemberInfo, SumAlgo, TarWriter};
 use crate::catalog::ServerLayout;
 use crate::catalog::durable;
@@ -31,7 +31,6 @@ use crate::config::{Config, ServerConfig};
 use crate::transport::chunks::ChunkSender;
 use crate::transport::grpc;
 use crate::wal::WalFileName;
-use crate::wal::header::Expected;
 
 /// Bytes per streamed chunk.
 pub const CHUNK: usize = 1 << 20;
@@ -126,14 +125,7 @@ fn put_wal_status(e: PutWalError) -> Status {
 fn receive(cfg: &Config, s: &ServerConfig, input: &mut dyn Read) -> Result<Vec<String>, Status> {
     let layout = ServerLayout::new(&cfg.global, s);
     let codecs = codecs_for(s);
-    let expected = expected_from_identity(&layout).map_err(Status::internal)?.unwrap_or_default();
-    let receiver = PutWal {
-        server: &s.name,
-        incoming_dir: &layout.incoming_dir,
-        errors_dir: &layout.errors_dir,
-        codecs: &codecs,
-        expected: Expected { seg_size: None, ..expected },
-    };
+    let receiver = PutWal::for_server(&s.name, &layout, &codecs).map_err(Status::internal)?;
     let mut held = Vec::new();
     for st in receiver.receive(input).map_err(put_wal_status)? {
         match st {

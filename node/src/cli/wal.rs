@@ -4,14 +4,13 @@ use super::context::{Ctx, Pick};
 use crate::archive::archive_wal::{ArchiveError, ArchiveEvent, Archiver};
 use crate::archive::get_wal::{Delivery, GetWalError, WalSource};
 use crate::archive::put_wal::{PutWal, Stored};
-use crate::archive::server::{codecs_for, expected_from_identity, expected_identity};
+use crate::archive::server::{codecs_for, expected_identity};
 use crate::catalog::ServerLayout;
 use crate::catalog::durable;
 use crate::catalog::xlogdb::XlogDb;
 use crate::config::ServerConfig;
 use crate::hooks::Hooks;
 use crate::wal::compression::Codec;
-use crate::wal::header::Expected;
 use crate::wal::{TimelineId, WalFileName};
 use std::io::{self, BufReader};
 use std::path::Path;
@@ -38,19 +37,12 @@ pub fn put_wal(ctx: &mut Ctx, server: &str, test: bool) {
     let l = layout(ctx, &s);
     let codecs = codecs_for(&s);
     let suffix = ssh_suffix();
-    let expected = match expected_from_identity(&l) {
-        Ok(e) => e.unwrap_or_default(),
+    let receiver = match PutWal::for_server(&s.name, &l, &codecs) {
+        Ok(r) => r,
         Err(e) => {
             ctx.out.error(format!("{e}{suffix}"));
             return;
         }
-    };
-    let receiver = PutWal {
-        server: &s.name,
-        incoming_dir: &l.incoming_dir,
-        errors_dir: &l.errors_dir,
-        codecs: &codecs,
-        expected: Expected { seg_size: None, ..expected },
     };
     let stdin = io::stdin();
     let mut input = BufReader::with_capacity(1 << 20, stdin.lock());
