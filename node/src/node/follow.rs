@@ -10,16 +10,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use barman_proto::v1::sync_client::SyncClient;
-use tokio::sync::watch;
 
 use crate::catalog::ServerLayout;
 use crate::catalog::lock::{Lock, LockKind};
-use crate::cluster::network::Peers;
 use crate::cluster::ownership::NodeId;
-use crate::cluster::store::Applied;
 use crate::cluster::types::Member;
-use crate::cluster::types::TypeConfig;
-use crate::config::{Config, ServerConfig};
+use crate::config::ServerConfig;
 use crate::sync::wals::{WalCursor, WalSyncOptions, sync_wals};
 use crate::sync::{SyncError, backups};
 use crate::transport::grpc;
@@ -34,13 +30,8 @@ const FULL: Duration = Duration::from_secs(60);
 /// How often the owner's backups are compared with ours.
 const BACKUPS: Duration = Duration::from_secs(10);
 
-pub struct Follower {
-    pub me: NodeId,
-    pub name: String,
-    pub cfg: Arc<Config>,
-    pub raft: openraft::Raft<TypeConfig>,
-    pub peers: Peers,
-    pub applied: watch::Receiver<Applied>,
+pub(super) struct Follower {
+    pub(super) p: super::Peering,
 }
 
 /// Per server: the owner followed, when its last full listing was, the last error told.
@@ -69,11 +60,11 @@ impl Follower {
                 () = &mut shutdown => return,
                 () = tokio::time::sleep(POLL) => {}
             }
-            let state = self.applied.borrow().state.clone();
+            let state = self.p.applied.borrow().state.clone();
             for (server, rec) in &state.servers {
-                let Some(owner) = rec.ownership.owner.filter(|o| *o != self.me) else { continue };
-                let Some(s) = self.cfg.servers.get(server) else { continue };
-                let Some(member) = super::member(&self.raft, owner) else { continue };
+                let Some(owner) = rec.ownership.owner.filter(|o| *o != self.p.me) else { continue };
+                let Some(s) = self.p.cfg.servers.get(server) else { continue };
+                let Some(member) = self.p.member(owner) else { continue };
                 let sn = seen.entry(server.clone()).or_default();
                 self.follow(s, owner, &member, rec.report.flushed, sn).await;
             }
@@ -96,7 +87,7 @@ impl Follower {
         if !wal_due && !backups_due {
             return;
         }
-        let channel = match self.peers.channel(owner, member) {
+        let channel = match self.p.peers.channel(owner, member) {
             Ok(c) => c,
             Err(e) => {
                 let why =
@@ -110,11 +101,11 @@ impl Follower {
             .max_encoding_message_size(grpc::MAX_MESSAGE);
         let opts =
             WalSyncOptions { cursor: if full { None } else { sn.cursor.clone() }, ..WalSyncOptions::for_server(s) };
-        let layout = ServerLayout::new(&self.cfg.global, s);
+        let layout = ServerLayout::new(&self.p.cfg.global, s);
         if backups_due {
             sn.backups_at = Some(Instant::now());
             let (mut client, layout, opts) = (client.clone(), layout.clone(), opts.clone());
-            let (node, peer, config) = (self.name.clone(), member.name.clone(), self.cfg.file.clone());
+            let (node, peer, config) = (self.p.name.clone(), member.name.clone(), self.p.cfg.file.clone());
             let seen = sn.owner_backups.clone();
             sn.backup_task = Some(tokio::spawn(async move {
                 // One listing per round serves the copies and the deletions.
@@ -145,7 +136,7 @@ impl Follower {
                 sn.cursor = Some(r.cursor.clone());
                 if !r.fetched.is_empty() || !r.recorded.is_empty() {
                     tracing::info!(
-                        node = %self.name, server = %server, peer = %member.name,
+                        node = %self.p.name, server = %server, peer = %member.name,
                         "WAL synced from the owner: {} file(s), {} bytes, up to {}",
                         r.fetched.len() + r.recorded.len(), r.bytes,
                         r.fetched.iter().chain(&r.recorded).max().map_or("", String::as_str)
@@ -169,9 +160,9 @@ impl Follower {
         }
         match e {
             SyncError::Rpc { .. } => {
-                tracing::info!(node = %self.name, server = %server, "WAL sync from the owner failed, will retry: {why}")
+                tracing::info!(node = %self.p.name, server = %server, "WAL sync from the owner failed, will retry: {why}")
             }
-            _ => tracing::warn!(node = %self.name, server = %server, "WAL sync from the owner failed: {why}"),
+            _ => tracing::warn!(node = %self.p.name, server = %server, "WAL sync from the owner failed: {why}"),
         }
         sn.error = Some(why);
     }

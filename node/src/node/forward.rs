@@ -7,27 +7,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 
 use crate::archive::rpc::{drop_markers, forward_dir, forward_pending};
 use crate::catalog::ServerLayout;
-use crate::cluster::network::Peers;
-use crate::cluster::ownership::NodeId;
-use crate::cluster::store::Applied;
-use crate::cluster::types::TypeConfig;
-use crate::config::Config;
 
 /// How often markers left by a failed pass are tried again.
 const RETRY: Duration = Duration::from_secs(2);
 
-pub struct Forwarder {
-    pub me: NodeId,
-    pub name: String,
-    pub cfg: Arc<Config>,
-    pub raft: openraft::Raft<TypeConfig>,
-    pub peers: Peers,
-    pub applied: watch::Receiver<Applied>,
-    pub kick: Arc<Notify>,
+pub(super) struct Forwarder {
+    pub(super) p: super::Peering,
+    /// Woken when the Archive service marked files to forward.
+    pub(super) kick: Arc<Notify>,
 }
 
 impl Forwarder {
@@ -35,32 +26,32 @@ impl Forwarder {
         tokio::pin!(shutdown);
         let mut told: Option<String> = None;
         loop {
-            for s in self.cfg.servers.values() {
-                let layout = ServerLayout::new(&self.cfg.global, s);
+            for s in self.p.cfg.servers.values() {
+                let layout = ServerLayout::new(&self.p.cfg.global, s);
                 let pending = std::fs::read_dir(forward_dir(&layout)).is_ok_and(|mut d| d.next().is_some());
                 if !pending {
                     continue;
                 }
-                let owner = self.applied.borrow().state.servers.get(&s.name).and_then(|r| r.ownership.owner);
+                let owner = self.p.applied.borrow().state.servers.get(&s.name).and_then(|r| r.ownership.owner);
                 let Some(owner) = owner else { continue };
-                if owner == self.me {
+                if owner == self.p.me {
                     drop_markers(&layout);
                     continue;
                 }
-                let Some(member) = super::member(&self.raft, owner) else { continue };
-                let result = match self.peers.channel(owner, &member) {
-                    Ok(ch) => forward_pending(&self.cfg, s, ch).await,
+                let Some(member) = self.p.member(owner) else { continue };
+                let result = match self.p.peers.channel(owner, &member) {
+                    Ok(ch) => forward_pending(&self.p.cfg, s, ch).await,
                     Err(e) => Err(e.to_string()),
                 };
                 match result {
                     Ok(0) => {}
                     Ok(n) => {
                         told = None;
-                        tracing::info!(node = %self.name, server = %s.name, owner = %member.name,
+                        tracing::info!(node = %self.p.name, server = %s.name, owner = %member.name,
                             "forwarded {n} WAL file(s) put to this node to the owner {}", member.name);
                     }
                     Err(e) if told.as_deref() != Some(e.as_str()) => {
-                        tracing::warn!(node = %self.name, server = %s.name, "{e}; will retry");
+                        tracing::warn!(node = %self.p.name, server = %s.name, "{e}; will retry");
                         told = Some(e);
                     }
                     Err(_) => {}

@@ -30,11 +30,25 @@ use driver::{Driver, Proposal, ServerStatus};
 
 type Raft = openraft::Raft<TypeConfig>;
 
-/// A member of the cluster as its current membership has it.
-fn member(raft: &Raft, id: NodeId) -> Option<Member> {
-    let m = raft.metrics();
-    let m = m.borrow();
-    m.membership_config.membership().get_node(&id).cloned()
+/// What the node's loops that reach other nodes (the follower, the forwarder) share: who
+/// this node is, the cluster's membership and applied state, the channels to peers.
+#[derive(Clone)]
+struct Peering {
+    me: NodeId,
+    name: String,
+    cfg: Arc<Config>,
+    raft: Raft,
+    peers: Peers,
+    applied: watch::Receiver<Applied>,
+}
+
+impl Peering {
+    /// A member of the cluster as its current membership has it.
+    fn member(&self, id: NodeId) -> Option<Member> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.membership_config.membership().get_node(&id).cloned()
+    }
 }
 
 /// The Raft handle as the driver sees it.
@@ -225,7 +239,7 @@ async fn run_async(
         None => None,
     };
     let maint_task = tokio::spawn(maint::run(name.clone(), cfg.file.clone(), Duration::from_secs(5), kick, stopped()));
-    let follower = follow::Follower {
+    let peering = Peering {
         me,
         name: name.clone(),
         cfg: cfg.clone(),
@@ -233,16 +247,8 @@ async fn run_async(
         peers: peers.clone(),
         applied: applied.clone(),
     };
-    let follow_task = tokio::spawn(follower.run(stopped()));
-    let forwarder = forward::Forwarder {
-        me,
-        name: name.clone(),
-        cfg: cfg.clone(),
-        raft: raft.clone(),
-        peers: peers.clone(),
-        applied: applied.clone(),
-        kick: forward_kick,
-    };
+    let follow_task = tokio::spawn(follow::Follower { p: peering.clone() }.run(stopped()));
+    let forwarder = forward::Forwarder { p: peering, kick: forward_kick };
     let forward_task = tokio::spawn(forwarder.run(stopped()));
     let driver_task = tokio::spawn(drv.run(applied, stopped()));
     tracing::info!(node = %name, id = me, mono_ms = mono_ms(), "node started");
