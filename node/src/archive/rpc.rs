@@ -222,31 +222,24 @@ impl Archive for ArchiveService {
     }
 }
 
-/// The tar stream `barman-wal-archive` would send for the WAL file `name` of a server, its
-/// bytes as the archive holds them after decompression (the receiver compresses them as
-/// its own configuration says).
-pub fn put_wal_stream(layout: &ServerLayout, s: &ServerConfig, name: &WalFileName) -> Result<Vec<u8>, String> {
+/// The WAL file `name` of a server as the archive holds it after decompression (the
+/// receiver compresses it as its own configuration says), and its mtime. Whole: the tar
+/// header of put-wal needs the size first.
+fn wal_body(layout: &ServerLayout, s: &ServerConfig, name: &WalFileName) -> Result<(Vec<u8>, f64), String> {
     let codecs = codecs_for(s);
     let src = WalSource { layout, codecs: &codecs, custom_decompression: s.opts.custom_decompression_filter.is_some() };
     let found = src.find(name, false).map_err(|e| e.to_string())?;
     let mtime = std::fs::metadata(&found.path).map(|m| mtime_float(&m)).unwrap_or(0.0);
     let mut body = Vec::new();
     src.deliver(found, Delivery::default(), &mut body).map_err(|e| e.to_string())?;
-    let mut w = TarWriter::new(Vec::with_capacity(body.len() + 4096), SumAlgo::Sha256);
-    let info = MemberInfo::anonymous(name.to_string(), body.len() as u64, mtime);
-    w.append(&info, &mut &body[..]).map_err(|e| e.to_string())?;
-    w.finish().map_err(|e| e.to_string())
+    Ok((body, mtime))
 }
 
-/// Sends a put-wal tar stream to a node; the names it holds afterwards.
-pub async fn put_to(
-    channel: tonic::transport::Channel,
-    server: &str,
-    forwarded: bool,
-    tar: Vec<u8>,
-) -> Result<Vec<String>, Status> {
-    let chunks: Vec<Vec<u8>> = tar.chunks(CHUNK).map(<[u8]>::to_vec).collect();
-    put_chunks(channel, server, forwarded, tokio_stream::iter(chunks)).await
+/// Writes the tar stream `barman-wal-archive` would send for `body` under `name`.
+fn put_wal_tar(name: &WalFileName, body: &[u8], mtime: f64, out: impl Write) -> io::Result<()> {
+    let mut w = TarWriter::new(out, SumAlgo::Sha256);
+    w.append(&MemberInfo::anonymous(name.to_string(), body.len() as u64, mtime), &mut &body[..])?;
+    w.finish()?.flush()
 }
 
 /// Sends a put-wal tar stream, as it is produced, to a node; the names it holds afterwards.
@@ -368,17 +361,18 @@ pub async fn forward_pending(
             let _ = std::fs::remove_file(&marker);
             continue;
         };
-        let tar = {
+        let (body, mtime) = {
             let (layout, s, name) = (layout.clone(), s.clone(), name.clone());
-            tokio::task::spawn_blocking(move || put_wal_stream(&layout, &s, &name)).await.map_err(|e| e.to_string())?
-        };
-        let tar = match tar {
-            Ok(t) => t,
-            Err(e) => return Err(format!("cannot read {n} to forward it: {e}")),
-        };
-        put_to(owner.clone(), &s.name, true, tar)
-            .await
-            .map_err(|e| format!("forwarding {n} to the owner: {}", grpc::status_text(&e)))?;
+            tokio::task::spawn_blocking(move || wal_body(&layout, &s, &name)).await.map_err(|e| e.to_string())?
+        }
+        .map_err(|e| format!("cannot read {n} to forward it: {e}"))?;
+        // The tar is written by a blocking task while what is ready is sent; its only
+        // failure is the send stopping, which the put's own error tells.
+        let (mut sender, chunks) = put_stream();
+        let writer = tokio::task::spawn_blocking(move || put_wal_tar(&name, &body, mtime, &mut sender));
+        let put = put_chunks(owner.clone(), &s.name, true, chunks).await;
+        let _ = writer.await;
+        put.map_err(|e| format!("forwarding {n} to the owner: {}", grpc::status_text(&e)))?;
         durable::remove(&marker).map_err(|e| format!("{}: {e}", marker.display()))?;
         done += 1;
     }
