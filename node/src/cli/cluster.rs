@@ -229,6 +229,13 @@ fn show_status(ctx: &mut Ctx, v: &serde_json::Value) {
     }
 }
 
+/// The owner's name (None: no owner yet) and the epoch of `server` in a `cluster status`
+/// answer; None when the answer does not list the server.
+pub fn server_owner(status: &serde_json::Value, server: &str) -> Option<(Option<String>, u64)> {
+    let s = status["servers"].as_array()?.iter().find(|s| s["name"] == server)?;
+    Some((s["owner"].as_str().map(str::to_string), s["epoch"].as_u64().unwrap_or(0)))
+}
+
 /// On a cluster node, only the owner of a server streams and backs it up: the reason this
 /// node may not, naming the owner; `None` when it may (or the host is no cluster node).
 pub fn refused_here(ctx: &mut Ctx, server: &str, what: &str) -> Option<String> {
@@ -240,11 +247,7 @@ pub fn refused_here(ctx: &mut Ctx, server: &str, what: &str) -> Option<String> {
             return Some(format!("{what} of server '{server}' refused: this host is cluster node '{me}' and {e}"));
         }
     };
-    let owner = v["servers"]
-        .as_array()
-        .and_then(|a| a.iter().find(|s| s["name"] == server))
-        .map(|s| (s["owner"].as_str().map(str::to_string), s["epoch"].as_u64().unwrap_or(0)));
-    match owner {
+    match server_owner(&v, server) {
         Some((Some(o), _)) if o == me => None,
         Some((Some(o), epoch)) => Some(format!(
             "{what} of server '{server}' refused: node '{o}' owns it (epoch {epoch}); run it there, or move the server with 'barman cluster transfer {server} {me}'"

@@ -21,14 +21,7 @@ use crate::wal::compression::Level;
 pub fn sync_info(ctx: &mut Ctx, server: &str, last_wal: Option<String>, last_position: Option<u64>) {
     let Some(s) = ctx.server(server, Pick::DEFAULT) else { return };
     match build(&ctx.cfg.global, &s, &Cursor { last_wal, last_position }) {
-        Ok(v) => {
-            // As Python's json.dump with indent=4: no newline at the end.
-            let text = pyjson::dumps(&v, Some(4), false);
-            let mut out = std::io::stdout().lock();
-            if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-                ctx.out.error(format!("cannot write the sync-info of server {}: {e}", s.name));
-            }
-        }
+        Ok(v) => print_json(ctx, &pyjson::dumps(&v, Some(4), false), &format!("the sync-info of server {}", s.name)),
         Err(e) => ctx.out.error(e.to_string()),
     }
 }
@@ -44,13 +37,7 @@ pub fn sync_info_primary(ctx: &mut Ctx, server: &str, last_wal: Option<String>, 
     let cmd = primary::remote_command(&s, &ctx.cfg.file, last_wal.as_deref(), last_position);
     match remote.run(&cmd, None) {
         Ok(out) if out.success() => match serde_json::from_slice::<serde_json::Value>(&out.stdout) {
-            Ok(v) => {
-                let text = pyjson::dumps(&v, Some(4), false);
-                let mut o = std::io::stdout().lock();
-                if let Err(e) = o.write_all(text.as_bytes()).and_then(|()| o.flush()) {
-                    ctx.out.error(format!("cannot write the primary's sync-info: {e}"));
-                }
-            }
+            Ok(v) => print_json(ctx, &pyjson::dumps(&v, Some(4), false), "the primary's sync-info"),
             Err(e) => ctx.out.error(format!(
                 "the primary of server {} answered something that is not JSON ({e}): check that nothing prints at login",
                 s.name
@@ -105,17 +92,35 @@ pub fn sync_wals(ctx: &mut Ctx, server: &str) {
         let sftp = remote.control().sftp().await.map_err(SyncError::from)?;
         passive::sync_wals(remote.control(), Arc::new(sftp), &layout, &info, &local, &opts).await
     });
+    tell_wal_sync(ctx, &s.name, "", run);
+}
+
+/// Prints sync-info JSON `text` (`what` it is) as it is, nothing else on standard output:
+/// as Python's json.dump with indent=4, no newline at the end.
+pub(super) fn print_json(ctx: &mut Ctx, text: &str, what: &str) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        ctx.out.error(format!("cannot write {what}: {e}"));
+    }
+}
+
+/// Tells what a WAL sync of `server` did (`from`: where from, for the message).
+pub(super) fn tell_wal_sync(
+    ctx: &mut Ctx,
+    server: &str,
+    from: &str,
+    run: Result<crate::sync::wals::WalSyncReport, SyncError>,
+) {
     match run {
         Ok(r) if r.fetched.is_empty() && r.recorded.is_empty() => {
-            ctx.out.info(format!("No WAL synchronisation required for server {}", s.name))
+            ctx.out.info(format!("No WAL synchronisation required for server {server}"))
         }
         Ok(r) => ctx.out.info(format!(
-            "Synchronised {} WAL file(s) for server {} ({} bytes received)",
+            "Synchronised {} WAL file(s) for server {server}{from} ({} bytes received)",
             r.fetched.len() + r.recorded.len(),
-            s.name,
             r.bytes
         )),
-        Err(e) => ctx.out.error(format!("WAL synchronisation for server {} failed: {e}", s.name)),
+        Err(e) => ctx.out.error(format!("WAL synchronisation for server {server} failed: {e}")),
     }
 }
 

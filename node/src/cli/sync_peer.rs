@@ -3,7 +3,6 @@
 //! node's certificate. The node's follower does the same on its own; these run it now, by
 //! hand or from a script, under Barman's sync locks (the follower skips what they hold).
 
-use std::io::Write;
 use std::time::Duration;
 
 use barman_proto::v1::SyncInfoRequest;
@@ -43,12 +42,7 @@ fn owner(ctx: &mut Ctx, s: &ServerConfig) -> Option<Owner> {
             return None;
         }
     };
-    let owner = v["servers"]
-        .as_array()
-        .and_then(|a| a.iter().find(|x| x["name"] == s.name.as_str()))
-        .and_then(|x| x["owner"].as_str())
-        .map(str::to_string);
-    let Some(name) = owner else {
+    let Some((Some(name), _)) = super::cluster::server_owner(&v, &s.name) else {
         ctx.out.error(format!(
             "cannot sync server {}: the cluster has not given it an owner yet; see 'barman cluster status'",
             s.name
@@ -72,10 +66,8 @@ fn owner(ctx: &mut Ctx, s: &ServerConfig) -> Option<Owner> {
         return None;
     };
     let g = &ctx.cfg.global;
-    let files =
-        tls::TlsFiles { ca: g.cluster_ca_file.clone(), cert: g.node_cert_file.clone(), key: g.node_key_file.clone() };
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let made = tls::ClientTls::load(&files).map_err(|e| e.to_string()).and_then(|t| {
+    let made = tls::ClientTls::load(&tls::TlsFiles::of_node(g)).map_err(|e| e.to_string()).and_then(|t| {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -110,13 +102,7 @@ pub fn sync_info(ctx: &mut Ctx, s: &ServerConfig, last_wal: Option<String>, last
         last_position: last_position.unwrap_or(0),
     };
     match o.rt.block_on(o.client.info(req)) {
-        Ok(r) => {
-            let text = r.into_inner().json;
-            let mut out = std::io::stdout().lock();
-            if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-                ctx.out.error(format!("cannot write the primary's sync-info: {e}"));
-            }
-        }
+        Ok(r) => super::sync::print_json(ctx, &r.into_inner().json, "the primary's sync-info"),
         Err(e) => ctx.out.error(format!(
             "Failed to retrieve the primary node status: node '{}': {}",
             o.name,
@@ -132,19 +118,8 @@ pub fn sync_wals(ctx: &mut Ctx, s: &ServerConfig) {
     let Some(_lock) = super::sync::take_lock(ctx, &layout, LockKind::SyncWal, true) else { return };
     let Some(mut o) = owner(ctx, s) else { return };
     let opts = WalSyncOptions::for_server(s);
-    match o.rt.block_on(copy_wals(&mut o.client, &o.name, &layout, &opts)) {
-        Ok(r) if r.fetched.is_empty() && r.recorded.is_empty() => {
-            ctx.out.info(format!("No WAL synchronisation required for server {}", s.name))
-        }
-        Ok(r) => ctx.out.info(format!(
-            "Synchronised {} WAL file(s) for server {} from node '{}' ({} bytes received)",
-            r.fetched.len() + r.recorded.len(),
-            s.name,
-            o.name,
-            r.bytes
-        )),
-        Err(e) => ctx.out.error(format!("WAL synchronisation for server {} failed: {e}", s.name)),
-    }
+    let run = o.rt.block_on(copy_wals(&mut o.client, &o.name, &layout, &opts));
+    super::sync::tell_wal_sync(ctx, &s.name, &format!(" from node '{}'", o.name), run);
 }
 
 /// `sync-backup SERVER BACKUP_ID`: the owner's backup, resumed from what an earlier try

@@ -120,8 +120,7 @@ pub fn run(cfg: &Config) -> Result<(), String> {
         .clone()
         .ok_or("node_listen is not set in [barman]: give the host:port the node serves gRPC on")?;
     let advertise = g.node_advertise.clone().unwrap_or_else(|| listen.clone()).to_string();
-    let files =
-        tls::TlsFiles { ca: g.cluster_ca_file.clone(), cert: g.node_cert_file.clone(), key: g.node_key_file.clone() };
+    let files = tls::TlsFiles::of_node(g);
     // Only ring is compiled in; installing it makes the choice explicit for every config.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let server_tls = tls::server_config(&files).map_err(|e| e.to_string())?;

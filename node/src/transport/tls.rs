@@ -239,6 +239,12 @@ pub struct TlsFiles {
 }
 
 impl TlsFiles {
+    /// The node's own files, as `[barman]` names them (cluster_ca_file, node_cert_file,
+    /// node_key_file).
+    pub fn of_node(g: &crate::config::GlobalConfig) -> TlsFiles {
+        TlsFiles { ca: g.cluster_ca_file.clone(), cert: g.node_cert_file.clone(), key: g.node_key_file.clone() }
+    }
+
     fn read(option: &'static str, path: &Path, hint: &str) -> Result<Vec<u8>, TlsError> {
         std::fs::read(path).map_err(|e| TlsError::File { option, path: path.into(), why: format!("{e}; {hint}") })
     }
