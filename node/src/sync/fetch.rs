@@ -241,6 +241,12 @@ impl Writer {
         Writer { tx, task }
     }
 
+    /// Stops writing and removes the part file: what it held is not to be kept.
+    async fn discard(self, part: &Path) {
+        let _ = self.finish().await;
+        let _ = fs::remove_file(part);
+    }
+
     /// Waits for everything sent to be written; the file and the hash of all it holds.
     async fn finish(self) -> Result<(File, Sha256), SyncError> {
         drop(self.tx);
@@ -284,8 +290,7 @@ pub async fn fetch(
             Ok(c) => c,
             Err(Cut::Unended) => {
                 if let Some(w) = writer.take() {
-                    let _ = w.finish().await;
-                    let _ = fs::remove_file(&part);
+                    w.discard(&part).await;
                 }
                 return Err(corrupt("the stream ended without its checksum".into()));
             }
@@ -306,9 +311,8 @@ pub async fn fetch(
             let n = chunk.data.len() as u64;
             if have + n > want.size {
                 if let Some(w) = writer.take() {
-                    let _ = w.finish().await;
+                    w.discard(&part).await;
                 }
-                let _ = fs::remove_file(&part);
                 return Err(corrupt(format!("more than the {} bytes it listed", want.size)));
             }
             if let Some(l) = limit {
