@@ -692,6 +692,11 @@ fn a_passive_cut_twenty_times_during_a_backup_copy_resends_only_what_it_lacked()
         std::thread::sleep(Duration::from_millis(50 + rng.below(400)));
         c.nodes[passive].kill().unwrap();
         assert_ne!(backup_status(&c.homes[passive], &id).as_deref(), Some("DONE"), "cut {cut}: the copy ended first");
+        if cut == 0 {
+            // With its daemon down, the node cannot tell who owns the server: said, not guessed.
+            let err = c.barman(passive, &["sync-wals", "pg"]).unwrap_err().to_string();
+            assert!(err.contains("the owner is known to its daemon"), "{err}");
+        }
         // The owner notices the closed connection at once; give its sender a moment.
         std::thread::sleep(Duration::from_millis(300));
         let (s, h) = (sent_to(&c, owner, &name), bytes_under(&mine));
