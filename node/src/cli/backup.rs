@@ -3,6 +3,8 @@
 //! messages and backup.info states (EMPTY → STARTED → WAITING_FOR_WALS → DONE,
 //! or FAILED with the failing action recorded).
 
+mod rsync;
+
 use super::check;
 use super::context::{Ctx, Pick, interrupted, runtime};
 use super::remote::APPLICATION_NAME;
@@ -44,6 +46,8 @@ pub struct BackupArgs {
     pub wait_timeout: Option<u64>,
     pub name: Option<String>,
     pub check_timeout: Option<u64>,
+    /// `--jobs` (rsync methods).
+    pub jobs: Option<usize>,
 }
 
 /// Checks whose failure does not stop a backup (Barman's list).
@@ -94,16 +98,21 @@ pub fn backup(ctx: &mut Ctx, args: &BackupArgs) {
 }
 
 fn backup_server(ctx: &mut Ctx, s: &ServerConfig, args: &BackupArgs) {
-    if s.opts.backup_method != BackupMethod::Postgres {
+    if s.opts.backup_method == BackupMethod::Snapshot {
         ctx.out.error(format!(
-            "backup of server {}: backup_method = {} is not supported by this version yet; set backup_method = postgres",
+            "backup of server {}: backup_method = snapshot is not supported by this version; set backup_method = \
+             postgres, rsync or local-rsync",
             s.name,
-            s.opts.show("backup_method").unwrap_or_default()
         ));
         return;
     }
-    if matches!(args.reuse_backup, Some(ReuseBackup::Copy | ReuseBackup::Link)) {
+    let postgres = s.opts.backup_method == BackupMethod::Postgres;
+    if postgres && matches!(args.reuse_backup, Some(ReuseBackup::Copy | ReuseBackup::Link)) {
         ctx.out.error("failed to start backup: reuse_backup option is not supported by postgres backup_method");
+        return;
+    }
+    if args.incremental.is_some() && !postgres {
+        ctx.out.error("failed to start backup: incremental backups are taken with the postgres backup_method only");
         return;
     }
     if args.incremental.is_some() {
@@ -194,6 +203,16 @@ struct Run<'a> {
     action: &'static str,
 }
 
+/// Where a copy ended: the backup's end position, its timeline, the server's time then
+/// (when the stop gave it), and whether the server was a standby.
+struct Ended {
+    end: crate::wal::Lsn,
+    timeline: crate::wal::TimelineId,
+    time: Option<DateTime<chrono::FixedOffset>>,
+    in_recovery: bool,
+    copy_start: DateTime<Local>,
+}
+
 /// Why a step failed: the message Barman shows and records.
 struct Failure(String);
 
@@ -231,7 +250,10 @@ impl<'a> Run<'a> {
     fn execute(&mut self) {
         self.info.server_name = Some(self.s.name.clone());
         self.info.backup_name = self.args.name.clone();
-        self.info.mode = Some("postgres".into());
+        self.info.mode = Some(match self.s.opts.backup_method {
+            BackupMethod::Postgres => "postgres".into(),
+            _ => "rsync-concurrent".into(),
+        });
         let started = Local::now();
         let result = self.take(started);
         if let Err(Failure(msg)) = result {
@@ -261,7 +283,8 @@ impl<'a> Run<'a> {
         identity.write_once(&self.layout.identity_path())?;
         self.save()?;
         self.ctx.out.info(format!(
-            "Starting backup using postgres method for server {} in {}",
+            "Starting backup using {} method for server {} in {}",
+            self.info.mode.as_deref().unwrap_or("postgres"),
             self.s.name,
             self.backup_dir().display()
         ));
@@ -292,10 +315,72 @@ impl<'a> Run<'a> {
         }
         self.info.cluster_size = rt.block_on(pg.current_size())?;
 
+        let ended = match self.s.opts.backup_method {
+            BackupMethod::Postgres => self.copy_postgres(&rt, &pg)?,
+            _ => self.copy_rsync(&rt, &pg)?,
+        };
+        if self.s.opts.backup_method == BackupMethod::Postgres {
+            self.action = "stopping postgres backup_method";
+            self.ctx.out.info("Finalising the backup.");
+        }
+        let segsize = self.segment_size();
+        let end_seg = SegmentId::ending_at(ended.end, ended.timeline, segsize);
+        let offset = segsize.offset(ended.end);
+        self.info.end_xlog = Some(ended.end);
+        self.info.end_wal = Some(WalFileName::segment(end_seg));
+        self.info.end_offset = Some(offset);
+        self.info.end_time = Some(match ended.time {
+            Some(t) => t,
+            None => rt.block_on(pg.current_xlog_info())?.timestamp,
+        });
+        // Close the segment holding the end so it is archived now (on the primary
+        // when the backup came from a standby).
+        if ended.in_recovery {
+            if let Some(primary) = self.s.opts.primary_conninfo.clone() {
+                let pci = Conninfo::parse(&primary)?;
+                let p = rt.block_on(PgConnection::connect(&pci, Some(APPLICATION_NAME)))?;
+                rt.block_on(p.switch_wal())?;
+            }
+        } else {
+            rt.block_on(pg.switch_wal())?;
+        }
+        self.purge_before_first_backup();
+        // Barman: a restore point after every backup (skipped on a standby).
+        self.action = "creating restore point";
+        rt.block_on(pg.create_restore_point(&format!("barman_{}", self.id)))?;
+        drop(pg);
+
+        self.action = "calculating backup size";
+        let (size, dedup) = dir_sizes(&self.backup_dir())?;
+        self.info.size = Some(size);
+        self.info.deduplicated_size = Some(dedup);
+        self.ctx.out.info(format!("Backup size: {}", check::pretty_size(size)));
+        self.info.status = "WAITING_FOR_WALS".into();
+        self.save()?;
+        self.ctx.out.info(format!(
+            "Backup end at LSN: {} ({}, {:08X})",
+            ended.end,
+            WalFileName::segment(end_seg),
+            offset
+        ));
+        self.ctx.out.info(format!(
+            "Backup completed (start time: {}, elapsed time: {})",
+            naive_str(&ended.copy_start),
+            human_duration((Local::now() - started).num_seconds().max(0) as u64)
+        ));
+        if self.args.wait {
+            self.wait_for_end_wal();
+        }
+        Ok(())
+    }
+
+    /// The postgres method's copy: one BASE_BACKUP; where it ended.
+    fn copy_postgres(&mut self, rt: &tokio::runtime::Runtime, pg: &PgConnection) -> Result<Ended, Failure> {
         // Start: the current position, as Barman records it before the copy.
         self.action = "issuing start backup command";
         let here = rt.block_on(pg.current_xlog_info())?;
         let in_recovery = here.file_name.is_none();
+        let segsize = self.segment_size();
         let begin_wal = match &here.file_name {
             Some(n) => n.clone(),
             // A standby has no current file: the segment of its replay position
@@ -323,7 +408,7 @@ impl<'a> Run<'a> {
         self.ctx.out.info(format!("Starting backup copy via pg_basebackup protocol for {}", self.id));
         let spec = self.store_spec();
         let copy_start = Local::now();
-        let copied = self.copy_with_retries(&rt, &spec)?;
+        let copied = self.copy_with_retries(rt, &spec)?;
         let copy_secs = (Local::now() - copy_start).as_seconds_f64();
         self.info.copy_stats = Some(PyValue::Dict(vec![
             (PyValue::Str("copy_time".into()), PyValue::Float(copy_secs)),
@@ -343,53 +428,11 @@ impl<'a> Run<'a> {
         self.info.begin_xlog = Some(start.begin_xlog);
         self.info.begin_wal = Some(start.begin_wal);
         self.info.begin_offset = Some(start.begin_offset);
-        self.action = "stopping postgres backup_method";
-        self.ctx.out.info("Finalising the backup.");
-        let end_seg = SegmentId::ending_at(copied.end, copied.end_timeline, segsize);
-        let offset = segsize.offset(copied.end);
-        self.info.end_xlog = Some(copied.end);
-        self.info.end_wal = Some(WalFileName::segment(end_seg));
-        self.info.end_offset = Some(offset);
-        self.info.end_time = Some(rt.block_on(pg.current_xlog_info())?.timestamp);
-        // Close the segment holding the end so it is archived now (on the primary
-        // when the backup came from a standby).
-        if in_recovery {
-            if let Some(primary) = self.s.opts.primary_conninfo.clone() {
-                let pci = Conninfo::parse(&primary)?;
-                let p = rt.block_on(PgConnection::connect(&pci, Some(APPLICATION_NAME)))?;
-                rt.block_on(p.switch_wal())?;
-            }
-        } else {
-            rt.block_on(pg.switch_wal())?;
-        }
-        self.purge_before_first_backup();
-        // Barman: a restore point after every backup (skipped on a standby).
-        self.action = "creating restore point";
-        rt.block_on(pg.create_restore_point(&format!("barman_{}", self.id)))?;
-        drop(pg);
+        Ok(Ended { end: copied.end, timeline: copied.end_timeline, time: None, in_recovery, copy_start })
+    }
 
-        self.action = "calculating backup size";
-        let (size, dedup) = dir_sizes(&self.backup_dir())?;
-        self.info.size = Some(size);
-        self.info.deduplicated_size = Some(dedup);
-        self.ctx.out.info(format!("Backup size: {}", check::pretty_size(size)));
-        self.info.status = "WAITING_FOR_WALS".into();
-        self.save()?;
-        self.ctx.out.info(format!(
-            "Backup end at LSN: {} ({}, {:08X})",
-            copied.end,
-            WalFileName::segment(end_seg),
-            offset
-        ));
-        self.ctx.out.info(format!(
-            "Backup completed (start time: {}, elapsed time: {})",
-            naive_str(&copy_start),
-            human_duration((Local::now() - started).num_seconds().max(0) as u64)
-        ));
-        if self.args.wait {
-            self.wait_for_end_wal();
-        }
-        Ok(())
+    fn segment_size(&self) -> crate::wal::SegmentSize {
+        crate::wal::SegmentSize::new(self.info.xlog_segment_size).unwrap_or_default()
     }
 
     fn compression_name(&self) -> String {

@@ -141,6 +141,8 @@ fn delete_one(ctx: &mut Ctx, s: &ServerConfig, l: &ServerLayout, all: &[Backup],
         return false;
     }
     release(l, &b.id, "keep");
+    // The rsync methods' block hashes.
+    release(l, &b.id, "blocks");
     let _ = std::fs::remove_file(l.lock_dir.join(LockKind::SyncBackup(b.id.clone()).file_name(&s.name)));
     ctx.out.info(format!(
         "Deleted backup {} (start time: {}, elapsed time: {})",

@@ -117,6 +117,7 @@ fn dispatch(ctx: &mut Ctx, command: Command) {
             wait_timeout,
             name,
             check_timeout,
+            jobs,
             ..
         } => {
             use crate::config::types::ReuseBackup;
@@ -142,6 +143,7 @@ fn dispatch(ctx: &mut Ctx, command: Command) {
                 wait_timeout: wait_timeout.map(u64::from),
                 name,
                 check_timeout: check_timeout.map(u64::from),
+                jobs: jobs.map(|j| j as usize),
             };
             backup::backup(ctx, &args)
         }

@@ -611,7 +611,8 @@ impl OptType for Option<TablespaceLimits> {
         }
         let mut rules = Vec::new();
         let mut bad = Vec::new();
-        for rule in raw.split_whitespace() {
+        // Barman separates rules with spaces; commas are taken too.
+        for rule in raw.split(|c: char| c.is_whitespace() || c == ',').filter(|r| !r.is_empty()) {
             match rule.split_once(':').and_then(|(n, v)| parse_py_int(v).map(|v| (n, v))) {
                 Some((n, v)) if v >= 0 => rules.push((n.to_string(), v as u64)),
                 _ => bad.push(rule.to_string()),

@@ -204,6 +204,13 @@ fn backup_method_checks(s: &mut ServerConfig, warnings: &mut Vec<ConfigWarning>)
                 ));
                 return;
             }
+            // Our SSH client must be able to do what the command line asks.
+            if let Some(cmd) = s.opts.ssh_command.clone().filter(|_| !local)
+                && let Err(e) = crate::transport::ssh::SshTarget::from_command(&cmd)
+            {
+                s.disable(format!("{e} (ssh_command of server {name})"));
+                return;
+            }
             let o = &mut s.opts.backup_options.0;
             if !o.contains("concurrent_backup") && !o.contains("exclusive_backup") {
                 o.insert("concurrent_backup".to_string());

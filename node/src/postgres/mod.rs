@@ -23,7 +23,7 @@ pub use conninfo::{Conninfo, ConninfoError, mask_password};
 pub use error::PgError;
 pub use params::{ConnParams, DEFAULT_CONNECT_TIMEOUT, Host, LibpqEnv, Password, SslMode};
 pub use queries::{
-    ArchiverStats, ClientKind, ConfigurationFiles, ReplicationSlot, SlotType, StatReplication, XlogInfo,
+    ArchiverStats, BackupStop, ClientKind, ConfigurationFiles, ReplicationSlot, SlotType, StatReplication, XlogInfo,
     parse_synchronous_standby_names,
 };
 pub use remote_status::PostgresStatus;

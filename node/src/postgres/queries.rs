@@ -21,6 +21,16 @@ pub struct XlogInfo {
     pub timestamp: DateTime<FixedOffset>,
 }
 
+/// What `pg_backup_stop` gave back.
+#[derive(Debug, Clone)]
+pub struct BackupStop {
+    pub lsn: Lsn,
+    pub timeline: crate::wal::TimelineId,
+    pub label: String,
+    pub tablespace_map: Option<String>,
+    pub timestamp: DateTime<FixedOffset>,
+}
+
 /// One row of `pg_stat_archiver`, with the two values Barman derives from it.
 /// Times carry the offset of the session's TimeZone, as psycopg2 gives them.
 #[derive(Debug, Clone, PartialEq)]
@@ -484,6 +494,52 @@ impl PgConnection {
     pub async fn synchronous_standby_names(&self) -> Result<Vec<String>, PgError> {
         let s = self.setting("synchronous_standby_names").await?;
         Ok(s.as_deref().map(parse_synchronous_standby_names).unwrap_or_default())
+    }
+
+    /// Starts a concurrent (non-exclusive) backup on this session, which must stay open
+    /// until [`PgConnection::backup_stop`]; the start position.
+    pub async fn backup_start(&self, label: &str, fast: bool) -> Result<Lsn, PgError> {
+        const WHAT: &str = "pg_backup_start()";
+        let n = names(self.server_version_num());
+        let sql = if self.server_version_num() >= 150000 {
+            format!("SELECT {}($1, $2)::text", n.backup_start)
+        } else {
+            format!("SELECT {}($1, $2, false)::text", n.backup_start)
+        };
+        let row = self.one(WHAT, &sql, &[&label, &fast]).await?;
+        let lsn: String = get(&row, 0, WHAT)?;
+        parse_lsn(WHAT, &lsn)
+    }
+
+    /// Ends the session's concurrent backup without waiting for its WAL to be archived (as
+    /// Barman): the end position and timeline, the backup label, the tablespace map.
+    pub async fn backup_stop(&self) -> Result<BackupStop, PgError> {
+        const WHAT: &str = "pg_backup_stop()";
+        let n = names(self.server_version_num());
+        let call = if self.server_version_num() >= 150000 {
+            format!("{}(wait_for_archive => false)", n.backup_stop)
+        } else {
+            format!("{}(false, false)", n.backup_stop)
+        };
+        let sql = format!(
+            "SELECT end_row.lsn::text, \
+               (SELECT CASE WHEN pg_is_in_recovery() THEN min_recovery_end_timeline ELSE timeline_id END \
+                  FROM pg_control_checkpoint(), pg_control_recovery())::int8, \
+               end_row.labelfile, end_row.spcmapfile, {ts} \
+             FROM {call} AS end_row",
+            ts = ts_sql("CURRENT_TIMESTAMP"),
+        );
+        let row = self.one(WHAT, &sql, &[]).await?;
+        let lsn: String = get(&row, 0, WHAT)?;
+        let tli: i64 = get(&row, 1, WHAT)?;
+        Ok(BackupStop {
+            lsn: parse_lsn(WHAT, &lsn)?,
+            timeline: u32::try_from(tli).map(crate::wal::TimelineId).map_err(|_| PgError::bad_value(WHAT, tli))?,
+            label: get::<Option<String>>(&row, 2, WHAT)?.unwrap_or_default(),
+            tablespace_map: get::<Option<String>>(&row, 3, WHAT)?.filter(|m| !m.is_empty()),
+            timestamp: ts_from(WHAT, get(&row, 4, WHAT)?, get(&row, 5, WHAT)?)?
+                .ok_or_else(|| PgError::bad_value(WHAT, "no timestamp"))?,
+        })
     }
 
     /// The timeline of the last checkpoint (or restartpoint, on a standby).

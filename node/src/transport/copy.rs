@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+pub mod pull;
+
 use super::chunks::ChunkSender;
 use super::lock;
 use super::ssh::{Remote, Session, SshError};

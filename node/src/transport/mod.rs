@@ -1,6 +1,8 @@
 //! Moving bytes between hosts: our SSH client and the copy engine that streams files over it
 //! (remote recovery now; sync-backup over SSH and the rsync backup method reuse it).
 
+pub mod agent;
+pub mod blocks;
 pub mod chunks;
 pub mod copy;
 pub mod grpc;

@@ -49,6 +49,7 @@ impl Env {
                 ("barman", Path::new(env!("CARGO_BIN_EXE_barman"))),
                 ("barman-wal-archive", Path::new(env!("CARGO_BIN_EXE_barman-wal-archive"))),
                 ("barman-wal-restore", Path::new(env!("CARGO_BIN_EXE_barman-wal-restore"))),
+                ("barman-agent", Path::new(env!("CARGO_BIN_EXE_barman-agent"))),
             ],
         )
         .expect("install binaries");

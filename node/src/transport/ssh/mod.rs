@@ -233,6 +233,13 @@ impl Session {
             .map_err(|e| SshError::Session { who: self.who.clone(), why: format!("starting SFTP: {e}") })
     }
 
+    /// Runs `command` with its stdin and stdout as one byte stream (the agent's protocol).
+    pub async fn stream(&self, command: &str) -> Result<russh::ChannelStream<client::Msg>, SshError> {
+        let channel = self.handle.channel_open_session().await.map_err(|e| self.failed(e))?;
+        channel.exec(true, command).await.map_err(|e| self.failed(e))?;
+        Ok(channel.into_stream())
+    }
+
     /// Starts `command`; its stdin is fed through the [`Input`], its output gathered by the
     /// [`Collector`] (read concurrently, so a chatty command never stalls the connection).
     pub async fn start(&self, command: &str) -> Result<(Input, Collector), SshError> {

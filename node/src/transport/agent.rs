@@ -1,0 +1,433 @@
+//! `barman-agent`: the far end of the copy engine's pulls. It runs on the PostgreSQL host
+//! (over an SSH channel, from the client package) or beside the node (local-rsync), lists
+//! directory trees and sends files as the 8 KiB blocks that differ from the hashes of the
+//! previous backup's copy, so a changed relation file crosses the wire as its changed pages.
+//!
+//! Frames both ways: a little-endian u32 length, then a bincode (serde) message.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// The unit of the block delta: PostgreSQL's page.
+pub const BLOCK: usize = 8192;
+/// The protocol both ends must speak.
+pub const VERSION: u32 = 1;
+/// A frame larger than this is a broken stream, not a message.
+const MAX_FRAME: usize = 256 << 20;
+/// Bytes of changed data gathered into one `Data` reply.
+const DATA_RUN: usize = 256 * 1024;
+
+/// One block's hash: BLAKE3 truncated to 128 bits.
+pub type BlockHash = [u8; 16];
+
+pub fn block_hash(data: &[u8]) -> BlockHash {
+    let mut h = [0u8; 16];
+    h.copy_from_slice(&blake3::hash(data).as_bytes()[..16]);
+    h
+}
+
+/// What both ends compute of a whole file: BLAKE3 over its block hashes and its size.
+#[derive(Default)]
+pub struct FileDigest(blake3::Hasher);
+
+impl FileDigest {
+    pub fn add(&mut self, h: &BlockHash) {
+        self.0.update(h);
+    }
+
+    pub fn finish(mut self, size: u64) -> [u8; 32] {
+        self.0.update(&size.to_le_bytes());
+        *self.0.finalize().as_bytes()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    Dir,
+    File,
+    Symlink,
+}
+
+/// One entry of a listing, relative to the listed root (links followed, except into the
+/// directories whose contents were skipped).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Entry {
+    pub path: String,
+    pub kind: Kind,
+    pub size: u64,
+    /// Nanoseconds since the epoch.
+    pub mtime_ns: i64,
+    pub mode: u32,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Request {
+    Hello { version: u32 },
+    /// Every entry under `root`; the directories named in `skip` (relative) are listed but
+    /// not entered; names in `skip_names` (anywhere) and starting with `skip_prefix` are left
+    /// out, and with `temp_relations` the files of temporary relations (`t<n>_<n>`).
+    List { root: String, skip: Vec<String>, skip_names: Vec<String>, skip_prefix: Vec<String>, temp_relations: bool },
+    /// A file, as blocks against `basis` (the hashes of the copy the receiver holds).
+    Send { path: String, basis: Vec<BlockHash>, compress: bool },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Reply {
+    Hello { version: u32 },
+    Entries(Vec<Entry>),
+    /// The next `blocks` blocks equal the basis's.
+    Same { blocks: u64 },
+    /// The next bytes of the file (zstd-compressed when asked).
+    Data { bytes: Vec<u8>, compressed: bool },
+    /// The file ended: its size and [`FileDigest`].
+    End { size: u64, digest: [u8; 32] },
+    /// The file was not there any more (PostgreSQL dropped it).
+    Vanished,
+    Failed { why: String },
+}
+
+fn encode<T: Serialize>(msg: &T) -> io::Result<Vec<u8>> {
+    let body = bincode::serde::encode_to_vec(msg, bincode::config::standard()).map_err(io::Error::other)?;
+    let mut frame = Vec::with_capacity(body.len() + 4);
+    frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&body);
+    Ok(frame)
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(body: &[u8]) -> io::Result<T> {
+    bincode::serde::decode_from_slice(body, bincode::config::standard())
+        .map(|(m, _)| m)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+fn frame_len(head: [u8; 4]) -> io::Result<usize> {
+    let n = u32::from_le_bytes(head) as usize;
+    if n > MAX_FRAME {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("a frame of {n} bytes")));
+    }
+    Ok(n)
+}
+
+/// Reads one message; None at a clean end of the stream.
+fn read_msg<T: for<'de> Deserialize<'de>>(r: &mut impl Read) -> io::Result<Option<T>> {
+    let mut head = [0u8; 4];
+    match r.read_exact(&mut head) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let mut body = vec![0u8; frame_len(head)?];
+    r.read_exact(&mut body)?;
+    decode(&body).map(Some)
+}
+
+fn write_msg<T: Serialize>(w: &mut impl Write, msg: &T) -> io::Result<()> {
+    w.write_all(&encode(msg)?)
+}
+
+/// The agent's loop: answers requests until its input ends.
+pub fn serve(input: impl Read, output: impl Write) -> io::Result<()> {
+    let mut input = io::BufReader::with_capacity(1 << 20, input);
+    let mut out = io::BufWriter::with_capacity(1 << 20, output);
+    while let Some(req) = read_msg::<Request>(&mut input)? {
+        match req {
+            Request::Hello { .. } => write_msg(&mut out, &Reply::Hello { version: VERSION })?,
+            Request::List { root, skip, skip_names, skip_prefix, temp_relations } => {
+                let rules = Skip { dirs: &skip, names: &skip_names, prefixes: &skip_prefix, temp_relations };
+                let reply = match list(Path::new(&root), &rules) {
+                    Ok(entries) => Reply::Entries(entries),
+                    Err(e) => Reply::Failed { why: format!("listing {root}: {e}") },
+                };
+                write_msg(&mut out, &reply)?;
+            }
+            Request::Send { path, basis, compress } => send(&mut out, &path, &basis, compress)?,
+        }
+        out.flush()?;
+    }
+    out.flush()
+}
+
+fn mtime_ns(m: &std::fs::Metadata) -> i64 {
+    use std::os::unix::fs::MetadataExt;
+    m.mtime().saturating_mul(1_000_000_000).saturating_add(m.mtime_nsec())
+}
+
+/// What a listing leaves out.
+pub struct Skip<'a> {
+    pub dirs: &'a [String],
+    pub names: &'a [String],
+    pub prefixes: &'a [String],
+    pub temp_relations: bool,
+}
+
+impl Skip<'_> {
+    pub fn name(&self, name: &str) -> bool {
+        self.names.iter().any(|n| n == name)
+            || self.prefixes.iter().any(|p| name.starts_with(p.as_str()))
+            || (self.temp_relations && is_temp_relation(name))
+    }
+}
+
+/// `t<digits>_<digits>` (with a fork or segment suffix): a temporary relation's file.
+pub fn is_temp_relation(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix('t') else { return false };
+    let Some((backend, rel)) = rest.split_once('_') else { return false };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let rel = rel.split(['_', '.']).next().unwrap_or("");
+    digits(backend) && digits(rel)
+}
+
+fn list(root: &Path, skip: &Skip) -> io::Result<Vec<Entry>> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut dirs = vec![String::new()];
+    while let Some(rel) = dirs.pop() {
+        let at = if rel.is_empty() { root.to_path_buf() } else { root.join(&rel) };
+        let read = match std::fs::read_dir(&at) {
+            Ok(r) => r,
+            // A directory removed since it was listed (a dropped database).
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !rel.is_empty() => continue,
+            Err(e) => return Err(e),
+        };
+        for e in read {
+            let e = e?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if skip.name(&name) {
+                continue;
+            }
+            let child = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+            // Links are followed (a pg_wal elsewhere is a directory here).
+            let meta = match std::fs::metadata(e.path()) {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            let kind = if meta.is_dir() {
+                if !skip.dirs.contains(&child) {
+                    dirs.push(child.clone());
+                }
+                Kind::Dir
+            } else if meta.is_file() {
+                Kind::File
+            } else {
+                continue;
+            };
+            out.push(Entry {
+                path: child,
+                kind,
+                size: if kind == Kind::File { meta.len() } else { 0 },
+                mtime_ns: mtime_ns(&meta),
+                mode: meta.permissions().mode() & 0o7777,
+            });
+        }
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
+}
+
+/// Runs of equal and of changed blocks, as they are found.
+struct Runs<'a, W: Write> {
+    out: &'a mut W,
+    same: u64,
+    data: Vec<u8>,
+    compress: bool,
+}
+
+impl<W: Write> Runs<'_, W> {
+    fn flush_same(&mut self) -> io::Result<()> {
+        if self.same > 0 {
+            write_msg(self.out, &Reply::Same { blocks: self.same })?;
+            self.same = 0;
+        }
+        Ok(())
+    }
+
+    fn flush_data(&mut self) -> io::Result<()> {
+        if self.data.is_empty() {
+            return Ok(());
+        }
+        let data = std::mem::take(&mut self.data);
+        let reply = if self.compress {
+            Reply::Data { bytes: zstd::bulk::compress(&data, 1)?, compressed: true }
+        } else {
+            Reply::Data { bytes: data, compressed: false }
+        };
+        write_msg(self.out, &reply)
+    }
+
+    fn block(&mut self, block: &[u8], same: bool) -> io::Result<()> {
+        if same {
+            self.flush_data()?;
+            self.same += 1;
+        } else {
+            self.flush_same()?;
+            self.data.extend_from_slice(block);
+            if self.data.len() >= DATA_RUN {
+                self.flush_data()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn send(out: &mut impl Write, path: &str, basis: &[BlockHash], compress: bool) -> io::Result<()> {
+    let mut f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return write_msg(out, &Reply::Vanished),
+        Err(e) => return write_msg(out, &Reply::Failed { why: format!("opening {path}: {e}") }),
+    };
+    let mut runs = Runs { out, same: 0, data: Vec::with_capacity(DATA_RUN + BLOCK), compress };
+    let mut digest = FileDigest::default();
+    let mut buf = vec![0u8; 128 * BLOCK];
+    let (mut size, mut index) = (0u64, 0usize);
+    loop {
+        let n = match read_full(&mut f, &mut buf) {
+            Ok(n) => n,
+            Err(e) => {
+                runs.flush_data()?;
+                return write_msg(runs.out, &Reply::Failed { why: format!("reading {path}: {e}") });
+            }
+        };
+        for block in buf[..n].chunks(BLOCK) {
+            let h = block_hash(block);
+            digest.add(&h);
+            runs.block(block, basis.get(index) == Some(&h))?;
+            index += 1;
+        }
+        size += n as u64;
+        if n < buf.len() {
+            break;
+        }
+    }
+    runs.flush_same()?;
+    runs.flush_data()?;
+    write_msg(runs.out, &Reply::End { size, digest: digest.finish(size) })
+}
+
+/// Fills `buf` unless the file ends first; the bytes read.
+fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Anything the client can talk to an agent through: an SSH channel, a child's pipes.
+pub trait Duplex: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Duplex for T {}
+
+/// The client's end of one agent.
+pub struct AgentConn {
+    io: tokio::io::BufReader<Box<dyn Duplex>>,
+    who: String,
+}
+
+impl AgentConn {
+    /// Greets the agent on `io`; `who` names it in errors.
+    pub async fn start(io: Box<dyn Duplex>, who: &str) -> io::Result<AgentConn> {
+        let mut c = AgentConn { io: tokio::io::BufReader::with_capacity(1 << 20, io), who: who.to_string() };
+        c.send(&Request::Hello { version: VERSION }).await?;
+        match c.recv().await? {
+            Reply::Hello { version } if version == VERSION => Ok(c),
+            Reply::Hello { version } => Err(io::Error::other(format!(
+                "barman-agent on {who} speaks version {version}, this node {VERSION}: install the same release on both"
+            ))),
+            other => Err(io::Error::other(format!("barman-agent on {who} answered {other:?} to a greeting"))),
+        }
+    }
+
+    pub fn who(&self) -> &str {
+        &self.who
+    }
+
+    pub async fn send(&mut self, req: &Request) -> io::Result<()> {
+        let frame = encode(req)?;
+        let w = self.io.get_mut();
+        w.write_all(&frame).await?;
+        w.flush().await
+    }
+
+    pub async fn recv(&mut self) -> io::Result<Reply> {
+        let mut head = [0u8; 4];
+        self.io.read_exact(&mut head).await.map_err(|e| self.ended(e))?;
+        let mut body = vec![0u8; frame_len(head)?];
+        self.io.read_exact(&mut body).await.map_err(|e| self.ended(e))?;
+        decode(&body)
+    }
+
+    fn ended(&self, e: io::Error) -> io::Error {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            io::Error::new(e.kind(), format!("barman-agent on {} stopped answering", self.who))
+        } else {
+            e
+        }
+    }
+
+    /// A listing (see [`Request::List`]).
+    pub async fn list(&mut self, req: Request) -> io::Result<Vec<Entry>> {
+        self.send(&req).await?;
+        match self.recv().await? {
+            Reply::Entries(e) => Ok(e),
+            Reply::Failed { why } => Err(io::Error::other(why)),
+            other => Err(io::Error::other(format!("barman-agent answered {other:?} to a listing"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_is_sent_as_its_changed_blocks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("rel");
+        let mut data: Vec<u8> = (0..BLOCK * 5 + 100).map(|i| (i % 251) as u8).collect();
+        let basis: Vec<BlockHash> = data.chunks(BLOCK).map(block_hash).collect();
+        data[BLOCK * 2 + 7] ^= 0xff;
+        std::fs::write(&path, &data).expect("write");
+        let req = encode(&Request::Send { path: path.display().to_string(), basis, compress: false }).expect("encode");
+        let mut out = Vec::new();
+        serve(req.as_slice(), &mut out).expect("serve");
+        let mut r = out.as_slice();
+        let mut replies = Vec::new();
+        while let Some(m) = read_msg::<Reply>(&mut r).expect("read") {
+            replies.push(m);
+        }
+        assert!(matches!(replies[0], Reply::Same { blocks: 2 }), "{replies:?}");
+        assert!(matches!(&replies[1], Reply::Data { bytes, .. } if bytes.len() == BLOCK), "{replies:?}");
+        assert!(matches!(replies[2], Reply::Same { blocks: 3 }), "{replies:?}");
+        let mut d = FileDigest::default();
+        data.chunks(BLOCK).for_each(|b| d.add(&block_hash(b)));
+        let want = d.finish(data.len() as u64);
+        assert!(matches!(replies[3], Reply::End { size, digest } if size == data.len() as u64 && digest == want));
+    }
+
+    #[test]
+    fn temporary_relations_are_recognised() {
+        for n in ["t3_16384", "t12_5_fsm", "t3_16384.1"] {
+            assert!(is_temp_relation(n), "{n}");
+        }
+        for n in ["16384", "t_1", "tx3_4", "t3_", "pg_internal.init"] {
+            assert!(!is_temp_relation(n), "{n}");
+        }
+    }
+
+    #[test]
+    fn a_missing_file_is_vanished() {
+        let req = encode(&Request::Send { path: "/nonexistent/x".into(), basis: vec![], compress: true }).expect("e");
+        let mut out = Vec::new();
+        serve(req.as_slice(), &mut out).expect("serve");
+        assert!(matches!(read_msg::<Reply>(&mut out.as_slice()), Ok(Some(Reply::Vanished))));
+    }
+}

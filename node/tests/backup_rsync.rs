@@ -1,0 +1,246 @@
+//! `backup_method = rsync` through our SSH client into a real sshd, and `local-rsync`:
+//! backups of a pgbench database with a tablespace recover to the source's checksums; a
+//! second backup with nothing changed sends and stores next to nothing (hard links, by
+//! inode); after pgbench work only changed blocks cross the wire; a standby is backed up
+//! while its primary takes writes; `bandwidth_limit` holds; bad SSH settings fail the
+//! backup with one clear line.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use cluster_tests::pg::PgCluster;
+use cluster_tests::ssh::Sshd;
+use cluster_tests::util::{is_root, pg_os_user};
+use common::{CHECKSUMS, Env, start_recovered};
+use std::collections::HashSet;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+fn info(env: &Env, id: &str) -> String {
+    fs::read_to_string(env.server_dir("pg").join("meta").join(format!("{id}-backup.info"))).unwrap()
+}
+
+fn field<'a>(info: &'a str, key: &str) -> &'a str {
+    info.lines().find_map(|l| l.strip_prefix(&format!("{key}="))).unwrap_or_else(|| panic!("no {key} in\n{info}"))
+}
+
+/// A number of the copy_stats dict.
+fn stat(info: &str, key: &str) -> f64 {
+    let stats = field(info, "copy_stats");
+    let at = stats.find(&format!("'{key}': ")).unwrap_or_else(|| panic!("no {key} in {stats}")) + key.len() + 4;
+    stats[at..].split([',', '}']).next().unwrap().trim().parse().unwrap()
+}
+
+fn last_id(env: &Env) -> String {
+    env.barman(&["list-backups", "--minimal", "pg"]).stdout.lines().next().unwrap().to_string()
+}
+
+/// The account the backups log in as: PostgreSQL's OS user when root, else ours.
+fn account(sshd: &Sshd) -> String {
+    if is_root() { pg_os_user().unwrap().name } else { sshd.login_user() }
+}
+
+/// Recovers `id` into a fresh directory with the tablespace relocated, starts it, and
+/// returns its checksums.
+fn recover_and_sum(env: &Env, id: &str, tag: &str) -> String {
+    let dest = env.path().join(format!("rec_{tag}"));
+    let ts = env.path().join(format!("rec_{tag}_ts"));
+    let out = env.barman(&[
+        "recover",
+        "pg",
+        id,
+        &dest.join("data").display().to_string(),
+        "--tablespace",
+        &format!("ts:{}", ts.display()),
+    ]);
+    out.ok();
+    let restored = start_recovered(&dest, &[&ts]);
+    let sums = restored.psql(CHECKSUMS).unwrap();
+    drop(restored);
+    sums
+}
+
+/// Files of backup `b` sharing an inode with a file of backup `a`.
+fn shared_inodes(a: &Path, b: &Path) -> (usize, usize) {
+    let inodes = |d: &Path| -> Vec<(u64, u64)> {
+        common::files_under(d).iter().map(|p| fs::metadata(p).unwrap()).map(|m| (m.ino(), m.len())).collect()
+    };
+    let old: HashSet<u64> = inodes(a).into_iter().map(|(i, _)| i).collect();
+    let new = inodes(b);
+    (new.iter().filter(|(i, _)| old.contains(i)).count(), new.len())
+}
+
+fn primary_with_pgbench(env: &Env, scale: &str) -> PgCluster {
+    let pg = env.archiving_primary(&[]);
+    env.tablespace(&pg);
+    pg.pgbench(&["-i", "-s", scale, "-q", "--index-tablespace=ts"]).unwrap();
+    pg.psql("CREATE TABLE marker (i int)").unwrap();
+    pg
+}
+
+#[test]
+fn rsync_backups_over_ssh_reuse_unchanged_files_and_send_only_changed_blocks() {
+    let env = Env::new();
+    let pg = primary_with_pgbench(&env, "10");
+    let sshd = Sshd::start_with(env.path(), std::slice::from_ref(&env.bin), &[], is_root()).unwrap();
+    let ssh = format!("ssh -F {} {}@127.0.0.1", sshd.ssh_config().display(), account(&sshd));
+    env.write_config(&format!(
+        "[pg]\nconninfo = {}\nbackup_method = rsync\nssh_command = {ssh}\nreuse_backup = link\nparallel_jobs = 2\n\
+         archiver = on\nimmediate_checkpoint = true\n",
+        pg.conninfo()
+    ));
+    // 1. A full backup; the source is then final for it.
+    let out = env.barman(&["backup", "pg"]);
+    out.ok();
+    for l in ["Starting backup using rsync-concurrent method", "Starting backup copy via rsync/SSH for ", "(2 jobs)"] {
+        assert!(out.stdout.contains(l), "missing {l:?} in\n{}", out.stdout);
+    }
+    let first = last_id(&env);
+    let text = info(&env, &first);
+    assert_eq!(field(&text, "mode"), "rsync-concurrent");
+    let size = field(&text, "size").parse::<f64>().unwrap();
+    assert!(stat(&text, "transferred_bytes") > 0.9 * size, "{text}");
+    assert!(!text.contains("blocks"), "block hashes stay out of backup.info");
+    assert!(env.server_dir("pg").join("meta").join(format!("{first}-blocks")).is_file());
+    let base = env.server_dir("pg").join("base");
+    let oid = pg.psql("SELECT oid FROM pg_tablespace WHERE spcname = 'ts'").unwrap();
+    assert!(fs::read_dir(base.join(&first).join(&oid)).unwrap().any(|e| {
+        e.unwrap().file_name().to_string_lossy().starts_with("PG_15_")
+    }));
+    let want1 = pg.psql(CHECKSUMS).unwrap();
+
+    // 2. Nothing changed: next to nothing sent or stored.
+    env.barman(&["backup", "pg"]).ok();
+    let second = last_id(&env);
+    let text = info(&env, &second);
+    let (sent, size2) = (stat(&text, "transferred_bytes"), field(&text, "size").parse::<f64>().unwrap());
+    assert!(sent <= 0.01 * size2, "nothing changed but {sent} of {size2} bytes sent");
+    let dedup = field(&text, "deduplicated_size").parse::<f64>().unwrap();
+    assert!(dedup <= 0.01 * size2, "nothing changed but {dedup} of {size2} bytes stored anew");
+    let (shared, all) = shared_inodes(&base.join(&first), &base.join(&second));
+    assert!(shared * 100 >= all * 95, "only {shared} of {all} files hard-linked");
+
+    // 3. After pgbench work (400 transactions on scale 10: the density of 4,000 on 100),
+    // the changed blocks only.
+    pg.pgbench(&["-n", "-t", "400"]).unwrap();
+    pg.psql("INSERT INTO marker VALUES (3)").unwrap();
+    env.barman(&["backup", "pg", "--jobs", "1"]).ok();
+    let third = last_id(&env);
+    let text = info(&env, &third);
+    let (sent, size3) = (stat(&text, "transferred_bytes"), field(&text, "size").parse::<f64>().unwrap());
+    assert!(sent <= 0.10 * size3, "after 400 transactions {sent} of {size3} bytes sent");
+    assert!(stat(&text, "copied_bytes") > 0.0, "changed files are built from the previous copy's blocks");
+    eprintln!("backup 3: {sent} of {size3} bytes sent, {} copied locally", stat(&text, "copied_bytes"));
+    let want3 = pg.psql(CHECKSUMS).unwrap();
+    assert_ne!(want1, want3);
+    env.switch_and_archive(&pg);
+    // Without a target a recovery replays every archived WAL: both reach the source's state.
+    assert_eq!(recover_and_sum(&env, &third, "3"), want3, "the block-delta backup");
+    assert_eq!(recover_and_sum(&env, &first, "1"), want3, "the full backup");
+
+    // 4. bandwidth_limit = 10000 KB/s on a full copy.
+    fs::write(
+        &env.config,
+        fs::read_to_string(&env.config).unwrap().replace("reuse_backup = link\n", "bandwidth_limit = 10000\n"),
+    )
+    .unwrap();
+    env.barman(&["backup", "pg"]).ok();
+    let text = info(&env, &last_id(&env));
+    let rate = stat(&text, "transferred_bytes") / stat(&text, "copy_time");
+    let want = 10000.0 * 1024.0;
+    assert!((rate - want).abs() <= 0.15 * want, "{rate:.0} B/s under a limit of {want} B/s");
+}
+
+#[test]
+fn a_standby_backed_up_by_local_rsync_while_its_primary_writes_recovers_exactly() {
+    let env = Env::new();
+    let pg = primary_with_pgbench(&env, "2");
+    let incoming = env.server_dir("pg").join("incoming");
+    let standby = pg.make_standby(env.path(), "false", true).unwrap();
+    env.write_config(&format!(
+        "[pg]\nconninfo = {}\nprimary_conninfo = {}\nbackup_method = local-rsync\nreuse_backup = copy\n\
+         archiver = on\nimmediate_checkpoint = true\n",
+        standby.conninfo(),
+        pg.conninfo()
+    ));
+    let _ = incoming;
+    let mut bench = std::process::Command::new(cluster_tests::util::pg_bin("pgbench"))
+        .args(["-n", "-T", "600", "-c", "2", "-h", "127.0.0.1", "-U", "postgres", "-p", &pg.port().to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = env.barman(&["backup", "pg"]);
+    let _ = bench.kill();
+    let _ = bench.wait();
+    out.ok();
+    assert!(out.stdout.contains("Starting backup copy via local rsync"), "{}", out.stdout);
+    let id = last_id(&env);
+    pg.psql("INSERT INTO marker VALUES (1)").unwrap();
+    let want = pg.psql(CHECKSUMS).unwrap();
+    env.switch_and_archive(&pg);
+    env.barman(&["check-backup", "pg", &id]).ok();
+    assert_eq!(recover_and_sum(&env, &id, "sb"), want);
+}
+
+#[test]
+fn bad_ssh_settings_fail_the_backup_with_one_clear_line() {
+    let env = Env::new();
+    let pg = env.archiving_primary(&[]);
+    let sshd = Sshd::start_with(env.path(), std::slice::from_ref(&env.bin), &[], is_root()).unwrap();
+    let user = account(&sshd);
+    let cfg = sshd.ssh_config();
+    let config_text = fs::read_to_string(&cfg).unwrap();
+    // Another key for the host in a known_hosts file of its own.
+    let other_known = env.path().join("known_hosts_other");
+    let real_known: PathBuf = config_text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("UserKnownHostsFile "))
+        .map(|p| PathBuf::from(p.trim()))
+        .unwrap();
+    let line = fs::read_to_string(&real_known).unwrap();
+    let fake_key = "AAAAC3NzaC1lZDI1NTE5AAAAIMnRrn1QmX0d8jU2zQDQd0jdyk0n8f6Gzv9pd6fJ0V6p";
+    let host = line.split_whitespace().next().unwrap();
+    fs::write(&other_known, format!("{host} ssh-ed25519 {fake_key}\n")).unwrap();
+    // A key sshd does not know, in a config of its own.
+    let stranger = env.path().join("stranger_key");
+    let keygen = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&stranger)
+        .status()
+        .unwrap();
+    assert!(keygen.success());
+    let wrong_cfg = env.path().join("wrong_key_config");
+    let identity = config_text.lines().find_map(|l| l.trim().strip_prefix("IdentityFile ")).unwrap().trim();
+    fs::write(&wrong_cfg, config_text.replace(identity, &stranger.display().to_string())).unwrap();
+    let unused = cluster_tests::util::free_port().unwrap();
+    let cases = [
+        (format!("ssh -F {} -p {unused} {user}@127.0.0.1", cfg.display()), "cannot connect"),
+        (format!("ssh -F {} {user}@127.0.0.1", wrong_cfg.display()), "accepted none of the keys"),
+        (
+            format!("ssh -F {} -o UserKnownHostsFile={} {user}@127.0.0.1", cfg.display(), other_known.display()),
+            "differs from the one recorded",
+        ),
+    ];
+    for (i, (ssh, why)) in cases.iter().enumerate() {
+        env.write_config(&format!(
+            "[pg]\nconninfo = {}\nbackup_method = rsync\nssh_command = {ssh}\narchiver = on\nimmediate_checkpoint = true\n",
+            pg.conninfo()
+        ));
+        let out = env.barman(&["backup", "pg"]);
+        assert_ne!(out.code, 0, "{ssh}: {}", out.stdout);
+        assert!(out.stderr.contains(why), "{ssh}: wanted {why:?} in\n{}", out.stderr);
+        let ids = env.barman(&["list-backups", "--minimal", "pg"]).stdout;
+        assert_eq!(ids.lines().count(), i + 1, "{ids}");
+        assert_eq!(field(&info(&env, ids.lines().next().unwrap()), "status"), "FAILED");
+    }
+    // A flag our client cannot honour disables the server, naming it.
+    env.write_config(&format!(
+        "[pg]\nconninfo = {}\nbackup_method = rsync\nssh_command = ssh -J jump {user}@127.0.0.1\narchiver = on\n",
+        pg.conninfo()
+    ));
+    let out = env.barman(&["backup", "pg"]);
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("jump hosts (-J)"), "{}", out.stderr);
+}
