@@ -432,15 +432,12 @@ fn wal_validity(c: &mut Checker<'_>, l: &ServerLayout, catalogue: &[BackupSummar
     c.result_perf("wal size", true, Some(&pretty_size(size)), size);
 }
 
-/// Barman's `ssh` check: `true` run through the command, and nothing printed.
+/// Barman's `ssh` check, through our SSH client (the one the copies use): `true` run on
+/// the host, and nothing printed. Why it failed goes to the log.
 fn ssh_check(c: &mut Checker<'_>, cmd: &str, hint: &str) {
-    let mut p = std::process::Command::new("/bin/sh");
-    p.arg("-c").arg(format!("{cmd} -o BatchMode=yes -o StrictHostKeyChecking=no true"));
-    if let Some(path) = c.s.path_env() {
-        p.env("PATH", path);
-    }
-    match p.output() {
-        Ok(o) if o.status.success() => {
+    let ran = crate::transport::ssh::Remote::connect(cmd, false).and_then(|r| r.run("true", None));
+    match ran {
+        Ok(o) if o.success() => {
             c.result("ssh", true, None);
             if !o.stdout.is_empty() {
                 c.result(
@@ -450,7 +447,14 @@ fn ssh_check(c: &mut Checker<'_>, cmd: &str, hint: &str) {
                 );
             }
         }
-        Ok(_) | Err(_) => c.result("ssh", false, Some(hint)),
+        Ok(o) => {
+            tracing::error!(server = %c.s.name, "ssh check: true failed on the host: {}", o.why());
+            c.result("ssh", false, Some(hint));
+        }
+        Err(e) => {
+            tracing::error!(server = %c.s.name, "ssh check: {e}");
+            c.result("ssh", false, Some(hint));
+        }
     }
 }
 

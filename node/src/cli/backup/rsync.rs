@@ -53,6 +53,15 @@ impl Run<'_> {
         let o = &self.s.opts;
         let fast = self.args.immediate_checkpoint.unwrap_or(o.immediate_checkpoint);
         let segsize = self.segment_size();
+        // The host first: a backup that cannot copy starts nothing on the server.
+        self.action = "connecting to the PostgreSQL host";
+        let remote = match o.backup_method {
+            BackupMethod::LocalRsync => None,
+            _ => {
+                let cmd = o.ssh_command.clone().ok_or_else(|| Failure("no ssh_command".into()))?;
+                Some(Remote::connect(&cmd, false)?)
+            }
+        };
         self.action = "issuing start backup command";
         let in_recovery = rt.block_on(pg.is_in_recovery())?;
         let label_text = format!("Barman backup {} {}", self.s.name, self.id);
@@ -78,7 +87,7 @@ impl Run<'_> {
             if jobs > 1 { format!(" ({jobs} jobs)") } else { String::new() }
         ));
         let copy_start = Local::now();
-        let report = self.pull_with_retries(jobs)?;
+        let report = self.pull_with_retries(jobs, remote.as_ref())?;
         let copy_secs = (Local::now() - copy_start).as_seconds_f64();
         for v in &report.vanished {
             tracing::warn!(server = %self.s.name, "{v} vanished during the copy (dropped by PostgreSQL; WAL replay accounts for it)");
@@ -121,13 +130,13 @@ impl Run<'_> {
 
     /// The pull, retried as `basebackup_retry_times` / `--retry-times` say (each try
     /// starts again from an empty backup directory).
-    fn pull_with_retries(&mut self, jobs: usize) -> Result<PullReport, Failure> {
+    fn pull_with_retries(&mut self, jobs: usize, remote: Option<&Remote>) -> Result<PullReport, Failure> {
         let o = &self.s.opts;
         let retries = self.args.retry_times.map_or(o.basebackup_retry_times.max(0) as u32, |n| n);
         let sleep = self.args.retry_sleep.map_or(o.basebackup_retry_sleep.max(0) as u64, u64::from);
         let mut attempt = 0;
         loop {
-            match self.pull_once(jobs) {
+            match self.pull_once(jobs, remote) {
                 Ok(r) => return Ok(r),
                 Err(e) if attempt < retries => {
                     attempt += 1;
@@ -143,7 +152,7 @@ impl Run<'_> {
         }
     }
 
-    fn pull_once(&mut self, jobs: usize) -> Result<PullReport, String> {
+    fn pull_once(&mut self, jobs: usize, remote: Option<&Remote>) -> Result<PullReport, String> {
         let o = &self.s.opts;
         let dir = self.backup_dir();
         for sub in ["data".to_string()]
@@ -173,14 +182,11 @@ impl Run<'_> {
         let opts = PullOptions { jobs, compress: o.network_compression, progress: None };
         let hashes = blocks_path(&self.layout.meta_dir(), &self.id);
         durable::create_dir_all(&self.layout.meta_dir()).map_err(|e| e.to_string())?;
-        let report = match o.backup_method {
-            BackupMethod::LocalRsync => pull(&Far::Local, &roots, basis.as_ref(), &hashes, &opts),
-            _ => {
-                let cmd = o.ssh_command.clone().ok_or("no ssh_command")?;
-                let remote = Remote::connect(&cmd, false).map_err(|e| e.to_string())?;
-                pull(&Far::Ssh(&remote), &roots, basis.as_ref(), &hashes, &opts)
-            }
+        let far = match remote {
+            Some(r) => Far::Ssh(r),
+            None => Far::Local,
         };
+        let report = pull(&far, &roots, basis.as_ref(), &hashes, &opts);
         report.map_err(|e| e.to_string())
     }
 
