@@ -24,6 +24,8 @@ macro_rules! progress {
 mod archive;
 #[path = "bench/backup.rs"]
 mod backup;
+#[path = "bench/backup_rsync.rs"]
+mod backup_rsync;
 #[path = "bench/cluster.rs"]
 mod cluster;
 #[path = "bench/fixture.rs"]
@@ -226,13 +228,14 @@ struct Args {
     only: Option<Vec<String>>,
 }
 
-const BENCHMARKS: [&str; 11] = [
+const BENCHMARKS: [&str; 12] = [
     "get-wal",
     "restore",
     "archive",
     "put-wal",
     "stream",
     "backup",
+    "backup-rsync",
     "recover",
     "recover-remote",
     "cluster",
@@ -290,7 +293,10 @@ fn real_main() -> Result<()> {
     let dir = TestDir::new()?;
     let scratch = dir.path().to_path_buf();
     let ours_src: Vec<(&str, PathBuf)> =
-        ["barman", "barman-wal-archive", "barman-wal-restore"].iter().map(|n| (*n, exe_dir.join(n))).collect();
+        ["barman", "barman-wal-archive", "barman-wal-restore", "barman-agent"]
+            .iter()
+            .map(|n| (*n, exe_dir.join(n)))
+            .collect();
     for (n, p) in &ours_src {
         if !p.is_file() {
             bail!("{n} is not next to the bench executable ({}): build the workspace in release", p.display());
@@ -351,6 +357,9 @@ fn real_main() -> Result<()> {
     }
     if wanted("backup") {
         tables.extend(backup::run(&ctx)?);
+    }
+    if wanted("backup-rsync") {
+        tables.extend(backup_rsync::run(&ctx, &bin)?);
     }
     if wanted("recover") {
         tables.extend(recover::run(&ctx)?);
