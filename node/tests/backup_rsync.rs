@@ -248,3 +248,90 @@ fn bad_ssh_settings_fail_the_backup_with_one_clear_line() {
     assert_ne!(out.code, 0);
     assert!(out.stderr.contains("jump hosts (-J)"), "{}", out.stderr);
 }
+
+/// Unmounts on drop, so a failed assertion leaves no mount behind.
+struct Mount(PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_relation_dropped_during_the_copy_is_skipped_and_a_full_disk_fails_the_backup() {
+    let env = Env::new();
+    let pg = primary_with_pgbench(&env, "2", false);
+    pg.psql("CREATE TABLE doomed AS SELECT g AS i, repeat('x', 200) AS pad FROM generate_series(1, 20000) g").unwrap();
+    env.write_config(&format!(
+        "[pg]\nconninfo = {}\nbackup_method = local-rsync\nbandwidth_limit = 4000\narchiver = on\n\
+         immediate_checkpoint = true\n",
+        pg.conninfo()
+    ));
+    // The table goes while the copy runs (limited to 4 MB/s, the largest files first):
+    // DROP TABLE empties its file, the checkpoint unlinks it.
+    let backup = env.barman_cmd(&["backup", "pg"]).output_in_background();
+    let meta = env.server_dir("pg").join("meta");
+    cluster_tests::util::wait_until(std::time::Duration::from_secs(60), "the backup to start copying", || {
+        fs::read_dir(&meta).is_ok_and(|rd| {
+            rd.filter_map(|e| e.ok()).any(|e| {
+                e.file_name().to_string_lossy().ends_with("-backup.info")
+                    && fs::read_to_string(e.path()).is_ok_and(|t| t.contains("status=STARTED"))
+            })
+        })
+    })
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    pg.psql("DROP TABLE doomed").unwrap();
+    pg.psql("CHECKPOINT").unwrap();
+    let out = backup.join().unwrap().unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("vanished during the copy"), "{stdout}");
+    let id = last_id(&env);
+    pg.psql("INSERT INTO marker VALUES (7)").unwrap();
+    let want = pg.psql(CHECKSUMS).unwrap();
+    env.switch_and_archive(&pg);
+    assert_eq!(recover_and_sum(&env, &id, "vanished", false), want);
+
+    // A disk that fills: the backup is FAILED, says why, and leaves the others as they were.
+    if !is_root() {
+        cluster_tests::util::skip("a full disk needs a small tmpfs, which only root can mount");
+        return;
+    }
+    let base = env.server_dir("pg").join("base");
+    let small = env.path().join("small");
+    fs::create_dir_all(&small).unwrap();
+    let st = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"]).arg(&small).status().unwrap();
+    assert!(st.success(), "mount tmpfs");
+    let _mounted = Mount(small.clone());
+    fs::rename(&base, env.path().join("base_kept")).unwrap();
+    std::os::unix::fs::symlink(&small, &base).unwrap();
+    env.write_config(&format!(
+        "[pg]\nconninfo = {}\nbackup_method = local-rsync\narchiver = on\nimmediate_checkpoint = true\n",
+        pg.conninfo()
+    ));
+    let out = env.barman(&["backup", "pg"]);
+    assert_ne!(out.code, 0, "{}", out.stdout);
+    assert!(out.stderr.contains("No space left on device"), "{}", out.stderr);
+    let failed = last_id(&env);
+    assert_eq!(field(&info(&env, &failed), "status"), "FAILED");
+    assert!(!meta.join(format!("{failed}-blocks")).exists() && !meta.join(format!("{failed}-blocks.part")).exists());
+    fs::remove_file(&base).unwrap();
+    fs::rename(env.path().join("base_kept"), &base).unwrap();
+    env.barman(&["check-backup", "pg", &id]).ok();
+    assert_eq!(field(&info(&env, &id), "status"), "DONE");
+    pg.psql("INSERT INTO marker VALUES (8)").unwrap();
+    env.switch_and_archive(&pg);
+}
+
+/// A command run on a thread, its output collected when joined.
+trait Background {
+    fn output_in_background(self) -> std::thread::JoinHandle<std::io::Result<std::process::Output>>;
+}
+
+impl Background for std::process::Command {
+    fn output_in_background(mut self) -> std::thread::JoinHandle<std::io::Result<std::process::Output>> {
+        std::thread::spawn(move || self.output())
+    }
+}
