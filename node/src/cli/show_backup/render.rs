@@ -141,6 +141,15 @@ impl ExtInfo<'_> {
             let saved = format!("{} ({})", pretty_size_f64(d.est_dedup_size), percent(d.deduplication_ratio));
             out.push(nested("Resources saved", &saved));
         }
+        // Ours, for rsync backups: what crossed the wire and what the previous backup gave.
+        if let Some(sent) = copy_stat(info, "transferred_bytes") {
+            let linked = copy_stat(info, "linked_bytes").unwrap_or(0);
+            let copied = copy_stat(info, "copied_bytes").unwrap_or(0);
+            out.push(nested(
+                "Transfer size",
+                &format!("{} (reused: {} linked, {} copied)", pretty_size(sent), pretty_size(linked), pretty_size(copied)),
+            ));
+        }
         out.push(nested("Timeline", &opt(&info.timeline)));
         out.push(nested("Begin WAL", &opt(&info.begin_wal)));
         out.push(nested("End WAL", &opt(&info.end_wal)));
@@ -403,4 +412,15 @@ mod tests {
         assert_eq!(percent(0.0), "0.00%");
         assert_eq!(percent(0.123456), "12.35%");
     }
+}
+
+/// An integer of `copy_stats`.
+fn copy_stat(info: &crate::catalog::backup_info::BackupInfo, key: &str) -> Option<u64> {
+    let Some(crate::catalog::pyliteral::PyValue::Dict(items)) = &info.copy_stats else { return None };
+    items.iter().find_map(|(k, v)| match (k, v) {
+        (crate::catalog::pyliteral::PyValue::Str(k), crate::catalog::pyliteral::PyValue::Int(n)) if k == key => {
+            u64::try_from(*n).ok()
+        }
+        _ => None,
+    })
 }
