@@ -108,9 +108,11 @@ fn rsync_backups_over_ssh_reuse_unchanged_files_and_send_only_changed_blocks() {
     assert!(env.server_dir("pg").join("meta").join(format!("{first}-blocks")).is_file());
     let base = env.server_dir("pg").join("base");
     let oid = pg.psql("SELECT oid FROM pg_tablespace WHERE spcname = 'ts'").unwrap();
-    assert!(fs::read_dir(base.join(&first).join(&oid)).unwrap().any(|e| {
-        e.unwrap().file_name().to_string_lossy().starts_with("PG_15_")
-    }));
+    assert!(
+        fs::read_dir(base.join(&first).join(&oid))
+            .unwrap()
+            .any(|e| { e.unwrap().file_name().to_string_lossy().starts_with("PG_15_") })
+    );
     let want1 = pg.psql(CHECKSUMS).unwrap();
 
     // 2. Nothing changed: next to nothing sent or stored.
@@ -184,6 +186,19 @@ fn a_standby_backed_up_by_local_rsync_while_its_primary_writes_recovers_exactly(
     let want = pg.psql(CHECKSUMS).unwrap();
     env.switch_and_archive(&pg);
     env.barman(&["check-backup", "pg", &id]).ok();
+    let shown = env.barman(&["show-backup", "pg", &id]);
+    assert!(shown.ok().stdout.contains("Transfer size"), "{}", shown.stdout);
+    // The real Barman reads the catalogue entry as its own.
+    let barman = cluster_tests::reference::barman().expect("reference Barman (scripts/setup-reference.sh)");
+    let theirs = std::process::Command::new(&barman)
+        .arg("-c")
+        .arg(&env.config)
+        .args(["show-backup", "pg", &id])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&theirs.stdout);
+    assert!(theirs.status.success(), "{text}{}", String::from_utf8_lossy(&theirs.stderr));
+    assert!(text.contains("rsync-concurrent") && text.contains("DONE"), "{text}");
     assert_eq!(recover_and_sum(&env, &id, "sb", false), want);
 }
 
@@ -302,7 +317,11 @@ fn a_relation_dropped_during_the_copy_is_skipped_and_a_full_disk_fails_the_backu
     let base = env.server_dir("pg").join("base");
     let small = env.path().join("small");
     fs::create_dir_all(&small).unwrap();
-    let st = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"]).arg(&small).status().unwrap();
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
+        .arg(&small)
+        .status()
+        .unwrap();
     assert!(st.success(), "mount tmpfs");
     let _mounted = Mount(small.clone());
     fs::rename(&base, env.path().join("base_kept")).unwrap();

@@ -292,11 +292,10 @@ fn real_main() -> Result<()> {
     let exe_dir = exe.parent().context("the directory of this executable")?;
     let dir = TestDir::new()?;
     let scratch = dir.path().to_path_buf();
-    let ours_src: Vec<(&str, PathBuf)> =
-        ["barman", "barman-wal-archive", "barman-wal-restore", "barman-agent"]
-            .iter()
-            .map(|n| (*n, exe_dir.join(n)))
-            .collect();
+    let ours_src: Vec<(&str, PathBuf)> = ["barman", "barman-wal-archive", "barman-wal-restore", "barman-agent"]
+        .iter()
+        .map(|n| (*n, exe_dir.join(n)))
+        .collect();
     for (n, p) in &ours_src {
         if !p.is_file() {
             bail!("{n} is not next to the bench executable ({}): build the workspace in release", p.display());

@@ -66,28 +66,52 @@ pub struct Entry {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Request {
-    Hello { version: u32 },
+    Hello {
+        version: u32,
+    },
     /// Every entry under `root`; the directories named in `skip` (relative) are listed but
     /// not entered; names in `skip_names` (anywhere) and starting with `skip_prefix` are left
     /// out, and with `temp_relations` the files of temporary relations (`t<n>_<n>`).
-    List { root: String, skip: Vec<String>, skip_names: Vec<String>, skip_prefix: Vec<String>, temp_relations: bool },
+    List {
+        root: String,
+        skip: Vec<String>,
+        skip_names: Vec<String>,
+        skip_prefix: Vec<String>,
+        temp_relations: bool,
+    },
     /// A file, as blocks against `basis` (the hashes of the copy the receiver holds).
-    Send { path: String, basis: Vec<BlockHash>, compress: bool },
+    Send {
+        path: String,
+        basis: Vec<BlockHash>,
+        compress: bool,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Reply {
-    Hello { version: u32 },
+    Hello {
+        version: u32,
+    },
     Entries(Vec<Entry>),
     /// The next `blocks` blocks equal the basis's.
-    Same { blocks: u64 },
+    Same {
+        blocks: u64,
+    },
     /// The next bytes of the file (zstd-compressed when asked).
-    Data { bytes: Vec<u8>, compressed: bool },
+    Data {
+        bytes: Vec<u8>,
+        compressed: bool,
+    },
     /// The file ended: its size and [`FileDigest`].
-    End { size: u64, digest: [u8; 32] },
+    End {
+        size: u64,
+        digest: [u8; 32],
+    },
     /// The file was not there any more (PostgreSQL dropped it).
     Vanished,
-    Failed { why: String },
+    Failed {
+        why: String,
+    },
 }
 
 fn encode<T: Serialize>(msg: &T) -> io::Result<Vec<u8>> {

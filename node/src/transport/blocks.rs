@@ -38,7 +38,10 @@ impl BlockIndex {
         let mut magic = [0u8; 8];
         r.read_exact(&mut magic)?;
         if &magic != MAGIC {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{} is not a block hash file", path.display())));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} is not a block hash file", path.display()),
+            ));
         }
         let bad = || io::Error::new(io::ErrorKind::InvalidData, format!("{} is truncated", path.display()));
         let mut index = HashMap::new();

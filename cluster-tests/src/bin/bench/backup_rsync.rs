@@ -180,7 +180,16 @@ fn table(runs: &[Series], sent: &[Vec<f64>], scale: u32, cluster_bytes: u64, rep
             "rsync backup method over SSH, a {:.0} MB cluster (`pgbench -i -s {scale}`), warm cache (median of {reps} runs)",
             cluster_bytes as f64 / 1e6
         ),
-        &["variant", "median s", "min–max s", "× pg_basebackup", "sent MB", "sent ÷ cluster", "CPU s", "peak RSS (MiB)"],
+        &[
+            "variant",
+            "median s",
+            "min–max s",
+            "× pg_basebackup",
+            "sent MB",
+            "sent ÷ cluster",
+            "CPU s",
+            "peak RSS (MiB)",
+        ],
     );
     let secs = |s: &Series| s.samples.iter().map(|x| x.wall.as_secs_f64()).collect::<Vec<_>>();
     let reference = median(secs(&runs[0]));

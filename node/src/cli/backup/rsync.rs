@@ -155,9 +155,8 @@ impl Run<'_> {
     fn pull_once(&mut self, jobs: usize, remote: Option<&Remote>) -> Result<PullReport, String> {
         let o = &self.s.opts;
         let dir = self.backup_dir();
-        for sub in ["data".to_string()]
-            .into_iter()
-            .chain(self.info.tablespaces.iter().flatten().map(|t| t.oid.to_string()))
+        for sub in
+            ["data".to_string()].into_iter().chain(self.info.tablespaces.iter().flatten().map(|t| t.oid.to_string()))
         {
             match std::fs::remove_dir_all(dir.join(&sub)) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(format!("{}: {e}", dir.display())),

@@ -147,7 +147,12 @@ impl ExtInfo<'_> {
             let copied = copy_stat(info, "copied_bytes").unwrap_or(0);
             out.push(nested(
                 "Transfer size",
-                &format!("{} (reused: {} linked, {} copied)", pretty_size(sent), pretty_size(linked), pretty_size(copied)),
+                &format!(
+                    "{} (reused: {} linked, {} copied)",
+                    pretty_size(sent),
+                    pretty_size(linked),
+                    pretty_size(copied)
+                ),
             ));
         }
         out.push(nested("Timeline", &opt(&info.timeline)));
@@ -390,6 +395,17 @@ impl ExtInfo<'_> {
     }
 }
 
+/// An integer of `copy_stats`.
+fn copy_stat(info: &crate::catalog::backup_info::BackupInfo, key: &str) -> Option<u64> {
+    let Some(crate::catalog::pyliteral::PyValue::Dict(items)) = &info.copy_stats else { return None };
+    items.iter().find_map(|(k, v)| match (k, v) {
+        (crate::catalog::pyliteral::PyValue::Str(k), crate::catalog::pyliteral::PyValue::Int(n)) if k == key => {
+            u64::try_from(*n).ok()
+        }
+        _ => None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -412,15 +428,4 @@ mod tests {
         assert_eq!(percent(0.0), "0.00%");
         assert_eq!(percent(0.123456), "12.35%");
     }
-}
-
-/// An integer of `copy_stats`.
-fn copy_stat(info: &crate::catalog::backup_info::BackupInfo, key: &str) -> Option<u64> {
-    let Some(crate::catalog::pyliteral::PyValue::Dict(items)) = &info.copy_stats else { return None };
-    items.iter().find_map(|(k, v)| match (k, v) {
-        (crate::catalog::pyliteral::PyValue::Str(k), crate::catalog::pyliteral::PyValue::Int(n)) if k == key => {
-            u64::try_from(*n).ok()
-        }
-        _ => None,
-    })
 }

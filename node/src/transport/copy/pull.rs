@@ -49,6 +49,9 @@ fn write_err(path: &Path) -> impl Fn(io::Error) -> PullError + '_ {
     move |source| PullError::Write { path: path.display().to_string(), source }
 }
 
+/// Which top-level names of a tree are copied.
+pub type TopFilter = Box<dyn Fn(&str) -> bool + Send + Sync>;
+
 /// Where the files are.
 pub enum Far<'a> {
     /// A host reached by our SSH client.
@@ -71,7 +74,7 @@ pub struct Root {
     pub temp_relations: bool,
     /// Only the top-level entries this accepts (a tablespace's `PG_<major>_*` directory,
     /// a configuration file outside PGDATA).
-    pub keep: Option<Box<dyn Fn(&str) -> bool + Send + Sync>>,
+    pub keep: Option<TopFilter>,
     /// Files (relative) left out.
     pub exclude: Vec<String>,
     /// The limit this tree's transfers share (a tablespace's own, or the global one).
@@ -240,13 +243,17 @@ async fn connect(from: &Far<'_>, agent: Option<bool>) -> Result<(Conn, bool), Pu
                 .stdout(std::process::Stdio::piped())
                 .kill_on_drop(true)
                 .spawn()
-                .map_err(|e| PullError::Far { who: "this host".into(), why: format!("starting {}: {e}", program.display()) })?;
+                .map_err(|e| PullError::Far {
+                    who: "this host".into(),
+                    why: format!("starting {}: {e}", program.display()),
+                })?;
             let (Some(out), Some(inp)) = (child.stdout.take(), child.stdin.take()) else {
                 return Err(PullError::Stopped("the agent's pipes are missing".into()));
             };
             // The child ends when its input closes; it is reaped in the background.
             tokio::spawn(async move { child.wait().await });
-            let conn = AgentConn::start(Box::new(tokio::io::join(out, inp)), "this host").await.map_err(far("this host"))?;
+            let conn =
+                AgentConn::start(Box::new(tokio::io::join(out, inp)), "this host").await.map_err(far("this host"))?;
             Ok((Conn::Agent(conn), true))
         }
         Far::Ssh(remote) => {
@@ -291,7 +298,8 @@ async fn list(conn: &mut Conn, root: &Root) -> Result<Vec<Entry>, PullError> {
 
 /// The listing over SFTP: mtimes in whole seconds, links followed.
 async fn list_sftp(sftp: &russh_sftp::client::SftpSession, root: &Root) -> Result<Vec<Entry>, PullError> {
-    let failed = |what: &str, e: &dyn std::fmt::Display| PullError::Far { who: "sftp".into(), why: format!("{what}: {e}") };
+    let failed =
+        |what: &str, e: &dyn std::fmt::Display| PullError::Far { who: "sftp".into(), why: format!("{what}: {e}") };
     let rules = agent::Skip {
         dirs: &root.skip,
         names: &root.skip_names,
@@ -377,7 +385,8 @@ fn plan(
                         let old_ns = m.mtime().saturating_mul(1_000_000_000).saturating_add(m.mtime_nsec());
                         // SFTP gives whole seconds: compared at that precision.
                         let same_time = old_ns == e.mtime_ns
-                            || (e.mtime_ns % 1_000_000_000 == 0 && old_ns / 1_000_000_000 == e.mtime_ns / 1_000_000_000);
+                            || (e.mtime_ns % 1_000_000_000 == 0
+                                && old_ns / 1_000_000_000 == e.mtime_ns / 1_000_000_000);
                         if m.len() == e.size && same_time && e.mtime_ns < b.horizon_ns {
                             How::Reuse(old)
                         } else {
@@ -543,7 +552,9 @@ impl Assembler {
             return Err(io::Error::other("unchanged blocks of a file without a previous copy"));
         };
         let first = self.hashes.len();
-        let those = basis.get(first..first + n as usize).ok_or_else(|| io::Error::other("unchanged blocks past the previous copy's end"))?;
+        let those = basis
+            .get(first..first + n as usize)
+            .ok_or_else(|| io::Error::other("unchanged blocks past the previous copy's end"))?;
         for h in those {
             self.digest.add(h);
         }
@@ -624,7 +635,10 @@ impl Assembler {
             let f = self.out()?;
             f.set_len(size)?;
             let t = std::time::UNIX_EPOCH
-                + std::time::Duration::new(mtime_ns.max(0) as u64 / 1_000_000_000, (mtime_ns.max(0) % 1_000_000_000) as u32);
+                + std::time::Duration::new(
+                    mtime_ns.max(0) as u64 / 1_000_000_000,
+                    (mtime_ns.max(0) % 1_000_000_000) as u32,
+                );
             f.set_modified(t)?;
             f.set_permissions(fs::Permissions::from_mode(mode | 0o600))?;
         }
@@ -632,7 +646,12 @@ impl Assembler {
     }
 }
 
-fn run_assembler(mut a: Assembler, mut rx: mpsc::Receiver<Op>, mtime_ns: i64, mode: u32) -> io::Result<Option<Assembled>> {
+fn run_assembler(
+    mut a: Assembler,
+    mut rx: mpsc::Receiver<Op>,
+    mtime_ns: i64,
+    mode: u32,
+) -> io::Result<Option<Assembled>> {
     let mut scratch = Vec::new();
     while let Some(op) = rx.blocking_recv() {
         match op {
@@ -781,7 +800,10 @@ async fn fetch(
     if let Some(d) = far_digest
         && d != done.digest
     {
-        return Err(PullError::Corrupt { path: unit.dst.display().to_string(), why: "its block hashes differ from the sender's".into() });
+        return Err(PullError::Corrupt {
+            path: unit.dst.display().to_string(),
+            why: "its block hashes differ from the sender's".into(),
+        });
     }
     tally.copied.fetch_add(done.copied, Ordering::Relaxed);
     tally.linked.fetch_add(done.linked, Ordering::Relaxed);
