@@ -158,6 +158,36 @@ fn rsync_backups_over_ssh_reuse_unchanged_files_and_send_only_changed_blocks() {
 }
 
 #[test]
+fn without_the_agent_on_the_host_files_come_whole_over_sftp() {
+    let env = Env::new();
+    let pg = primary_with_pgbench(&env, "2", true);
+    // Sessions without our binaries in PATH: no barman-agent there.
+    let sshd = Sshd::start_with(env.path(), &[], &[], is_root()).unwrap();
+    let ssh = format!("ssh -F {} {}@127.0.0.1", sshd.ssh_config().display(), account(&sshd));
+    env.write_config(&format!(
+        "[pg]\nconninfo = {}\nbackup_method = rsync\nssh_command = {ssh}\nreuse_backup = link\nparallel_jobs = 2\n\
+         archiver = on\nimmediate_checkpoint = true\n",
+        pg.conninfo()
+    ));
+    env.barman(&["backup", "pg"]).ok();
+    let first = last_id(&env);
+    assert!(env.log().contains("barman-agent is not installed"), "the fallback is logged");
+    // Nothing changed: unchanged files (by size and mtime, to the second over SFTP) are linked.
+    env.barman(&["backup", "pg"]).ok();
+    let second = last_id(&env);
+    let text = info(&env, &second);
+    assert!(stat(&text, "linked_bytes") > 0.9 * field(&text, "size").parse::<f64>().unwrap(), "{text}");
+    pg.pgbench(&["-n", "-t", "200"]).unwrap();
+    pg.psql("INSERT INTO marker VALUES (5)").unwrap();
+    env.barman(&["backup", "pg"]).ok();
+    let third = last_id(&env);
+    let want = pg.psql(CHECKSUMS).unwrap();
+    env.switch_and_archive(&pg);
+    assert_ne!(first, third);
+    assert_eq!(recover_and_sum(&env, &third, "sftp", true), want);
+}
+
+#[test]
 fn a_standby_backed_up_by_local_rsync_while_its_primary_writes_recovers_exactly() {
     let env = Env::new();
     let pg = primary_with_pgbench(&env, "2", false);
@@ -165,7 +195,7 @@ fn a_standby_backed_up_by_local_rsync_while_its_primary_writes_recovers_exactly(
     let standby = pg.make_standby(env.path(), "false", true).unwrap();
     env.write_config(&format!(
         "[pg]\nconninfo = {}\nprimary_conninfo = {}\nbackup_method = local-rsync\nreuse_backup = copy\n\
-         archiver = on\nimmediate_checkpoint = true\n",
+         network_compression = true\narchiver = on\nimmediate_checkpoint = true\n",
         standby.conninfo(),
         pg.conninfo()
     ));
