@@ -3,7 +3,9 @@
 //! directory trees and sends files as the 8 KiB blocks that differ from the hashes of the
 //! previous backup's copy, so a changed relation file crosses the wire as its changed pages.
 //!
-//! Frames both ways: a little-endian u32 length, then a bincode (serde) message.
+//! Frames both ways: a little-endian u32 length, a kind byte, then the body: a bincode
+//! (serde) message, or a file's bytes as they are (kind 1) or zstd-compressed (kind 2),
+//! so that data is never encoded byte by byte.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -114,12 +116,42 @@ pub enum Reply {
     },
 }
 
+const MESSAGE: u8 = 0;
+const RAW: u8 = 1;
+const ZSTD: u8 = 2;
+
+fn head(kind: u8, len: usize) -> [u8; 5] {
+    let mut h = [kind; 5];
+    h[..4].copy_from_slice(&(len as u32).to_le_bytes());
+    h
+}
+
 fn encode<T: Serialize>(msg: &T) -> io::Result<Vec<u8>> {
     let body = bincode::serde::encode_to_vec(msg, bincode::config::standard()).map_err(io::Error::other)?;
-    let mut frame = Vec::with_capacity(body.len() + 4);
-    frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    let mut frame = Vec::with_capacity(body.len() + 5);
+    frame.extend_from_slice(&head(MESSAGE, body.len()));
     frame.extend_from_slice(&body);
     Ok(frame)
+}
+
+/// A data frame: the bytes follow their header as they are.
+fn write_data(w: &mut impl Write, bytes: &[u8], compressed: bool) -> io::Result<()> {
+    w.write_all(&head(if compressed { ZSTD } else { RAW }, bytes.len()))?;
+    w.write_all(bytes)
+}
+
+/// A frame's body as a reply or request.
+fn parse<T: for<'de> Deserialize<'de>>(kind: u8, body: Vec<u8>, data: fn(Vec<u8>, bool) -> Option<T>) -> io::Result<T> {
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, format!("a frame of unknown kind {kind}"));
+    match kind {
+        MESSAGE => decode(&body),
+        RAW | ZSTD => data(body, kind == ZSTD).ok_or_else(bad),
+        _ => Err(bad()),
+    }
+}
+
+fn data_reply(bytes: Vec<u8>, compressed: bool) -> Option<Reply> {
+    Some(Reply::Data { bytes, compressed })
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(body: &[u8]) -> io::Result<T> {
@@ -128,25 +160,30 @@ fn decode<T: for<'de> Deserialize<'de>>(body: &[u8]) -> io::Result<T> {
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
-fn frame_len(head: [u8; 4]) -> io::Result<usize> {
-    let n = u32::from_le_bytes(head) as usize;
+/// The body's length and kind.
+fn frame_len(head: [u8; 5]) -> io::Result<(usize, u8)> {
+    let n = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
     if n > MAX_FRAME {
         return Err(io::Error::new(io::ErrorKind::InvalidData, format!("a frame of {n} bytes")));
     }
-    Ok(n)
+    Ok((n, head[4]))
 }
 
 /// Reads one message; None at a clean end of the stream.
-fn read_msg<T: for<'de> Deserialize<'de>>(r: &mut impl Read) -> io::Result<Option<T>> {
-    let mut head = [0u8; 4];
+fn read_msg<T: for<'de> Deserialize<'de>>(
+    r: &mut impl Read,
+    data: fn(Vec<u8>, bool) -> Option<T>,
+) -> io::Result<Option<T>> {
+    let mut head = [0u8; 5];
     match r.read_exact(&mut head) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e),
     }
-    let mut body = vec![0u8; frame_len(head)?];
+    let (len, kind) = frame_len(head)?;
+    let mut body = vec![0u8; len];
     r.read_exact(&mut body)?;
-    decode(&body).map(Some)
+    parse(kind, body, data).map(Some)
 }
 
 fn write_msg<T: Serialize>(w: &mut impl Write, msg: &T) -> io::Result<()> {
@@ -157,7 +194,7 @@ fn write_msg<T: Serialize>(w: &mut impl Write, msg: &T) -> io::Result<()> {
 pub fn serve(input: impl Read, output: impl Write) -> io::Result<()> {
     let mut input = io::BufReader::with_capacity(1 << 20, input);
     let mut out = io::BufWriter::with_capacity(1 << 20, output);
-    while let Some(req) = read_msg::<Request>(&mut input)? {
+    while let Some(req) = read_msg::<Request>(&mut input, |_, _| None)? {
         match req {
             Request::Hello { .. } => write_msg(&mut out, &Reply::Hello { version: VERSION })?,
             Request::List { root, skip, skip_names, skip_prefix, temp_relations } => {
@@ -274,13 +311,14 @@ impl<W: Write> Runs<'_, W> {
         if self.data.is_empty() {
             return Ok(());
         }
-        let data = std::mem::take(&mut self.data);
-        let reply = if self.compress {
-            Reply::Data { bytes: zstd::bulk::compress(&data, 1)?, compressed: true }
+        if self.compress {
+            let packed = zstd::bulk::compress(&self.data, 1)?;
+            write_data(self.out, &packed, true)?;
         } else {
-            Reply::Data { bytes: data, compressed: false }
-        };
-        write_msg(self.out, &reply)
+            write_data(self.out, &self.data, false)?;
+        }
+        self.data.clear();
+        Ok(())
     }
 
     fn block(&mut self, block: &[u8], same: bool) -> io::Result<()> {
@@ -382,11 +420,12 @@ impl AgentConn {
     }
 
     pub async fn recv(&mut self) -> io::Result<Reply> {
-        let mut head = [0u8; 4];
+        let mut head = [0u8; 5];
         self.io.read_exact(&mut head).await.map_err(|e| self.ended(e))?;
-        let mut body = vec![0u8; frame_len(head)?];
+        let (len, kind) = frame_len(head)?;
+        let mut body = vec![0u8; len];
         self.io.read_exact(&mut body).await.map_err(|e| self.ended(e))?;
-        decode(&body)
+        parse(kind, body, data_reply)
     }
 
     fn ended(&self, e: io::Error) -> io::Error {
@@ -425,7 +464,7 @@ mod tests {
         serve(req.as_slice(), &mut out).expect("serve");
         let mut r = out.as_slice();
         let mut replies = Vec::new();
-        while let Some(m) = read_msg::<Reply>(&mut r).expect("read") {
+        while let Some(m) = read_msg::<Reply>(&mut r, data_reply).expect("read") {
             replies.push(m);
         }
         assert!(matches!(replies[0], Reply::Same { blocks: 2 }), "{replies:?}");
@@ -452,6 +491,6 @@ mod tests {
         let req = encode(&Request::Send { path: "/nonexistent/x".into(), basis: vec![], compress: true }).expect("e");
         let mut out = Vec::new();
         serve(req.as_slice(), &mut out).expect("serve");
-        assert!(matches!(read_msg::<Reply>(&mut out.as_slice()), Ok(Some(Reply::Vanished))));
+        assert!(matches!(read_msg::<Reply>(&mut out.as_slice(), data_reply), Ok(Some(Reply::Vanished))));
     }
 }

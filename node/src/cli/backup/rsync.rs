@@ -273,7 +273,7 @@ impl Run<'_> {
         })?;
         let begin = info.begin_time?;
         let hashes = match BlockIndex::open(&blocks_path(&self.layout.meta_dir(), &id)) {
-            Ok(h) => h,
+            Ok(h) => h.map(Arc::new),
             Err(e) => {
                 tracing::warn!(server = %self.s.name, "block hashes of backup {id} unreadable ({e}): changed files are sent whole");
                 None

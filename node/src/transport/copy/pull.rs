@@ -85,7 +85,7 @@ pub struct Root {
 pub struct Basis {
     /// Its directory: the roots' labels are its subdirectories.
     pub dir: PathBuf,
-    pub hashes: Option<BlockIndex>,
+    pub hashes: Option<Arc<BlockIndex>>,
     /// Files modified before this (ns since the epoch, the previous backup's start) with
     /// its size and mtime are taken as unchanged; younger ones are compared by content.
     pub horizon_ns: i64,
@@ -131,8 +131,8 @@ struct Tally {
 enum How {
     /// Unchanged: from the basis, without the wire.
     Reuse(PathBuf),
-    /// Over the wire, against the basis's copy when there is one.
-    Fetch { basis: Option<(PathBuf, Vec<BlockHash>, u64)> },
+    /// Over the wire, against the basis's copy (its path and size) when there is one.
+    Fetch { basis: Option<(PathBuf, u64)> },
 }
 
 struct Unit {
@@ -145,6 +145,8 @@ struct Unit {
     mode: u32,
     how: How,
     limit: Option<Arc<RateLimit>>,
+    /// The basis's block hashes, read when the unit's turn comes.
+    index: Option<Arc<BlockIndex>>,
 }
 
 /// A connection to the far side's files.
@@ -390,13 +392,7 @@ fn plan(
                         if m.len() == e.size && same_time && e.mtime_ns < b.horizon_ns {
                             How::Reuse(old)
                         } else {
-                            let hashes = match &b.hashes {
-                                Some(idx) => idx.get(&name).map_err(write_err(&b.dir))?,
-                                None => None,
-                            };
-                            // Hashes of another size than the file's are stale: not used.
-                            let basis = hashes.filter(|(_, size)| *size == m.len()).map(|(h, size)| (old, h, size));
-                            How::Fetch { basis }
+                            How::Fetch { basis: Some((old, m.len())) }
                         }
                     }
                     _ => How::Fetch { basis: None },
@@ -412,6 +408,7 @@ fn plan(
             mode: e.mode,
             how,
             limit: root.limit.clone(),
+            index: basis.and_then(|b| b.hashes.clone()),
         });
     }
     Ok(dirs)
@@ -439,8 +436,8 @@ async fn work(
         match unit.how {
             How::Reuse(ref old) => {
                 let (old, dst, name, hashes) = (old.clone(), unit.dst.clone(), unit.name.clone(), hashes.clone());
-                let tally2 = tally.clone();
-                tokio::task::spawn_blocking(move || reuse(&old, &dst, &name, link, &hashes, &tally2))
+                let (tally2, index) = (tally.clone(), unit.index.clone());
+                tokio::task::spawn_blocking(move || reuse(&old, &dst, &name, link, index.as_deref(), &hashes, &tally2))
                     .await
                     .map_err(|e| PullError::Stopped(e.to_string()))??;
             }
@@ -463,10 +460,15 @@ fn reuse(
     dst: &Path,
     name: &str,
     link: bool,
+    index: Option<&BlockIndex>,
     hashes: &Mutex<BlockWriter>,
     tally: &Tally,
 ) -> Result<(), PullError> {
     let size = fs::metadata(old).map_err(write_err(old))?.len();
+    let known = match index {
+        Some(i) => i.get(name).map_err(write_err(old))?.filter(|(_, s)| *s == size),
+        None => None,
+    };
     if link {
         fs::hard_link(old, dst).map_err(write_err(dst))?;
         tally.linked.fetch_add(size, Ordering::Relaxed);
@@ -478,6 +480,9 @@ fn reuse(
         tally.copied.fetch_add(size, Ordering::Relaxed);
     }
     // The previous hashes describe this content too; when it had none, they are made here.
+    if let Some((list, _)) = known {
+        return lock(hashes).add(name, size, &list).map_err(write_err(dst));
+    }
     let mut f = File::open(dst).map_err(write_err(dst))?;
     let mut list = Vec::new();
     let mut buf = vec![0u8; BLOCK];
@@ -682,6 +687,18 @@ async fn fetch(
     opts: &PullOptions,
 ) -> Result<(), PullError> {
     let How::Fetch { basis } = unit.how else { return Ok(()) };
+    // The basis's hashes, unless missing or of another size than its file (stale).
+    let known = match (&basis, &unit.index) {
+        (Some(_), Some(i)) => {
+            let (i, name) = (i.clone(), unit.name.clone());
+            tokio::task::spawn_blocking(move || i.get(&name))
+                .await
+                .map_err(|e| PullError::Stopped(e.to_string()))?
+                .map_err(write_err(&unit.dst))?
+        }
+        _ => None,
+    };
+    let basis = basis.and_then(|(path, size)| known.filter(|(_, s)| *s == size).map(|(h, s)| (path, h, s)));
     let wanted: Vec<BlockHash> = basis.as_ref().map(|(_, h, _)| h.clone()).unwrap_or_default();
     let a = Assembler {
         dst: unit.dst.clone(),

@@ -142,7 +142,17 @@ impl Session {
         } else {
             std::borrow::Cow::Borrowed(&[russh::compression::NONE][..])
         };
-        let preferred = russh::Preferred { compression, ..Default::default() };
+        // AES-GCM first: with AES-NI several times faster than ChaCha20 (russh's first choice).
+        let cipher = std::borrow::Cow::Borrowed(
+            &[
+                russh::cipher::AES_256_GCM,
+                russh::cipher::AES_128_GCM,
+                russh::cipher::CHACHA20_POLY1305,
+                russh::cipher::AES_256_CTR,
+                russh::cipher::AES_128_CTR,
+            ][..],
+        );
+        let preferred = russh::Preferred { compression, cipher, ..Default::default() };
         let config = Arc::new(client::Config {
             preferred,
             nodelay: true,
