@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use cluster_tests::pg::{PgCluster, PgOptions, conf_quote};
+use cluster_tests::pg::{PgCluster, conf_quote};
 use cluster_tests::util::{self, as_pg_user, chown_to_pg_user, current_os_user, pg_bin, unique_subdir, wait_until};
 
 use crate::Ctx;
@@ -93,20 +93,8 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Table>> {
     let pgbackrest = util::run(Command::new("pgbackrest").arg("version"), "pgbackrest version")
         .context("pgBackRest is needed for the backup benchmark (Debian: apt-get install -y pgbackrest)")?;
     let base = unique_subdir(&ctx.scratch, "backup")?;
-    let mut pg = PgCluster::start(
-        &ctx.scratch,
-        PgOptions {
-            conf: vec![
-                ("archive_mode".into(), "on".into()),
-                // Until the data is loaded; then a copy into incoming/ (see `measure`).
-                ("archive_command".into(), conf_quote("/bin/true")),
-                // No checkpoint but the ones each run asks for.
-                ("max_wal_size".into(), "'8GB'".into()),
-                ("checkpoint_timeout".into(), "'1h'".into()),
-            ],
-            ..Default::default()
-        },
-    )?;
+    // Archiving into incoming/ once the data is loaded (see `measure`).
+    let mut pg = crate::fixture::backup_source(&ctx.scratch, &[])?;
     let result = measure(ctx, &pg, &base, pgbackrest.trim());
     if pg.stop().is_ok() {
         let _ = fs::remove_dir_all(pg.socket_dir());

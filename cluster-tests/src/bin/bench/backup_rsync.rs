@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use cluster_tests::pg::{PgCluster, PgOptions, conf_quote};
+use cluster_tests::pg::{PgCluster, conf_quote};
 use cluster_tests::ssh::Sshd;
 use cluster_tests::util::{self, chown_to_pg_user, current_os_user, is_root, pg_bin, pg_os_user, unique_subdir};
 
@@ -26,18 +26,7 @@ const ROWS: [&str; 4] = [
 
 pub fn run(ctx: &Ctx, bin: &Path) -> Result<Vec<Table>> {
     let base = unique_subdir(&ctx.scratch, "backup-rsync")?;
-    let mut pg = PgCluster::start(
-        &ctx.scratch,
-        PgOptions {
-            conf: vec![
-                ("archive_mode".into(), "on".into()),
-                ("archive_command".into(), conf_quote("/bin/true")),
-                ("max_wal_size".into(), "'8GB'".into()),
-                ("checkpoint_timeout".into(), "'1h'".into()),
-            ],
-            ..Default::default()
-        },
-    )?;
+    let mut pg = crate::fixture::backup_source(&ctx.scratch, &[])?;
     let sshd = Sshd::start_with(&base, &[bin.to_path_buf()], &[], is_root())?;
     let result = measure(ctx, &pg, &base, &sshd);
     drop(sshd);

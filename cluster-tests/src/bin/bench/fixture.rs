@@ -301,3 +301,17 @@ pub fn tree_bytes(dir: &Path) -> u64 {
         })
         .sum()
 }
+
+/// The PostgreSQL of the backup and recovery benchmarks: archiving on but to `/bin/true`
+/// until the data is loaded (the caller points it at an archive then), and no checkpoint
+/// but the ones a run asks for; `extra` settings added.
+pub fn backup_source(scratch: &Path, extra: &[(&str, &str)]) -> Result<PgCluster> {
+    let mut conf: Vec<(String, String)> = vec![
+        ("archive_mode".into(), "on".into()),
+        ("archive_command".into(), conf_quote("/bin/true")),
+        ("max_wal_size".into(), "'8GB'".into()),
+        ("checkpoint_timeout".into(), "'1h'".into()),
+    ];
+    conf.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    PgCluster::start(scratch, PgOptions { conf, ..Default::default() })
+}

@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use cluster_tests::pg::{PgCluster, PgOptions, conf_quote};
+use cluster_tests::pg::{PgCluster, conf_quote};
 use cluster_tests::util::{self, as_pg_user, chown_to_pg_user, is_root, pg_os_user, unique_subdir, wait_until};
 
 use crate::Ctx;
@@ -98,21 +98,8 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Table>> {
     let base = unique_subdir(&ctx.scratch, "recover")?;
     // Barman (ours and 3.17) runs as the PostgreSQL OS user here, which writes its log there.
     chown_to_pg_user(&base)?;
-    let mut pg = PgCluster::start(
-        &ctx.scratch,
-        PgOptions {
-            conf: vec![
-                ("archive_mode".into(), "on".into()),
-                // Until the data is loaded; then into both archives (see `measure`).
-                ("archive_command".into(), conf_quote("/bin/true")),
-                ("max_wal_size".into(), "'8GB'".into()),
-                ("checkpoint_timeout".into(), "'1h'".into()),
-                // The WAL of the point-in-time recovery is written sooner; its records are the same.
-                ("synchronous_commit".into(), "off".into()),
-            ],
-            ..Default::default()
-        },
-    )?;
+    // The WAL of the point-in-time recovery is written sooner; its records are the same.
+    let mut pg = crate::fixture::backup_source(&ctx.scratch, &[("synchronous_commit", "off")])?;
     let result = measure(ctx, &mut pg, &base, pgbackrest.trim());
     if pg.is_running() && pg.stop().is_ok() {
         let _ = fs::remove_dir_all(pg.socket_dir());
