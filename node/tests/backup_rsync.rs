@@ -174,7 +174,6 @@ fn without_the_agent_on_the_host_files_come_whole_over_sftp() {
     pg.psql("CHECKPOINT").unwrap();
     std::thread::sleep(std::time::Duration::from_millis(1100));
     env.barman(&["backup", "pg"]).ok();
-    let first = last_id(&env);
     assert!(env.log().contains("barman-agent is not installed"), "the fallback is logged");
     // Nothing changed: unchanged files (by size and mtime, to the second over SFTP) are linked.
     env.barman(&["backup", "pg"]).ok();
@@ -187,7 +186,6 @@ fn without_the_agent_on_the_host_files_come_whole_over_sftp() {
     let third = last_id(&env);
     let want = pg.psql(CHECKSUMS).unwrap();
     env.switch_and_archive(&pg);
-    assert_ne!(first, third);
     assert_eq!(recover_and_sum(&env, &third, "sftp", true), want);
 }
 
@@ -195,7 +193,6 @@ fn without_the_agent_on_the_host_files_come_whole_over_sftp() {
 fn a_standby_backed_up_by_local_rsync_while_its_primary_writes_recovers_exactly() {
     let env = Env::new();
     let pg = primary_with_pgbench(&env, "2", false);
-    let incoming = env.server_dir("pg").join("incoming");
     let standby = pg.make_standby(env.path(), "false", true).unwrap();
     env.write_config(&format!(
         "[pg]\nconninfo = {}\nprimary_conninfo = {}\nbackup_method = local-rsync\nreuse_backup = copy\n\
@@ -203,7 +200,6 @@ fn a_standby_backed_up_by_local_rsync_while_its_primary_writes_recovers_exactly(
         standby.conninfo(),
         pg.conninfo()
     ));
-    let _ = incoming;
     let mut bench = std::process::Command::new(cluster_tests::util::pg_bin("pgbench"))
         .args(["-n", "-T", "600", "-c", "2", "-h", "127.0.0.1", "-U", "postgres", "-p", &pg.port().to_string()])
         .stdout(std::process::Stdio::null())

@@ -187,6 +187,18 @@ pub fn link_new(src: &Path, dst: &Path, mtime: Option<std::time::SystemTime>) ->
     Ok(true)
 }
 
+/// syncfs(2) of the filesystem holding `dir`: everything written there, in one call (a
+/// backup of thousands of files, instead of an fsync each).
+pub fn sync_filesystem(dir: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let d = File::open(dir)?;
+    // SAFETY: syncfs only reads the descriptor, which `d` keeps open for the call.
+    if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Removes a file (gone already is fine) and fsyncs its directory.
 pub fn remove(path: &Path) -> io::Result<()> {
     match fs::remove_file(path) {

@@ -51,7 +51,6 @@ impl FileDigest {
 pub enum Kind {
     Dir,
     File,
-    Symlink,
 }
 
 /// One entry of a listing, relative to the listed root (links followed, except into the
@@ -231,6 +230,24 @@ impl Skip<'_> {
             || self.prefixes.iter().any(|p| name.starts_with(p.as_str()))
             || (self.temp_relations && is_temp_relation(name))
     }
+
+    /// A listed entry of `kind` (None: neither a directory nor a regular file, left out);
+    /// a directory is queued in `dirs` to be entered unless its contents are skipped.
+    pub fn entry(
+        &self,
+        path: String,
+        kind: Option<Kind>,
+        size: u64,
+        mtime_ns: i64,
+        mode: u32,
+        dirs: &mut Vec<String>,
+    ) -> Option<Entry> {
+        let kind = kind?;
+        if kind == Kind::Dir && !self.dirs.contains(&path) {
+            dirs.push(path.clone());
+        }
+        Some(Entry { path, kind, size: if kind == Kind::File { size } else { 0 }, mtime_ns, mode: mode & 0o7777 })
+    }
 }
 
 /// `t<digits>_<digits>` (with a fork or segment suffix): a temporary relation's file.
@@ -267,23 +284,9 @@ fn list(root: &Path, skip: &Skip) -> io::Result<Vec<Entry>> {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e),
             };
-            let kind = if meta.is_dir() {
-                if !skip.dirs.contains(&child) {
-                    dirs.push(child.clone());
-                }
-                Kind::Dir
-            } else if meta.is_file() {
-                Kind::File
-            } else {
-                continue;
-            };
-            out.push(Entry {
-                path: child,
-                kind,
-                size: if kind == Kind::File { meta.len() } else { 0 },
-                mtime_ns: mtime_ns(&meta),
-                mode: meta.permissions().mode() & 0o7777,
-            });
+            let kind = if meta.is_dir() { Some(Kind::Dir) } else { meta.is_file().then_some(Kind::File) };
+            let mode = meta.permissions().mode();
+            out.extend(skip.entry(child, kind, meta.len(), mtime_ns(&meta), mode, &mut dirs));
         }
     }
     out.sort_by(|a, b| a.path.cmp(&b.path));
@@ -368,6 +371,19 @@ fn send(out: &mut impl Write, path: &str, basis: &[BlockHash], compress: bool) -
     runs.flush_same()?;
     runs.flush_data()?;
     write_msg(runs.out, &Reply::End { size, digest: digest.finish(size) })
+}
+
+/// The block hashes of what `f` holds from where it stands.
+pub fn hash_blocks(f: &mut File) -> io::Result<Vec<BlockHash>> {
+    let mut list = Vec::new();
+    let mut buf = vec![0u8; 128 * BLOCK];
+    loop {
+        let n = read_full(f, &mut buf)?;
+        list.extend(buf[..n].chunks(BLOCK).map(block_hash));
+        if n < buf.len() {
+            return Ok(list);
+        }
+    }
 }
 
 /// Fills `buf` unless the file ends first; the bytes read.

@@ -124,7 +124,8 @@ impl Run<'_> {
         self.info.begin_wal = Some(start.begin_wal);
         self.info.begin_offset = Some(start.begin_offset);
         // Everything written is on disk before the backup can be called complete.
-        sync_filesystem(&self.backup_dir())?;
+        let dir = self.backup_dir();
+        durable::sync_filesystem(&dir).map_err(|e| Failure(format!("syncing {}: {e}", dir.display())))?;
         Ok(Ended { end: stop.lsn, timeline: stop.timeline, time: Some(stop.timestamp), in_recovery, copy_start })
     }
 
@@ -178,7 +179,7 @@ impl Run<'_> {
         if let Some(b) = &basis {
             tracing::info!(server = %self.s.name, "reusing {} ({})", b.dir.display(), if b.link { "link" } else { "copy" });
         }
-        let opts = PullOptions { jobs, compress: o.network_compression, progress: None };
+        let opts = PullOptions { jobs, compress: o.network_compression };
         let hashes = blocks_path(&self.layout.meta_dir(), &self.id);
         durable::create_dir_all(&self.layout.meta_dir()).map_err(|e| e.to_string())?;
         let far = match remote {
@@ -286,15 +287,4 @@ impl Run<'_> {
             link,
         })
     }
-}
-
-/// syncfs(2) of the filesystem holding `dir`: every file the copy wrote, in one call.
-fn sync_filesystem(dir: &Path) -> Result<(), Failure> {
-    use std::os::fd::AsRawFd;
-    let d = std::fs::File::open(dir).map_err(|e| Failure(format!("{}: {e}", dir.display())))?;
-    // SAFETY: syncfs only reads the descriptor, which `d` keeps open for the call.
-    if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
-        return Err(Failure(format!("syncing {}: {}", dir.display(), std::io::Error::last_os_error())));
-    }
-    Ok(())
 }

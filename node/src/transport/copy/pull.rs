@@ -96,15 +96,13 @@ pub struct Basis {
 #[derive(Clone, Default)]
 pub struct PullOptions {
     pub jobs: usize,
-    /// zstd on the agent's data (zlib on the SSH connection for SFTP).
+    /// zstd on the agent's data.
     pub compress: bool,
-    pub progress: Option<Arc<AtomicU64>>,
 }
 
 /// What a pull did.
 #[derive(Debug, Default, Clone)]
 pub struct PullReport {
-    pub files: u64,
     /// Bytes received over the wire (compressed, when compressed).
     pub transferred: u64,
     /// Bytes of files hard-linked from the previous backup.
@@ -113,15 +111,12 @@ pub struct PullReport {
     pub copied: u64,
     /// Files that were listed but gone when their turn came (PostgreSQL dropped them).
     pub vanished: Vec<String>,
-    /// Whether the agent served the files (else SFTP).
-    pub agent: bool,
     pub analysis_secs: f64,
 }
 
 /// Counters the streams share.
 #[derive(Default)]
 struct Tally {
-    files: AtomicU64,
     transferred: AtomicU64,
     linked: AtomicU64,
     copied: AtomicU64,
@@ -222,12 +217,10 @@ pub fn pull(
         writer.finish().map_err(write_err(hashes_out))?;
         let vanished = std::mem::take(&mut *lock(&tally.vanished));
         Ok(PullReport {
-            files: tally.files.load(Ordering::Relaxed),
             transferred: tally.transferred.load(Ordering::Relaxed),
             linked: tally.linked.load(Ordering::Relaxed),
             copied: tally.copied.load(Ordering::Relaxed),
             vanished,
-            agent,
             analysis_secs,
         })
     })
@@ -330,23 +323,10 @@ async fn list_sftp(sftp: &russh_sftp::client::SftpSession, root: &Root) -> Resul
                     Err(_) => continue,
                 }
             }
-            let kind = if meta.is_dir() {
-                if !root.skip.contains(&child) {
-                    dirs.push(child.clone());
-                }
-                Kind::Dir
-            } else if meta.is_regular() {
-                Kind::File
-            } else {
-                continue;
-            };
-            out.push(Entry {
-                path: child,
-                kind,
-                size: if kind == Kind::File { meta.size.unwrap_or(0) } else { 0 },
-                mtime_ns: i64::from(meta.mtime.unwrap_or(0)) * 1_000_000_000,
-                mode: meta.permissions.unwrap_or(0o600) & 0o7777,
-            });
+            let kind = if meta.is_dir() { Some(Kind::Dir) } else { meta.is_regular().then_some(Kind::File) };
+            let (size, mode) = (meta.size.unwrap_or(0), meta.permissions.unwrap_or(0o600));
+            let mtime_ns = i64::from(meta.mtime.unwrap_or(0)) * 1_000_000_000;
+            out.extend(rules.entry(child, kind, size, mtime_ns, mode, &mut dirs));
         }
     }
     out.sort_by(|a, b| a.path.cmp(&b.path));
@@ -373,7 +353,6 @@ fn plan(
                 dirs.push((dst, e.mode));
                 continue;
             }
-            Kind::Symlink => continue,
             Kind::File if root.exclude.contains(&e.path) => continue,
             Kind::File => {}
         }
@@ -432,7 +411,6 @@ async fn work(
     loop {
         let next = lock(&queue).pop_front();
         let Some(unit) = next else { break };
-        let size = unit.size;
         match unit.how {
             How::Reuse(ref old) => {
                 let (old, dst, name, hashes) = (old.clone(), unit.dst.clone(), unit.name.clone(), hashes.clone());
@@ -442,10 +420,6 @@ async fn work(
                     .map_err(|e| PullError::Stopped(e.to_string()))??;
             }
             How::Fetch { .. } => fetch(&mut conn, unit, &tally, &hashes, link, opts).await?,
-        }
-        tally.files.fetch_add(1, Ordering::Relaxed);
-        if let Some(p) = &opts.progress {
-            p.fetch_add(size, Ordering::Relaxed);
         }
     }
     if let Conn::Sftp(s) = conn {
@@ -464,7 +438,8 @@ fn reuse(
     hashes: &Mutex<BlockWriter>,
     tally: &Tally,
 ) -> Result<(), PullError> {
-    let size = fs::metadata(old).map_err(write_err(old))?.len();
+    let meta = fs::metadata(old).map_err(write_err(old))?;
+    let size = meta.len();
     let known = match index {
         Some(i) => i.get(name).map_err(write_err(old))?.filter(|(_, s)| *s == size),
         None => None,
@@ -475,7 +450,7 @@ fn reuse(
     } else {
         // fs::copy keeps the mode; copy_file_range underneath.
         fs::copy(old, dst).map_err(write_err(dst))?;
-        let t = fs::metadata(old).and_then(|m| m.modified()).map_err(write_err(old))?;
+        let t = meta.modified().map_err(write_err(old))?;
         File::options().write(true).open(dst).and_then(|f| f.set_modified(t)).map_err(write_err(dst))?;
         tally.copied.fetch_add(size, Ordering::Relaxed);
     }
@@ -483,31 +458,8 @@ fn reuse(
     if let Some((list, _)) = known {
         return lock(hashes).add(name, size, &list).map_err(write_err(dst));
     }
-    let mut f = File::open(dst).map_err(write_err(dst))?;
-    let mut list = Vec::new();
-    let mut buf = vec![0u8; BLOCK];
-    loop {
-        let n = read_block(&mut f, &mut buf).map_err(write_err(dst))?;
-        if n == 0 {
-            break;
-        }
-        list.push(agent::block_hash(&buf[..n]));
-        if n < BLOCK {
-            break;
-        }
-    }
+    let list = File::open(dst).and_then(|mut f| agent::hash_blocks(&mut f)).map_err(write_err(dst))?;
     lock(hashes).add(name, size, &list).map_err(write_err(dst))
-}
-
-fn read_block(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
 }
 
 /// What the assembler is told, in order.
