@@ -144,7 +144,7 @@ impl TestCluster {
         for n in &mut c.nodes {
             n.wait_log("node started", Duration::from_secs(30))?;
         }
-        // Before the first stream starts: a receiver decides at start whether it is synchronous.
+        // Before the first stream starts, so that it is synchronous from its first byte.
         if opts.synchronous {
             c.pg.set_conf("synchronous_standby_names", "'barman_pg'")?;
         }

@@ -245,6 +245,30 @@ impl PgCluster {
         run(&mut cmd, "pgbench")
     }
 
+    /// `pgbench -n -c clients -T secs` (the tables of [`PgCluster::pgbench_init`]): its
+    /// transactions per second.
+    pub fn pgbench_tps(&self, clients: u32, secs: u32) -> Result<f64> {
+        let out =
+            self.pgbench(&["-n", "-c", &clients.to_string(), "-j", &clients.to_string(), "-T", &secs.to_string()])?;
+        out.lines()
+            .find_map(|l| l.strip_prefix("tps = ")?.split_whitespace().next()?.parse().ok())
+            .with_context(|| format!("no tps line in pgbench's output:\n{out}"))
+    }
+
+    /// The best TPS of up to three [`PgCluster::pgbench_tps`] runs, stopping at the first that
+    /// reaches `floor`: a throughput comparison that a passing load on the machine does not
+    /// fail, while a mode ten times slower still does.
+    pub fn pgbench_tps_reaching(&self, floor: f64, clients: u32, secs: u32) -> Result<f64> {
+        let mut best = 0.0f64;
+        for _ in 0..3 {
+            best = best.max(self.pgbench_tps(clients, secs)?);
+            if best >= floor {
+                break;
+            }
+        }
+        Ok(best)
+    }
+
     /// The cluster's system identifier (pg_control_system()).
     pub fn system_identifier(&self) -> Result<u64> {
         let out = self.psql("SELECT system_identifier FROM pg_control_system()")?;

@@ -173,6 +173,63 @@ fn planned_transfer_under_pgbench_leaves_no_gap() {
     check_invariants(&mut c, &from, &[]);
 }
 
+/// The owner's reporting mode as `replication-status` shows it on its host ("" when none).
+fn receiver_mode(c: &TestCluster, owner: usize) -> String {
+    let out = c.barman(owner, &["replication-status", "--target", "wal-streamer", "pg"]).unwrap();
+    out.lines().find_map(|l| l.strip_prefix("     Receiver mode   : ")).unwrap_or_default().to_string()
+}
+
+#[test]
+fn a_streaming_node_made_synchronous_standby_does_not_hold_commits() {
+    let _g = serial();
+    let dir = TestDir::new().unwrap();
+    let mut c = TestCluster::start(dir.path(), opts(false)).unwrap();
+    c.pg.pgbench_init(1).unwrap();
+    let (owner, _) = c.wait_streaming(Duration::from_secs(30)).unwrap();
+    assert_eq!(receiver_mode(&c, owner), "asynchronous");
+
+    // The usual order: the node streams, then it is made PostgreSQL's synchronous standby.
+    c.pg.set_conf("synchronous_standby_names", "'barman_pg'").unwrap();
+    let t0 = Instant::now();
+    c.pg.psql("CREATE TABLE after_switch (i int)").unwrap();
+    let waited = t0.elapsed();
+    assert!(waited < Duration::from_secs(3), "the first commit after the reload waited {waited:?}");
+    let set_while_streaming = c.pg.pgbench_tps(2, 3).unwrap();
+
+    // The reference: the same setting read when the stream starts (its walsender ended,
+    // the node streams again).
+    let sql = "SELECT pg_terminate_backend(pid) FROM pg_stat_replication WHERE application_name = 'barman_pg'";
+    let old = c.pg.psql("SELECT pid FROM pg_stat_replication WHERE application_name = 'barman_pg'").unwrap();
+    c.pg.psql(sql).unwrap();
+    c.wait(Duration::from_secs(30), "the owner streaming again", |c| {
+        c.pg.psql("SELECT pid || ':' || sync_state FROM pg_stat_replication WHERE application_name = 'barman_pg'")
+            .is_ok_and(|v| v.ends_with(":sync") && !v.starts_with(&format!("{old}:")))
+    })
+    .unwrap();
+    let reference = c.pg.pgbench_tps(2, 3).unwrap();
+    let first = if set_while_streaming >= 0.8 * reference {
+        set_while_streaming
+    } else {
+        // Measured again before judging: the reference may have been measured luckier.
+        c.pg.set_conf("synchronous_standby_names", "''").unwrap();
+        c.pg.set_conf("synchronous_standby_names", "'barman_pg'").unwrap();
+        c.pg.pgbench_tps_reaching(0.8 * reference, 2, 3).unwrap()
+    };
+
+    // Cleared, then set again.
+    c.pg.set_conf("synchronous_standby_names", "''").unwrap();
+    c.wait(Duration::from_secs(2), "asynchronous reporting", |c| receiver_mode(c, owner) == "asynchronous").unwrap();
+    c.pg.set_conf("synchronous_standby_names", "'barman_pg'").unwrap();
+    let again = c.pg.pgbench_tps_reaching(0.8 * reference, 2, 3).unwrap();
+    println!("tps: {first:.0} set while streaming, {again:.0} set again, {reference:.0} set before the start");
+    assert!(first >= 0.8 * reference, "set while streaming: {first:.1} tps, under 80% of {reference:.1}");
+    assert!(again >= 0.8 * reference, "set again: {again:.1} tps, under 80% of {reference:.1}");
+    assert_eq!(receiver_mode(&c, owner), "synchronous");
+    assert_eq!(c.owner().map(|o| o.0), Some(owner), "the owner changed during the test");
+    let log = c.nodes[owner].log();
+    assert!(log.matches("reporting is now synchronous").count() >= 2, "{log}");
+}
+
 #[test]
 fn only_the_owner_may_stream_or_back_up() {
     let _g = serial();

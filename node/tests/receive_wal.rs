@@ -202,6 +202,58 @@ fn synchronous_commits_wait_for_the_receiver() {
     stop_receiver(&env, receiver);
 }
 
+/// The reporting mode `replication-status` shows for our receiver ("" when none).
+fn receiver_mode(env: &Env) -> String {
+    let out = env.barman(&["replication-status", "--target", "wal-streamer", "pg"]);
+    out.stdout.lines().find_map(|l| l.strip_prefix("     Receiver mode   : ")).unwrap_or_default().to_string()
+}
+
+#[test]
+fn synchronous_standby_names_set_while_streaming_takes_effect_within_a_second() {
+    let env = Env::new();
+    let pg = start_pg(&env, &[]);
+    env.write_config(&server_section(&pg.conninfo(), ""));
+    pg.pgbench_init(1).unwrap();
+
+    // The reference: the setting made before the receiver starts.
+    pg.set_conf("synchronous_standby_names", &conf_quote(APP)).unwrap();
+    let receiver = spawn_receiver(&env);
+    wait_streaming(&pg);
+    assert_eq!(replication_row(&pg, "sync_state").as_deref(), Some("sync"));
+    let reference = pg.pgbench_tps(2, 3).unwrap();
+    stop_receiver(&env, receiver);
+
+    // The usual order: streaming first, then the setting.
+    pg.set_conf("synchronous_standby_names", "''").unwrap();
+    let receiver = spawn_receiver(&env);
+    wait_streaming(&pg);
+    assert_eq!(receiver_mode(&env), "asynchronous");
+    for round in ["set after streaming started", "set again after being cleared"] {
+        pg.set_conf("synchronous_standby_names", &conf_quote(APP)).unwrap();
+        // A commit right after the reload is released by the switch, not by the 10 s status.
+        let t0 = Instant::now();
+        pg.psql("CREATE TABLE IF NOT EXISTS after_switch (i int)").unwrap();
+        let waited = t0.elapsed();
+        assert!(waited < Duration::from_secs(3), "{round}: the first commit waited {waited:?}");
+        let tps = pg.pgbench_tps_reaching(0.8 * reference, 2, 3).unwrap();
+        eprintln!("{round}: {tps:.0} tps against {reference:.0} with the setting made before the start");
+        assert!(tps >= 0.8 * reference, "{round}: {tps:.1} tps, under 80% of {reference:.1}");
+        assert_eq!(replication_row(&pg, "sync_state").as_deref(), Some("sync"));
+        assert_eq!(receiver_mode(&env), "synchronous");
+
+        pg.set_conf("synchronous_standby_names", "''").unwrap();
+        wait_until(Duration::from_secs(2), "the receiver back to asynchronous reporting", || {
+            receiver_mode(&env) == "asynchronous"
+        })
+        .unwrap();
+        pg.pgbench(&["-n", "-c", "2", "-t", "50"]).unwrap();
+    }
+    let log = std::fs::read_to_string(env.path().join("barman.log")).unwrap();
+    assert_eq!(log.matches("reporting is now synchronous").count(), 2, "{log}");
+    assert_eq!(log.matches("reporting is now asynchronous").count(), 2, "{log}");
+    stop_receiver(&env, receiver);
+}
+
 #[test]
 fn promotion_of_the_upstream_switches_timeline_without_a_gap() {
     let env = Env::new();
@@ -620,7 +672,12 @@ fn same_as_barman(env: &Env, args: &[&str]) -> String {
     };
     let mut last = None;
     for _ in 0..20 {
-        let (before, mine, after) = (theirs(), ours(), theirs());
+        let (before, mut mine, after) = (theirs(), ours(), theirs());
+        // The one thing ours adds: our own receiver's reporting mode (docs/receive-wal.md).
+        for mode in ["synchronous", "asynchronous"] {
+            mine.1 = mine.1.replace(&format!("     Receiver mode   : {mode}\n"), "");
+            mine.1 = mine.1.replace(&format!("\"receiver_mode\": \"{mode}\", "), "");
+        }
         if before == after {
             assert_eq!(mine, before, "barman {args:?} differs from Barman 3.17 (left: ours)");
             return mine.1;
@@ -691,6 +748,8 @@ fn replication_status_prints_what_barman_prints() {
     // What the cluster promises to show: our receiver as the synchronous WAL streamer.
     assert!(full.contains("  1. #1 Sync WAL streamer\n     Application name: barman_receive_wal\n"), "{full}");
     assert!(full.contains("     Current state   : streaming (sync)\n     Replication slot: barman\n"), "{full}");
+    // Set after streaming started, followed: ours says so under Barman's lines.
+    assert_eq!(receiver_mode(&env), "synchronous");
     assert!(full.contains("Async standby") && full.contains("Unix domain socket"), "{full}");
     assert!(full.contains("Standby's xmin  : "), "{full}");
     assert!(full.contains("Status of streaming clients for server 'stby':\n  Current LSN on master: "), "{full}");

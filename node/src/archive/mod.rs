@@ -5,6 +5,7 @@ pub mod archive_wal;
 pub mod client;
 pub mod get_wal;
 pub mod put_wal;
+pub mod receive_mode;
 pub mod receive_wal;
 pub mod rpc;
 pub mod server;

@@ -5,9 +5,11 @@
 //! The rule that makes the stream safe to acknowledge: a flush position is
 //! reported to PostgreSQL only once the bytes up to it are fsynced, and the file
 //! holding them (and its directory entry) is durable too. In synchronous mode
-//! the position is reported as soon as everything received so far is durable.
+//! the position is reported as soon as everything received so far is durable;
+//! the mode follows `synchronous_standby_names` while streaming (receive_mode).
 
 use super::archive_wal::listing;
+use super::receive_mode::{self, ModeState, ModeWatch, is_synchronous_standby, mode_name};
 use crate::archive::server::pin_identity;
 use crate::catalog::ServerLayout;
 use crate::catalog::durable::{self, fsync_dir};
@@ -59,6 +61,9 @@ pub trait Fence: Send + Sync {
 pub struct ReceiverConfig {
     pub layout: ServerLayout,
     pub params: ConnParams,
+    /// The SQL connection on which `synchronous_standby_names` is followed (none: the
+    /// mode read at start stays).
+    pub sql: Option<Conninfo>,
     /// `streaming_archiver_name`.
     pub application_name: String,
     pub slot: Option<String>,
@@ -136,11 +141,6 @@ pub fn streaming_params(raw: &str) -> Result<ConnParams, String> {
 /// `streaming_archiver_name`: the application name of WAL streaming.
 pub fn app_name(s: &ServerConfig) -> String {
     s.opts.streaming_archiver_name.clone().unwrap_or_else(|| "barman_receive_wal".into())
-}
-
-/// Whether `synchronous_standby_names` makes `app` a (candidate) synchronous standby.
-pub fn is_synchronous_standby(setting: &str, app: &str) -> bool {
-    crate::postgres::parse_synchronous_standby_names(setting).iter().any(|n| n == "*" || n.eq_ignore_ascii_case(app))
 }
 
 /// The newest WAL segment or `.partial` in the streaming directory.
@@ -368,8 +368,22 @@ pub async fn receive(cfg: &ReceiverConfig, stop: impl std::future::Future<Output
     let sys = conn.identify_system().await?;
     check_identity(&cfg.layout, &sys, conn.server_version())?;
     let size = conn.wal_segment_size().await?;
-    // Barman's rule for --synchronous, decided at start.
-    let synchronous = is_synchronous_standby(&conn.show("synchronous_standby_names").await?, &cfg.application_name);
+    // Barman's rule for --synchronous, then followed while streaming.
+    let initial = is_synchronous_standby(&conn.show("synchronous_standby_names").await?, &cfg.application_name);
+    let mut mode = ModeWatch::follow(cfg.sql.clone(), cfg.layout.server.clone(), cfg.application_name.clone(), initial);
+    let result = stream(cfg, conn, sys, size, &mut mode, stop).await;
+    receive_mode::remove_state(&cfg.layout);
+    result
+}
+
+async fn stream(
+    cfg: &ReceiverConfig,
+    mut conn: ReplicationConnection,
+    sys: SystemInfo,
+    size: SegmentSize,
+    mode: &mut ModeWatch,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<Lsn, ReceiveError> {
     let dir = &cfg.layout.streaming_dir;
     durable::create_dir_all(dir).map_err(io_err(dir))?;
     let (start, tli) = match cfg.start_at {
@@ -379,9 +393,13 @@ pub async fn receive(cfg: &ReceiverConfig, stop: impl std::future::Future<Output
     let mut r = Receiver { cfg, size, tli, write: start, flush: start, open: None };
     tokio::pin!(stop);
 
+    let mut synchronous = mode.synchronous();
+    let walsender_pid = conn.backend_pid();
+    let state = |synchronous| ModeState { pid: std::process::id(), walsender_pid, synchronous };
+    receive_mode::write_state(&cfg.layout, &state(synchronous));
     loop {
         r.fetch_history(&mut conn, r.tli).await?;
-        tracing::info!(server = %cfg.layout.server, "starting WAL streaming at {} on timeline {} (synchronous: {synchronous})", r.write, r.tli.0);
+        tracing::info!(server = %cfg.layout.server, "starting WAL streaming at {} on timeline {} ({} reporting)", r.write, r.tli.0, mode_name(synchronous));
         conn.start(cfg.slot.as_deref(), r.write, r.tli).await.map_err(|e| start_error(e, cfg, r.write, r.tli))?;
         let mut next_status = Instant::now() + cfg.status_interval;
         // Tell the server where we are at once, so the slot and
@@ -397,6 +415,23 @@ pub async fn receive(cfg: &ReceiverConfig, stop: impl std::future::Future<Output
         let ended = loop {
             let event = tokio::select! {
                 ev = conn.next_event() => ev.map_err(|e| start_error(e, cfg, r.write, r.tli))?,
+                now = mode.changed() => {
+                    if now == synchronous {
+                        continue;
+                    }
+                    synchronous = now;
+                    tracing::info!(server = %cfg.layout.server, "synchronous_standby_names {} us: reporting is now {} at {}", if now { "names" } else { "no longer names" }, mode_name(now), r.write);
+                    receive_mode::write_state(&cfg.layout, &state(now));
+                    // Commits may be waiting for what we already hold: release them now.
+                    if now {
+                        r.make_durable()?;
+                        fence_check(cfg, r.flush)?;
+                        conn.send_status(r.write, r.flush, false).await?;
+                        reported = r.flush;
+                        next_status = Instant::now() + cfg.status_interval;
+                    }
+                    continue;
+                }
                 () = &mut status_timer => {
                     // A status went out since it was armed: wait for the interval from then.
                     if Instant::now() < next_status {
@@ -486,15 +521,6 @@ pub async fn receive(cfg: &ReceiverConfig, stop: impl std::future::Future<Output
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn synchronous_names() {
-        assert!(is_synchronous_standby("barman_receive_wal", "barman_receive_wal"));
-        assert!(is_synchronous_standby("FIRST 1 (s1, barman_receive_wal)", "barman_receive_wal"));
-        assert!(is_synchronous_standby("*", "barman_receive_wal"));
-        assert!(!is_synchronous_standby("", "barman_receive_wal"));
-        assert!(!is_synchronous_standby("barman_receive_wal2", "barman_receive_wal"));
-    }
 
     #[test]
     fn newest_file_decides() {

@@ -279,6 +279,7 @@ fn start(ctx: &mut Ctx, s: &ServerConfig, reset: bool) {
     let cfg = ReceiverConfig {
         layout: l,
         params,
+        sql: Conninfo::parse(&sql).ok(),
         application_name: app_name(s),
         slot,
         status_interval: Duration::from_secs(10),

@@ -7,6 +7,8 @@ use super::check::pretty_size;
 use super::context::{Ctx, Pick};
 use super::output::Writer;
 use super::remote;
+use crate::archive::receive_mode::{self, ModeState, mode_name};
+use crate::catalog::ServerLayout;
 use crate::catalog::backups::format_time;
 use crate::postgres::{ClientKind, PgError, StatReplication};
 use crate::wal::Lsn;
@@ -38,7 +40,8 @@ pub fn replication_status(
         }
         match fetch(raw, target) {
             Ok((server_lsn, clients)) => {
-                let report = Report { server: &s.name, title: title(target), server_lsn, clients: &clients };
+                let receiver = receive_mode::read_state(&ServerLayout::new(&ctx.cfg.global, &s));
+                let report = Report { server: &s.name, title: title(target), server_lsn, clients: &clients, receiver };
                 if ctx.out.writer == Writer::Json {
                     report.json(ctx, minimal);
                 } else {
@@ -112,6 +115,8 @@ struct Report<'a> {
     title: &'static str,
     server_lsn: Option<Lsn>,
     clients: &'a [StatReplication],
+    /// Our own receiver's reporting mode (receive-wal, or this host's node), if it streams.
+    receiver: Option<ModeState>,
 }
 
 /// Bytes between a client's position and the server's (Barman's `diff_lsn`).
@@ -179,6 +184,11 @@ fn sync_letter(c: &StatReplication) -> String {
     c.sync_state.as_deref().and_then(|s| s.chars().next()).map_or_else(String::new, |ch| ch.to_uppercase().collect())
 }
 
+/// What the full report adds to Barman's for our own receiver's walsender.
+fn receiver_mode(report: &Report, c: &StatReplication) -> Option<&'static str> {
+    report.receiver.as_ref().filter(|m| m.walsender_pid == Some(c.pid)).map(|m| mode_name(m.synchronous))
+}
+
 impl Report<'_> {
     fn lines(&self, minimal: bool) -> Vec<String> {
         let mut out = Vec::new();
@@ -237,6 +247,9 @@ impl Report<'_> {
             }
             out.push(format!("     User name       : {}", py(&c.usename)));
             out.push(format!("     Current state   : {} ({})", py(&c.state), py(&c.sync_state)));
+            if let Some(mode) = receiver_mode(self, c) {
+                out.push(format!("     Receiver mode   : {mode}"));
+            }
             if let Some(slot) = truthy(&c.slot_name) {
                 out.push(format!("     Replication slot: {slot}"));
             }
@@ -310,6 +323,9 @@ impl Report<'_> {
                 m.insert("user_name".into(), json!(c.usename));
                 m.insert("current_state".into(), json!(c.state));
                 m.insert("current_sync_state".into(), json!(c.sync_state));
+                if let Some(mode) = receiver_mode(self, c) {
+                    m.insert("receiver_mode".into(), json!(mode));
+                }
                 if let Some(slot) = truthy(&c.slot_name) {
                     m.insert("replication_slot".into(), json!(slot));
                 }

@@ -301,6 +301,7 @@ impl Job {
         let cfg = ReceiverConfig {
             layout: self.layout.clone(),
             params,
+            sql: Some(ci.clone()),
             application_name: app,
             slot: slot.clone(),
             status_interval: Duration::from_secs(10),

@@ -67,6 +67,8 @@ pub struct ReplicationConnection {
     rbuf: BytesMut,
     target: String,
     server_version: u32,
+    /// The walsender's process id (BackendKeyData), to find it in `pg_stat_replication`.
+    backend_pid: Option<i32>,
     streaming: bool,
 }
 
@@ -192,6 +194,7 @@ impl ReplicationConnection {
             rbuf: BytesMut::with_capacity(READ_CHUNK),
             target: target.clone(),
             server_version: 0,
+            backend_pid: None,
             streaming: false,
         };
         conn.startup(params, application_name, tls_cert).await.map_err(|e| match e {
@@ -294,11 +297,17 @@ impl ReplicationConnection {
                 Frame::Other(backend::Message::ParameterStatus(ps)) if ps.name().ok() == Some("server_version") => {
                     self.server_version = ps.value().ok().map_or(0, version_num);
                 }
+                Frame::Other(backend::Message::BackendKeyData(k)) => self.backend_pid = Some(k.process_id()),
                 Frame::Other(backend::Message::ReadyForQuery(_)) => return Ok(()),
                 Frame::Other(backend::Message::ErrorResponse(body)) => return Err(fail(server_error(&body).0)),
                 _ => {}
             }
         }
+    }
+
+    /// The walsender serving this connection, as `pg_stat_replication.pid` shows it.
+    pub fn backend_pid(&self) -> Option<i32> {
+        self.backend_pid
     }
 
     /// `server_version_num` computed from the `server_version` parameter.

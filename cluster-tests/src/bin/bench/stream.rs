@@ -174,6 +174,40 @@ struct CatchUp {
     rss: Vec<f64>,
 }
 
+/// Who is the synchronous standby in one run of the synchronous part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SyncCase {
+    /// Nobody: local commits only, the ceiling.
+    None,
+    /// Ours, started with `synchronous_standby_names` already naming it.
+    Ours,
+    /// pg_receivewal --synchronous.
+    Reference,
+    /// Ours, started before the setting was made (it follows the setting while streaming).
+    OursSetAfterStart,
+}
+
+impl SyncCase {
+    const ALL: [SyncCase; 4] = [SyncCase::None, SyncCase::Ours, SyncCase::Reference, SyncCase::OursSetAfterStart];
+
+    fn receiver(self) -> Option<Receiver> {
+        match self {
+            SyncCase::None => None,
+            SyncCase::Ours | SyncCase::OursSetAfterStart => Some(Receiver::Ours),
+            SyncCase::Reference => Some(Receiver::PgReceivewal),
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            SyncCase::None => "none (local commit only: the ceiling)",
+            SyncCase::Ours => Receiver::Ours.label(),
+            SyncCase::Reference => "reference: `pg_receivewal --synchronous`",
+            SyncCase::OursSetAfterStart => "ours, the name set after it started streaming",
+        }
+    }
+}
+
 #[derive(Default)]
 struct SyncRun {
     tps: Vec<f64>,
@@ -276,19 +310,29 @@ fn measure(
 
     // Synchronous standby: commits wait for the receiver's flush.
     pg.set_conf("synchronous_commit", "on")?;
-    let mut sync: [SyncRun; 3] = Default::default();
+    let mut sync: [SyncRun; 4] = Default::default();
     for rep in 0..sync_reps {
-        let order: [Option<Receiver>; 3] = if rep % 2 == 0 {
-            [None, Some(Receiver::Ours), Some(Receiver::PgReceivewal)]
-        } else {
-            [None, Some(Receiver::PgReceivewal), Some(Receiver::Ours)]
-        };
-        for r in order {
-            let names = if r.is_some() { conf_quote(SYNC_NAME) } else { "''".into() };
-            pg.set_conf("synchronous_standby_names", &names)?;
-            let rx = match r {
+        let mut order = SyncCase::ALL;
+        if rep % 2 == 1 {
+            order.reverse();
+        }
+        for case in order {
+            let before_start = matches!(case, SyncCase::Ours | SyncCase::Reference);
+            pg.set_conf("synchronous_standby_names", &if before_start { conf_quote(SYNC_NAME) } else { "''".into() })?;
+            let rx = match case.receiver() {
                 Some(r) => {
                     let mut rx = Running::start(ctx, pg, r, None, true)?;
+                    if case == SyncCase::OursSetAfterStart {
+                        wait_until(Duration::from_secs(30), "the receiver to stream", || {
+                            rx.alive().is_err()
+                                || pg
+                                    .psql(&format!(
+                                        "SELECT state FROM pg_stat_replication WHERE application_name = '{SYNC_NAME}'"
+                                    ))
+                                    .is_ok_and(|v| v == "streaming")
+                        })?;
+                        pg.set_conf("synchronous_standby_names", &conf_quote(SYNC_NAME))?;
+                    }
                     let mut exited = None;
                     let waited =
                         wait_until(Duration::from_secs(30), "the receiver to be the synchronous standby", || {
@@ -312,7 +356,7 @@ fn measure(
             };
             progress!(
                 "stream: pgbench -c 4 -T {sync_seconds}, synchronous standby {} (run {}) ...",
-                r.map_or("none", |r| r.label()),
+                case.label(),
                 rep + 1
             );
             sync_all();
@@ -332,11 +376,11 @@ fn measure(
                     .and_then(|l| l.split('=').nth(1)?.split_whitespace().next()?.parse().ok())
                     .with_context(|| format!("no {prefix:?} in pgbench output:\n{out}"))
             };
-            let i = r.map_or(0, |r| 1 + r as usize);
+            let i = case as usize;
             sync[i].tps.push(field("tps")?);
             sync[i].latency_ms.push(field("latency average")?);
             sync[i].wal_mib_s.push(wal as f64 / (1 << 20) as f64 / secs);
-            if r.is_some() {
+            if case != SyncCase::None {
                 sync[i].cpu_per_gib.push((cpu1 - cpu0) / (wal as f64 / (1u64 << 30) as f64));
             }
         }
@@ -402,7 +446,7 @@ fn catch_up_table(catch: &[CatchUp; 2], bytes: u64, reps: usize) -> Table {
     t
 }
 
-fn sync_table(sync: &[SyncRun; 3], seconds: u64, reps: usize) -> Table {
+fn sync_table(sync: &[SyncRun; 4], seconds: u64, reps: usize) -> Table {
     let mut t = Table::new(
         &format!(
             "Synchronous standby: pgbench -c 4 -j 2 -T {seconds} (TPC-B-like), synchronous_commit = on \
@@ -417,13 +461,11 @@ fn sync_table(sync: &[SyncRun; 3], seconds: u64, reps: usize) -> Table {
             "receiver CPU s per GiB of WAL",
         ],
     );
-    let reference = median(sync[2].tps.clone());
-    let labels =
-        ["none (local commit only: the ceiling)", Receiver::Ours.label(), "reference: `pg_receivewal --synchronous`"];
-    for i in [0, 2, 1] {
-        let s = &sync[i];
+    let reference = median(sync[SyncCase::Reference as usize].tps.clone());
+    for case in [SyncCase::None, SyncCase::Reference, SyncCase::Ours, SyncCase::OursSetAfterStart] {
+        let (i, s) = (case as usize, &sync[case as usize]);
         t.row(vec![
-            labels[i].into(),
+            case.label().into(),
             format!("{:.0}", median(s.tps.clone())),
             fmt_ratio(median(s.tps.clone()) / reference),
             format!("{:.3}", median(s.latency_ms.clone())),
@@ -435,9 +477,19 @@ fn sync_table(sync: &[SyncRun; 3], seconds: u64, reps: usize) -> Table {
         "`synchronous_standby_names` names the receiver's application name; a commit returns once the receiver \
          has reported the commit record flushed (fsynced on its side). Ours is started with the name already \
          in place, so it runs in synchronous mode (every received burst written, fsynced once and reported at \
-         once); pg_receivewal runs with --synchronous. No slot: both start at the server's current position.",
+         once); pg_receivewal runs with --synchronous. No slot: both start at the server's current position. \
+         The last row starts ours with no name set, then sets it once it streams: ours follows the setting \
+         (re-read every 0.5 s) and switches to synchronous reporting. The four cases run in turn, the order \
+         reversed every other run.",
     );
-    let ours = median(sync[1].tps.clone());
-    t.note(format!("Goal: TPS ≥ pg_receivewal's — {} → {}.", fmt_ratio(ours / reference), verdict(ours >= reference)));
+    let ours = median(sync[SyncCase::Ours as usize].tps.clone());
+    let after = median(sync[SyncCase::OursSetAfterStart as usize].tps.clone());
+    t.note(format!(
+        "Goal: TPS ≥ pg_receivewal's — {} → {}; set after the start ≥ 80% of set before — {} → {}.",
+        fmt_ratio(ours / reference),
+        verdict(ours >= reference),
+        fmt_ratio(after / ours),
+        verdict(after >= 0.8 * ours)
+    ));
     t
 }
