@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use barman::cluster::network::{Acks, Network, Peers};
-use barman::cluster::rpc::{ForwardRequest, ForwardResponse, RaftService, propose, propose_via};
+use barman::cluster::rpc::{ForwardRequest, ForwardResponse, ProposeError, RaftService, propose, propose_via};
 use barman::cluster::types::{Member, Request, Response, TypeConfig, node_id};
 use barman::transport::grpc;
 use barman::transport::tls::{self, ClientTls, Pem, TlsFiles};
@@ -137,7 +137,8 @@ async fn start(name: &str, files: &TlsFiles, init: bool) -> Node {
     let raft = Raft::new(id, config, network, mem::LogStore::default(), mem::StateMachine::default()).await.unwrap();
     let server_tls = tls::server_config(files).unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
-    let routes = RaftService::new(raft.clone()).routes();
+    // Every node of these tests lists the other in its cluster_peers.
+    let routes = RaftService::new(raft.clone(), ["alpha", "beta"].map(String::from).into()).routes();
     let shutdown = async move {
         let _ = stopped.await;
     };
@@ -177,16 +178,22 @@ async fn a_node_of_our_ca_gets_answers() {
         grpc::decode(&reply.data).unwrap();
     assert!(answer.is_ok(), "{answer:?}");
 
-    // Any node of our CA may forward a change; the leader applies it.
+    // A node of our CA that is not a member may not forward a change: refused at once
+    // (not retried until the deadline), and logged once.
     let beta = Peers::new(pki.client("beta"));
-    let done = propose_via(&beta, std::slice::from_ref(&alpha.member), server_decl("pg1"), Duration::from_secs(5))
+    let t0 = Instant::now();
+    let e = propose_via(&beta, std::slice::from_ref(&alpha.member), server_decl("pg1"), Duration::from_secs(5))
         .await
-        .unwrap();
-    assert_eq!(done, ForwardResponse::Written(Response::Applied));
+        .unwrap_err();
+    assert!(matches!(e, ProposeError::Refused(_)), "{e}");
+    assert!(e.to_string().contains("'beta' is not a member of this cluster"), "{e}");
+    assert!(t0.elapsed() < Duration::from_secs(4), "the refusal was retried");
     // On the leader itself, propose applies locally.
     let done = propose(&alpha.raft, &alpha.peers, server_decl("pg2"), Duration::from_secs(5)).await.unwrap();
     assert_eq!(done, ForwardResponse::Written(Response::Applied));
-    assert!(log_lines(alpha.addr, "refused", 0).await.is_empty(), "nothing refused");
+    let refused = log_lines(alpha.addr, "refused", 1).await;
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(refused[0].contains("refused Forward from 'beta'"), "{}", refused[0]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -283,13 +290,18 @@ async fn a_node_joins_through_the_leader_and_proposes_through_it() {
 
     let join = ForwardRequest::AddNode { id: beta.id, member: beta.member.clone() };
     let seeds = std::slice::from_ref(&alpha.member);
+    // A node outside the cluster cannot add itself: membership changes through a member
+    // (the operator's `cluster add-node` on it).
+    let e = propose_via(&beta.peers, seeds, join.clone(), Duration::from_secs(2)).await.unwrap_err();
+    assert!(matches!(e, ProposeError::Refused(_)), "{e}");
     assert_eq!(
-        propose_via(&beta.peers, seeds, join.clone(), Duration::from_secs(20)).await.unwrap(),
+        propose(&alpha.raft, &alpha.peers, join.clone(), Duration::from_secs(20)).await.unwrap(),
         ForwardResponse::Done
     );
     let voters: Vec<u64> = alpha.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
     assert_eq!(voters.len(), 2);
     assert!(voters.contains(&beta.id));
+    // Once a member, beta may ask (the same change again: nothing to do).
     assert_eq!(propose_via(&beta.peers, seeds, join, Duration::from_secs(5)).await.unwrap(), ForwardResponse::Done);
 
     // beta now knows its leader and forwards to it.
@@ -309,7 +321,9 @@ async fn a_node_joins_through_the_leader_and_proposes_through_it() {
     let nodes: Vec<u64> =
         alpha.raft.metrics().borrow().membership_config.membership().nodes().map(|(id, _)| *id).collect();
     assert_eq!(nodes, [alpha.id]);
-    assert!(log_lines(alpha.addr, "refused", 0).await.is_empty(), "nothing refused");
+    let refused = log_lines(alpha.addr, "refused", 1).await;
+    assert_eq!(refused.len(), 1, "only beta's own join was refused: {refused:?}");
+    assert!(refused[0].contains("refused Forward from 'beta'"), "{}", refused[0]);
 }
 
 #[test]

@@ -1,10 +1,12 @@
 //! The Raft service other nodes call, and the proposing side.
 //!
-//! Served: openraft's three RPCs, taken only from members of the cluster (a certificate of
-//! our CA for a name outside it must not vote), and `Forward`: a change asked of the leader
-//! by another node, taken from any node of our CA (a node asking to join is not a member
-//! yet). Proposing: carry the change out here when this node leads, else forward it to the
-//! leader, following its hints through elections until a deadline.
+//! Served: openraft's three RPCs and `Forward` (a change asked of the leader by another
+//! node), taken only from members of the cluster: a certificate of our CA for a name outside
+//! it (a WAL client's, a removed node's) must neither vote nor change anything. A node not in
+//! a cluster yet takes the Raft RPCs only from the nodes of its `cluster_peers`. Inside
+//! `Forward`, each request is checked against its sender ([`authorize`]): a node speaks only
+//! for itself. Proposing: carry the change out here when this node leads, else forward it to
+//! the leader, following its hints through elections until a deadline.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -20,7 +22,7 @@ use tonic::Status;
 use tonic::service::Routes;
 
 use super::network::Peers;
-use super::ownership::NodeId;
+use super::ownership::{Command, NodeId};
 use super::types::{Member, Request, Response, TypeConfig, node_id};
 use crate::transport::grpc;
 
@@ -56,6 +58,17 @@ pub enum ProposeError {
     NoLeader { waited: Duration, last: String },
     #[error("this node's Raft has stopped: {0}")]
     Stopped(String),
+    /// A node refused this node the change (not a member, or not its to ask): final.
+    #[error("refused by {0}")]
+    Refused(String),
+}
+
+/// Why a forwarded attempt got no answer, or a final one.
+enum Unanswered {
+    /// Down, unreachable, not answering in time: try again or elsewhere.
+    Transient(String),
+    /// Refused for who we are or what we asked: asking again changes nothing.
+    Refused(String),
 }
 
 /// Carries out `req` on this node, which must be the leader (else `NotLeader`).
@@ -79,7 +92,18 @@ fn refusal(e: RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> ForwardRes
     }
 }
 
+/// `Some(NotLeader)` unless this node leads: a membership change judged on a follower's
+/// (possibly stale) view could answer `Done` for a change never made.
+fn unless_leader(raft: &Raft) -> Option<ForwardResponse> {
+    let metrics = raft.metrics();
+    let m = metrics.borrow();
+    (m.current_leader != Some(m.id)).then(|| ForwardResponse::NotLeader { leader: leader_of(&m) })
+}
+
 async fn add_node(raft: &Raft, id: NodeId, member: Member) -> ForwardResponse {
+    if let Some(not) = unless_leader(raft) {
+        return not;
+    }
     let stored = raft.metrics().borrow().membership_config.clone();
     let membership = stored.membership();
     if let Some(known) = membership.get_node(&id) {
@@ -104,6 +128,9 @@ async fn add_node(raft: &Raft, id: NodeId, member: Member) -> ForwardResponse {
 }
 
 async fn remove_node(raft: &Raft, id: NodeId) -> ForwardResponse {
+    if let Some(not) = unless_leader(raft) {
+        return not;
+    }
     let stored = raft.metrics().borrow().membership_config.clone();
     let membership = stored.membership();
     let change = if membership.voter_ids().any(|v| v == id) {
@@ -120,14 +147,44 @@ async fn remove_node(raft: &Raft, id: NodeId) -> ForwardResponse {
     }
 }
 
+/// Whether `sender` may ask for `req` through `Forward`; why not otherwise. A member speaks
+/// for itself only: its own renewals, releases and site. Only the leader's own decisions
+/// (made on the leader, never forwarded) assign ownership. Server declarations, transfers
+/// and membership changes come from the operator through some member's control socket;
+/// which member cannot be proven here, so any member may forward them.
+pub fn authorize(sender: NodeId, req: &ForwardRequest) -> Result<(), String> {
+    fn write(sender: NodeId, req: &Request, nested: bool) -> Result<(), String> {
+        let itself = |node: NodeId, what: &str| {
+            if node == sender { Ok(()) } else { Err(format!("{what} for node {node}, not for itself")) }
+        };
+        match req {
+            Request::Ownership { cmd: Command::Renew { node, .. }, .. } => itself(*node, "a lease renewal"),
+            Request::Ownership { cmd: Command::Release { node, .. }, .. } => itself(*node, "a release"),
+            Request::Ownership { cmd: Command::Assign { .. }, server, .. } => {
+                Err(format!("an assignment of '{server}': only the leader assigns ownership"))
+            }
+            Request::Site { node, .. } => itself(*node, "a site"),
+            Request::Server { .. } | Request::ForgetServer { .. } | Request::Transfer { .. } => Ok(()),
+            Request::Batch(_) if nested => Err("a batch inside a batch".into()),
+            Request::Batch(reqs) => reqs.iter().try_for_each(|r| write(sender, r, true)),
+        }
+    }
+    match req {
+        ForwardRequest::Write(r) => write(sender, r, false),
+        ForwardRequest::AddNode { .. } | ForwardRequest::RemoveNode { .. } => Ok(()),
+    }
+}
+
 /// The Raft service of this node.
 pub struct RaftService {
     raft: Raft,
+    /// `cluster_peers`: whom a node not in a cluster yet takes Raft RPCs from.
+    bootstrap: BTreeSet<String>,
 }
 
 impl RaftService {
-    pub fn new(raft: Raft) -> RaftService {
-        RaftService { raft }
+    pub fn new(raft: Raft, bootstrap: BTreeSet<String>) -> RaftService {
+        RaftService { raft, bootstrap }
     }
 
     /// The service as routes for [`grpc::serve`].
@@ -139,21 +196,23 @@ impl RaftService {
         )
     }
 
-    /// Lets a Raft RPC through only from a member of the cluster. A node not in any cluster
-    /// yet (no members) takes them from any node of our CA: that is how it is sent the log
-    /// when added.
-    fn admit<T>(&self, request: &tonic::Request<T>, rpc: &str) -> Result<(), Status> {
+    /// Lets an RPC through only from a member of the cluster; the sender's name. A node not
+    /// in any cluster yet (no members) takes them from the nodes of its `cluster_peers`: that
+    /// is how it is sent the log when initialised or added.
+    fn admit<T>(&self, request: &tonic::Request<T>, rpc: &str) -> Result<String, Status> {
         let Some(peer) = grpc::peer(request) else {
             return Err(Status::unauthenticated("no verified peer certificate"));
         };
         let name = peer.name.as_deref().unwrap_or_default();
         let stored = self.raft.metrics().borrow().membership_config.clone();
         let mut members = stored.membership().nodes().map(|(_, m)| m).peekable();
-        if members.peek().is_none() || members.any(|m| m.name == name) {
-            return Ok(());
+        let admitted =
+            if members.peek().is_none() { self.bootstrap.contains(name) } else { members.any(|m| m.name == name) };
+        if admitted {
+            return Ok(name.to_string());
         }
-        tracing::warn!(peer = %peer.addr, "refused {rpc} from '{name}' at {}: not a member of the cluster", peer.addr);
-        Err(Status::permission_denied(format!("'{name}' is not a member of this cluster")))
+        tracing::warn!(peer = %peer.addr, "refused {rpc} from '{}' at {}: not a member of the cluster", grpc::shown(name), peer.addr);
+        Err(Status::permission_denied(format!("'{}' is not a member of this cluster", grpc::shown(name))))
     }
 }
 
@@ -197,7 +256,15 @@ impl RaftRpc for RaftService {
     }
 
     async fn forward(&self, request: tonic::Request<RaftRequest>) -> Result<tonic::Response<RaftReply>, Status> {
-        let req: ForwardRequest = decode(request)?;
+        let name = self.admit(&request, "Forward")?;
+        let addr = grpc::peer(&request).map(|p| p.addr.to_string()).unwrap_or_default();
+        let req: ForwardRequest = decode(request).inspect_err(|s| {
+            tracing::warn!(peer = %addr, "refused Forward from node '{name}' at {addr}: {}", s.message());
+        })?;
+        if let Err(why) = authorize(node_id(&name), &req) {
+            tracing::warn!(peer = %addr, "refused Forward from node '{name}' at {addr}: {why}");
+            return Err(Status::permission_denied(why));
+        }
         reply(&apply(&self.raft, req).await)
     }
 }
@@ -268,12 +335,12 @@ async fn drive(
         let outcome = match (target, raft) {
             (Some((id, _)), Some(raft)) if Some(id) == me => {
                 let left = until.saturating_duration_since(Instant::now());
-                tokio::time::timeout(left, apply(raft, req.clone()))
-                    .await
-                    .map_err(|_| "this node leads but did not commit the change in time".to_string())
+                tokio::time::timeout(left, apply(raft, req.clone())).await.map_err(|_| {
+                    Unanswered::Transient("this node leads but did not commit the change in time".to_string())
+                })
             }
             (Some((id, member)), _) => forward(peers, id, &member, &req, until).await,
-            (None, _) => Err(last.clone()),
+            (None, _) => Err(Unanswered::Transient(last.clone())),
         };
         match outcome {
             Ok(ForwardResponse::NotLeader { leader }) => {
@@ -284,7 +351,8 @@ async fn drive(
                 hint = leader;
             }
             Ok(done) => return Ok(done),
-            Err(why) => last = why,
+            Err(Unanswered::Refused(why)) => return Err(ProposeError::Refused(why)),
+            Err(Unanswered::Transient(why)) => last = why,
         }
         let now = Instant::now();
         if now + pause >= until {
@@ -295,24 +363,60 @@ async fn drive(
     }
 }
 
-/// One forwarded attempt; Err is why the node did not answer.
+/// One forwarded attempt.
 async fn forward(
     peers: &Peers,
     id: NodeId,
     member: &Member,
     req: &ForwardRequest,
     until: Instant,
-) -> Result<ForwardResponse, String> {
-    let who = |why: String| format!("'{}' at {}: {why}", member.name, member.addr);
-    let mut client = peers.client(id, member).map_err(|e| e.to_string())?;
-    let data = grpc::encode(req).map_err(|e| e.to_string())?;
+) -> Result<ForwardResponse, Unanswered> {
+    let who = |why: String| Unanswered::Transient(format!("'{}' at {}: {why}", member.name, member.addr));
+    let mut client = peers.client(id, member).map_err(|e| who(e.to_string()))?;
+    let data = grpc::encode(req).map_err(|e| who(e.to_string()))?;
     let ttl = until.saturating_duration_since(Instant::now());
     let mut request = tonic::Request::new(RaftRequest { data });
     request.set_timeout(ttl);
     let answer = match tokio::time::timeout(ttl, client.forward(request)).await {
         Err(_) => return Err(who("no answer in time".into())),
+        Ok(Err(s)) if s.code() == tonic::Code::PermissionDenied => {
+            return Err(Unanswered::Refused(format!("'{}' at {}: {}", member.name, member.addr, s.message())));
+        }
         Ok(Err(s)) => return Err(who(grpc::status_text(&s))),
         Ok(Ok(r)) => r.into_inner(),
     };
     grpc::decode(&answer.data).map_err(|e| who(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::types::node_id;
+
+    #[test]
+    fn a_node_speaks_only_for_itself_and_never_assigns() {
+        let (me, other) = (node_id("n1"), node_id("n2"));
+        let own = |cmd| Request::Ownership { server: "pg".into(), cmd, report: None };
+        let ok = |r: Request| authorize(me, &ForwardRequest::Write(r));
+        assert!(ok(own(Command::Renew { node: me, epoch: 3 })).is_ok());
+        assert!(ok(own(Command::Release { node: me, epoch: 3, to: Some(other) })).is_ok());
+        assert!(ok(Request::Site { node: me, site: "a".into() }).is_ok());
+        assert!(ok(Request::Server { name: "pg".into(), candidates: vec![other] }).is_ok());
+        assert!(ok(Request::Transfer { server: "pg".into(), to: other }).is_ok());
+        assert!(authorize(me, &ForwardRequest::RemoveNode { id: other }).is_ok());
+
+        let refused = |r: Request| ok(r).unwrap_err();
+        assert!(refused(own(Command::Renew { node: other, epoch: 3 })).contains("not for itself"));
+        assert!(refused(own(Command::Release { node: other, epoch: 3, to: Some(me) })).contains("not for itself"));
+        assert!(refused(Request::Site { node: other, site: "x".into() }).contains("not for itself"));
+        assert!(refused(own(Command::Assign { node: me, epoch: 4, renewals: 0 })).contains("only the leader assigns"));
+        // Inside a batch: each command is judged, one level only.
+        let renew_other = own(Command::Renew { node: other, epoch: 3 });
+        assert!(
+            refused(Request::Batch(vec![own(Command::Renew { node: me, epoch: 3 }), renew_other]))
+                .contains("not for itself")
+        );
+        assert!(refused(Request::Batch(vec![Request::Batch(vec![])])).contains("batch inside a batch"));
+        assert!(ok(Request::Batch(vec![own(Command::Renew { node: me, epoch: 3 })])).is_ok());
+    }
 }

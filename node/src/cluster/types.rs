@@ -66,8 +66,9 @@ pub enum Request {
     /// A node tells its site (from its own `node_site`).
     Site { node: NodeId, site: String },
     /// Several commands in one log entry, applied in order (an owner's renewals of all its
-    /// servers: one commit a renewal interval however many servers it streams).
-    Batch(Vec<Request>),
+    /// servers: one commit a renewal interval however many servers it streams). One level:
+    /// a batch inside a batch is refused when decoded.
+    Batch(#[serde(deserialize_with = "flat")] Vec<Request>),
 }
 
 /// The outcome of one applied command.
@@ -79,7 +80,32 @@ pub enum Response {
     /// The command named something the state does not hold.
     Unknown(String),
     /// The outcomes of a `Batch`, in its order.
-    Batch(Vec<Response>),
+    Batch(#[serde(deserialize_with = "flat")] Vec<Response>),
+}
+
+thread_local! {
+    /// Whether the decoder of this thread is inside a batch's list.
+    static IN_BATCH: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Decodes a batch's list, refusing a batch inside it as soon as its tag is read: nesting
+/// without bound is what would let a small message from a peer overflow the stack.
+fn flat<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct Leave;
+    impl Drop for Leave {
+        fn drop(&mut self) {
+            IN_BATCH.with(|c| c.set(false));
+        }
+    }
+    if IN_BATCH.with(|c| c.replace(true)) {
+        return Err(serde::de::Error::custom("a batch inside a batch"));
+    }
+    let _leave = Leave;
+    Vec::<T>::deserialize(d)
 }
 
 /// The replicated record of one server.
@@ -200,6 +226,31 @@ mod tests {
             }),
             Response::Unknown(_)
         ));
+    }
+
+    #[test]
+    fn a_batch_inside_a_batch_is_refused_when_decoded_at_any_depth() {
+        use crate::transport::grpc::{decode, encode};
+        let one = Request::Batch(vec![Request::Site { node: 1, site: "a".into() }]);
+        assert_eq!(decode::<Request>(&encode(&one).unwrap()).unwrap(), one);
+        let nested = Request::Batch(vec![Request::Batch(vec![])]);
+        let err = decode::<Request>(&encode(&nested).unwrap()).unwrap_err().to_string();
+        assert!(err.contains("a batch inside a batch"), "{err}");
+        // 50,000 levels in 100 KB (bincode: variant 5 then a length of 1, again and again),
+        // as a peer could send them: refused at the second level, no stack overflow.
+        let mut bytes = vec![0u8]; // ForwardRequest::Write
+        for _ in 0..50_000 {
+            bytes.extend([5u8, 1u8]);
+        }
+        let err = decode::<crate::cluster::rpc::ForwardRequest>(&bytes).unwrap_err().to_string();
+        assert!(err.contains("a batch inside a batch"), "{err}");
+        let mut bytes = Vec::new();
+        for _ in 0..50_000 {
+            bytes.extend([3u8, 1u8]); // Response::Batch
+        }
+        assert!(decode::<Response>(&bytes).is_err());
+        // The flag is left clear: the next decode on this thread is not refused.
+        assert_eq!(decode::<Request>(&encode(&one).unwrap()).unwrap(), one);
     }
 
     #[test]

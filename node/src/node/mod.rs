@@ -197,9 +197,12 @@ async fn run_async(
     };
     let sync_service = crate::sync::rpc::SyncService::new(cfg.clone(), admit);
     let sent = sync_service.sent();
-    let routes = RaftService::new(raft.clone()).routes().add_service(sync_service.server()).add_service(
-        crate::archive::rpc::ArchiveService::new(cfg.clone(), Some(elsewhere), forward_kick.clone()).server(),
-    );
+    let routes = RaftService::new(raft.clone(), g.cluster_peers.iter().map(|p| p.name.to_string()).collect())
+        .routes()
+        .add_service(sync_service.server())
+        .add_service(
+            crate::archive::rpc::ArchiveService::new(cfg.clone(), Some(elsewhere), forward_kick.clone()).server(),
+        );
     let grpc_task = tokio::spawn(grpc::serve(listener, server_tls, routes, stopped()));
 
     let handle = Arc::new(Handle { raft: raft.clone(), peers: peers.clone(), acks, patience: g.ownership_lease });

@@ -1,0 +1,123 @@
+//! Trust boundaries between the nodes of a running cluster: hand-made gRPC requests with
+//! certificates of the cluster's own CA (a WAL client's, a node's that is not a member, a
+//! member's speaking for another node) are refused, logged, and change nothing.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use barman::cluster::ownership::Command;
+use barman::cluster::rpc::{ForwardRequest, ForwardResponse};
+use barman::cluster::types::{Member, Request, node_id};
+use barman::transport::grpc;
+use barman::transport::tls::{ClientTls, Pem};
+use barman_proto::v1::RaftRequest;
+use barman_proto::v1::raft_client::RaftClient;
+use cluster_tests::fixture::{ClusterOptions, TestCluster, node_name};
+use cluster_tests::util::TestDir;
+
+/// `barman cluster cert ARGS --ca-dir TLS --dir TLS`, then the certificate `name` it wrote.
+fn make_cert(tls: &Path, args: &[&str], name: &str) -> Pem {
+    let out = std::process::Command::new(cluster_tests::nodes::barman_bin().unwrap())
+        .args(["cluster", "cert"])
+        .args(args)
+        .arg("--ca-dir")
+        .arg(tls)
+        .arg("--dir")
+        .arg(tls)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    read_cert(tls, name)
+}
+
+fn read_cert(tls: &Path, name: &str) -> Pem {
+    let read = |ext: &str| std::fs::read_to_string(tls.join(format!("{name}.{ext}"))).unwrap();
+    Pem { cert: read("crt"), key: read("key") }
+}
+
+fn listen_addr(c: &TestCluster, i: usize) -> String {
+    let conf = std::fs::read_to_string(&c.confs[i]).unwrap();
+    conf.lines().find_map(|l| l.strip_prefix("node_listen = ")).unwrap().trim().to_string()
+}
+
+/// One `Raft/Forward` call to node `i` with the identity `who`.
+fn forward(c: &TestCluster, i: usize, who: &Pem, req: &ForwardRequest) -> Result<ForwardResponse, tonic::Status> {
+    let ca = std::fs::read_to_string(c.dir.join("tls").join("ca.crt")).unwrap();
+    let tls = ClientTls::from_pem(&ca, who);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let channel = grpc::channel(&listen_addr(c, i), &node_name(i), &tls).unwrap();
+        let mut client = RaftClient::new(channel);
+        let data = grpc::encode(req).unwrap();
+        let answer = client.forward(RaftRequest { data }).await?.into_inner();
+        Ok(grpc::decode(&answer.data).unwrap())
+    })
+}
+
+fn members(c: &TestCluster) -> usize {
+    c.status(0).unwrap()["members"].as_array().map_or(0, Vec::len)
+}
+
+#[test]
+fn forward_admits_only_members_speaking_for_themselves() {
+    let dir = TestDir::new().unwrap();
+    let mut c = TestCluster::start(dir.path(), ClusterOptions::default()).unwrap();
+    let (owner, epoch) = c.wait_streaming(Duration::from_secs(30)).unwrap();
+    let tls = c.dir.join("tls");
+    let client = make_cert(&tls, &["client", "pghost"], "pghost");
+    let outsider = make_cert(&tls, &["node", "rogue", "--host", "127.0.0.1"], "rogue");
+    let n2 = read_cert(&tls, "n2");
+    let n3 = node_id("n3");
+
+    // A WAL client and a node of the CA that is no member: nothing, at any node.
+    let remove = ForwardRequest::RemoveNode { id: n3 };
+    let add = ForwardRequest::AddNode {
+        id: node_id("rogue"),
+        member: Member { name: "rogue".into(), site: String::new(), addr: "127.0.0.1:1".into() },
+    };
+    for i in 0..3 {
+        for (who, what) in [(&client, "the WAL client"), (&outsider, "a non-member node")] {
+            for req in [&remove, &add] {
+                let err = forward(&c, i, who, req).expect_err(&format!("{what} was let in by {}", node_name(i)));
+                assert_eq!(err.code(), tonic::Code::PermissionDenied, "{what}: {err:?}");
+            }
+        }
+    }
+
+    // A member speaking for another node, or assigning ownership itself.
+    let own = |cmd| ForwardRequest::Write(Request::Ownership { server: "pg".into(), cmd, report: None });
+    let refused = [
+        own(Command::Renew { node: n3, epoch }),
+        own(Command::Release { node: n3, epoch, to: Some(node_id("n2")) }),
+        own(Command::Assign { node: node_id("n2"), epoch: epoch + 1, renewals: 0 }),
+        ForwardRequest::Write(Request::Site { node: n3, site: "elsewhere".into() }),
+    ];
+    for req in &refused {
+        let err = forward(&c, 0, &n2, req).expect_err(&format!("{req:?} from n2 was let in"));
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{req:?}: {err:?}");
+    }
+    // Nesting is refused while decoding, before anything else.
+    let nested = ForwardRequest::Write(Request::Batch(vec![Request::Batch(vec![])]));
+    let err = forward(&c, 0, &n2, &nested).expect_err("a nested batch was let in");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    // What n2 may say of itself still goes through.
+    let site = ForwardRequest::Write(Request::Site { node: node_id("n2"), site: "site2".into() });
+    let answer = (0..3).find_map(|i| match forward(&c, i, &n2, &site) {
+        Ok(ForwardResponse::Written(r)) => Some(r),
+        _ => None,
+    });
+    assert!(answer.is_some(), "n2's own site was refused everywhere");
+
+    // Nothing changed, and each refusal was one log line naming who and what.
+    assert_eq!(members(&c), 3);
+    assert_eq!(c.owner(), Some((owner, epoch)), "the ownership of pg moved");
+    // The node's log is written in the background: its last line first.
+    c.nodes[0].wait_log("a batch inside a batch", Duration::from_secs(10)).unwrap();
+    let log = c.nodes[0].log();
+    assert!(log.contains("refused Forward from 'pghost (WAL client)'"), "{log}");
+    assert!(log.contains("refused Forward from 'rogue'"), "{log}");
+    assert!(log.contains("refused Forward from node 'n2'") && log.contains("not for itself"), "{log}");
+    assert!(log.contains("only the leader assigns ownership"), "{log}");
+}
