@@ -7,26 +7,38 @@ use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-/// The temporary name used next to `final_path`: hidden (a leading dot) and
-/// ending in `.tmp`, so every directory scan of Barman and ours skips it.
+/// A temporary name next to `final_path`, new for every call in this process:
+/// `.<name>.<pid>.<n>.tmp`, hidden (a leading dot) and ending in `.tmp`, so every
+/// directory scan of Barman and ours skips it. Unique per call, so that two writers of
+/// one name in one process (two put-wal calls of the node for one segment) never share
+/// a temporary file; the pid stays in it for [`remove_stale_temps`].
 pub fn temp_path_for(final_path: &Path) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let name = final_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    final_path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+    final_path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()))
 }
 
-/// Removes our temporary files (`.<name>.<pid>.tmp`) left in `dir` by processes
-/// that no longer run (a killed put-wal or archive-wal). Returns how many.
+/// The process id in one of our temporary names: `.<name>.<pid>.<n>.tmp`, or the
+/// `.<name>.<pid>.tmp` of earlier versions.
+fn temp_owner(name: &str) -> Option<u32> {
+    let stem = name.strip_prefix('.')?.strip_suffix(".tmp")?;
+    let (rest, last) = stem.rsplit_once('.')?;
+    let numeric = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    match rest.rsplit_once('.') {
+        Some((_, pid)) if numeric(pid) && numeric(last) => pid.parse().ok(),
+        _ => last.parse().ok(),
+    }
+}
+
+/// Removes our temporary files left in `dir` by processes that no longer run (a
+/// killed put-wal or archive-wal). Returns how many.
 pub fn remove_stale_temps(dir: &Path) -> usize {
     let Ok(rd) = fs::read_dir(dir) else { return 0 };
     let mut removed = 0;
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name
-            .strip_prefix('.')
-            .and_then(|n| n.strip_suffix(".tmp"))
-            .and_then(|n| n.rsplit_once('.'))
-            .and_then(|(_, pid)| pid.parse::<u32>().ok())
-        else {
+        let Some(pid) = temp_owner(&name) else {
             continue;
         };
         if pid != std::process::id()
@@ -55,9 +67,24 @@ pub struct DurableFile {
 impl DurableFile {
     /// Starts writing `dst` (mode 0600 while in progress; `commit` applies `mode`).
     pub fn create(dst: &Path) -> io::Result<DurableFile> {
-        let tmp = temp_path_for(dst);
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-        Ok(DurableFile { file: Some(file), tmp, dst: dst.to_path_buf(), sealed: false })
+        // A new file, never one already there nor through a link planted at the name
+        // (a stale one of a dead process that had our pid: the next name).
+        let mut tries = 0;
+        loop {
+            let tmp = temp_path_for(dst);
+            let opened = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .mode(0o600)
+                .open(&tmp);
+            match opened {
+                Ok(file) => return Ok(DurableFile { file: Some(file), tmp, dst: dst.to_path_buf(), sealed: false }),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tries < 16 => tries += 1,
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// The open file, e.g. to seek or read back what was written.
@@ -237,6 +264,61 @@ use std::os::unix::fs::DirBuilderExt;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn two_writers_of_one_name_in_one_process_never_share_a_temporary_file() {
+        let d = tempfile::tempdir().unwrap();
+        let dst = d.path().join("000000010000000000000001");
+        let mut a = DurableFile::create(&dst).unwrap();
+        let mut b = DurableFile::create(&dst).unwrap();
+        assert_ne!(a.temp_path(), b.temp_path());
+        a.write_all(b"first").unwrap();
+        b.write_all(b"second, longer").unwrap();
+        a.commit().unwrap();
+        assert_eq!(fs::read(&dst).unwrap(), b"first");
+        b.commit().unwrap();
+        assert_eq!(fs::read(&dst).unwrap(), b"second, longer");
+    }
+
+    #[test]
+    fn a_link_planted_at_a_temporary_name_is_not_followed() {
+        let d = tempfile::tempdir().unwrap();
+        let victim = d.path().join("victim");
+        fs::write(&victim, b"keep").unwrap();
+        let dst = d.path().join("x");
+        // The next name this process will use, guessed as an attacker would.
+        let next = temp_path_for(&dst);
+        let guess = |k: u64| {
+            let n: u64 = next.to_string_lossy().rsplit('.').nth(1).unwrap().parse().unwrap();
+            d.path().join(format!(".x.{}.{}.tmp", std::process::id(), n + k))
+        };
+        for k in 1..5 {
+            std::os::unix::fs::symlink(&victim, guess(k)).unwrap();
+        }
+        match DurableFile::create(&dst) {
+            Ok(mut f) => {
+                f.write_all(b"new").unwrap();
+                f.commit().unwrap();
+            }
+            Err(e) => assert_eq!(e.kind(), io::ErrorKind::AlreadyExists, "{e}"),
+        }
+        assert_eq!(fs::read(&victim).unwrap(), b"keep", "written through a planted link");
+    }
+
+    #[test]
+    fn stale_temporary_names_old_and_new_are_read_for_their_pid() {
+        assert_eq!(temp_owner(".000000010000000000000001.1234.7.tmp"), Some(1234));
+        assert_eq!(temp_owner(".000000010000000000000001.1234.tmp"), Some(1234));
+        assert_eq!(temp_owner(".backup.info.99.0.tmp"), Some(99));
+        assert_eq!(temp_owner(".backup.info.99.tmp"), Some(99));
+        assert_eq!(temp_owner("000000010000000000000001"), None);
+        assert_eq!(temp_owner(".x.tmp"), None);
+        let d = tempfile::tempdir().unwrap();
+        // pid 0 never names a running process of ours in /proc.
+        fs::write(d.path().join(".a.4194304.3.tmp"), b"").unwrap();
+        fs::write(d.path().join(format!(".b.{}.3.tmp", std::process::id())), b"").unwrap();
+        assert_eq!(remove_stale_temps(d.path()), 1);
+    }
 
     #[test]
     fn commit_publishes_and_drop_cleans_up() {
