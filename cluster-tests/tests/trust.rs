@@ -1,6 +1,7 @@
-//! Trust boundaries between the nodes of a running cluster: hand-made gRPC requests with
-//! certificates of the cluster's own CA (a WAL client's, a node's that is not a member, a
-//! member's speaking for another node) are refused, logged, and change nothing.
+//! Trust boundaries: hand-made gRPC requests to a running cluster with certificates of its
+//! own CA (a WAL client's, a node's that is not a member, a member's speaking for another
+//! node) are refused, logged, and change nothing; a PostgreSQL host whose `barman-agent`
+//! lists paths outside the backup gets nothing written there.
 
 #![allow(clippy::unwrap_used)]
 
@@ -15,7 +16,8 @@ use barman::transport::tls::{ClientTls, Pem};
 use barman_proto::v1::RaftRequest;
 use barman_proto::v1::raft_client::RaftClient;
 use cluster_tests::fixture::{ClusterOptions, TestCluster, node_name};
-use cluster_tests::util::TestDir;
+use cluster_tests::pg::{PgCluster, PgOptions, conf_quote};
+use cluster_tests::util::{TestDir, chown_to_pg_user, current_os_user, install_binaries};
 
 /// `barman cluster cert ARGS --ca-dir TLS --dir TLS`, then the certificate `name` it wrote.
 fn make_cert(tls: &Path, args: &[&str], name: &str) -> Pem {
@@ -120,4 +122,68 @@ fn forward_admits_only_members_speaking_for_themselves() {
     assert!(log.contains("refused Forward from 'rogue'"), "{log}");
     assert!(log.contains("refused Forward from node 'n2'") && log.contains("not for itself"), "{log}");
     assert!(log.contains("only the leader assigns ownership"), "{log}");
+}
+
+#[test]
+fn a_host_listing_paths_outside_the_backup_gets_nothing_written() {
+    let dir = TestDir::new().unwrap();
+    let home = dir.path().join("home");
+    let incoming = home.join("pg").join("incoming");
+    std::fs::create_dir_all(&incoming).unwrap();
+    chown_to_pg_user(&incoming).unwrap();
+    let opts = PgOptions { conf: vec![("archive_mode".into(), "on".into())], ..PgOptions::default() };
+    let pg = PgCluster::start(dir.path(), opts).unwrap();
+    pg.set_conf("archive_command", &conf_quote(&format!("cp %p {}/%f", incoming.display()))).unwrap();
+    // The PostgreSQL host's agent is a stand-in that adds names to every listing.
+    let built = cluster_tests::nodes::barman_bin().unwrap();
+    let bin = install_binaries(
+        &dir.path().join("install"),
+        &[
+            ("barman", &built),
+            ("barman-agent", Path::new(env!("CARGO_BIN_EXE_hostile-agent"))),
+            ("barman-agent.real", &built.with_file_name("barman-agent")),
+        ],
+    )
+    .unwrap();
+    let config = dir.path().join("barman.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "[barman]\nbarman_home = {}\nbarman_user = {}\nlog_file = {}/barman.log\n\n\
+             [pg]\nconninfo = {}\nbackup_method = local-rsync\narchiver = on\nimmediate_checkpoint = true\n",
+            home.display(),
+            current_os_user().unwrap().name,
+            dir.path().display(),
+            pg.conninfo()
+        ),
+    )
+    .unwrap();
+    let victim = dir.path().join("victim");
+    std::fs::create_dir_all(&victim).unwrap();
+    // From <home>/pg/base/<id>/data: five levels up is the test directory.
+    let climbing = "../../../../../victim/climbed".to_string();
+    let absolute = victim.join("absolute").display().to_string();
+    for (extra, why) in [(absolute.as_str(), "absolute"), (climbing.as_str(), "'.' or '..'"), ("global//x", "empty")] {
+        let out = std::process::Command::new(bin.join("barman"))
+            .arg("-c")
+            .arg(&config)
+            .args(["backup", "pg"])
+            .env("HOSTILE_EXTRA", extra)
+            .output()
+            .unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(!out.status.success(), "the backup with {extra:?} listed succeeded:\n{text}");
+        assert!(text.contains("the listing of data listed") && text.contains(why), "{extra:?}:\n{text}");
+        assert_eq!(std::fs::read_dir(&victim).unwrap().count(), 0, "{extra:?} was written outside the backup");
+    }
+    // Every attempt is a FAILED backup, and nothing of the hostile names stands anywhere.
+    let meta = home.join("pg").join("meta");
+    let infos: Vec<String> = std::fs::read_dir(&meta)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with("-backup.info"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect();
+    assert_eq!(infos.len(), 3);
+    assert!(infos.iter().all(|i| i.contains("\nstatus=FAILED\n")), "{infos:?}");
 }

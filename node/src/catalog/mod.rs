@@ -3,6 +3,7 @@
 
 pub mod backup_info;
 pub mod backups;
+pub mod confine;
 pub mod durable;
 pub mod identity;
 pub mod layout;

@@ -211,8 +211,11 @@ impl RaftService {
         if admitted {
             return Ok(name.to_string());
         }
-        tracing::warn!(peer = %peer.addr, "refused {rpc} from '{}' at {}: not a member of the cluster", grpc::shown(name), peer.addr);
-        Err(Status::permission_denied(format!("'{}' is not a member of this cluster", grpc::shown(name))))
+        tracing::warn!(peer = %peer.addr, "refused {rpc} from '{}' at {}: not a member of the cluster", crate::catalog::confine::shown(name), peer.addr);
+        Err(Status::permission_denied(format!(
+            "'{}' is not a member of this cluster",
+            crate::catalog::confine::shown(name)
+        )))
     }
 }
 

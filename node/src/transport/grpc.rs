@@ -64,17 +64,6 @@ pub struct Peer {
     pub name: Option<String>,
 }
 
-/// Text a peer sent, fit for one log line: control characters escaped, at most 128
-/// characters kept (a name in a certificate is the peer's to choose).
-pub fn shown(text: &str) -> String {
-    const MAX: usize = 128;
-    let mut out: String = text.chars().take(MAX).flat_map(char::escape_debug).collect();
-    if text.chars().nth(MAX).is_some() {
-        out.push('…');
-    }
-    out
-}
-
 /// The peer of a request served by [`serve`] (None for a request that did not come
 /// through it).
 pub fn peer<T>(request: &tonic::Request<T>) -> Option<&Peer> {
@@ -294,14 +283,6 @@ pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, GrpcErr
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn peer_text_is_one_bounded_line() {
-        assert_eq!(shown("n1"), "n1");
-        assert_eq!(shown("a\nb\u{1b}"), "a\\nb\\u{1b}");
-        let long = "x".repeat(1000);
-        assert_eq!(shown(&long).chars().count(), 129);
-    }
 
     #[test]
     fn messages_round_trip_and_garbage_is_refused() {

@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, Write};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,6 +19,7 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 use super::RateLimit;
+use crate::catalog::confine::RelPath;
 use crate::transport::agent::{self, AgentConn, BLOCK, BlockHash, Entry, FileDigest, Kind, Reply, Request};
 use crate::transport::blocks::{BlockIndex, BlockWriter};
 use crate::transport::lock;
@@ -39,6 +40,9 @@ pub enum PullError {
     Corrupt { path: String, why: String },
     #[error("the copy stopped: {0}")]
     Stopped(String),
+    /// The far side listed something no copy may write: nothing of the copy is kept.
+    #[error("{who} listed {what}: refused, nothing written for it")]
+    Refused { who: String, what: String },
 }
 
 fn far(who: &str) -> impl Fn(io::Error) -> PullError + '_ {
@@ -341,16 +345,23 @@ fn plan(
     units: &mut Vec<Unit>,
 ) -> Result<Vec<(PathBuf, u32)>, PullError> {
     let mut dirs = vec![(root.dst.clone(), 0o700)];
+    let refused = |what: String| PullError::Refused { who: format!("the listing of {}", root.label), what };
+    let mut seen = std::collections::HashSet::new();
     for e in entries {
+        // The PostgreSQL host names the files: each name plain and relative, once.
+        let rel = RelPath::parse(&e.path).map_err(|n| refused(n.to_string()))?;
+        if !seen.insert(e.path.clone()) {
+            return Err(refused(format!("'{rel}' twice")));
+        }
         if let Some(keep) = &root.keep
             && !keep(e.path.split('/').next().unwrap_or(""))
         {
             continue;
         }
-        let dst = root.dst.join(&e.path);
+        let dst = rel.under(&root.dst);
         match e.kind {
             Kind::Dir => {
-                dirs.push((dst, e.mode));
+                dirs.push((dst, ours(e.mode)));
                 continue;
             }
             Kind::File if root.exclude.contains(&e.path) => continue,
@@ -384,13 +395,19 @@ fn plan(
             dst,
             size: e.size,
             mtime_ns: e.mtime_ns,
-            mode: e.mode,
+            mode: ours(e.mode),
             how,
             limit: root.limit.clone(),
             index: basis.and_then(|b| b.hashes.clone()),
         });
     }
     Ok(dirs)
+}
+
+/// The far side's permission bits, as far as we keep them: never for others, never
+/// set-id or sticky (PostgreSQL's own are 0700/0750 and 0600/0640).
+fn ours(mode: u32) -> u32 {
+    mode & 0o750
 }
 
 fn make_dir(d: &Path, mode: u32) -> Result<(), PullError> {
@@ -496,7 +513,16 @@ struct Assembler {
 impl Assembler {
     fn out(&mut self) -> io::Result<&mut File> {
         if self.file.is_none() {
-            self.file = Some(File::options().write(true).create(true).truncate(true).open(&self.dst)?);
+            // Never through a link at the name (the directories above are all ours).
+            self.file = Some(
+                File::options()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .mode(0o600)
+                    .open(&self.dst)?,
+            );
         }
         self.file.as_mut().ok_or_else(|| io::Error::other("no output file"))
     }
