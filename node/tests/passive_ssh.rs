@@ -245,10 +245,7 @@ fn a_lying_primary_is_refused_and_nothing_is_kept() {
     let o = pas.barman(&["sync-backup", "pg", &id]);
     assert_ne!(o.code, 0);
     assert!(o.stderr.contains("sent a bad copy"), "{}{}", o.stdout, o.stderr);
-    let kept: Vec<PathBuf> = files_under(&pas.server_dir("pg").join("base").join(&id))
-        .into_iter()
-        .filter(|p| !p.file_name().unwrap().to_string_lossy().ends_with(".sync-part"))
-        .collect();
+    let kept: Vec<PathBuf> = files_under(&pas.server_dir("pg").join("base").join(&id));
     assert!(kept.is_empty(), "files kept from a bad copy: {kept:?}");
     let l = pas.barman(&["list-backups", "pg"]);
     assert!(l.stdout.contains("FAILED"), "{}", l.stdout);
@@ -283,6 +280,9 @@ fn a_backup_copy_cut_twenty_times_resends_only_what_is_missing() {
     wait_until(Duration::from_secs(20), "cron's sync-backup to end", || barman::catalog::lock::holder(&lock).is_none())
         .unwrap();
     let ours = pas.server_dir("pg").join("base").join(&id);
+    // Parts in progress wait in the server's staging directory.
+    let staging = pas.server_dir("pg").join(".sync");
+    let on_disk = || bytes_under(&ours) + bytes_under(&staging);
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
     let mut cuts = 0;
     let mut before = 0;
@@ -300,13 +300,13 @@ fn a_backup_copy_cut_twenty_times_resends_only_what_is_missing() {
         unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
         child.wait().unwrap();
         cuts += 1;
-        let now = bytes_under(&ours);
+        let now = on_disk();
         assert!(now >= before, "cut {cuts}: bytes on disk went from {before} down to {now}");
         before = now;
     }
     assert!(cuts >= 10, "only {cuts} cuts before the copy finished: slow it down");
     // What is on disk now is reused: the last run receives exactly the rest.
-    let held = bytes_under(&ours) - std::fs::metadata(ours.join("backup.info")).map(|m| m.len()).unwrap_or(0);
+    let held = on_disk() - std::fs::metadata(ours.join("backup.info")).map(|m| m.len()).unwrap_or(0);
     eprintln!("{cuts} cuts: {held} of {total} bytes on disk before the last run");
     let last = pas.barman(&["sync-backup", "pg", &id]);
     last.ok();
@@ -325,8 +325,7 @@ fn a_backup_copy_cut_twenty_times_resends_only_what_is_missing() {
         }
         assert!(std::fs::read(ours.join(rel)).unwrap() == std::fs::read(&f).unwrap(), "{rel:?} differs");
     }
-    let parts: Vec<PathBuf> =
-        files_under(&ours).into_iter().filter(|p| p.to_string_lossy().ends_with(".sync-part")).collect();
+    let parts = files_under(&pas.server_dir("pg").join(".sync"));
     assert!(parts.is_empty(), "part files left: {parts:?}");
 }
 

@@ -16,7 +16,7 @@ use barman::catalog::backups::meta_path;
 use barman::catalog::xlogdb::{XlogDb, XlogEntry};
 use barman::config::Config;
 use barman::sync::SyncError;
-use barman::sync::backups::{sync_backup, wanted};
+use barman::sync::backups::{part_path, sync_backup, wanted};
 use barman::sync::rpc::{Admit, SyncService};
 use barman::sync::wals::{WalSyncOptions, staging_dir, sync_wals};
 use barman::transport::grpc;
@@ -428,10 +428,10 @@ async fn a_passive_copies_a_backup_resumes_it_and_marks_it_done() {
     let want = wanted(&mut c, "a", &passive.layout).await.unwrap();
     assert_eq!(want.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), [BACKUP]);
     // An earlier try was cut inside the big file.
-    let big = passive.layout.base_dir.join(BACKUP).join("data/base/1");
-    std::fs::create_dir_all(&big).unwrap();
+    let part = part_path(&passive.layout, BACKUP, "data/base/1/1259");
+    std::fs::create_dir_all(part.parent().unwrap()).unwrap();
     let cut = 1_000_001;
-    std::fs::write(big.join(".1259.sync-part"), &content(4, 5 << 20)[..cut]).unwrap();
+    std::fs::write(&part, &content(4, 5 << 20)[..cut]).unwrap();
     let r = sync_backup(&mut c, "a", &passive.layout, &want[0], &opts()).await.unwrap();
     let total: usize = files.iter().map(|(_, b)| b.len()).sum();
     assert_eq!((r.files, r.bytes), (files.len(), (total - cut) as u64));
@@ -441,7 +441,8 @@ async fn a_passive_copies_a_backup_resumes_it_and_marks_it_done() {
     }
     assert_eq!(std::fs::read_link(base.join("data/pg_tblspc/16385")).unwrap(), Path::new("../../16385"));
     assert!(base.join("data/pg_wal").is_dir(), "empty directories are kept");
-    assert!(!big.join(".1259.sync-part").exists());
+    assert!(!part.exists());
+    assert!(!part.parent().unwrap().exists(), "the backup's staging directory is left behind");
     let mine = BackupInfo::read(&meta_path(&passive.layout, BACKUP)).unwrap();
     let theirs = BackupInfo::read(&meta_path(&primary.layout, BACKUP)).unwrap();
     assert_eq!(mine, theirs, "the passive's backup.info is the owner's, DONE");
@@ -505,6 +506,10 @@ async fn a_backup_listing_that_leaves_the_backup_is_refused() {
         vec![file("data/./x")],
         vec![link.clone(), file("data/l/x")],
         vec![file("backup.info")],
+        vec![file("data/x\nforged")],
+        vec![file("data/x"), file("data/x")],
+        vec![FileMeta { mtime: f64::INFINITY, ..file("data/x") }],
+        vec![FileMeta { mtime: f64::NAN, ..file("data/x") }],
     ];
     for files in lies {
         let passive = Home::new();
@@ -553,4 +558,35 @@ async fn backup_files_are_served_only_inside_the_backup() {
     let paths: Vec<&str> = listed.iter().map(|f| f.path.as_str()).collect();
     assert!(paths.contains(&"data/pg_tblspc/16385") && paths.contains(&"16385/PG_15_202209061/5/16386"), "{paths:?}");
     assert!(!paths.iter().any(|p| p.starts_with("data/pg_tblspc/16385/")), "a link was followed: {paths:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_left_by_an_earlier_listing_never_receives_a_part_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let pki = Pki::new();
+    let outside = tempfile::tempdir().unwrap();
+    let victim = outside.path().join("authorized_keys");
+    std::fs::write(&victim, b"").unwrap();
+    let passive = Home::new();
+    // Where a part file of `data/x` used to be made, a link a peer listed earlier.
+    let data = passive.layout.base_dir.join(BACKUP).join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::os::unix::fs::symlink(&victim, data.join(".x.sync-part")).unwrap();
+    let x = FileMeta {
+        path: "data/x".into(),
+        kind: Kind::File.into(),
+        size: 5,
+        mode: 0o4777,
+        mtime: 1e9,
+        ..Default::default()
+    };
+    let addr = serve(&pki, "a", Routes::new(SyncServer::new(ListingLiar { files: vec![x] }))).await;
+    let mut c = client(&pki, "b", "a", addr);
+    let want = wanted(&mut c, "a", &passive.layout).await.unwrap();
+    sync_backup(&mut c, "a", &passive.layout, &want[0], &opts()).await.unwrap();
+    assert_eq!(std::fs::read(&victim).unwrap(), b"", "written through the link");
+    assert_eq!(std::fs::read(data.join("x")).unwrap(), b"owned");
+    // The mode is ours: nothing for others, no set-id bit, whatever the peer said.
+    let mode = std::fs::metadata(data.join("x")).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode & 0o4007, 0, "mode {mode:o}");
 }

@@ -13,12 +13,12 @@ use barman_proto::v1::{BackupMeta, BackupRequest, FetchRequest, FileMeta, Server
 use tonic::transport::Channel;
 
 use super::fetch::{Origin, Source, Want, fetch_all};
-use super::rpc::is_plain_relative;
-use super::wals::WalSyncOptions;
+use super::wals::{WalSyncOptions, staging_dir};
 use super::{SyncError, io_err};
 use crate::catalog::ServerLayout;
 use crate::catalog::backup_info::BackupInfo;
 use crate::catalog::backups::{self, COPY_DONE};
+use crate::catalog::confine::RelPath;
 use crate::catalog::durable;
 
 /// What one backup sync did.
@@ -151,17 +151,25 @@ fn save(info: &BackupInfo, path: &Path) -> Result<(), SyncError> {
     info.save(path).map_err(|e| SyncError::Io { path: path.display().to_string(), source: std::io::Error::other(e) })
 }
 
-/// Checks a listing: plain relative paths, known kinds, nothing under a link (writing
-/// there would write wherever the link points).
+/// Latest mtime taken from a peer (year 2500): anything later is not a time.
+const MAX_MTIME: f64 = 16_725_225_600.0;
+
+/// Checks a listing: plain relative paths (each once), known kinds, times that are times,
+/// nothing under a link (writing there would write wherever the link points).
 pub(crate) fn check_listing(peer: &str, id: &str, files: &[FileMeta]) -> Result<(), SyncError> {
     let refused = |why: String| SyncError::Refused { peer: peer.into(), why: format!("backup {id}: {why}") };
     let links: BTreeSet<&str> = files.iter().filter(|f| f.kind() == Kind::Symlink).map(|f| f.path.as_str()).collect();
+    let mut seen = BTreeSet::new();
     for f in files {
-        if !is_plain_relative(&f.path) {
-            return Err(refused(format!("'{}' is not a path inside the backup", f.path)));
+        let rel = RelPath::parse(&f.path).map_err(|e| refused(e.to_string()))?;
+        if !seen.insert(f.path.as_str()) {
+            return Err(refused(format!("'{rel}' listed twice")));
         }
         if f.path == "backup.info" {
             return Err(refused("lists a file named backup.info at its top".into()));
+        }
+        if !(0.0..=MAX_MTIME).contains(&f.mtime) {
+            return Err(refused(format!("'{rel}' has the modification time {}", f.mtime)));
         }
         let mut parent = Path::new(&f.path).parent();
         while let Some(p) = parent.filter(|p| !p.as_os_str().is_empty()) {
@@ -229,6 +237,16 @@ async fn copy(
 /// Copies a checked listing of backup `id` into `base/<id>/`: its directories, its files
 /// (each fetched from where `origin` says, resumable and checked), its links; then the
 /// directories are fsynced.
+/// Where the part of `rel` of backup `id` waits while it arrives: in the server's staging
+/// directory, under a name no listing can make (a hash of the path), so that no link a peer
+/// listed can stand where a part file is opened.
+pub fn part_path(layout: &ServerLayout, id: &str, rel: &str) -> PathBuf {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(rel.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    staging_dir(layout).join(format!("backup-{id}")).join(format!("{hex}.part"))
+}
+
 pub(crate) async fn copy_tree(
     source: &Source,
     peer: &str,
@@ -240,9 +258,11 @@ pub(crate) async fn copy_tree(
 ) -> Result<BackupSyncReport, SyncError> {
     let base = layout.base_dir.join(id);
     durable::create_dir_all(&base).map_err(io_err(&base))?;
+    let parts = staging_dir(layout).join(format!("backup-{id}"));
+    durable::create_dir_all(&parts).map_err(io_err(&parts))?;
     let mut dirs = vec![base.clone()];
     for f in files.iter().filter(|f| f.kind() == Kind::Dir) {
-        dirs.push(make_dirs(&base, Path::new(&f.path), Some(f.mode))?);
+        dirs.push(make_dirs(&base, Path::new(&f.path), Some(f.mode & 0o750))?);
     }
     let mut wants = Vec::new();
     for f in files.iter().filter(|f| f.kind() == Kind::File) {
@@ -253,10 +273,11 @@ pub(crate) async fn copy_tree(
             what: format!("{} of backup {id}", f.path),
             origin: origin(f),
             dst: dir.join(&name),
-            part: dir.join(format!(".{name}.sync-part")),
+            part: part_path(layout, id, &f.path),
             size: f.size,
             mtime: f.mtime,
-            mode: f.mode & 0o777,
+            // Never for others, never set-id: the modes are ours, not the peer's.
+            mode: f.mode & 0o750,
             owned: true,
         });
     }
@@ -279,5 +300,7 @@ pub(crate) async fn copy_tree(
     for d in dirs.iter().rev() {
         durable::fsync_dir(d).map_err(io_err(d))?;
     }
+    // Every part was published and removed: the staging directory is empty.
+    std::fs::remove_dir(&parts).map_err(io_err(&parts))?;
     Ok(report)
 }

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use barman_proto::v1::FetchRequest;
 use barman_proto::v1::sync_client::SyncClient;
 use sha2::{Digest, Sha256};
+use std::os::unix::fs::OpenOptionsExt;
 use tonic::transport::Channel;
 
 use super::{SyncError, io_err};
@@ -280,7 +281,14 @@ pub async fn fetch(
     let mut writer = if on_disk {
         None
     } else {
-        let f = OpenOptions::new().create(true).append(true).open(&part).map_err(io_err(&part))?;
+        // Never through a link at the part's name.
+        let f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(0o600)
+            .open(&part)
+            .map_err(io_err(&part))?;
         Some(Writer::start(f, hasher.clone(), part.clone()))
     };
     let corrupt = |why: String| SyncError::Corrupt { peer: peer.into(), name: name.clone(), why };

@@ -52,8 +52,13 @@ pub(crate) async fn blocking<T: Send + 'static>(
 }
 
 /// A listing's mtime (seconds since the epoch, as Barman's floats) as a time to set.
+/// A peer's float mtime as a time; one that is no time (negative, infinite, NaN, past
+/// year 2500) is the epoch, never a panic.
 pub(crate) fn system_time(secs: f64) -> std::time::SystemTime {
-    std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(secs.max(0.0))
+    match std::time::Duration::try_from_secs_f64(secs) {
+        Ok(d) if secs <= 16_725_225_600.0 => std::time::UNIX_EPOCH + d,
+        _ => std::time::UNIX_EPOCH,
+    }
 }
 
 pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> SyncError + '_ {

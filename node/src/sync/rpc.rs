@@ -323,7 +323,7 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<FileMeta>) -> std::io::Result<()>
 /// Whether `rel` is a plain relative path, written the one way: `/`-separated names, none
 /// empty, `.` or `..` (so no root, no trailing or doubled slash).
 pub fn is_plain_relative(rel: &str) -> bool {
-    !rel.is_empty() && rel.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+    crate::catalog::confine::RelPath::parse(rel).is_ok()
 }
 
 /// The file `rel` of backup `id`; refused when it is not a plain path inside the backup, or
