@@ -303,6 +303,10 @@ enum Lie {
     LongerThanListed,
     NameOutsideTheArchive,
     NoChecksum,
+    /// A compression that forges an xlog.db line.
+    ForgedCompression,
+    UnknownEncryption,
+    InfiniteTime,
 }
 
 struct Liar {
@@ -322,7 +326,13 @@ impl Sync for Liar {
             Lie::NameOutsideTheArchive => "../../../../etc/cron.d/x".to_string(),
             _ => LIED.to_string(),
         };
-        let entry = WalEntry { name, size: self.data.len() as u64, time: 1.0, ..Default::default() };
+        let mut entry = WalEntry { name, size: self.data.len() as u64, time: 1.0, ..Default::default() };
+        match self.lie {
+            Lie::ForgedCompression => entry.compression = "gzip\n000000010000000000000099\t1\t1\tNone".into(),
+            Lie::UnknownEncryption => entry.encryption = "rot13".into(),
+            Lie::InfiniteTime => entry.time = f64::INFINITY,
+            _ => {}
+        }
         Ok(Response::new(WalList { wals: vec![entry], ..Default::default() }))
     }
     async fn list_backups(&self, _: Request<ServerRequest>) -> Result<Response<BackupList>, Status> {
@@ -362,15 +372,25 @@ impl Sync for Liar {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lying_peer_is_refused_and_nothing_is_kept() {
     let pki = Pki::new();
-    for lie in [Lie::WrongChecksum, Lie::Truncated, Lie::LongerThanListed, Lie::NameOutsideTheArchive, Lie::NoChecksum]
-    {
+    for lie in [
+        Lie::WrongChecksum,
+        Lie::Truncated,
+        Lie::LongerThanListed,
+        Lie::NameOutsideTheArchive,
+        Lie::NoChecksum,
+        Lie::ForgedCompression,
+        Lie::UnknownEncryption,
+        Lie::InfiniteTime,
+    ] {
         let passive = Home::new();
         let liar = Liar { lie, data: content(7, 100_000) };
         let addr = serve(&pki, "a", Routes::new(SyncServer::new(liar))).await;
         let mut c = client(&pki, "b", "a", addr);
         let e = sync_wals(&mut c, "a", &passive.layout, &opts()).await.unwrap_err();
         match lie {
-            Lie::NameOutsideTheArchive => assert!(matches!(e, SyncError::Refused { .. }), "{lie:?}: {e}"),
+            Lie::NameOutsideTheArchive | Lie::ForgedCompression | Lie::UnknownEncryption | Lie::InfiniteTime => {
+                assert!(matches!(e, SyncError::Refused { .. }), "{lie:?}: {e}")
+            }
             _ => assert!(matches!(e, SyncError::Corrupt { .. }), "{lie:?}: {e}"),
         }
         assert!(!passive.path(LIED).exists(), "{lie:?}: a lied file stands under its name");

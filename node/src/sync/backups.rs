@@ -151,9 +151,6 @@ fn save(info: &BackupInfo, path: &Path) -> Result<(), SyncError> {
     info.save(path).map_err(|e| SyncError::Io { path: path.display().to_string(), source: std::io::Error::other(e) })
 }
 
-/// Latest mtime taken from a peer (year 2500): anything later is not a time.
-const MAX_MTIME: f64 = 16_725_225_600.0;
-
 /// Checks a listing: plain relative paths (each once), known kinds, times that are times,
 /// nothing under a link (writing there would write wherever the link points).
 pub(crate) fn check_listing(peer: &str, id: &str, files: &[FileMeta]) -> Result<(), SyncError> {
@@ -168,7 +165,7 @@ pub(crate) fn check_listing(peer: &str, id: &str, files: &[FileMeta]) -> Result<
         if f.path == "backup.info" {
             return Err(refused("lists a file named backup.info at its top".into()));
         }
-        if !(0.0..=MAX_MTIME).contains(&f.mtime) {
+        if !super::is_time(f.mtime) {
             return Err(refused(format!("'{rel}' has the modification time {}", f.mtime)));
         }
         let mut parent = Path::new(&f.path).parent();

@@ -52,11 +52,19 @@ pub(crate) async fn blocking<T: Send + 'static>(
 }
 
 /// A listing's mtime (seconds since the epoch, as Barman's floats) as a time to set.
-/// A peer's float mtime as a time; one that is no time (negative, infinite, NaN, past
-/// year 2500) is the epoch, never a panic.
+/// Latest time taken from a peer (year 2500): anything later is not a time.
+const MAX_MTIME: f64 = 16_725_225_600.0;
+
+/// Whether a peer's float mtime is a time: finite, from the epoch to year 2500.
+pub(crate) fn is_time(secs: f64) -> bool {
+    (0.0..=MAX_MTIME).contains(&secs)
+}
+
+/// A peer's float mtime as a time; one that is no time ([`is_time`]) is the epoch, never
+/// a panic.
 pub(crate) fn system_time(secs: f64) -> std::time::SystemTime {
     match std::time::Duration::try_from_secs_f64(secs) {
-        Ok(d) if secs <= 16_725_225_600.0 => std::time::UNIX_EPOCH + d,
+        Ok(d) if is_time(secs) => std::time::UNIX_EPOCH + d,
         _ => std::time::UNIX_EPOCH,
     }
 }

@@ -124,6 +124,21 @@ pub async fn sync_wals(
         if name.is_partial() {
             return Err(SyncError::Refused { peer: peer.into(), why: format!("listed a partial file '{name}'") });
         }
+        // What goes into our xlog.db must be what Barman allows there: a forged tab or
+        // newline would make lines of its own.
+        let shown = crate::catalog::confine::shown;
+        if !w.compression.is_empty() && w.compression.parse::<crate::wal::compression::Codec>().is_err() {
+            let why = format!("listed '{name}' with the compression '{}'", shown(&w.compression));
+            return Err(SyncError::Refused { peer: peer.into(), why });
+        }
+        if !matches!(w.encryption.as_str(), "" | "gpg") {
+            let why = format!("listed '{name}' with the encryption '{}'", shown(&w.encryption));
+            return Err(SyncError::Refused { peer: peer.into(), why });
+        }
+        if !super::is_time(w.time) {
+            let why = format!("listed '{name}' with the time {}", w.time);
+            return Err(SyncError::Refused { peer: peer.into(), why });
+        }
         if !held.contains(name.as_str()) && seen.insert(name.to_string()) {
             wanted.push((name, w));
         }
