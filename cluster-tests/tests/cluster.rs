@@ -581,7 +581,7 @@ fn archive_command_and_restore_command_reach_any_node_over_grpc() {
     let client = dir.path().join("client");
     let tls = dir.path().join("tls");
     let made = std::process::Command::new(&built)
-        .args(["cluster", "cert", "client", "pghost", "--ca-dir"])
+        .args(["cluster", "cert", "client", "pghost", "--server", "pg", "--ca-dir"])
         .arg(&tls)
         .arg("--dir")
         .arg(&client)

@@ -13,8 +13,9 @@ use barman::cluster::rpc::{ForwardRequest, ForwardResponse};
 use barman::cluster::types::{Member, Request, node_id};
 use barman::transport::grpc;
 use barman::transport::tls::{ClientTls, Pem};
-use barman_proto::v1::RaftRequest;
+use barman_proto::v1::archive_client::ArchiveClient;
 use barman_proto::v1::raft_client::RaftClient;
+use barman_proto::v1::{GetWalRequest, RaftRequest};
 use cluster_tests::fixture::{ClusterOptions, TestCluster, node_name};
 use cluster_tests::pg::{PgCluster, PgOptions, conf_quote};
 use cluster_tests::util::{TestDir, chown_to_pg_user, current_os_user, install_binaries};
@@ -68,7 +69,7 @@ fn forward_admits_only_members_speaking_for_themselves() {
     let mut c = TestCluster::start(dir.path(), ClusterOptions::default()).unwrap();
     let (owner, epoch) = c.wait_streaming(Duration::from_secs(30)).unwrap();
     let tls = c.dir.join("tls");
-    let client = make_cert(&tls, &["client", "pghost"], "pghost");
+    let client = make_cert(&tls, &["client", "pghost", "--server", "pg"], "pghost");
     let outsider = make_cert(&tls, &["node", "rogue", "--host", "127.0.0.1"], "rogue");
     let n2 = read_cert(&tls, "n2");
     let n3 = node_id("n3");
@@ -122,6 +123,55 @@ fn forward_admits_only_members_speaking_for_themselves() {
     assert!(log.contains("refused Forward from 'rogue'"), "{log}");
     assert!(log.contains("refused Forward from node 'n2'") && log.contains("not for itself"), "{log}");
     assert!(log.contains("only the leader assigns ownership"), "{log}");
+}
+
+/// put-wal (as its connection test) and get-wal of `server` at node `i` with `who`.
+fn wal_calls(c: &TestCluster, i: usize, who: &Pem, server: &str) -> [Result<(), tonic::Status>; 2] {
+    let ca = std::fs::read_to_string(c.dir.join("tls").join("ca.crt")).unwrap();
+    let tls = ClientTls::from_pem(&ca, who);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let channel = grpc::channel(&listen_addr(c, i), &node_name(i), &tls).unwrap();
+        let put = barman::archive::rpc::put_test(channel.clone(), server).await;
+        let req =
+            GetWalRequest { server: server.into(), name: "000000010000000000000001".into(), ..Default::default() };
+        let get = match ArchiveClient::new(channel).get_wal(req).await {
+            Ok(mut stream) => stream.get_mut().message().await.map(drop),
+            Err(s) => Err(s),
+        };
+        [put, get]
+    })
+}
+
+#[test]
+fn a_wal_client_certificate_serves_only_the_servers_it_names() {
+    let dir = TestDir::new().unwrap();
+    let opts = ClusterOptions { extra_servers: 1, ..ClusterOptions::default() };
+    let mut c = TestCluster::start(dir.path(), opts).unwrap();
+    let (owner, _) = c.wait_streaming(Duration::from_secs(30)).unwrap();
+    let tls = c.dir.join("tls");
+    let pg_only = make_cert(&tls, &["client", "pghost", "--server", "pg"], "pghost");
+    let outsider = make_cert(&tls, &["node", "rogue", "--host", "127.0.0.1"], "rogue");
+    let other = (owner + 1) % 3;
+    // Its own server: answered (the test put, and a WAL that is not there).
+    let [put, get] = wal_calls(&c, other, &pg_only, "pg");
+    put.unwrap();
+    assert_eq!(get.unwrap_err().code(), tonic::Code::NotFound);
+    // Another server, at any node (the first it reaches refuses, before forwarding); and a
+    // node certificate of the CA that is no member, for any server.
+    for i in 0..3 {
+        for (who, server) in [(&pg_only, "pg0"), (&outsider, "pg")] {
+            for r in wal_calls(&c, i, who, server) {
+                let e = r.expect_err("let in");
+                assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+            }
+        }
+    }
+    c.nodes[other].wait_log("is not for server 'pg0'", Duration::from_secs(10)).unwrap();
+    let log = c.nodes[other].log();
+    assert!(log.contains("refused put-wal of server 'pg0' from 'pghost (WAL client)'"), "{log}");
+    assert!(log.contains("refused get-wal of server 'pg0' from 'pghost (WAL client)'"), "{log}");
+    assert!(log.contains("refused put-wal of server 'pg' from 'rogue'"), "{log}");
 }
 
 #[test]

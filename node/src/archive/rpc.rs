@@ -27,9 +27,11 @@ use super::wire::{MemberInfo, SumAlgo, TarWriter};
 use crate::catalog::ServerLayout;
 use crate::catalog::durable;
 use crate::catalog::xlogdb::mtime_float;
+use crate::config::types::UnboundClients;
 use crate::config::{Config, ServerConfig};
 use crate::transport::chunks::ChunkSender;
 use crate::transport::grpc;
+use crate::transport::tls::Role;
 use crate::wal::WalFileName;
 
 /// Bytes per streamed chunk.
@@ -51,6 +53,61 @@ pub struct ArchiveService {
     owned_elsewhere: Option<OwnedElsewhere>,
     /// Woken when markers were written.
     kick: Arc<tokio::sync::Notify>,
+    /// Whether a node name is a member of the cluster now.
+    is_member: IsMember,
+}
+
+/// Whether a node name is a member of the cluster now.
+pub type IsMember = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// Who called, as far as the WAL services care.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// A member node (forwarding WAL to the owner, or a node's own client).
+    Member(String),
+    /// A WAL client certificate, allowed the server asked for.
+    WalClient(String),
+}
+
+impl std::fmt::Display for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Caller::Member(n) => write!(f, "node '{n}'"),
+            Caller::WalClient(n) => write!(f, "'{n}'"),
+        }
+    }
+}
+
+/// Whether the certificate `name` of `role` may put and get the WAL of `server`; why not
+/// otherwise. A WAL client certificate only for the servers it names; one that names none
+/// (made before certificates named servers) only when `wal_client_unbound = allow`.
+pub fn authorize(
+    name: &str,
+    role: Option<&Role>,
+    server: &str,
+    is_member: &dyn Fn(&str) -> bool,
+    unbound: UnboundClients,
+) -> Result<Caller, String> {
+    let shown = crate::catalog::confine::shown;
+    match role {
+        Some(Role::Node) if is_member(name) => Ok(Caller::Member(name.to_string())),
+        Some(Role::WalClient { servers }) if servers.iter().any(|s| s == server) => {
+            Ok(Caller::WalClient(name.to_string()))
+        }
+        Some(Role::WalClient { servers }) if servers.is_empty() => match unbound {
+            UnboundClients::Allow => Ok(Caller::WalClient(name.to_string())),
+            UnboundClients::Refuse => Err(format!(
+                "the WAL client certificate '{}' names no server: re-issue it with 'barman cluster cert client NAME \
+                 --server {}', or set wal_client_unbound = allow in [barman]",
+                shown(name),
+                shown(server)
+            )),
+        },
+        Some(Role::WalClient { .. }) => {
+            Err(format!("the WAL client certificate '{}' is not for server '{}'", shown(name), shown(server)))
+        }
+        _ => Err(format!("'{}' is neither a member of the cluster nor a WAL client", shown(name))),
+    }
 }
 
 impl ArchiveService {
@@ -58,8 +115,23 @@ impl ArchiveService {
         cfg: Arc<Config>,
         owned_elsewhere: Option<OwnedElsewhere>,
         kick: Arc<tokio::sync::Notify>,
+        is_member: IsMember,
     ) -> ArchiveService {
-        ArchiveService { cfg, owned_elsewhere, kick }
+        ArchiveService { cfg, owned_elsewhere, kick, is_member }
+    }
+
+    /// The caller of `rpc` for `server`, checked before anything else is done for it: a
+    /// refusal is one WARN line naming the peer and what it asked.
+    fn admit<T>(&self, request: &Request<T>, rpc: &str, server: &str) -> Result<Caller, Status> {
+        let peer = grpc::peer(request).ok_or_else(|| Status::unauthenticated("no verified peer certificate"))?;
+        let name = peer.name.as_deref().unwrap_or_default();
+        authorize(name, peer.role.as_ref(), server, &*self.is_member, self.cfg.global.wal_client_unbound).map_err(
+            |why| {
+                let shown = crate::catalog::confine::shown;
+                tracing::warn!(peer = %peer.addr, "refused {rpc} of server '{}' from '{}' at {}: {why}", shown(server), shown(name), peer.addr);
+                Status::permission_denied(why)
+            },
+        )
     }
 
     pub fn server(self) -> ArchiveServer<ArchiveService> {
@@ -80,12 +152,6 @@ impl ArchiveService {
         }
         Ok(s)
     }
-}
-
-/// The verified peer's name, for the log; a request without one is refused.
-fn peer_name<T>(request: &Request<T>) -> Result<String, Status> {
-    let peer = grpc::peer(request).ok_or_else(|| Status::unauthenticated("no verified peer certificate"))?;
-    Ok(format!("{} at {}", peer.name.as_deref().unwrap_or("?"), peer.addr))
 }
 
 /// A blocking reader over chunks sent by an async task.
@@ -155,14 +221,18 @@ fn mark_for_forward(layout: &ServerLayout, names: &[String]) -> io::Result<()> {
 #[tonic::async_trait]
 impl Archive for ArchiveService {
     async fn put_wal(&self, request: Request<Streaming<PutWalChunk>>) -> Result<Response<PutWalReply>, Status> {
-        let peer = peer_name(&request)?;
-        let mut stream = request.into_inner();
+        let addr = grpc::peer(&request).map(|p| p.addr.to_string()).unwrap_or_default();
+        let (metadata, extensions, mut stream) = request.into_parts();
         let first = stream.message().await?.ok_or_else(|| Status::invalid_argument("empty put-wal stream"))?;
+        // Authorized on the first chunk, which names the server, before the data is read.
+        let caller = self.admit(&Request::from_parts(metadata, extensions, ()), "put-wal", &first.server)?;
+        let peer = format!("{caller} at {addr}");
         let s = self.server_cfg(&first.server)?;
         if first.test {
             return Ok(Response::new(PutWalReply { stored: Vec::new() }));
         }
-        let forwarded = first.forwarded;
+        // Only a node passes WAL on as already forwarded; from a client it means nothing.
+        let forwarded = first.forwarded && matches!(caller, Caller::Member(_));
         let (mut input, pump) = pump(&tokio::runtime::Handle::current(), Some(first.data), stream, |c| c.data);
         let cfg = self.cfg.clone();
         let forward = !forwarded && self.owned_elsewhere.as_ref().is_some_and(|elsewhere| elsewhere(&s.name));
@@ -191,7 +261,8 @@ impl Archive for ArchiveService {
     type GetWalStream = ReceiverStream<Result<TarChunk, Status>>;
 
     async fn get_wal(&self, request: Request<GetWalRequest>) -> Result<Response<Self::GetWalStream>, Status> {
-        peer_name(&request)?;
+        let server = request.get_ref().server.clone();
+        self.admit(&request, "get-wal", &server)?;
         let r = request.into_inner();
         let s = self.server_cfg(&r.server)?;
         let name: WalFileName = r
@@ -388,5 +459,29 @@ pub fn drop_markers(layout: &ServerLayout) {
             let _ = std::fs::remove_file(e.path());
         }
         let _ = durable::fsync_dir(&dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wal_client_is_served_only_the_servers_it_names() {
+        let member = |n: &str| n == "n1";
+        let client = |servers: &[&str]| Role::WalClient { servers: servers.iter().map(|s| s.to_string()).collect() };
+        let refuse = UnboundClients::Refuse;
+        assert_eq!(authorize("n1", Some(&Role::Node), "pg", &member, refuse), Ok(Caller::Member("n1".into())));
+        let e = authorize("rogue", Some(&Role::Node), "pg", &member, refuse).unwrap_err();
+        assert!(e.contains("neither a member"), "{e}");
+        let c = "pghost (WAL client)";
+        assert!(authorize(c, Some(&client(&["pg", "pg2"])), "pg2", &member, refuse).is_ok());
+        let e = authorize(c, Some(&client(&["pg"])), "pg2", &member, refuse).unwrap_err();
+        assert!(e.contains("is not for server 'pg2'"), "{e}");
+        // Made before certificates named servers: only when allowed.
+        let e = authorize(c, Some(&client(&[])), "pg", &member, refuse).unwrap_err();
+        assert!(e.contains("--server pg") && e.contains("wal_client_unbound = allow"), "{e}");
+        assert!(authorize(c, Some(&client(&[])), "pg", &member, UnboundClients::Allow).is_ok());
+        assert!(authorize(c, None, "pg", &member, UnboundClients::Allow).is_err());
     }
 }

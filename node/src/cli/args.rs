@@ -544,6 +544,9 @@ pub enum CertCommand {
     /// barman-wal-restore over gRPC), signed by the CA in --ca-dir
     Client {
         name: String,
+        /// A server whose WAL the certificate may put and get (repeatable; at least one)
+        #[arg(long = "server", required = true)]
+        servers: Vec<String>,
         /// Directory holding ca.crt and ca.key
         #[arg(long = "ca-dir", default_value = ".")]
         ca_dir: std::path::PathBuf,

@@ -17,7 +17,7 @@ pub fn cert(cmd: &CertCommand) -> i32 {
     let r = match cmd {
         CertCommand::Ca { dir } => cert_ca(&abs(dir)),
         CertCommand::Node { name, hosts, ca_dir, dir } => cert_node(name, hosts, &abs(ca_dir), &abs(dir)),
-        CertCommand::Client { name, ca_dir, dir } => cert_client(name, &abs(ca_dir), &abs(dir)),
+        CertCommand::Client { name, servers, ca_dir, dir } => cert_client(name, servers, &abs(ca_dir), &abs(dir)),
     };
     match r {
         Ok(msg) => {
@@ -51,8 +51,8 @@ fn read_ca(ca_dir: &Path) -> Result<tls::Pem, String> {
     Ok(tls::Pem { cert: read(&ca_dir.join("ca.crt"))?, key: read(&ca_dir.join("ca.key"))? })
 }
 
-fn cert_client(name: &str, ca_dir: &Path, dir: &Path) -> Result<String, String> {
-    let pem = tls::new_client_cert(&read_ca(ca_dir)?, name).map_err(|e| e.to_string())?;
+fn cert_client(name: &str, servers: &[String], ca_dir: &Path, dir: &Path) -> Result<String, String> {
+    let pem = tls::new_client_cert(&read_ca(ca_dir)?, name, servers).map_err(|e| e.to_string())?;
     if name.contains('/') || name.starts_with('.') {
         return Err(format!("client name '{name}' cannot name a file: use letters, digits, '-' and '.'"));
     }
@@ -60,9 +60,10 @@ fn cert_client(name: &str, ca_dir: &Path, dir: &Path) -> Result<String, String> 
     let (c, k) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
     tls::write_pem_files(&pem, &c, &k).map_err(|e| e.to_string())?;
     Ok(format!(
-        "WAL client certificate '{}' written to {} and {} (--tls-cert-file, --tls-key-file of \
-         barman-wal-archive and barman-wal-restore)",
+        "WAL client certificate '{}' for server(s) {} written to {} and {} (--tls-cert-file, \
+         --tls-key-file of barman-wal-archive and barman-wal-restore)",
         tls::wal_client_name(name),
+        servers.join(", "),
         c.display(),
         k.display()
     ))

@@ -96,6 +96,8 @@ pub struct GlobalConfig {
     pub ownership_lease: Duration,
     /// The Prometheus endpoint; `None`: no endpoint.
     pub node_metrics_listen: Option<HostPort>,
+    /// Whether WAL client certificates that name no server are served.
+    pub wal_client_unbound: types::UnboundClients,
 }
 
 impl GlobalConfig {
@@ -399,6 +401,7 @@ impl Config {
             node_key_file: cr.resolve("node_key_file"),
             ownership_lease: cr.resolve("ownership_lease"),
             node_metrics_listen: cr.resolve("node_metrics_listen"),
+            wal_client_unbound: cr.resolve("wal_client_unbound"),
         };
         warnings.append(&mut cr.warnings);
         let mut cluster_errors: Vec<String> = cr.rejected.iter().map(|r| r.line()).collect();

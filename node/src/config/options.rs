@@ -91,6 +91,12 @@ pub const GLOBAL_OPTIONS: &[OptionSpec] = &[
         "Cluster: lease of a server's owner; past it without renewal the owner stops streaming.",
     ),
     g(
+        "wal_client_unbound",
+        Some("refuse"),
+        "allow | refuse",
+        "Cluster: whether WAL client certificates that name no server (made before certificates named their servers) may put and get the WAL of every server.",
+    ),
+    g(
         "node_metrics_listen",
         None,
         "host:port",

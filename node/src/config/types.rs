@@ -192,6 +192,7 @@ keyword_type!(BackupCompression { Gzip = "gzip", Lz4 = "lz4", Zstd = "zstd", Non
 keyword_type!(BackupCompressionFormat { Plain = "plain", Tar = "tar" });
 keyword_type!(BackupCompressionLocation { Client = "client", Server = "server" });
 keyword_type!(CreateSlot { Manual = "manual", Auto = "auto" });
+keyword_type!(UnboundClients { Allow = "allow", Refuse = "refuse" });
 keyword_type!(CombineMode { Copy = "copy", Link = "link", Clone = "clone", CopyFileRange = "copy-file-range" });
 keyword_type!(ReuseBackup { Copy = "copy", Link = "link", Off = "off" });
 keyword_type!(StagingLocation { Local = "local", Remote = "remote" });

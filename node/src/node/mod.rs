@@ -195,13 +195,14 @@ async fn run_async(
             applied.borrow().state.servers.get(server).and_then(|r| r.ownership.owner).is_some_and(|o| o != me)
         })
     };
-    let sync_service = crate::sync::rpc::SyncService::new(cfg.clone(), admit);
+    let sync_service = crate::sync::rpc::SyncService::new(cfg.clone(), admit.clone());
     let sent = sync_service.sent();
     let routes = RaftService::new(raft.clone(), g.cluster_peers.iter().map(|p| p.name.to_string()).collect())
         .routes()
         .add_service(sync_service.server())
         .add_service(
-            crate::archive::rpc::ArchiveService::new(cfg.clone(), Some(elsewhere), forward_kick.clone()).server(),
+            crate::archive::rpc::ArchiveService::new(cfg.clone(), Some(elsewhere), forward_kick.clone(), admit.clone())
+                .server(),
         );
     let grpc_task = tokio::spawn(grpc::serve(listener, server_tls, routes, stopped()));
 

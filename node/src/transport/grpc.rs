@@ -62,6 +62,8 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// The node name of its certificate ([`tls::peer_name`]).
     pub name: Option<String>,
+    /// What its certificate is ([`tls::peer_role`]).
+    pub role: Option<tls::Role>,
 }
 
 /// The peer of a request served by [`serve`] (None for a request that did not come
@@ -205,8 +207,9 @@ async fn handshake(acceptor: &TlsAcceptor, tcp: TcpStream, addr: SocketAddr) -> 
         Ok(Err(e)) => return Err(Refused::Refused(e.to_string())),
         Ok(Ok(s)) => s,
     };
-    let name = inner.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(tls::peer_name);
-    Ok(PeerStream { inner, peer: Peer { addr, name } })
+    let cert = inner.get_ref().1.peer_certificates().and_then(|c| c.first());
+    let (name, role) = (cert.and_then(tls::peer_name), cert.and_then(tls::peer_role));
+    Ok(PeerStream { inner, peer: Peer { addr, name, role } })
 }
 
 /// A channel to the node `peer_name` at `addr` (`host:port`), connecting on first use:

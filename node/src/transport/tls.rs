@@ -149,17 +149,34 @@ fn issuer_of(ca: &Pem) -> Result<(CertificateDer<'static>, Issuer<'static, KeyPa
 /// name (those are DNS names, without spaces), so such a certificate is never admitted as
 /// a member of the cluster (Raft, Sync), only to the Archive service.
 pub fn wal_client_name(name: &str) -> String {
-    format!("{name} (WAL client)")
+    format!("{name}{WAL_CLIENT_SUFFIX}")
 }
 
+const WAL_CLIENT_SUFFIX: &str = " (WAL client)";
+
 /// A client-only certificate for the PostgreSQL host `name`, signed by `ca`, for
-/// `barman-wal-archive` / `barman-wal-restore` talking to nodes over gRPC.
-pub fn new_client_cert(ca: &Pem, name: &str) -> Result<Pem, TlsError> {
+/// `barman-wal-archive` / `barman-wal-restore` talking to nodes over gRPC: it may put and
+/// get the WAL of `servers` only (one SAN URI `barman://server/NAME` each).
+pub fn new_client_cert(ca: &Pem, name: &str, servers: &[String]) -> Result<Pem, TlsError> {
     if name.trim().is_empty() || name.chars().any(char::is_control) {
         return Err(TlsError::Generate(format!("client name '{name}' is empty or holds control characters")));
     }
+    if servers.is_empty() {
+        return Err(TlsError::Generate(format!(
+            "a WAL client certificate names the servers it serves: give --server SERVER for each server of '{name}'"
+        )));
+    }
+    let mut sans = Vec::new();
+    for s in servers {
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+            return Err(TlsError::Generate(format!("'{s}' is not a server name (letters, digits, '-', '_' and '.')")));
+        }
+        let uri = format!("{SERVER_URI_PREFIX}{s}").try_into().map_err(generate)?;
+        sans.push(rcgen::SanType::URI(uri));
+    }
     let (ca_der, issuer) = issuer_of(ca)?;
     let mut params = CertificateParams::new(Vec::<String>::new()).map_err(generate)?;
+    params.subject_alt_names = sans;
     params.distinguished_name = DistinguishedName::new();
     params.distinguished_name.push(DnType::CommonName, wal_client_name(name));
     params.is_ca = IsCa::ExplicitNoCa;
@@ -405,6 +422,31 @@ pub fn peer_name(cert_der: &CertificateDer<'_>) -> Option<String> {
 struct CertNames {
     common_name: Option<String>,
     dns: Vec<String>,
+    uris: Vec<String>,
+}
+
+/// How a WAL client certificate names a server it may serve: one SAN URI per server.
+pub const SERVER_URI_PREFIX: &str = "barman://server/";
+
+/// Who a verified peer certificate stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// A node certificate (DNS names): a member of the cluster if its name is one.
+    Node,
+    /// A WAL client certificate (`NAME (WAL client)`, no DNS name), with the servers it
+    /// names (none: made before certificates named their servers).
+    WalClient { servers: Vec<String> },
+}
+
+/// The role of a verified peer certificate. Call it only on one rustls has verified.
+pub fn peer_role(cert_der: &CertificateDer<'_>) -> Option<Role> {
+    let names = cert_names(cert_der)?;
+    let client = names.dns.is_empty() && names.common_name.as_deref().is_some_and(|n| n.ends_with(WAL_CLIENT_SUFFIX));
+    if !client {
+        return Some(Role::Node);
+    }
+    let servers = names.uris.iter().filter_map(|u| u.strip_prefix(SERVER_URI_PREFIX)).map(str::to_string).collect();
+    Some(Role::WalClient { servers })
 }
 
 /// Reads the subject's common name and the DNS subject alternative names out of a DER
@@ -445,9 +487,11 @@ fn cert_names(der: &[u8]) -> Option<CertNames> {
             }
             let (general_names, _) = expect(value, SEQUENCE)?;
             for (tag, name) in elements(general_names)? {
-                // dNSName: [2] IA5String, implicitly tagged.
-                if tag == 0x82 {
-                    names.dns.push(String::from_utf8(name.to_vec()).ok()?);
+                // dNSName [2] and uniformResourceIdentifier [6]: IA5String, implicitly tagged.
+                match tag {
+                    0x82 => names.dns.push(String::from_utf8(name.to_vec()).ok()?),
+                    0x86 => names.uris.push(String::from_utf8(name.to_vec()).ok()?),
+                    _ => {}
                 }
             }
         }
@@ -518,17 +562,25 @@ mod tests {
     #[test]
     fn a_wal_client_certificate_is_a_client_only_and_never_a_member_name() {
         let ca = new_ca("c").unwrap();
-        let client = new_client_cert(&ca, "n1").unwrap();
+        let servers = ["pg".to_string(), "pg-2".to_string()];
+        let client = new_client_cert(&ca, "n1", &servers).unwrap();
         let name = peer_name(&der(&client.cert)).unwrap();
         assert_eq!(name, "n1 (WAL client)");
+        assert_eq!(peer_role(&der(&client.cert)), Some(Role::WalClient { servers: servers.to_vec() }));
+        let node = new_node_cert(&ca, "n2", &[]).unwrap();
+        assert_eq!(peer_role(&der(&node.cert)), Some(Role::Node));
+        // A certificate names at least one server, each a server name.
+        assert!(new_client_cert(&ca, "n1", &[]).unwrap_err().to_string().contains("--server"));
+        assert!(new_client_cert(&ca, "n1", &["a/b".into()]).is_err());
         // Members are admitted by a node name, which is a DNS name: this one never is.
         assert!(!matches!(ServerName::try_from(name.as_str()), Ok(ServerName::DnsName(_))));
         // Usable to call a node, not to be one.
         verify_as_node(&der(&ca.cert), &der(&client.cert), "n1").unwrap_err();
         let other = new_ca("c").unwrap();
-        let e = new_client_cert(&Pem { cert: ca.cert.clone(), key: other.key }, "pg1").unwrap_err().to_string();
+        let e =
+            new_client_cert(&Pem { cert: ca.cert.clone(), key: other.key }, "pg1", &servers).unwrap_err().to_string();
         assert!(e.contains("does not verify against the CA"), "{e}");
-        assert!(new_client_cert(&ca, " ").is_err());
+        assert!(new_client_cert(&ca, " ", &servers).is_err());
     }
 
     #[test]

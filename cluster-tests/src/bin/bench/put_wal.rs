@@ -208,7 +208,7 @@ fn over_grpc(ctx: &Ctx, sources: &[PathBuf], work: &Path) -> Result<Table> {
     let t = tls.to_string_lossy().into_owned();
     cert(&["ca", "--dir", &t])?;
     cert(&["node", "n1", "--host", "127.0.0.1", "--ca-dir", &t, "--dir", &t])?;
-    cert(&["client", "bench", "--ca-dir", &t, "--dir", &t])?;
+    cert(&["client", "bench", "--server", "pg", "--ca-dir", &t, "--dir", &t])?;
     let port = cluster_tests::util::free_port()?;
     let text = fs::read_to_string(&home.config)?;
     let node = format!(
