@@ -2,6 +2,8 @@
 //! host key against known_hosts, logs in with the account's keys, runs commands and streams
 //! data into them. [`Remote`] is the blocking face used by the commands.
 
+mod host_hash;
+mod known_hosts;
 mod target;
 
 use std::sync::{Arc, Mutex};
@@ -14,7 +16,9 @@ use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
 
 use super::lock;
+use known_hosts::Verdict;
 
+pub use known_hosts::KnownHostsError;
 pub use target::{SshTarget, StrictHostKeyChecking};
 
 /// Without `ConnectTimeout`, how long a TCP connect and handshake may take.
@@ -36,6 +40,25 @@ pub enum SshError {
          the connection; check the host and fix known_hosts"
     )]
     ChangedKey { who: String, file: String, line: usize },
+    #[error(
+        "the host key of {who} is marked @revoked in {file}:{line}: it is refused; check the host and give it \
+         a new key"
+    )]
+    RevokedKey { who: String, file: String, line: usize },
+    #[error(
+        "{who} is known only through the @cert-authority line {file}:{line}, and host certificates are not \
+         supported: list the host key itself in known_hosts (ssh-keyscan)"
+    )]
+    HostCertificate { who: String, file: String, line: usize },
+    #[error(
+        "{who} is a new host but its key cannot be recorded (StrictHostKeyChecking accept-new): {source}; fix \
+         that or add the key with ssh-keyscan"
+    )]
+    RecordHostKey {
+        who: String,
+        #[source]
+        source: KnownHostsError,
+    },
     #[error("{who} accepted none of the keys offered ({tried}): add one to that account's authorized_keys")]
     Auth { who: String, tried: String },
     #[error("ssh session with {who} failed: {why}")]
@@ -71,11 +94,30 @@ impl Output {
     }
 }
 
-/// How the host key check went, kept for the error message.
-#[derive(Debug, Clone)]
+/// Why the host key was refused, kept for the error message.
+#[derive(Debug)]
 enum KeyVerdict {
     Unknown,
     Changed { file: String, line: usize },
+    Revoked { file: String, line: usize },
+    CertificateOnly { file: String, line: usize },
+    NotRecorded(KnownHostsError),
+}
+
+impl KeyVerdict {
+    fn into_error(self, target: &SshTarget) -> SshError {
+        let who = target.display();
+        match self {
+            KeyVerdict::Unknown => SshError::UnknownHost {
+                who,
+                files: target.known_hosts.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+            },
+            KeyVerdict::Changed { file, line } => SshError::ChangedKey { who, file, line },
+            KeyVerdict::Revoked { file, line } => SshError::RevokedKey { who, file, line },
+            KeyVerdict::CertificateOnly { file, line } => SshError::HostCertificate { who, file, line },
+            KeyVerdict::NotRecorded(source) => SshError::RecordHostKey { who, source },
+        }
+    }
 }
 
 struct Verifier {
@@ -84,25 +126,28 @@ struct Verifier {
 }
 
 impl Verifier {
+    /// Accepts `key` or says why not; with `accept-new`, a new host's key is recorded
+    /// first, so that the next connection holds the host to it.
     fn judge(&self, key: &PublicKey) -> Result<(), KeyVerdict> {
-        for file in &self.target.known_hosts {
-            let Ok(recorded) =
-                russh::keys::known_hosts::known_host_keys_path(&self.target.host_key_alias, self.target.port, file)
-            else {
-                continue;
-            };
-            for (line, known) in recorded {
-                if known.key_data() == key.key_data() {
-                    return Ok(());
+        let t = &self.target;
+        let entries = known_hosts::entries_for(&t.known_hosts, &t.known_hosts_name);
+        let at = |file: std::path::PathBuf| file.display().to_string();
+        match known_hosts::judge(&entries, key) {
+            Verdict::Known => Ok(()),
+            Verdict::Revoked { file, line } => Err(KeyVerdict::Revoked { file: at(file), line }),
+            Verdict::Changed { file, line } => Err(KeyVerdict::Changed { file: at(file), line }),
+            Verdict::CertificateOnly { file, line } => Err(KeyVerdict::CertificateOnly { file: at(file), line }),
+            Verdict::Unknown => match (t.strict, &t.user_known_hosts) {
+                (StrictHostKeyChecking::Yes, _) => Err(KeyVerdict::Unknown),
+                // `UserKnownHostsFile none`: nowhere to record, as the user asked.
+                (StrictHostKeyChecking::AcceptNew, None) => Ok(()),
+                (StrictHostKeyChecking::AcceptNew, Some(file)) => {
+                    if known_hosts::record(file, &t.known_hosts_name, key).map_err(KeyVerdict::NotRecorded)? {
+                        tracing::info!("recorded the host key of {} in {}", t.display(), file.display());
+                    }
+                    Ok(())
                 }
-                if known.algorithm() == key.algorithm() {
-                    return Err(KeyVerdict::Changed { file: file.display().to_string(), line });
-                }
-            }
-        }
-        match self.target.strict {
-            StrictHostKeyChecking::AcceptNew => Ok(()),
-            StrictHostKeyChecking::Yes => Err(KeyVerdict::Unknown),
+            },
         }
     }
 }
@@ -152,7 +197,11 @@ impl Session {
                 russh::cipher::AES_128_CTR,
             ][..],
         );
-        let preferred = russh::Preferred { compression, cipher, ..Default::default() };
+        // The types of the host's recorded keys first, so a host that also has another type
+        // presents the one we know (OpenSSH orders them the same way).
+        let entries = known_hosts::entries_for(&target.known_hosts, &target.known_hosts_name);
+        let key = std::borrow::Cow::Owned(known_hosts::known_types_first(&entries, &russh::Preferred::DEFAULT.key));
+        let preferred = russh::Preferred { compression, cipher, key, ..Default::default() };
         let config = Arc::new(client::Config {
             preferred,
             nodelay: true,
@@ -169,17 +218,8 @@ impl Session {
             Err(_) => return Err(SshError::Connect { who, why: format!("no answer within {} s", wait.as_secs()) }),
             Ok(Ok(h)) => h,
             Ok(Err(e)) => {
-                return Err(match lock(&verdict).clone() {
-                    Some(KeyVerdict::Unknown) => SshError::UnknownHost {
-                        who,
-                        files: target
-                            .known_hosts
-                            .iter()
-                            .map(|p| p.display().to_string())
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                    },
-                    Some(KeyVerdict::Changed { file, line }) => SshError::ChangedKey { who, file, line },
+                return Err(match lock(&verdict).take() {
+                    Some(v) => v.into_error(target),
                     None => SshError::Connect { who, why: e.to_string() },
                 });
             }
@@ -356,4 +396,172 @@ impl Remote {
 /// `s` quoted for a POSIX shell.
 pub fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
+
+    use super::*;
+
+    const KEY_A: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDno5U5ZzK2+kJC1p9PUOQXFqjCaTdYc2nsdSjOaFb7o";
+    const KEY_B: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBOo7F1XOSIpcBdgFfA4TPwwr97iD8ouwGmy+H8wO+IA";
+    const KEY_C: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAICxTlWkePNnskTaEmXLTLi22GqJUVh5ZCRJRd3Y57qgZ";
+    const ECDSA: &str = "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBO+RsOzFlAcA+b3h2sg0BEhuyvyUAB7fDhe353mbE76WQd9c19FnDG38QXQM+WCViNxxebYqQ8iFvt8QGedIefM=";
+
+    fn key(text: &str) -> PublicKey {
+        PublicKey::from_openssh(text).expect("test key")
+    }
+
+    /// A verifier for `ssh ... <rest>` whose only known hosts file is `known`.
+    fn verifier(strict: &str, known: &Path, rest: &str) -> Verifier {
+        let cmd = format!(
+            "ssh -F /dev/null -o StrictHostKeyChecking={strict} -o UserKnownHostsFile={} \
+             -o GlobalKnownHostsFile=none {rest}",
+            known.display()
+        );
+        Verifier { target: SshTarget::from_command(&cmd).expect(&cmd), verdict: Arc::new(Mutex::new(None)) }
+    }
+
+    /// The one-line error a refusal of `key` gives.
+    fn refusal(v: &Verifier, key: &str) -> String {
+        let msg = v.judge(&self::key(key)).expect_err("refused").into_error(&v.target).to_string();
+        assert!(!msg.contains('\n'), "one line: {msg}");
+        msg
+    }
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).expect("stat").permissions().mode() & 0o777
+    }
+
+    fn tempdir() -> tempfile::TempDir {
+        tempfile::tempdir().expect("tempdir")
+    }
+
+    #[test]
+    fn accept_new_records_the_key_and_then_holds_the_host_to_it() {
+        let dir = tempdir();
+        let ssh_dir = dir.path().join("home/.ssh");
+        let known = ssh_dir.join("known_hosts");
+        let v = verifier("accept-new", &known, "-p 2222 postgres@DB1");
+        v.judge(&key(KEY_A)).expect("a new host is accepted");
+        assert_eq!(std::fs::read_to_string(&known).expect("recorded"), format!("[db1]:2222 {KEY_A}\n"));
+        assert_eq!((mode(&known), mode(&ssh_dir)), (0o600, 0o700));
+        // The next connection finds it: same key accepted and not recorded twice...
+        v.judge(&key(KEY_A)).expect("the recorded key");
+        assert_eq!(std::fs::read_to_string(&known).expect("read").lines().count(), 1);
+        // ...another key refused as changed.
+        let msg = refusal(&v, KEY_B);
+        assert!(msg.contains("postgres@DB1:2222") && msg.contains("differs from the one recorded"), "{msg}");
+        assert!(msg.contains(&format!("{} line 1", known.display())), "{msg}");
+    }
+
+    #[test]
+    fn accept_new_appends_port_22_hosts_by_name_to_an_existing_file() {
+        let dir = tempdir();
+        let known = dir.path().join("known_hosts");
+        std::fs::write(&known, format!("db2 {KEY_B}")).expect("write");
+        std::fs::set_permissions(&known, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        // `no` accepts a new host as `accept-new` does, and records it the same way.
+        verifier("no", &known, "db1").judge(&key(&format!("{KEY_A} comment"))).expect("accepted");
+        let text = std::fs::read_to_string(&known).expect("read");
+        assert_eq!(text, format!("db2 {KEY_B}\ndb1 {KEY_A}\n"));
+        assert_eq!(mode(&known), 0o644, "an existing file keeps its mode");
+        // The alias is the name when one is given, without the port.
+        verifier("accept-new", &known, "-o HostKeyAlias=standby -p 2222 db3").judge(&key(KEY_C)).expect("accepted");
+        assert!(std::fs::read_to_string(&known).expect("read").ends_with(&format!("\nstandby {KEY_C}\n")));
+    }
+
+    #[test]
+    fn accept_new_never_writes_through_a_symlink() {
+        let dir = tempdir();
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::write(&elsewhere, "").expect("write");
+        let known = dir.path().join("known_hosts");
+        std::os::unix::fs::symlink(&elsewhere, &known).expect("symlink");
+        let v = verifier("accept-new", &known, "db1");
+        let msg = refusal(&v, KEY_A);
+        assert!(msg.contains("its key cannot be recorded") && msg.contains("symbolic link"), "{msg}");
+        assert_eq!(std::fs::read_to_string(&elsewhere).expect("read"), "");
+    }
+
+    #[test]
+    fn strict_checking_records_nothing() {
+        let dir = tempdir();
+        let known = dir.path().join("known_hosts");
+        let msg = refusal(&verifier("yes", &known, "db1"), KEY_A);
+        assert!(msg.contains("not in the known hosts files"), "{msg}");
+        assert!(!known.exists());
+    }
+
+    #[test]
+    fn a_revoked_key_is_refused_even_when_another_line_lists_it() {
+        let dir = tempdir();
+        let known = dir.path().join("known_hosts");
+        std::fs::write(&known, format!("db1 {KEY_A}\n# rotated\n@revoked * {KEY_A}\n")).expect("write");
+        for strict in ["yes", "accept-new"] {
+            let msg = refusal(&verifier(strict, &known, "postgres@db1"), KEY_A);
+            assert!(msg.contains("postgres@db1") && msg.contains("@revoked"), "{msg}");
+            assert!(msg.contains(&format!("{}:3", known.display())), "{msg}");
+        }
+        // A revoked key of an unknown host is not recorded either.
+        let msg = refusal(&verifier("accept-new", &known, "db2"), KEY_A);
+        assert!(msg.contains("@revoked"), "{msg}");
+        assert_eq!(std::fs::read_to_string(&known).expect("read").lines().count(), 3);
+    }
+
+    #[test]
+    fn a_host_known_only_by_a_cert_authority_is_refused() {
+        let dir = tempdir();
+        let known = dir.path().join("known_hosts");
+        let text = format!("@cert-authority *.example.com {KEY_B}\n");
+        std::fs::write(&known, &text).expect("write");
+        for strict in ["yes", "accept-new"] {
+            let msg = refusal(&verifier(strict, &known, "postgres@db1.example.com"), KEY_A);
+            assert!(msg.contains("postgres@db1.example.com"), "{msg}");
+            assert!(msg.contains("host certificates are not supported"), "{msg}");
+            assert!(msg.contains("list the host key itself"), "{msg}");
+            assert!(msg.contains(&format!("{}:1", known.display())), "{msg}");
+        }
+        assert_eq!(std::fs::read_to_string(&known).expect("read"), text, "nothing recorded");
+    }
+
+    #[test]
+    fn any_listed_key_of_the_host_is_accepted() {
+        let dir = tempdir();
+        let known = dir.path().join("known_hosts");
+        std::fs::write(&known, format!("db1 {KEY_B}\ndb1,db2 {KEY_A}\ndb1 {ECDSA}\n")).expect("write");
+        let v = verifier("yes", &known, "db1");
+        for k in [KEY_A, KEY_B, ECDSA] {
+            v.judge(&key(k)).expect(k);
+        }
+        let msg = refusal(&v, KEY_C);
+        assert!(msg.contains(&format!("{} line 1", known.display())), "{msg}");
+        // Listed with a key of another type only: changed, not new, so accept-new does
+        // not take it.
+        let msg = refusal(&verifier("accept-new", &known, "db2"), ECDSA);
+        assert!(msg.contains(&format!("differs from the one recorded in {} line 2", known.display())), "{msg}");
+    }
+
+    #[test]
+    fn hashed_names_match() {
+        let dir = tempdir();
+        let known = dir.path().join("known_hosts");
+        // `ssh-keygen -H` of `db1` and `[db1]:2222`, both with KEY_A.
+        std::fs::write(
+            &known,
+            format!(
+                "|1|al/dusf5ikE2e/SQCTGooGdd+g8=|Jmr1rmALYrMWecu/Ze50LUCSCKc= {KEY_A}\n\
+                 |1|NX6D1+7zKuZhm3Sgo0pUY5cL8cw=|UAlWMJLqtSJVX6dgX/dQvISJULQ= {KEY_A}\n"
+            ),
+        )
+        .expect("write");
+        for rest in ["db1", "-p 2222 db1"] {
+            let v = verifier("accept-new", &known, rest);
+            v.judge(&key(KEY_A)).expect(rest);
+            assert!(refusal(&v, KEY_B).contains("differs from the one recorded"), "{rest}");
+        }
+        assert_eq!(std::fs::read_to_string(&known).expect("read").lines().count(), 2, "nothing recorded");
+    }
 }

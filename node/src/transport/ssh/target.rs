@@ -18,10 +18,14 @@ pub struct SshTarget {
     pub user: String,
     /// Private keys to offer, in order; missing files are skipped.
     pub identity_files: Vec<PathBuf>,
-    /// Known-hosts files checked for the server's key.
+    /// Known-hosts files checked for the server's key (user files, then global ones).
     pub known_hosts: Vec<PathBuf>,
-    /// The name looked up in known_hosts (`HostKeyAlias`, else the host name).
-    pub host_key_alias: String,
+    /// Where `accept-new` records a new host's key: the first `UserKnownHostsFile`
+    /// (None when that is `none`).
+    pub user_known_hosts: Option<PathBuf>,
+    /// The host's name in known_hosts, lowercased as OpenSSH has it: `HostKeyAlias`,
+    /// else the host name, as `[host]:port` off port 22.
+    pub known_hosts_name: String,
     pub strict: StrictHostKeyChecking,
     pub connect_timeout: Option<Duration>,
     /// `-C` / `Compression yes`.
@@ -168,12 +172,24 @@ impl SshTarget {
             .global_known_hosts
             .clone()
             .unwrap_or_else(|| vec!["/etc/ssh/ssh_known_hosts".into(), "/etc/ssh/ssh_known_hosts2".into()]);
-        let known_hosts = user_known.iter().chain(&global_known).map(|p| expand(p)).collect();
+        // `none` names no file.
+        let files = |list: &[String]| -> Vec<PathBuf> {
+            list.iter().filter(|p| !p.eq_ignore_ascii_case("none")).map(|p| expand(p)).collect()
+        };
+        let user_known = files(&user_known);
+        let known_hosts = user_known.iter().cloned().chain(files(&global_known)).collect();
+        let port = s.port.unwrap_or(22);
+        // OpenSSH lowercases both, and takes an alias as it is, without the port.
+        let known_hosts_name = match &s.host_key_alias {
+            Some(alias) => alias.to_lowercase(),
+            None => super::known_hosts::host_port(&hostname.to_lowercase(), port),
+        };
         Ok(SshTarget {
             alias: host,
-            host_key_alias: s.host_key_alias.clone().unwrap_or_else(|| hostname.clone()),
+            known_hosts_name,
+            user_known_hosts: user_known.into_iter().next(),
             hostname,
-            port: s.port.unwrap_or(22),
+            port,
             user,
             identity_files,
             known_hosts,
@@ -282,7 +298,8 @@ fn host_matches(patterns: &[String], host: &str) -> bool {
     matched
 }
 
-fn glob(pattern: &str, text: &str) -> bool {
+/// One OpenSSH pattern (`*`, `?`), case-insensitive.
+pub(super) fn glob(pattern: &str, text: &str) -> bool {
     let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
     let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
     while ti < t.len() {
@@ -389,12 +406,23 @@ mod tests {
         assert_eq!((t.hostname.as_str(), t.port, t.user.as_str()), ("10.0.0.2", 3000, "barman"));
         assert_eq!(t.identity_files, vec![PathBuf::from("/keys/a"), PathBuf::from("/keys/b")]);
         assert_eq!(&t.known_hosts[..2], &[PathBuf::from("/kh/one"), PathBuf::from("/kh/two")]);
-        assert_eq!(t.host_key_alias, "10.0.0.2");
+        assert_eq!(t.known_hosts_name, "[10.0.0.2]:3000");
+        assert_eq!(t.user_known_hosts, Some(PathBuf::from("/kh/one")));
         assert_eq!(t.strict, StrictHostKeyChecking::AcceptNew);
         let t = target(&format!("ssh -F {} root@db9", cfg.display()));
         assert_eq!((t.hostname.as_str(), t.port, t.user.as_str()), ("db9", 22, "root"));
         let missing = SshTarget::from_command("ssh -F /nonexistent/cfg h").expect_err("missing -F file");
         assert!(missing.to_string().contains("cannot read the config file"), "{missing}");
+    }
+
+    #[test]
+    fn known_hosts_name_and_files_as_openssh_has_them() {
+        let t = target("ssh -F /dev/null -p 2222 DB1");
+        assert_eq!(t.known_hosts_name, "[db1]:2222");
+        assert_eq!(target("ssh -F /dev/null db1").known_hosts_name, "db1");
+        assert_eq!(target("ssh -F /dev/null -o HostKeyAlias=Web -p 2222 db1").known_hosts_name, "web");
+        let t = target("ssh -F /dev/null -o UserKnownHostsFile=none -o GlobalKnownHostsFile=/g db1");
+        assert_eq!((t.user_known_hosts, t.known_hosts), (None, vec![PathBuf::from("/g")]));
     }
 
     #[test]
