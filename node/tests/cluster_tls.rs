@@ -326,6 +326,57 @@ async fn a_node_joins_through_the_leader_and_proposes_through_it() {
     assert!(refused[0].contains("refused Forward from 'beta'"), "{}", refused[0]);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_from_one_address_cannot_hold_every_handshake() {
+    use tokio::io::AsyncReadExt;
+    logs();
+    let pki = Pki::new("cluster");
+    let alpha = start("alpha", &pki.files("alpha"), true).await;
+    let extra = 4;
+    let mut silent = Vec::new();
+    for _ in 0..grpc::MAX_HANDSHAKES_PER_ADDRESS + extra {
+        silent.push(tokio::net::TcpStream::connect(alpha.addr).await.unwrap());
+        // In order: the server accepts them as they come.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Those over the limit are closed at once, unread; the others wait for a handshake.
+    let mut reads = tokio::task::JoinSet::new();
+    for (i, mut s) in silent.into_iter().enumerate() {
+        reads.spawn(async move {
+            let mut b = [0u8; 1];
+            let closed =
+                matches!(tokio::time::timeout(Duration::from_secs(1), s.read(&mut b)).await, Ok(Ok(0)) | Ok(Err(_)));
+            (i, closed, s)
+        });
+    }
+    let mut closed: Vec<usize> = Vec::new();
+    let mut held = Vec::new();
+    while let Some(r) = reads.join_next().await {
+        let (i, c, s) = r.unwrap();
+        if c {
+            closed.push(i);
+        } else {
+            held.push(s);
+        }
+    }
+    closed.sort();
+    let over: Vec<usize> = (grpc::MAX_HANDSHAKES_PER_ADDRESS..grpc::MAX_HANDSHAKES_PER_ADDRESS + extra).collect();
+    assert_eq!(closed, over, "the connections over the limit were not the ones closed");
+    let refused = log_lines(alpha.addr, "over the limits", 1).await;
+    assert_eq!(refused.len(), 1, "one line for the burst: {refused:?}");
+    // Once they go, a member is served again.
+    drop(held);
+    let mut member = raw_client(&alpha, &pki.client("alpha"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match member.vote(vote_request("alpha")).await {
+            Ok(_) => break,
+            Err(e) => assert!(Instant::now() < deadline, "not served after the silent ones left: {e:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[test]
 fn certificate_files_are_never_overwritten() {
     let pki = Pki::new("cluster");

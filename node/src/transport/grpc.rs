@@ -43,6 +43,15 @@ const STREAM_WINDOW: u32 = 16 << 20;
 const CONNECTION_WINDOW: u32 = 64 << 20;
 /// The largest message either way (batches of log entries, snapshot chunks).
 pub const MAX_MESSAGE: usize = 64 << 20;
+/// Connections served at once (a cluster has a handful of nodes, each with one connection
+/// to us, plus the WAL clients of its PostgreSQL hosts).
+pub const MAX_CONNECTIONS: usize = 256;
+/// TLS handshakes under way at once, and from one address: silent peers can hold these
+/// only for [`HANDSHAKE_TIMEOUT`], and one address cannot hold them all.
+pub const MAX_HANDSHAKES: usize = 64;
+pub const MAX_HANDSHAKES_PER_ADDRESS: usize = 8;
+/// Streams (calls) at once on one connection.
+pub const MAX_STREAMS: u32 = 128;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GrpcError {
@@ -76,6 +85,8 @@ pub fn peer<T>(request: &tonic::Request<T>) -> Option<&Peer> {
 struct PeerStream {
     inner: TlsStream<TcpStream>,
     peer: Peer,
+    /// One of [`MAX_CONNECTIONS`], given back when tonic drops the connection.
+    _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Connected for PeerStream {
@@ -141,6 +152,7 @@ pub async fn serve(
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_concurrent_streams(Some(MAX_STREAMS))
         .add_routes(routes)
         .serve_with_incoming_shutdown(ReceiverStream::new(rx), signal)
         .await;
@@ -156,6 +168,11 @@ async fn accept_loop(
     tx: mpsc::Sender<io::Result<PeerStream>>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+    let per_address: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>> = Arc::default();
+    let mut refused = 0u64;
+    let mut told = tokio::time::Instant::now() - Duration::from_secs(60);
     loop {
         let (tcp, addr) = tokio::select! {
             _ = stop.changed() => return,
@@ -169,10 +186,28 @@ async fn accept_loop(
                 }
             },
         };
+        // Over a limit the connection is closed at once, unread; told once in 10 s.
+        let ip = addr.ip();
+        let slots = (
+            connections.clone().try_acquire_owned(),
+            handshakes.clone().try_acquire_owned(),
+            AddressSlot::take(&per_address, ip),
+        );
+        let (Ok(slot), Ok(pending), Some(from_address)) = slots else {
+            refused += 1;
+            if told.elapsed() >= Duration::from_secs(10) {
+                tracing::warn!(peer = %addr, "refused {refused} connection(s) over the limits ({MAX_CONNECTIONS} connections, {MAX_HANDSHAKES} handshakes, {MAX_HANDSHAKES_PER_ADDRESS} handshakes from one address), the last from {addr}");
+                told = tokio::time::Instant::now();
+                refused = 0;
+            }
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let (acceptor, tx) = (acceptor.clone(), tx.clone());
         let handshake = async move {
-            match handshake(&acceptor, tcp, addr).await {
+            let done = handshake(&acceptor, tcp, addr, slot).await;
+            drop((pending, from_address));
+            match done {
                 Ok(stream) => {
                     let _ = tx.send(Ok(stream)).await;
                 }
@@ -198,7 +233,45 @@ enum Refused {
     Refused(String),
 }
 
-async fn handshake(acceptor: &TlsAcceptor, tcp: TcpStream, addr: SocketAddr) -> Result<PeerStream, Refused> {
+/// One of [`MAX_HANDSHAKES_PER_ADDRESS`] for an address, given back on drop.
+struct AddressSlot {
+    counts: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+    ip: std::net::IpAddr,
+}
+
+impl AddressSlot {
+    fn take(
+        counts: &Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+        ip: std::net::IpAddr,
+    ) -> Option<AddressSlot> {
+        let mut c = super::lock(counts);
+        let n = c.entry(ip).or_insert(0);
+        if *n >= MAX_HANDSHAKES_PER_ADDRESS {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot { counts: counts.clone(), ip })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut c = super::lock(&self.counts);
+        if let Some(n) = c.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                c.remove(&self.ip);
+            }
+        }
+    }
+}
+
+async fn handshake(
+    acceptor: &TlsAcceptor,
+    tcp: TcpStream,
+    addr: SocketAddr,
+    slot: tokio::sync::OwnedSemaphorePermit,
+) -> Result<PeerStream, Refused> {
     let inner = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Err(_) => return Err(Refused::Abandoned(format!("no TLS handshake within {}s", HANDSHAKE_TIMEOUT.as_secs()))),
         Ok(Err(e)) if matches!(e.kind(), io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset) => {
@@ -209,7 +282,7 @@ async fn handshake(acceptor: &TlsAcceptor, tcp: TcpStream, addr: SocketAddr) -> 
     };
     let cert = inner.get_ref().1.peer_certificates().and_then(|c| c.first());
     let (name, role) = (cert.and_then(tls::peer_name), cert.and_then(tls::peer_role));
-    Ok(PeerStream { inner, peer: Peer { addr, name, role } })
+    Ok(PeerStream { inner, peer: Peer { addr, name, role }, _slot: slot })
 }
 
 /// A channel to the node `peer_name` at `addr` (`host:port`), connecting on first use:
