@@ -455,7 +455,7 @@ fn archive_files(home: &std::path::Path) -> std::collections::BTreeMap<String, V
 fn passives_follow_the_owners_wal_archive() {
     let _g = serial();
     let dir = TestDir::new().unwrap();
-    let mut c = TestCluster::start(dir.path(), opts(false)).unwrap();
+    let mut c = TestCluster::start(dir.path(), ClusterOptions { metrics: true, ..opts(false) }).unwrap();
     let (owner, _) = c.wait_streaming(Duration::from_secs(30)).unwrap();
     let from = c.pg.current_lsn().unwrap();
     c.pg.psql("CREATE TABLE t (i int)").unwrap();
@@ -511,8 +511,9 @@ fn passives_follow_the_owners_wal_archive() {
     }
     check_invariants(&mut c, &from, &[]);
 
-    // The owner's expiry is followed: a second backup, then the owner deletes the first;
-    // the others delete it too (their WAL before the second backup with it).
+    // The owner's deletion is followed as a record, never by absence: a second backup, then
+    // the owner deletes the first; the others move their copy to their trash (restorable
+    // until sync_delete_delay) and keep its WAL meanwhile.
     let done = |h: &std::path::Path| -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(h.join("pg").join("meta"))
             .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
@@ -533,19 +534,39 @@ fn passives_follow_the_owners_wal_archive() {
     .unwrap();
     c.barman(owner, &["delete", "pg", &first]).unwrap();
     let t0 = Instant::now();
-    c.wait(Duration::from_secs(60), "every node deleting the backup the owner deleted", |c| {
+    let trashed = |h: &std::path::Path| h.join("pg").join(".trash").join(&first).join("backup").join("data").is_dir();
+    c.wait(Duration::from_secs(60), "every other node moving the deleted backup to its trash", |c| {
         c.homes.iter().all(|h| done(h).len() == 1 && !h.join("pg").join("base").join(&first).exists())
+            && c.homes.iter().enumerate().all(|(i, h)| i == owner || trashed(h))
     })
     .unwrap_or_else(|e| panic!("{e}: {:?}", c.homes.iter().map(|h| done(h)).collect::<Vec<_>>()));
-    println!("passives deleted the expired backup after (ms): {}", t0.elapsed().as_millis());
+    println!("passives moved the deleted backup to their trash after (ms): {}", t0.elapsed().as_millis());
     let kept = done(&c.homes[owner]);
     for (i, h) in c.homes.iter().enumerate() {
         assert_eq!(done(h), kept, "node {}", node_name(i));
+        // The WAL stays while the copy is in the trash: a superset of the owner's.
+        let (mine, theirs) = (archived(h), archived(&c.homes[owner]));
+        assert!(theirs.iter().all(|w| mine.contains(w)), "node {} lacks WAL the owner holds", node_name(i));
     }
-    c.wait(Duration::from_secs(30), "every node's WAL archive as the owner's after the delete", |c| {
-        c.homes.iter().all(|h| archived(h) == archived(&c.homes[owner]))
-    })
-    .unwrap();
+    assert!(c.logs().iter().any(|(_, l)| l.contains(&format!("the deletion of backup {first} is recorded"))));
+
+    // An owner whose catalogue is wiped (lost, or lying) lists nothing: the others delete
+    // nothing, say so, and show it in their metrics.
+    let owner_pg = c.homes[owner].join("pg");
+    for d in ["base", "meta"] {
+        std::fs::remove_dir_all(owner_pg.join(d)).unwrap();
+        std::fs::create_dir_all(owner_pg.join(d)).unwrap();
+    }
+    let other = (owner + 1) % c.nodes.len();
+    c.nodes[other].wait_log("lists no backup of pg while this node holds 1 DONE", Duration::from_secs(60)).unwrap();
+    let m = c.nodes[other].spec().metrics.clone().expect("metrics address");
+    let body = http_get(&m, "/metrics");
+    let line = format!("barman_owner_listing_empty{{node=\"{}\",server=\"pg\"}} 1", node_name(other));
+    assert!(body.contains(&line), "{body}");
+    std::thread::sleep(Duration::from_secs(12));
+    for (i, h) in c.homes.iter().enumerate().filter(|(i, _)| *i != owner) {
+        assert_eq!(done(h), kept, "node {} lost a copy after the owner's catalogue was wiped", node_name(i));
+    }
 }
 
 /// The gRPC address a node listens on (its config's `node_listen`).

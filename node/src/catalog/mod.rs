@@ -4,6 +4,7 @@
 pub mod backup_info;
 pub mod backups;
 pub mod confine;
+pub mod deletions;
 pub mod durable;
 pub mod identity;
 pub mod layout;

@@ -83,6 +83,15 @@ fn delete_one(ctx: &mut Ctx, s: &ServerConfig, l: &ServerLayout, all: &[Backup],
         ctx.out.error(format!("Delete of backup {} for server {} stopped: {stop}", b.id, s.name));
         return false;
     }
+    // Journaled before anything goes: on a cluster node that owns the server, the node
+    // records it for the other sites (the only way a deletion reaches them).
+    let reason = if retention { "retention policy" } else { "barman delete" };
+    let clustered = ctx.cfg.global.node_name.is_some();
+    if let Err(e) = clustered.then(|| crate::catalog::deletions::journal(l, &b.id, reason)).transpose() {
+        release(l, &b.id, "delete_this");
+        ctx.out.error(format!("Failure deleting backup {} for server {}.\n{e}", b.id, s.name));
+        return false;
+    }
     ctx.out.info(format!("Deleting backup {} for server {}", b.id, s.name));
     let plan = wal_plan(l, all, b, !retention);
     let next = all.iter().find(|x| x.id > b.id && x.is_copy_done());

@@ -164,6 +164,8 @@ pub fn authorize(sender: NodeId, req: &ForwardRequest) -> Result<(), String> {
                 Err(format!("an assignment of '{server}': only the leader assigns ownership"))
             }
             Request::Site { node, .. } => itself(*node, "a site"),
+            // Checked again when applied: only the owner in its epoch is recorded.
+            Request::Deleted { node, .. } => itself(*node, "a deletion"),
             Request::Server { .. } | Request::ForgetServer { .. } | Request::Transfer { .. } => Ok(()),
             Request::Batch(_) if nested => Err("a batch inside a batch".into()),
             Request::Batch(reqs) => reqs.iter().try_for_each(|r| write(sender, r, true)),

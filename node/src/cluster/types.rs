@@ -69,7 +69,25 @@ pub enum Request {
     /// servers: one commit a renewal interval however many servers it streams). One level:
     /// a batch inside a batch is refused when decoded.
     Batch(#[serde(deserialize_with = "flat")] Vec<Request>),
+    /// The owner of `server` in `epoch` deleted `backup` (its retention, or `barman
+    /// delete` there): the other nodes move their copies to their trash. Deletions travel
+    /// only this way, never as a backup missing from a listing.
+    Deleted { server: String, backup: String, node: NodeId, epoch: u64, reason: String },
 }
+
+/// A backup the owner deleted, as every node learns it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deletion {
+    pub node: NodeId,
+    pub epoch: u64,
+    pub reason: String,
+}
+
+/// Records kept per server: the newest (backup ids sort by time); older ones have long
+/// been acted on.
+pub const MAX_DELETIONS: usize = 1000;
+/// Longest reason kept.
+pub const MAX_REASON: usize = 200;
 
 /// The outcome of one applied command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,6 +141,19 @@ pub struct ServerRecord {
 pub struct ClusterState {
     pub servers: BTreeMap<String, ServerRecord>,
     pub sites: BTreeMap<NodeId, String>,
+    /// Per server, the backups its owners deleted. Read as empty from a state written
+    /// before deletions were recorded (it ends after `sites`).
+    #[serde(deserialize_with = "tolerant_tail")]
+    pub deleted: BTreeMap<String, BTreeMap<String, Deletion>>,
+}
+
+/// The last field of [`ClusterState`], absent from a state written by an earlier version:
+/// bincode reports its end as an error, read here as "no deletions".
+fn tolerant_tail<'de, D>(d: D) -> Result<BTreeMap<String, BTreeMap<String, Deletion>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    Ok(BTreeMap::deserialize(d).unwrap_or_default())
 }
 
 impl ClusterState {
@@ -171,6 +202,26 @@ impl ClusterState {
                 Response::Applied
             }
             Request::Batch(reqs) => Response::Batch(reqs.iter().map(|r| self.apply(r)).collect()),
+            Request::Deleted { server, backup, node, epoch, reason } => {
+                let Some(rec) = self.servers.get(server) else {
+                    return Response::Unknown(format!("server '{server}' is not in the cluster"));
+                };
+                if rec.ownership.owner != Some(*node) || rec.ownership.epoch != *epoch {
+                    return Response::Stale(format!(
+                        "node {node} is not the owner of '{server}' in epoch {epoch}: its deletion of {backup} is not recorded"
+                    ));
+                }
+                if !crate::catalog::backups::is_backup_id(backup) {
+                    return Response::Unknown(format!("'{backup}' is not a backup id"));
+                }
+                let reason: String = reason.chars().filter(|c| !c.is_control()).take(MAX_REASON).collect();
+                let records = self.deleted.entry(server.clone()).or_default();
+                records.insert(backup.clone(), Deletion { node: *node, epoch: *epoch, reason });
+                while records.len() > MAX_DELETIONS {
+                    records.pop_first();
+                }
+                Response::Applied
+            }
         }
     }
 }
@@ -251,6 +302,62 @@ mod tests {
         assert!(decode::<Response>(&bytes).is_err());
         // The flag is left clear: the next decode on this thread is not refused.
         assert_eq!(decode::<Request>(&encode(&one).unwrap()).unwrap(), one);
+    }
+
+    #[test]
+    fn only_the_owner_in_its_epoch_records_a_deletion() {
+        let mut s = ClusterState::default();
+        let (a, b) = (node_id("a"), node_id("b"));
+        s.apply(&Request::Server { name: "pg".into(), candidates: vec![] });
+        s.apply(&Request::Ownership {
+            server: "pg".into(),
+            cmd: Command::Assign { node: a, epoch: 1, renewals: 0 },
+            report: None,
+        });
+        let del = |node, epoch, backup: &str| Request::Deleted {
+            server: "pg".into(),
+            backup: backup.into(),
+            node,
+            epoch,
+            reason: "retention policy\nforged".into(),
+        };
+        assert!(matches!(s.apply(&del(b, 1, "20260101T000000")), Response::Stale(_)), "not the owner");
+        assert!(matches!(s.apply(&del(a, 0, "20260101T000000")), Response::Stale(_)), "an old epoch");
+        assert!(matches!(s.apply(&del(a, 1, "../x")), Response::Unknown(_)));
+        assert_eq!(s.apply(&del(a, 1, "20260101T000000")), Response::Applied);
+        let d = &s.deleted["pg"]["20260101T000000"];
+        assert_eq!((d.node, d.epoch, d.reason.as_str()), (a, 1, "retention policyforged"));
+        // Bounded: the oldest records go first.
+        for i in 0..MAX_DELETIONS + 5 {
+            s.apply(&del(a, 1, &format!("2027{:04}T000000", i % 10000)));
+        }
+        assert_eq!(s.deleted["pg"].len(), MAX_DELETIONS);
+        assert!(!s.deleted["pg"].contains_key("20260101T000000"));
+    }
+
+    #[test]
+    fn a_state_written_before_deletions_were_recorded_still_loads() {
+        #[derive(Serialize)]
+        struct Earlier {
+            servers: BTreeMap<String, ServerRecord>,
+            sites: BTreeMap<NodeId, String>,
+        }
+        let mut servers = BTreeMap::new();
+        servers.insert("pg".to_string(), ServerRecord::default());
+        let old = Earlier { servers: servers.clone(), sites: BTreeMap::from([(1, "s1".to_string())]) };
+        let bytes = crate::transport::grpc::encode(&old).unwrap();
+        let state: ClusterState = crate::transport::grpc::decode(&bytes).unwrap();
+        assert_eq!(state.servers, servers);
+        assert!(state.deleted.is_empty());
+        // And as the last field of a record, as the applied state stores it.
+        let bytes = crate::transport::grpc::encode(&(7u64, old)).unwrap();
+        let (n, state): (u64, ClusterState) = crate::transport::grpc::decode(&bytes).unwrap();
+        assert_eq!((n, state.sites.len()), (7, 1));
+        // A state with deletions round-trips.
+        let mut s = ClusterState::default();
+        s.deleted.entry("pg".into()).or_default().insert("20260101T000000".into(), Deletion::default());
+        let back: ClusterState = crate::transport::grpc::decode(&crate::transport::grpc::encode(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
     }
 
     #[test]

@@ -313,6 +313,7 @@ barman {
 }
 cluster {
     owner_candidates: Vec<NodeName> = Some(""), Server, false, "node names, comma-separated", "Cluster: nodes that may own (stream, back up) the server, most preferred first; empty: every member, in name order.";
+    sync_delete_delay: Option<Interval> = Some("7 days"), Inherited, false, "N day[s]|week[s]|month[s]|hour[s]", "Cluster: how long a backup the owner deleted stays in this node's trash (`<backup_directory>/.trash`) before it is purged.";
 }
 }
 

@@ -6,15 +6,16 @@
 //! a long copy does not hold up the WAL).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use barman_proto::v1::sync_client::SyncClient;
 
 use crate::catalog::ServerLayout;
+use crate::catalog::deletions;
 use crate::catalog::lock::{Lock, LockKind};
 use crate::cluster::ownership::NodeId;
-use crate::cluster::types::Member;
+use crate::cluster::rpc::{self, ForwardRequest, ForwardResponse};
+use crate::cluster::types::{Deletion, Member, Request, Response};
 use crate::config::ServerConfig;
 use crate::sync::wals::{WalCursor, WalSyncOptions, sync_wals};
 use crate::sync::{SyncError, backups};
@@ -47,8 +48,6 @@ struct Seen {
     flushed: u64,
     hot_until: Option<Instant>,
     backup_task: Option<tokio::task::JoinHandle<()>>,
-    /// The backups the owner followed listed at the last round (its deletions are followed).
-    owner_backups: Arc<std::sync::Mutex<(Option<NodeId>, std::collections::BTreeSet<String>)>>,
 }
 
 impl Follower {
@@ -62,18 +61,28 @@ impl Follower {
             }
             let state = self.p.applied.borrow().state.clone();
             for (server, rec) in &state.servers {
-                let Some(owner) = rec.ownership.owner.filter(|o| *o != self.p.me) else { continue };
                 let Some(s) = self.p.cfg.servers.get(server) else { continue };
+                self.record_deletions(s, rec.ownership.owner, rec.ownership.epoch).await;
+                let Some(owner) = rec.ownership.owner.filter(|o| *o != self.p.me) else { continue };
                 let Some(member) = self.p.member(owner) else { continue };
                 let sn = seen.entry(server.clone()).or_default();
-                self.follow(s, owner, &member, rec.report.flushed, sn).await;
+                let deleted = state.deleted.get(server).cloned().unwrap_or_default();
+                self.follow(s, owner, &member, rec.report.flushed, deleted, sn).await;
             }
         }
     }
 
     /// One round for server `s`, owned by `owner`: its backups when due (in a task of their
     /// own), then its WAL when due.
-    async fn follow(&self, s: &ServerConfig, owner: NodeId, member: &Member, flushed: u64, sn: &mut Seen) {
+    async fn follow(
+        &self,
+        s: &ServerConfig,
+        owner: NodeId,
+        member: &Member,
+        flushed: u64,
+        deleted: BTreeMap<String, Deletion>,
+        sn: &mut Seen,
+    ) {
         let server = s.name.as_str();
         let full = sn.owner != Some(owner) || sn.full_at.is_none_or(|t| t.elapsed() >= FULL);
         if sn.flushed != flushed {
@@ -105,8 +114,8 @@ impl Follower {
         if backups_due {
             sn.backups_at = Some(Instant::now());
             let (mut client, layout, opts) = (client.clone(), layout.clone(), opts.clone());
-            let (node, peer, config) = (self.p.name.clone(), member.name.clone(), self.p.cfg.file.clone());
-            let seen = sn.owner_backups.clone();
+            let (node, peer) = (self.p.name.clone(), member.name.clone());
+            let (empty, keep) = (self.p.empty_listings.clone(), Keep::of(s));
             sn.backup_task = Some(tokio::spawn(async move {
                 // One listing per round serves the copies and the deletions.
                 let listing = match backups::listing(&mut client, &peer, &layout).await {
@@ -118,7 +127,7 @@ impl Follower {
                     }
                 };
                 follow_backups(&node, &peer, &mut client, &layout, &opts, backups::wanted_in(&listing, &layout)).await;
-                follow_expiry(&node, (owner, &peer), &listing, &layout, &config, &seen).await;
+                follow_deletions(&node, &peer, &deleted, listing.is_empty(), &layout, keep, &empty);
             }));
         }
         if !wal_due {
@@ -212,57 +221,112 @@ async fn follow_backups(
     }
 }
 
-/// Deletes here the backups the owner deleted ([`backups::expired`]: its retention, or a
-/// `barman delete` there), each by
-/// a child `barman delete`, so Barman's rules apply as to any delete: never below
-/// `minimum_redundancy`, keep annotations honoured, the WAL only this backup needed
-/// removed with it.
-async fn follow_expiry(
+/// What this node keeps of the owner's deletions: its own `minimum_redundancy`, and how
+/// long the trash holds a copy (`sync_delete_delay`).
+#[derive(Clone, Copy)]
+struct Keep {
+    minimum_redundancy: usize,
+    delay: Duration,
+}
+
+impl Keep {
+    fn of(s: &ServerConfig) -> Keep {
+        Keep {
+            minimum_redundancy: s.opts.minimum_redundancy.0 as usize,
+            delay: Duration::from_secs(s.opts.sync_delete_delay.map_or(7 * 86_400, |i| i.seconds)),
+        }
+    }
+}
+
+/// Follows the owner's deletions — only those recorded in the cluster's state, never a
+/// backup missing from its listing: each copy the owner deleted moves to this node's trash
+/// (never below this node's `minimum_redundancy` DONE), and the trash is purged after
+/// `sync_delete_delay`. An owner that lists no backup at all while this node holds some is
+/// told (WARN, and the `barman_owner_listing_empty` metric), and deletes nothing.
+fn follow_deletions(
     node: &str,
-    (owner, peer): (NodeId, &str),
-    listing: &[(barman_proto::v1::BackupMeta, crate::catalog::backup_info::BackupInfo)],
+    peer: &str,
+    deleted: &BTreeMap<String, Deletion>,
+    owner_lists_none: bool,
     layout: &ServerLayout,
-    config: &std::path::Path,
-    seen: &std::sync::Mutex<(Option<NodeId>, std::collections::BTreeSet<String>)>,
+    keep: Keep,
+    empty: &std::sync::Mutex<std::collections::BTreeSet<String>>,
 ) {
     let server = &layout.server;
-    // What another owner listed says nothing of this one's deletions.
-    let mut known = match seen.lock() {
-        Ok(mut g) if g.0 == Some(owner) => std::mem::take(&mut g.1),
-        _ => std::collections::BTreeSet::new(),
-    };
-    let expired = backups::expired(listing, layout, &mut known);
-    if let Ok(mut g) = seen.lock() {
-        *g = (Some(owner), known);
-    }
-    let exe = match std::env::current_exe() {
-        Ok(e) => e,
-        Err(e) => {
-            tracing::warn!(node = %node, server = %server, "cannot follow the owner's expiry: {e}");
-            return;
+    let done: Vec<String> = backups_here(layout, "DONE");
+    let flagged = empty.lock().map(|mut g| {
+        if owner_lists_none && !done.is_empty() {
+            g.insert(server.clone())
+        } else {
+            g.remove(server);
+            false
         }
-    };
-    for id in expired {
-        let out = tokio::process::Command::new(&exe)
-            .arg("-c")
-            .arg(config)
-            .args(["delete", server, &id])
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .output()
-            .await;
-        match out {
-            Ok(o) if o.status.success() && !String::from_utf8_lossy(&o.stdout).contains("Skipping") => {
-                tracing::info!(node = %node, server = %server, backup = %id,
-                    "backup {id} expired by the owner {peer}: deleted here too")
+    });
+    if flagged.unwrap_or(false) {
+        tracing::warn!(node = %node, server = %server, peer = %peer,
+            "the owner {peer} lists no backup of {server} while this node holds {} DONE: nothing is deleted here for that; check the owner's catalogue", done.len());
+    }
+    let recorded: Vec<&str> = deleted.keys().map(String::as_str).collect();
+    for id in deletions::to_trash(&recorded, &done, keep.minimum_redundancy) {
+        // A `barman sync-backup` of it by hand: the next round looks again.
+        let Some(_lock) = try_lock(layout, LockKind::SyncBackup(id.clone())) else { continue };
+        let Some(d) = deleted.get(&id) else { continue };
+        let why = format!("deleted by the owner (node {}, epoch {}): {}", d.node, d.epoch, d.reason);
+        match deletions::move_to_trash(layout, &id, &why) {
+            Ok(at) => tracing::info!(node = %node, server = %server, backup = %id,
+                "backup {id} {why}; moved to {} here, purged after sync_delete_delay", at.display()),
+            Err(e) => {
+                tracing::warn!(node = %node, server = %server, backup = %id, "cannot move backup {id} to the trash: {e}")
             }
-            Ok(o) => {
-                let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-                // Told at each round while it lasts (minimum_redundancy, a keep): debug only.
-                tracing::debug!(node = %node, server = %server, backup = %id,
-                    "backup {id} expired by the owner {peer} is kept here: {}", text.trim());
+        }
+    }
+    match deletions::purge(layout, keep.delay, std::time::SystemTime::now()) {
+        Ok(purged) => {
+            for id in purged {
+                tracing::info!(node = %node, server = %server, backup = %id, "backup {id} purged from the trash");
             }
-            Err(e) => tracing::warn!(node = %node, server = %server, "cannot run delete for backup {id}: {e}"),
+        }
+        Err(e) => tracing::warn!(node = %node, server = %server, "cannot purge the trash: {e}"),
+    }
+}
+
+/// The backups held here in `status`, oldest first.
+fn backups_here(layout: &ServerLayout, status: &str) -> Vec<String> {
+    crate::catalog::backups::scan(layout)
+        .into_iter()
+        .filter(|(_, p)| crate::catalog::backup_info::BackupInfo::read(p).is_ok_and(|b| b.status == status))
+        .map(|(id, _)| id)
+        .collect()
+}
+
+impl Follower {
+    /// Records in the cluster the deletions journaled on this node for a server it owns
+    /// (in `epoch`); forgets those of a server another node owns (a deletion there is the
+    /// owner's to record).
+    async fn record_deletions(&self, s: &ServerConfig, owner: Option<NodeId>, epoch: u64) {
+        let layout = ServerLayout::new(&self.p.cfg.global, s);
+        for (id, reason) in deletions::journaled(&layout) {
+            if owner.is_some_and(|o| o != self.p.me) {
+                let _ = deletions::forget(&layout, &id);
+                continue;
+            }
+            if owner != Some(self.p.me) {
+                return;
+            }
+            let req = Request::Deleted { server: s.name.clone(), backup: id.clone(), node: self.p.me, epoch, reason };
+            match rpc::propose(&self.p.raft, &self.p.peers, ForwardRequest::Write(req), Duration::from_secs(5)).await {
+                Ok(ForwardResponse::Written(Response::Applied)) => {
+                    tracing::info!(node = %self.p.name, server = %s.name, backup = %id, "the deletion of backup {id} is recorded for the other nodes");
+                    let _ = deletions::forget(&layout, &id);
+                }
+                Ok(ForwardResponse::Written(r)) => {
+                    tracing::info!(node = %self.p.name, server = %s.name, backup = %id, "the deletion of backup {id} is not recorded: {r:?}");
+                    let _ = deletions::forget(&layout, &id);
+                }
+                // No leader now: the next round tries again.
+                Ok(other) => tracing::debug!(node = %self.p.name, server = %s.name, "recording a deletion: {other:?}"),
+                Err(e) => tracing::debug!(node = %self.p.name, server = %s.name, "recording a deletion: {e}"),
+            }
         }
     }
 }

@@ -40,6 +40,8 @@ struct Peering {
     raft: Raft,
     peers: Peers,
     applied: watch::Receiver<Applied>,
+    /// Servers whose owner listed no backup at all while this node holds some DONE.
+    empty_listings: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
 }
 
 impl Peering {
@@ -105,6 +107,7 @@ struct Shared {
     cfg: Arc<Config>,
     /// Bytes the Sync service sent to peers.
     sent: Arc<crate::sync::rpc::Sent>,
+    empty_listings: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
 }
 
 /// Runs the node until SIGTERM or SIGINT.
@@ -208,6 +211,7 @@ async fn run_async(
 
     let handle = Arc::new(Handle { raft: raft.clone(), peers: peers.clone(), acks, patience: g.ownership_lease });
     let kick = Arc::new(tokio::sync::Notify::new());
+    let empty_listings: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>> = Arc::default();
     let (drv, status) =
         Driver::new(me, name.clone(), site.clone(), cfg.clone(), handle.clone(), g.ownership_lease, kick.clone());
     let shared = Arc::new(Shared {
@@ -222,6 +226,7 @@ async fn run_async(
         latencies: drv.latencies.clone(),
         cfg: cfg.clone(),
         sent,
+        empty_listings: empty_listings.clone(),
     });
     let control_task = {
         let shared = shared.clone();
@@ -249,6 +254,7 @@ async fn run_async(
         raft: raft.clone(),
         peers: peers.clone(),
         applied: applied.clone(),
+        empty_listings,
     };
     let follow_task = tokio::spawn(follow::Follower { p: peering.clone() }.run(stopped()));
     let forwarder = forward::Forwarder { p: peering, kick: forward_kick };
@@ -471,6 +477,17 @@ fn render_metrics(sh: &Shared) -> String {
         );
         for ((server, kind, peer), n) in sh.sent.snapshot() {
             f.sample(&[("node", node), ("server", &server), ("kind", kind), ("peer", &peer)], n as f64);
+        }
+    }
+    {
+        let mut f = e.family(
+            "barman_owner_listing_empty",
+            "gauge",
+            "1 when the server's owner lists no backup while this node holds some DONE (nothing is deleted for it).",
+        );
+        let empty = sh.empty_listings.lock().map(|g| g.clone()).unwrap_or_default();
+        for server in sh.cfg.servers.keys() {
+            f.sample(&[("node", node), ("server", server)], if empty.contains(server) { 1.0 } else { 0.0 });
         }
     }
     catalog_metrics(&mut e, sh);

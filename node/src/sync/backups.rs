@@ -81,25 +81,6 @@ pub fn wanted_in(listing: &[(BackupMeta, BackupInfo)], layout: &ServerLayout) ->
     out
 }
 
-/// The backups DONE here that the peer deleted: listed by it at an earlier round (`seen`,
-/// which this call updates to `listing`) and listed no more. A backup the peer
-/// never listed to this caller — taken here while this node owned the server, or deleted
-/// there before this node saw it — is never among them.
-pub fn expired(
-    listing: &[(BackupMeta, BackupInfo)],
-    layout: &ServerLayout,
-    seen: &mut BTreeSet<String>,
-) -> Vec<String> {
-    let listed: BTreeSet<String> = listing.iter().map(|(m, _)| m.id.clone()).collect();
-    let gone: BTreeSet<String> = seen.difference(&listed).cloned().collect();
-    *seen = listed;
-    backups::scan(layout)
-        .into_iter()
-        .filter(|(id, path)| gone.contains(id) && BackupInfo::read(path).is_ok_and(|b| b.status == "DONE"))
-        .map(|(id, _)| id)
-        .collect()
-}
-
 /// Copies backup `meta.id` from `peer`.
 pub async fn sync_backup(
     client: &mut SyncClient<Channel>,
