@@ -3,16 +3,25 @@
 //! `incoming/`. Exit 0 only once every file is safe on disk.
 
 use super::validate::{self, ValidateError};
-use super::wire::{SumAlgo, copy_hashing, digest_of, parse_sums};
+use super::wire::{SumAlgo, TarGuard, TarGuardError, copy_hashing, digest_of, parse_sums, shown};
 use crate::catalog::durable::{self, DurableFile};
 use crate::catalog::rejects::{RejectReason, move_to_errors};
 use crate::wal::WalFileName;
 use crate::wal::compression::Codecs;
 use crate::wal::header::Expected;
+use crate::wal::segment::SegmentSize;
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The most checksum text a stream may carry, all checksum members together: a line of
+/// about 100 bytes per WAL file, and barman-wal-archive sends one file at a time.
+pub const MAX_CHECKSUMS: u64 = 1 << 20;
+/// The largest WAL member: PostgreSQL's largest segment size.
+pub const MAX_WAL_MEMBER: u64 = SegmentSize::MAX;
+/// Bad checksum lines logged one by one; the rest are counted in one line.
+const BAD_LINES_LOGGED: usize = 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PutWalError {
@@ -30,6 +39,10 @@ pub enum PutWalError {
     MissingChecksum { name: String, server: String },
     #[error("rejected '{name}' in put-wal for server '{server}': {why}")]
     Invalid { name: String, server: String, why: String },
+    #[error(
+        "refused {what} of {size} bytes in put-wal for server '{server}': the limit is {limit} bytes (is the sender barman-wal-archive?)"
+    )]
+    TooLarge { what: String, size: u64, limit: u64, server: String },
     #[error("malformed tar stream in put-wal for server '{server}': {why}")]
     BadStream { server: String, why: String },
     #[error("cannot store '{name}' in {dir} for server '{server}': {source}")]
@@ -109,34 +122,63 @@ impl PutWal<'_> {
         move |source| PutWalError::Io { name, dir, server: self.server.to_string(), source }
     }
 
+    /// A read error of the tar stream: a record the guard refused, or a malformed stream.
+    fn stream_error(&self, e: io::Error) -> PutWalError {
+        let server = self.server.to_string();
+        match e.get_ref().and_then(|i| i.downcast_ref::<TarGuardError>()) {
+            Some(TarGuardError::RecordTooLarge { what, size, limit }) => {
+                PutWalError::TooLarge { what: what.to_string(), size: *size, limit: *limit, server }
+            }
+            _ => PutWalError::BadStream { server, why: shown(&e.to_string()) },
+        }
+    }
+
     /// Reads the whole stream and stores what it holds.
     pub fn receive(&self, input: &mut dyn Read) -> Result<Vec<Stored>, PutWalError> {
         let server = self.server.to_string();
-        let bad_stream = |why: String| PutWalError::BadStream { server: server.clone(), why };
+        let bad_stream = |why: String| PutWalError::BadStream { server: server.clone(), why: shown(&why) };
+        let too_large =
+            |what: String, size: u64, limit: u64| PutWalError::TooLarge { what, size, limit, server: server.clone() };
         durable::create_dir_all(self.incoming_dir).map_err(self.io("", self.incoming_dir))?;
-        let mut archive = tar::Archive::new(input);
+        // The guard refuses oversized PAX/long-name records before the crate reads them whole.
+        let mut archive = tar::Archive::new(TarGuard::new(input));
         let mut received: BTreeMap<String, Received> = BTreeMap::new();
         let mut sums: Option<(SumAlgo, Vec<(String, String)>)> = None;
+        let mut sums_bytes: u64 = 0;
         let mut saw_any = false;
-        for entry in archive.entries().map_err(|e| bad_stream(e.to_string()))? {
-            let mut entry = entry.map_err(|e| bad_stream(e.to_string()))?;
+        for entry in archive.entries().map_err(|e| self.stream_error(e))? {
+            let mut entry = entry.map_err(|e| self.stream_error(e))?;
             saw_any = true;
             let raw = entry.path_bytes().into_owned();
             let full = String::from_utf8_lossy(&raw).into_owned();
             let name = full.strip_prefix("./").unwrap_or(&full).to_string();
             let kind = entry.header().entry_type();
             if !kind.is_file() {
-                return Err(PutWalError::FileType { kind: format!("{}", kind.as_byte() as char), name, server });
+                let kind = shown(&char::from(kind.as_byte()).to_string());
+                return Err(PutWalError::FileType { kind, name: shown(&name), server });
             }
             if name.contains('/') || name.is_empty() || name == "." || name == ".." {
-                return Err(PutWalError::FileName { name, server });
+                return Err(PutWalError::FileName { name: shown(&name), server });
             }
             if name == "SHA256SUMS" || name == "MD5SUMS" {
+                // Checked before reading: the body is held in memory whole.
+                sums_bytes = sums_bytes.saturating_add(entry.size());
+                if sums_bytes > MAX_CHECKSUMS {
+                    let what = match sums {
+                        None => format!("checksum member '{name}'"),
+                        Some(_) => format!("checksum members up to '{name}'"),
+                    };
+                    return Err(too_large(what, sums_bytes, MAX_CHECKSUMS));
+                }
                 let mut body = String::new();
                 entry.read_to_string(&mut body).map_err(|e| bad_stream(e.to_string()))?;
                 let (lines, bad) = parse_sums(&body);
-                for b in bad {
-                    tracing::warn!(server = %self.server, "Bad checksum line '{b}' found in put-wal for server '{}'", self.server);
+                for b in bad.iter().take(BAD_LINES_LOGGED) {
+                    tracing::warn!(server = %self.server, "Bad checksum line '{}' found in put-wal for server '{}'", shown(b), self.server);
+                }
+                if bad.len() > BAD_LINES_LOGGED {
+                    let more = bad.len() - BAD_LINES_LOGGED;
+                    tracing::warn!(server = %self.server, "{more} more bad checksum lines found in put-wal for server '{}'", self.server);
                 }
                 let algo = if name == "MD5SUMS" || sums.as_ref().is_some_and(|(a, _)| *a == SumAlgo::Md5) {
                     SumAlgo::Md5
@@ -149,7 +191,10 @@ impl PutWal<'_> {
                 continue;
             }
             let wal: WalFileName =
-                name.parse().map_err(|_| PutWalError::NotWal { name: name.clone(), server: server.clone() })?;
+                name.parse().map_err(|_| PutWalError::NotWal { name: shown(&name), server: server.clone() })?;
+            if entry.size() > MAX_WAL_MEMBER {
+                return Err(too_large(format!("WAL member '{name}'"), entry.size(), MAX_WAL_MEMBER));
+            }
             let mtime = pax_mtime(&mut entry)
                 .or_else(|| entry.header().mtime().ok().map(|m| m as f64))
                 .and_then(to_system_time);
@@ -186,10 +231,10 @@ impl PutWal<'_> {
         let mut want: BTreeMap<String, String> = BTreeMap::new();
         for (name, sum) in lines {
             let Some(got) = digests.get(&name) else {
-                return Err(PutWalError::OrphanChecksum { name, server });
+                return Err(PutWalError::OrphanChecksum { name: shown(&name), server });
             };
             if *got != sum {
-                return Err(PutWalError::BadChecksum { got: got.clone(), want: sum, name, server });
+                return Err(PutWalError::BadChecksum { got: got.clone(), want: shown(&sum), name, server });
             }
             want.insert(name, sum);
         }
@@ -326,6 +371,42 @@ mod tests {
             seg(0x0200_0000),
             "first copy untouched"
         );
+    }
+
+    /// A stream of `members` as tar writes them (long names as GNU long-name records).
+    fn tar_of(members: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, data) in members {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o600);
+            b.append_data(&mut h, name, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn stream_text_in_errors_is_one_line_and_cut() {
+        let e = env();
+        let err = e.put(&stream(&[("00000001000000000000\n0002", b"x")], SumAlgo::Sha256)).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, PutWalError::NotWal { .. }) && text.contains("\\n") && !text.contains('\n'), "{text}");
+        let long = "0".repeat(3000);
+        let text = e.put(&tar_of(&[(&long, b"x")])).unwrap_err().to_string();
+        assert!(text.len() < 1200 && text.contains("(cut, 3000 bytes in all)"), "{text}");
+        let sums = format!("{} *{}\n", "z\n".repeat(2000), "1".repeat(2000));
+        let text = e.put(&tar_of(&[("SHA256SUMS", sums.as_bytes())])).unwrap_err().to_string();
+        assert!(text.starts_with("Checksum without corresponding file") && text.len() < 1200, "{text}");
+        assert!(e.listing().is_empty(), "{:?}", e.listing());
+    }
+
+    #[test]
+    fn checksum_members_over_1_mib_in_all_are_refused() {
+        let e = env();
+        let part = vec![b'\n'; 600 << 10];
+        let err = e.put(&tar_of(&[("SHA256SUMS", &part), ("SHA256SUMS", &part)])).unwrap_err();
+        assert!(matches!(err, PutWalError::TooLarge { size: 1228800, limit: MAX_CHECKSUMS, .. }), "{err}");
+        assert!(err.to_string().contains("checksum members up to 'SHA256SUMS'"), "{err}");
     }
 
     #[test]

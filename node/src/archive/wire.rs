@@ -299,6 +299,212 @@ impl<W: Write> TarWriter<W> {
     }
 }
 
+/// The largest PAX extended header or GNU long-name/long-link record taken: the `tar`
+/// crate reads these whole into memory, and a put-wal stream needs a few dozen bytes (an
+/// mtime) of them.
+pub const MAX_EXTENSION_RECORD: u64 = 4 << 10;
+
+/// Text from a stream shown in a log line or an error: at most this many bytes of it.
+pub const SHOWN_TEXT: usize = 1 << 10;
+
+/// `text` fit for one log line: printable ASCII as it is, everything else escaped (no
+/// newline can forge another line), cut to [`SHOWN_TEXT`] bytes.
+pub fn shown(text: &str) -> String {
+    let mut out = String::new();
+    for c in text.chars() {
+        let start = out.len();
+        match c {
+            '\\' => out.push_str("\\\\"),
+            ' '..='~' => out.push(c),
+            _ => out.extend(c.escape_default()),
+        }
+        if out.len() > SHOWN_TEXT {
+            out.truncate(start);
+            out.push_str(&format!("... (cut, {} bytes in all)", text.len()));
+            break;
+        }
+    }
+    out
+}
+
+/// Why [`TarGuard`] stopped a stream.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TarGuardError {
+    #[error("{what} of {size} bytes, over the limit of {limit} bytes")]
+    RecordTooLarge { what: &'static str, size: u64, limit: u64 },
+    #[error("a GNU sparse member, which put-wal does not take")]
+    Sparse,
+    #[error("a tar header whose size field is not a number")]
+    BadSize,
+    #[error("a tar member size that runs past the end of any stream")]
+    Overflow,
+}
+
+/// The body of a PAX extended header as it passes.
+struct PaxBody {
+    start: u64,
+    size: u64,
+    bytes: Vec<u8>,
+}
+
+/// A reader of a tar stream that refuses a PAX or GNU long-name/long-link record larger
+/// than [`MAX_EXTENSION_RECORD`] at its header, before the `tar` crate (which offers no
+/// hook) reads its body whole. It follows the stream header by header as the crate does,
+/// PAX `size` overrides included, and reads each header whole before handing it out.
+pub struct TarGuard<R> {
+    inner: R,
+    /// Offset of the next byte handed out.
+    pos: u64,
+    /// Offset of the next header.
+    next_header: u64,
+    head: [u8; BLOCK],
+    /// Bytes of the header read ahead, and how many of them were handed out.
+    head_held: usize,
+    head_out: usize,
+    pax: Option<PaxBody>,
+    /// The size the last PAX extended header gives the next member.
+    pax_size: Option<u64>,
+    refused: Option<TarGuardError>,
+}
+
+impl<R: Read> TarGuard<R> {
+    pub fn new(inner: R) -> Self {
+        TarGuard {
+            inner,
+            pos: 0,
+            next_header: 0,
+            head: [0u8; BLOCK],
+            head_held: 0,
+            head_out: 0,
+            pax: None,
+            pax_size: None,
+            refused: None,
+        }
+    }
+
+    fn refuse(&mut self, why: TarGuardError) -> io::Error {
+        self.refused = Some(why.clone());
+        io::Error::new(io::ErrorKind::InvalidData, why)
+    }
+
+    /// Reads the header at `pos` whole and works out where the next one starts.
+    fn read_header(&mut self) -> io::Result<()> {
+        if let Some(p) = self.pax.take() {
+            self.pax_size = pax_size(&p.bytes);
+        }
+        self.head_out = 0;
+        self.head_held = 0;
+        while self.head_held < BLOCK {
+            match self.inner.read(&mut self.head[self.head_held..]) {
+                Ok(0) => break,
+                Ok(n) => self.head_held += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if self.head_held < BLOCK {
+            // The end of the input, or a short block the crate reports: nothing to follow.
+            self.next_header = u64::MAX;
+            return Ok(());
+        }
+        let at = self.pos;
+        if self.head.iter().all(|b| *b == 0) {
+            // An end-of-archive block, where the crate stops.
+            self.next_header = at + BLOCK as u64;
+            return Ok(());
+        }
+        let header = tar::Header::from_byte_slice(&self.head);
+        let kind = header.entry_type();
+        let extension = kind.is_gnu_longname()
+            || kind.is_gnu_longlink()
+            || kind.is_pax_local_extensions()
+            || kind.is_pax_global_extensions();
+        // As in the crate: a recognised 'L', 'K' or 'x' is held for the next member; any
+        // other header is a member handed out, which the held extensions are spent on.
+        let recognised = header.as_ustar().is_some() || header.as_gnu().is_some();
+        let held = recognised && (kind.is_gnu_longname() || kind.is_gnu_longlink() || kind.is_pax_local_extensions());
+        let size = match (extension, self.pax_size) {
+            (false, Some(s)) => Ok(s),
+            _ => header.entry_size(),
+        };
+        let local_pax = held && kind.is_pax_local_extensions();
+        if !held {
+            self.pax_size = None;
+        }
+        let size = size.map_err(|_| self.refuse(TarGuardError::BadSize))?;
+        if extension && size > MAX_EXTENSION_RECORD {
+            let what = match kind.as_byte() {
+                b'x' => "a PAX extended header",
+                b'g' => "a PAX global header",
+                b'L' => "a GNU long name record",
+                _ => "a GNU long link record",
+            };
+            return Err(self.refuse(TarGuardError::RecordTooLarge { what, size, limit: MAX_EXTENSION_RECORD }));
+        }
+        if kind.is_gnu_sparse() {
+            // Its extra header blocks would have to be followed too; put-wal refuses it anyway.
+            return Err(self.refuse(TarGuardError::Sparse));
+        }
+        let body = at + BLOCK as u64;
+        self.next_header = size
+            .checked_next_multiple_of(BLOCK as u64)
+            .and_then(|s| body.checked_add(s))
+            .ok_or_else(|| self.refuse(TarGuardError::Overflow))?;
+        if local_pax {
+            self.pax = Some(PaxBody { start: body, size, bytes: Vec::with_capacity(size as usize) });
+        }
+        Ok(())
+    }
+
+    /// Keeps the bytes of a PAX extended header's body from `data`, read at `pos`.
+    fn keep_pax(&mut self, data: &[u8]) {
+        let Some(p) = &mut self.pax else { return };
+        let end = self.pos + data.len() as u64;
+        let (lo, hi) = (self.pos.max(p.start), end.min(p.start + p.size));
+        if lo < hi {
+            p.bytes.extend_from_slice(&data[(lo - self.pos) as usize..(hi - self.pos) as usize]);
+        }
+    }
+}
+
+/// The `size` a PAX extended header sets, read as the `tar` crate reads it.
+fn pax_size(body: &[u8]) -> Option<u64> {
+    for ext in tar::PaxExtensions::new(body) {
+        let ext = ext.ok()?;
+        if ext.key() == Ok("size") {
+            return ext.value().ok()?.parse().ok();
+        }
+    }
+    None
+}
+
+impl<R: Read> Read for TarGuard<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(why) = &self.refused {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, why.clone()));
+        }
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if self.head_out == self.head_held && self.pos == self.next_header {
+            self.read_header()?;
+        }
+        if self.head_out < self.head_held {
+            let n = buf.len().min(self.head_held - self.head_out);
+            buf[..n].copy_from_slice(&self.head[self.head_out..self.head_out + n]);
+            self.head_out += n;
+            self.pos += n as u64;
+            return Ok(n);
+        }
+        // Never past the next header, so that it is read ahead and looked at first.
+        let room = (self.next_header - self.pos).min(buf.len() as u64) as usize;
+        let n = self.inner.read(&mut buf[..room])?;
+        self.keep_pax(&buf[..n]);
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
 /// Parses a checksum file: `<hex> *<name>` or `<hex>  <name>` per line; a leading
 /// `./` is stripped. Bad lines are returned for a warning.
 pub fn parse_sums(body: &str) -> (Vec<(String, String)>, Vec<String>) {
@@ -374,6 +580,84 @@ mod tests {
         }
         assert_eq!(seen[0], ("000000010000000000000001".to_string(), 100_000, Some("1795255200.25".to_string())));
         assert_eq!(seen[1].0, "SHA256SUMS");
+    }
+
+    /// `b` padded to whole blocks.
+    fn padded(mut b: Vec<u8>) -> Vec<u8> {
+        b.resize(b.len().next_multiple_of(BLOCK), 0);
+        b
+    }
+
+    /// A member of `kind` with `body`, the size field saying `size`.
+    fn member(name: &str, kind: u8, size: u64, body: &[u8]) -> Vec<u8> {
+        let mut m = header(name, 0o600, 0, 0, size, 0, kind, "", "").to_vec();
+        m.extend_from_slice(&padded(body.to_vec()));
+        m
+    }
+
+    /// Names and sizes of the members read through the guard, or its refusal.
+    fn through_guard(stream: &[u8]) -> Result<Vec<(String, usize)>, TarGuardError> {
+        let refused = |e: io::Error| e.get_ref().and_then(|i| i.downcast_ref::<TarGuardError>()).cloned();
+        let mut a = tar::Archive::new(TarGuard::new(stream));
+        let mut seen = Vec::new();
+        for e in a.entries().map_err(|e| refused(e).expect("a refusal"))? {
+            let mut e = e.map_err(|e| refused(e).expect("a refusal"))?;
+            let name = String::from_utf8_lossy(&e.path_bytes()).into_owned();
+            let mut body = Vec::new();
+            e.read_to_end(&mut body).expect("body");
+            seen.push((name, body.len()));
+        }
+        Ok(seen)
+    }
+
+    #[test]
+    fn the_guard_follows_pax_sizes_and_long_names() {
+        let long = "n".repeat(3000);
+        let size = pax_record("size", "1000");
+        let mut s = member("././@PaxHeader", b'x', size.len() as u64, size.as_bytes());
+        s.extend(member("a", b'0', 0, &[b'a'; 1000]));
+        let mut name = long.clone().into_bytes();
+        name.push(0);
+        s.extend(member("././@LongLink", b'L', name.len() as u64, &name));
+        s.extend(member("ignored", b'0', 3, b"bbb"));
+        s.extend([0u8; 2 * BLOCK]);
+        assert_eq!(through_guard(&s).unwrap(), vec![("a".to_string(), 1000), (long, 3)]);
+        // What the writer writes reads back through it too.
+        let mut w = TarWriter::new(Vec::new(), SumAlgo::Sha256);
+        w.append(&info("000000010000000000000001", 5, 1795255200.25), &mut &b"12345"[..]).unwrap();
+        let seen = through_guard(&w.finish().unwrap()).unwrap();
+        assert_eq!(seen[0], ("000000010000000000000001".to_string(), 5));
+    }
+
+    #[test]
+    fn the_guard_refuses_extension_records_over_4_kib_at_their_header() {
+        let at_limit = pax_record("comment", &"c".repeat(4082));
+        assert_eq!(at_limit.len() as u64, MAX_EXTENSION_RECORD);
+        let mut s = member("././@PaxHeader", b'x', at_limit.len() as u64, at_limit.as_bytes());
+        s.extend(member("a", b'0', 1, b"a"));
+        s.extend([0u8; 2 * BLOCK]);
+        assert_eq!(through_guard(&s).unwrap(), vec![("a".to_string(), 1)]);
+        for (kind, what) in [
+            (b'x', "a PAX extended header"),
+            (b'g', "a PAX global header"),
+            (b'L', "a GNU long name record"),
+            (b'K', "a GNU long link record"),
+        ] {
+            // Only the header is there: the guard must not need the body to refuse.
+            let s = header("././@LongLink", 0, 0, 0, MAX_EXTENSION_RECORD + 1, 0, kind, "", "");
+            let want =
+                TarGuardError::RecordTooLarge { what, size: MAX_EXTENSION_RECORD + 1, limit: MAX_EXTENSION_RECORD };
+            assert_eq!(through_guard(&s), Err(want));
+        }
+    }
+
+    #[test]
+    fn shown_text_is_one_line_and_cut() {
+        assert_eq!(shown("0000\n\u{1b}[31m\\ ok"), "0000\\n\\u{1b}[31m\\\\ ok");
+        assert_eq!(shown("caf\u{e9}"), "caf\\u{e9}");
+        let long = shown(&"\n".repeat(5000));
+        assert!(long.len() < SHOWN_TEXT + 40 && !long.contains('\n'), "{long}");
+        assert!(long.ends_with("... (cut, 5000 bytes in all)"), "{long}");
     }
 
     #[test]

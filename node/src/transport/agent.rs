@@ -18,10 +18,28 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 pub const BLOCK: usize = 8192;
 /// The protocol both ends must speak.
 pub const VERSION: u32 = 1;
-/// A frame larger than this is a broken stream, not a message.
-const MAX_FRAME: usize = 256 << 20;
 /// Bytes of changed data gathered into one `Data` reply.
 const DATA_RUN: usize = 256 * 1024;
+/// The most a data frame may carry, as sent or once unpacked. The sender puts less than
+/// `DATA_RUN + BLOCK` bytes (264 KiB) in one, a little more once zstd fails to shrink them;
+/// the headroom lets `DATA_RUN` grow without a new protocol version.
+pub const MAX_DATA_FRAME: usize = 4 << 20;
+const _: () = assert!(2 * (DATA_RUN + BLOCK) <= MAX_DATA_FRAME);
+/// The most a message frame may carry: a listing of a whole data directory is one message
+/// (some 60 bytes a file: millions of files), as is a basis (16 bytes per 8 KiB block).
+const MAX_MESSAGE_FRAME: usize = 256 << 20;
+/// Message bodies up to this size (all but listings and large bases) are decoded with a
+/// small limit.
+const SMALL_MESSAGE: usize = 1 << 20;
+/// Frame bodies are read in steps of this size, so memory follows the bytes that arrive,
+/// not the length a header announces.
+const READ_STEP: usize = 1 << 20;
+/// The zstd window (log2) a data frame may ask for: it unpacks to `MAX_DATA_FRAME` at
+/// most, so needs no more; unchecked, a frame header alone reserves up to 128 MiB.
+const WINDOW_LOG_MAX: u32 = 22;
+const _: () = assert!(1 << WINDOW_LOG_MAX == MAX_DATA_FRAME);
+/// Unpacked bytes looked at in one step when a zstd data frame is checked.
+const UNPACK_STEP: usize = 128 << 10;
 
 /// One block's hash: BLAKE3 truncated to 128 bits.
 pub type BlockHash = [u8; 16];
@@ -119,6 +137,25 @@ const MESSAGE: u8 = 0;
 const RAW: u8 = 1;
 const ZSTD: u8 = 2;
 
+/// A frame refused by its reader.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("a frame of {len} bytes, over the limit of {limit} for its kind")]
+    TooLarge { len: usize, limit: usize },
+    #[error("a zstd data frame that unpacks to more than {limit} bytes")]
+    UnpacksTooLarge { limit: usize },
+    #[error("a zstd data frame that ends in the middle")]
+    Truncated,
+    #[error("a zstd data frame that cannot be unpacked: {why}")]
+    Damaged { why: String },
+}
+
+impl From<FrameError> for io::Error {
+    fn from(e: FrameError) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, e)
+    }
+}
+
 fn head(kind: u8, len: usize) -> [u8; 5] {
     let mut h = [kind; 5];
     h[..4].copy_from_slice(&(len as u32).to_le_bytes());
@@ -154,7 +191,19 @@ fn data_reply(bytes: Vec<u8>, compressed: bool) -> Option<Reply> {
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(body: &[u8]) -> io::Result<T> {
-    bincode::serde::decode_from_slice(body, bincode::config::standard())
+    use bincode::config::standard;
+    // bincode sets aside a string's announced length before reading it: a limit a few times
+    // the body's size (bincode counts decoded values, up to ~6 times their encoding in a
+    // listing) stops a lie.
+    if body.len() <= SMALL_MESSAGE {
+        decode_within(body, standard().with_limit::<{ 8 * SMALL_MESSAGE }>())
+    } else {
+        decode_within(body, standard().with_limit::<{ 8 * MAX_MESSAGE_FRAME }>())
+    }
+}
+
+fn decode_within<T: for<'de> Deserialize<'de>>(body: &[u8], config: impl bincode::config::Config) -> io::Result<T> {
+    bincode::serde::decode_from_slice(body, config)
         .map(|(m, _)| m)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
@@ -162,10 +211,66 @@ fn decode<T: for<'de> Deserialize<'de>>(body: &[u8]) -> io::Result<T> {
 /// The body's length and kind.
 fn frame_len(head: [u8; 5]) -> io::Result<(usize, u8)> {
     let n = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
-    if n > MAX_FRAME {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("a frame of {n} bytes")));
+    let limit = if head[4] == MESSAGE { MAX_MESSAGE_FRAME } else { MAX_DATA_FRAME };
+    if n > limit {
+        return Err(FrameError::TooLarge { len: n, limit }.into());
     }
     Ok((n, head[4]))
+}
+
+/// Makes room in `body` for the next step of a `len`-byte frame body; where that step
+/// starts, or None once the body is whole.
+fn next_step(body: &mut Vec<u8>, len: usize) -> Option<usize> {
+    let at = body.len();
+    if at >= len {
+        return None;
+    }
+    body.resize(at + (len - at).min(READ_STEP), 0);
+    Some(at)
+}
+
+/// Measures what zstd data frames unpack to, with one decoder kept for a connection.
+struct UnpackCheck {
+    decoder: zstd::stream::raw::Decoder<'static>,
+    out: Vec<u8>,
+}
+
+impl UnpackCheck {
+    fn new() -> io::Result<UnpackCheck> {
+        let mut decoder = zstd::stream::raw::Decoder::new()?;
+        decoder.set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(WINDOW_LOG_MAX))?;
+        Ok(UnpackCheck { decoder, out: vec![0u8; UNPACK_STEP] })
+    }
+
+    /// The bytes `body` unpacks to, refused as soon as they pass `MAX_DATA_FRAME`: the
+    /// output is looked at a step at a time and dropped.
+    fn unpacked_len(&mut self, body: &[u8]) -> io::Result<usize> {
+        use zstd::stream::raw::Operation;
+        self.decoder.reinit()?;
+        let (mut read, mut total) = (0usize, 0usize);
+        // Whether the last step that did anything ended a frame.
+        let mut ended = false;
+        loop {
+            let st = self
+                .decoder
+                .run_on_buffers(&body[read..], &mut self.out)
+                .map_err(|e| FrameError::Damaged { why: e.to_string() })?;
+            read += st.bytes_read;
+            total += st.bytes_written;
+            if total > MAX_DATA_FRAME {
+                return Err(FrameError::UnpacksTooLarge { limit: MAX_DATA_FRAME }.into());
+            }
+            let stuck = st.bytes_read == 0 && st.bytes_written == 0;
+            if !stuck {
+                ended = st.remaining == 0;
+            }
+            // All input taken and the output not filled: the decoder has given all it can.
+            let drained = read == body.len() && st.bytes_written < self.out.len();
+            if drained || stuck {
+                return if ended && read == body.len() { Ok(total) } else { Err(FrameError::Truncated.into()) };
+            }
+        }
+    }
 }
 
 /// Reads one message; None at a clean end of the stream.
@@ -180,8 +285,10 @@ fn read_msg<T: for<'de> Deserialize<'de>>(
         Err(e) => return Err(e),
     }
     let (len, kind) = frame_len(head)?;
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body)?;
+    let mut body = Vec::new();
+    while let Some(at) = next_step(&mut body, len) {
+        r.read_exact(&mut body[at..])?;
+    }
     parse(kind, body, data).map(Some)
 }
 
@@ -408,12 +515,17 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Duplex for T {}
 pub struct AgentConn {
     io: tokio::io::BufReader<Box<dyn Duplex>>,
     who: String,
+    unpack: UnpackCheck,
 }
 
 impl AgentConn {
     /// Greets the agent on `io`; `who` names it in errors.
     pub async fn start(io: Box<dyn Duplex>, who: &str) -> io::Result<AgentConn> {
-        let mut c = AgentConn { io: tokio::io::BufReader::with_capacity(1 << 20, io), who: who.to_string() };
+        let mut c = AgentConn {
+            io: tokio::io::BufReader::with_capacity(1 << 20, io),
+            who: who.to_string(),
+            unpack: UnpackCheck::new()?,
+        };
         c.send(&Request::Hello { version: VERSION }).await?;
         match c.recv().await? {
             Reply::Hello { version } if version == VERSION => Ok(c),
@@ -439,8 +551,15 @@ impl AgentConn {
         let mut head = [0u8; 5];
         self.io.read_exact(&mut head).await.map_err(|e| self.ended(e))?;
         let (len, kind) = frame_len(head)?;
-        let mut body = vec![0u8; len];
-        self.io.read_exact(&mut body).await.map_err(|e| self.ended(e))?;
+        let mut body = Vec::new();
+        while let Some(at) = next_step(&mut body, len) {
+            self.io.read_exact(&mut body[at..]).await.map_err(|e| self.ended(e))?;
+        }
+        // The bytes go on packed (the copy unpacks them); checked here, so that they
+        // cannot unpack to more than a data frame holds.
+        if kind == ZSTD {
+            self.unpack.unpacked_len(&body)?;
+        }
         parse(kind, body, data_reply)
     }
 
@@ -499,6 +618,103 @@ mod tests {
         }
         for n in ["16384", "t_1", "tx3_4", "t3_", "pg_internal.init"] {
             assert!(!is_temp_relation(n), "{n}");
+        }
+    }
+
+    /// What a client reads from an agent end that says `script`.
+    fn replies_to_client(script: Vec<u8>) -> Vec<io::Result<Reply>> {
+        let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        rt.block_on(async {
+            let io = Box::new(tokio::io::join(io::Cursor::new(script), tokio::io::sink()));
+            let mut conn = AgentConn::start(io, "test").await.expect("greeting");
+            let mut out = Vec::new();
+            loop {
+                let r = conn.recv().await;
+                let last = !matches!(r, Ok(Reply::Same { .. } | Reply::Data { .. }));
+                out.push(r);
+                if last {
+                    return out;
+                }
+            }
+        })
+    }
+
+    fn greeting_then(frame: Vec<u8>) -> Vec<u8> {
+        let mut script = encode(&Reply::Hello { version: VERSION }).expect("encode");
+        script.extend(frame);
+        script
+    }
+
+    #[test]
+    fn the_largest_data_frames_the_agent_sends_are_taken() {
+        // Bytes zstd cannot shrink: two full data frames, then a block.
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let data: Vec<u8> = (0..2 * DATA_RUN + BLOCK)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("rel");
+        std::fs::write(&path, &data).expect("write");
+        let mut req = encode(&Request::Hello { version: VERSION }).expect("encode");
+        req.extend(
+            encode(&Request::Send { path: path.display().to_string(), basis: vec![], compress: true }).expect("e"),
+        );
+        let mut script = Vec::new();
+        serve(req.as_slice(), &mut script).expect("serve");
+        let mut got = Vec::new();
+        for r in replies_to_client(script) {
+            match r.expect("reply") {
+                Reply::Data { bytes, compressed: true } => {
+                    got.extend(zstd::decode_all(bytes.as_slice()).expect("unpack"))
+                }
+                Reply::End { size, .. } => assert_eq!(size, data.len() as u64),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(got == data, "the data came back different");
+    }
+
+    #[test]
+    fn zstd_frames_that_are_cut_or_want_a_large_window_are_refused() {
+        let packed = zstd::bulk::compress(&[7u8; 100_000], 1).expect("compress");
+        let cut = &packed[..packed.len() / 2];
+        let mut big_window = zstd::stream::write::Encoder::new(Vec::new(), 1).expect("encoder");
+        big_window.window_log(WINDOW_LOG_MAX + 2).expect("window");
+        big_window.write_all(b"small").expect("write");
+        let big_window = big_window.finish().expect("finish");
+        for body in [cut, &big_window] {
+            let mut frame = head(ZSTD, body.len()).to_vec();
+            frame.extend_from_slice(body);
+            let replies = replies_to_client(greeting_then(frame));
+            let e = replies.last().expect("a reply").as_ref().expect_err("refused");
+            let why = e.get_ref().and_then(|i| i.downcast_ref::<FrameError>());
+            assert!(matches!(why, Some(FrameError::Truncated | FrameError::Damaged { .. })), "{e}");
+        }
+    }
+
+    #[test]
+    fn listings_decode_within_the_limits() {
+        // Entries as small as they come (bincode counts each as ~6 times its encoding),
+        // and as a large data directory lists them.
+        let tiny = |i: usize| Entry { path: "x".into(), kind: Kind::File, size: i as u64 % 2, mtime_ns: 0, mode: 0 };
+        let real = |i: usize| Entry {
+            path: format!("base/16384/{}_fsm", 100_000 + i),
+            kind: Kind::File,
+            size: 1 << 30,
+            mtime_ns: 1_700_000_000_000_000_000 + i as i64,
+            mode: 0o600,
+        };
+        for (entries, n) in [(&tiny as &dyn Fn(usize) -> Entry, 170_000), (&real, 1_000_000)] {
+            let frame = encode(&Reply::Entries((0..n).map(entries).collect())).expect("encode");
+            match read_msg::<Reply>(&mut frame.as_slice(), data_reply) {
+                Ok(Some(Reply::Entries(e))) => assert_eq!(e.len(), n),
+                other => panic!("{n} entries of {} bytes: {other:?}", frame.len()),
+            }
         }
     }
 
