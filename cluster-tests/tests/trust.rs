@@ -237,3 +237,51 @@ fn a_host_listing_paths_outside_the_backup_gets_nothing_written() {
     assert_eq!(infos.len(), 3);
     assert!(infos.iter().all(|i| i.contains("\nstatus=FAILED\n")), "{infos:?}");
 }
+
+/// `openssl x509 -noout ARG -in CERT`, its one line.
+fn openssl_x509(cert: &Path, arg: &[&str]) -> String {
+    let out =
+        std::process::Command::new("openssl").args(["x509", "-noout"]).args(arg).arg("-in").arg(cert).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn a_revoked_certificate_is_refused_by_every_node_within_a_second() {
+    let dir = TestDir::new().unwrap();
+    let mut c = TestCluster::start(dir.path(), ClusterOptions::default()).unwrap();
+    c.wait_streaming(Duration::from_secs(30)).unwrap();
+    let tls = c.dir.join("tls");
+    let one = make_cert(&tls, &["client", "pghost", "--server", "pg"], "pghost");
+    let two = make_cert(&tls, &["client", "pghost2", "--server", "pg"], "pghost2");
+    for i in 0..3 {
+        for who in [&one, &two] {
+            wal_calls(&c, i, who, "pg")[0].as_ref().unwrap();
+        }
+    }
+    // One by its fingerprint, the other by its serial, as openssl prints them.
+    let fingerprint = openssl_x509(&tls.join("pghost.crt"), &["-fingerprint", "-sha256"]);
+    let serial = openssl_x509(&tls.join("pghost2.crt"), &["-serial"]);
+    for (id, k) in [(&fingerprint, 0), (&serial, 1)] {
+        let said = c.barman(k, &["cluster", "revoke", id]).unwrap();
+        assert!(said.contains("revoked: every node refuses it"), "{said}");
+    }
+    let t0 = std::time::Instant::now();
+    c.wait(Duration::from_secs(5), "every node refusing both certificates", |c| {
+        (0..3).all(|i| [&one, &two].iter().all(|who| wal_calls(c, i, who, "pg").iter().all(Result::is_err)))
+    })
+    .unwrap();
+    let took = t0.elapsed();
+    println!("both certificates refused everywhere after {} ms", took.as_millis());
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    // Another certificate of the same name (a rotation) is served.
+    std::fs::remove_file(tls.join("pghost.crt")).unwrap();
+    std::fs::remove_file(tls.join("pghost.key")).unwrap();
+    let rotated = make_cert(&tls, &["client", "pghost", "--server", "pg"], "pghost");
+    wal_calls(&c, 0, &rotated, "pg")[0].as_ref().unwrap();
+    let log = c.nodes[1].log();
+    assert!(log.contains("is revoked"), "{log}");
+    // A bad id is one clear line.
+    let e = c.barman(0, &["cluster", "revoke", "pg1"]).unwrap_err().to_string();
+    assert!(e.contains("neither a SHA-256 fingerprint"), "{e}");
+}

@@ -123,7 +123,7 @@ impl ArchiveService {
     /// The caller of `rpc` for `server`, checked before anything else is done for it: a
     /// refusal is one WARN line naming the peer and what it asked.
     fn admit<T>(&self, request: &Request<T>, rpc: &str, server: &str) -> Result<Caller, Status> {
-        let peer = grpc::peer(request).ok_or_else(|| Status::unauthenticated("no verified peer certificate"))?;
+        let peer = grpc::admitted_peer(request)?;
         let name = peer.name.as_deref().unwrap_or_default();
         authorize(name, peer.role.as_ref(), server, &*self.is_member, self.cfg.global.wal_client_unbound).map_err(
             |why| {

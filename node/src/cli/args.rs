@@ -504,6 +504,9 @@ pub enum ClusterCommand {
     },
     /// Remove a node from the cluster
     RemoveNode { name: String },
+    /// Revoke a certificate on every node, by its SHA-256 fingerprint (as `openssl x509
+    /// -fingerprint -sha256` prints it) or its serial number (`serial=HEX`)
+    Revoke { certificate: String },
     /// Members, leader, and each server's owner, epoch, lease and stream
     Status,
     /// Hand SERVER over to NODE without a gap in the WAL

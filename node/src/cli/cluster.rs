@@ -137,6 +137,17 @@ pub fn cluster(ctx: &mut Ctx, cmd: &ClusterCommand) {
                 ctx.out.info(format!("Node '{name}' removed from the cluster"));
             }
         }
+        ClusterCommand::Revoke { certificate } => {
+            let Some(id) = tls::parse_revocation_id(certificate) else {
+                return ctx.out.error(format!(
+                    "'{certificate}' is neither a SHA-256 fingerprint (64 hex digits) nor a serial number: \
+                     see 'openssl x509 -noout -fingerprint -sha256 -serial -in CERT'"
+                ));
+            };
+            if ask(ctx, &ControlRequest::Revoke { id: id.clone() }, Duration::from_secs(10)).is_some() {
+                ctx.out.info(format!("Certificate {id} revoked: every node refuses it"));
+            }
+        }
         ClusterCommand::Status => {
             if let Some(v) = ask(ctx, &ControlRequest::Status, Duration::from_secs(10)) {
                 show_status(ctx, &v);

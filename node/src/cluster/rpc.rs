@@ -166,7 +166,10 @@ pub fn authorize(sender: NodeId, req: &ForwardRequest) -> Result<(), String> {
             Request::Site { node, .. } => itself(*node, "a site"),
             // Checked again when applied: only the owner in its epoch is recorded.
             Request::Deleted { node, .. } => itself(*node, "a deletion"),
-            Request::Server { .. } | Request::ForgetServer { .. } | Request::Transfer { .. } => Ok(()),
+            Request::Server { .. }
+            | Request::ForgetServer { .. }
+            | Request::Transfer { .. }
+            | Request::Revoke { .. } => Ok(()),
             Request::Batch(_) if nested => Err("a batch inside a batch".into()),
             Request::Batch(reqs) => reqs.iter().try_for_each(|r| write(sender, r, true)),
         }
@@ -202,15 +205,14 @@ impl RaftService {
     /// in any cluster yet (no members) takes them from the nodes of its `cluster_peers`: that
     /// is how it is sent the log when initialised or added.
     fn admit<T>(&self, request: &tonic::Request<T>, rpc: &str) -> Result<String, Status> {
-        let Some(peer) = grpc::peer(request) else {
-            return Err(Status::unauthenticated("no verified peer certificate"));
-        };
+        let peer = grpc::admitted_peer(request)?;
         let name = peer.name.as_deref().unwrap_or_default();
+        let node = matches!(peer.role, Some(crate::transport::tls::Role::Node));
         let stored = self.raft.metrics().borrow().membership_config.clone();
         let mut members = stored.membership().nodes().map(|(_, m)| m).peekable();
         let admitted =
             if members.peek().is_none() { self.bootstrap.contains(name) } else { members.any(|m| m.name == name) };
-        if admitted {
+        if admitted && node {
             return Ok(name.to_string());
         }
         tracing::warn!(peer = %peer.addr, "refused {rpc} from '{}' at {}: not a member of the cluster", crate::catalog::confine::shown(name), peer.addr);

@@ -73,7 +73,13 @@ pub enum Request {
     /// delete` there): the other nodes move their copies to their trash. Deletions travel
     /// only this way, never as a backup missing from a listing.
     Deleted { server: String, backup: String, node: NodeId, epoch: u64, reason: String },
+    /// Puts a certificate on the deny list, by `sha256:<fingerprint>` or `serial:<hex>`
+    /// (`barman cluster revoke`, through a member's control socket).
+    Revoke { id: String },
 }
+
+/// Entries kept on the deny list.
+pub const MAX_REVOKED: usize = 10_000;
 
 /// A backup the owner deleted, as every node learns it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -145,15 +151,19 @@ pub struct ClusterState {
     /// before deletions were recorded (it ends after `sites`).
     #[serde(deserialize_with = "tolerant_tail")]
     pub deleted: BTreeMap<String, BTreeMap<String, Deletion>>,
+    /// The revoked certificates: every node refuses them. Absent (empty) likewise.
+    #[serde(deserialize_with = "tolerant_tail")]
+    pub revoked: std::collections::BTreeSet<String>,
 }
 
 /// The last field of [`ClusterState`], absent from a state written by an earlier version:
 /// bincode reports its end as an error, read here as "no deletions".
-fn tolerant_tail<'de, D>(d: D) -> Result<BTreeMap<String, BTreeMap<String, Deletion>>, D::Error>
+fn tolerant_tail<'de, D, T>(d: D) -> Result<T, D::Error>
 where
     D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
 {
-    Ok(BTreeMap::deserialize(d).unwrap_or_default())
+    Ok(T::deserialize(d).unwrap_or_default())
 }
 
 impl ClusterState {
@@ -220,6 +230,22 @@ impl ClusterState {
                 while records.len() > MAX_DELETIONS {
                     records.pop_first();
                 }
+                Response::Applied
+            }
+            Request::Revoke { id } => {
+                let well_formed = id
+                    .strip_prefix("sha256:")
+                    .map(|h| h.len() == 64)
+                    .or_else(|| id.strip_prefix("serial:").map(|h| !h.is_empty() && h.len() <= 40))
+                    .unwrap_or(false)
+                    && id.split_once(':').is_some_and(|(_, h)| h.bytes().all(|b| b.is_ascii_hexdigit()));
+                if !well_formed {
+                    return Response::Unknown(format!("'{id}' is not a certificate's sha256:HEX or serial:HEX"));
+                }
+                if self.revoked.len() >= MAX_REVOKED && !self.revoked.contains(id) {
+                    return Response::Stale(format!("the deny list holds {MAX_REVOKED} entries already"));
+                }
+                self.revoked.insert(id.clone());
                 Response::Applied
             }
         }

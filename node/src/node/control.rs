@@ -23,6 +23,8 @@ pub enum ControlRequest {
     RemoveNode { name: String },
     /// A planned hand-over of `server` to `node`.
     Transfer { server: String, node: String },
+    /// Puts a certificate (`sha256:HEX` or `serial:HEX`) on the cluster's deny list.
+    Revoke { id: String },
 }
 
 /// The answer: `{"ok": true, "data": ...}` or `{"ok": false, "error": "..."}`.

@@ -257,6 +257,20 @@ async fn run_async(
         empty_listings,
     };
     let follow_task = tokio::spawn(follow::Follower { p: peering.clone() }.run(stopped()));
+    // The deny list follows the replicated state at once: a revoked certificate is refused
+    // at its next call or handshake.
+    let revoked_task = {
+        let mut applied = applied.clone();
+        tokio::spawn(async move {
+            loop {
+                let ids = applied.borrow_and_update().state.revoked.clone();
+                grpc::set_revoked(ids);
+                if applied.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
     let forwarder = forward::Forwarder { p: peering, kick: forward_kick };
     let forward_task = tokio::spawn(forwarder.run(stopped()));
     let driver_task = tokio::spawn(drv.run(applied, stopped()));
@@ -269,6 +283,7 @@ async fn run_async(
     let _ = driver_task.await;
     let _ = maint_task.await;
     let _ = follow_task.await;
+    revoked_task.abort();
     let _ = forward_task.await;
     if let Some(t) = metrics_task {
         let _ = t.await;
@@ -334,6 +349,17 @@ async fn answer(sh: &Shared, req: ControlRequest) -> ControlResponse {
         ControlRequest::RemoveNode { name } => {
             let req = ForwardRequest::RemoveNode { id: node_id(&name) };
             membership_answer(rpc::propose(raft, &sh.handle.peers, req, Duration::from_secs(60)).await)
+        }
+        ControlRequest::Revoke { id } => {
+            let req = ForwardRequest::Write(Request::Revoke { id: id.clone() });
+            match rpc::propose(raft, &sh.handle.peers, req, Duration::from_secs(10)).await {
+                Ok(ForwardResponse::Written(Response::Applied)) => {
+                    tracing::warn!(node = %sh.name, "certificate {id} revoked");
+                    ControlResponse::ok(serde_json::json!({ "revoked": id }))
+                }
+                Ok(other) => ControlResponse::err(format!("revocation of {id} refused: {other:?}")),
+                Err(e) => ControlResponse::err(format!("revocation of {id} failed: {e}")),
+            }
         }
         ControlRequest::Transfer { server, node } => {
             let to = node_id(&node);

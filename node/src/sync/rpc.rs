@@ -74,13 +74,13 @@ impl SyncService {
     }
 
     fn check<T>(&self, request: &Request<T>, rpc: &str) -> Result<(), Status> {
-        let Some(peer) = grpc::peer(request) else {
-            return Err(Status::unauthenticated("no verified peer certificate"));
-        };
+        let peer = grpc::admitted_peer(request)?;
         let name = peer.name.as_deref().unwrap_or_default();
-        if (self.admit)(name) {
+        // A node certificate of a member: a WAL client's is never one, whatever its name.
+        if matches!(peer.role, Some(crate::transport::tls::Role::Node)) && (self.admit)(name) {
             return Ok(());
         }
+        let name = crate::catalog::confine::shown(name);
         tracing::warn!(peer = %peer.addr, "refused {rpc} from '{name}' at {}: not a member of the cluster", peer.addr);
         Err(Status::permission_denied(format!("'{name}' is not a member of this cluster")))
     }

@@ -73,6 +73,35 @@ pub struct Peer {
     pub name: Option<String>,
     /// What its certificate is ([`tls::peer_role`]).
     pub role: Option<tls::Role>,
+    /// Its certificate's ids on the deny list ([`tls::revocation_ids`]).
+    pub ids: Vec<String>,
+}
+
+/// The revoked certificates (fingerprints, serials), as the cluster's state has them now.
+static REVOKED: std::sync::RwLock<std::collections::BTreeSet<String>> =
+    std::sync::RwLock::new(std::collections::BTreeSet::new());
+
+/// Replaces the deny list (the node does, at each change of the replicated state).
+pub fn set_revoked(ids: std::collections::BTreeSet<String>) {
+    if let Ok(mut g) = REVOKED.write() {
+        *g = ids;
+    }
+}
+
+fn is_revoked(ids: &[String]) -> bool {
+    REVOKED.read().map(|g| ids.iter().any(|i| g.contains(i))).unwrap_or(true)
+}
+
+/// The verified peer of a request, unless its certificate has been revoked since the
+/// connection was made (then refused, and said once per call at WARN).
+pub fn admitted_peer<T>(request: &tonic::Request<T>) -> Result<&Peer, tonic::Status> {
+    let peer = peer(request).ok_or_else(|| tonic::Status::unauthenticated("no verified peer certificate"))?;
+    if is_revoked(&peer.ids) {
+        let name = crate::catalog::confine::shown(peer.name.as_deref().unwrap_or_default());
+        tracing::warn!(peer = %peer.addr, "refused a call from '{name}' at {}: its certificate is revoked", peer.addr);
+        return Err(tonic::Status::permission_denied("this certificate is revoked"));
+    }
+    Ok(peer)
 }
 
 /// The peer of a request served by [`serve`] (None for a request that did not come
@@ -282,7 +311,12 @@ async fn handshake(
     };
     let cert = inner.get_ref().1.peer_certificates().and_then(|c| c.first());
     let (name, role) = (cert.and_then(tls::peer_name), cert.and_then(tls::peer_role));
-    Ok(PeerStream { inner, peer: Peer { addr, name, role }, _slot: slot })
+    let ids = cert.map(tls::revocation_ids).unwrap_or_default();
+    if is_revoked(&ids) {
+        let name = crate::catalog::confine::shown(name.as_deref().unwrap_or_default());
+        return Err(Refused::Refused(format!("the certificate of '{name}' is revoked")));
+    }
+    Ok(PeerStream { inner, peer: Peer { addr, name, role, ids }, _slot: slot })
 }
 
 /// A channel to the node `peer_name` at `addr` (`host:port`), connecting on first use:

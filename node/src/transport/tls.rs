@@ -423,6 +423,38 @@ struct CertNames {
     common_name: Option<String>,
     dns: Vec<String>,
     uris: Vec<String>,
+    /// The serial number, lower-case hex without leading zero bytes.
+    serial: String,
+}
+
+/// How a certificate is named on the deny list: `sha256:<hex of the DER's SHA-256>` and
+/// `serial:<hex>` (never its name: a rotated certificate carries the same name).
+pub fn revocation_ids(cert_der: &CertificateDer<'_>) -> Vec<String> {
+    use sha2::{Digest, Sha256};
+    let hex: String = Sha256::digest(cert_der.as_ref()).iter().map(|b| format!("{b:02x}")).collect();
+    let mut ids = vec![format!("sha256:{hex}")];
+    if let Some(n) = cert_names(cert_der) {
+        ids.push(format!("serial:{}", n.serial));
+    }
+    ids
+}
+
+/// A revocation id as an operator gives it: a SHA-256 fingerprint (64 hex digits, colons
+/// allowed, as `openssl x509 -fingerprint -sha256` prints it) or a serial number
+/// (`serial=HEX` as `openssl x509 -serial` prints it, or hex); None when it is neither.
+pub fn parse_revocation_id(text: &str) -> Option<String> {
+    let t = text.trim();
+    let t = t.split_once('=').map_or(t, |(_, v)| v).trim();
+    let hex: String = t.chars().filter(|c| *c != ':').collect::<String>().to_ascii_lowercase();
+    if hex.is_empty() || hex.len() > 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let fingerprint = text.to_ascii_lowercase().contains("sha256") || (hex.len() == 64 && t.contains(':'));
+    if hex.len() == 64 && (fingerprint || !text.to_ascii_lowercase().contains("serial")) {
+        return Some(format!("sha256:{hex}"));
+    }
+    let serial = hex.trim_start_matches("00");
+    Some(format!("serial:{}", if serial.is_empty() { "0" } else { serial }))
 }
 
 /// How a WAL client certificate names a server it may serve: one SAN URI per server.
@@ -464,6 +496,9 @@ fn cert_names(der: &[u8]) -> Option<CertNames> {
     let skip = usize::from(fields.first()?.0 == 0xa0);
     let subject = fields.get(skip + 4).filter(|f| f.0 == SEQUENCE)?.1;
     let mut names = CertNames::default();
+    let serial = fields.get(skip).filter(|f| f.0 == 0x02)?.1;
+    let serial: String = serial.iter().skip_while(|b| **b == 0).map(|b| format!("{b:02x}")).collect();
+    names.serial = if serial.is_empty() { "0".into() } else { serial };
     for (tag, rdn) in elements(subject)? {
         if tag != SET {
             return None;
@@ -581,6 +616,25 @@ mod tests {
             new_client_cert(&Pem { cert: ca.cert.clone(), key: other.key }, "pg1", &servers).unwrap_err().to_string();
         assert!(e.contains("does not verify against the CA"), "{e}");
         assert!(new_client_cert(&ca, " ", &servers).is_err());
+    }
+
+    #[test]
+    fn revocation_ids_are_the_fingerprint_and_the_serial_as_openssl_prints_them() {
+        let ca = new_ca("c").unwrap();
+        let cert = der(&new_client_cert(&ca, "pg1", &["pg".into()]).unwrap().cert);
+        let ids = revocation_ids(&cert);
+        assert!(ids[0].starts_with("sha256:") && ids[0].len() == 7 + 64, "{ids:?}");
+        assert!(ids[1].starts_with("serial:"), "{ids:?}");
+        let hex = ids[0].trim_start_matches("sha256:");
+        let colons: Vec<String> = (0..32).map(|i| hex[2 * i..2 * i + 2].to_ascii_uppercase()).collect();
+        let openssl = format!("sha256 Fingerprint={}", colons.join(":"));
+        assert_eq!(parse_revocation_id(&openssl).as_deref(), Some(ids[0].as_str()));
+        assert_eq!(parse_revocation_id(hex).as_deref(), Some(ids[0].as_str()));
+        let serial = ids[1].trim_start_matches("serial:").to_ascii_uppercase();
+        assert_eq!(parse_revocation_id(&format!("serial={serial}")).as_deref(), Some(ids[1].as_str()));
+        assert_eq!(parse_revocation_id("serial=00AB").as_deref(), Some("serial:ab"));
+        assert_eq!(parse_revocation_id("pg1"), None);
+        assert_eq!(parse_revocation_id(""), None);
     }
 
     #[test]
