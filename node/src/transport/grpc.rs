@@ -380,10 +380,21 @@ pub fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, GrpcError> {
     bincode::serde::encode_to_vec(value, bincode_config()).map_err(|e| GrpcError::Encode(e.to_string()))
 }
 
-/// Reads a message's `data` field back; trailing bytes are an error.
+/// Reads a message's `data` field back; trailing bytes are an error. bincode sets aside
+/// what a length announces before reading it: the limit grows with the message (8 times
+/// its size, in steps), so that a small message from a peer cannot make us allocate much.
 pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, GrpcError> {
-    let (value, used) =
-        bincode::serde::decode_from_slice(bytes, bincode_config()).map_err(|e| GrpcError::Decode(e.to_string()))?;
+    use bincode::config::standard;
+    const SMALL: usize = 64 << 10;
+    const MEDIUM: usize = 1 << 20;
+    const LARGE: usize = 8 << 20;
+    let decoded = match bytes.len() {
+        n if n <= SMALL => bincode::serde::decode_from_slice(bytes, standard().with_limit::<{ 8 * SMALL }>()),
+        n if n <= MEDIUM => bincode::serde::decode_from_slice(bytes, standard().with_limit::<{ 8 * MEDIUM }>()),
+        n if n <= LARGE => bincode::serde::decode_from_slice(bytes, standard().with_limit::<{ 8 * LARGE }>()),
+        _ => bincode::serde::decode_from_slice(bytes, bincode_config()),
+    };
+    let (value, used) = decoded.map_err(|e| GrpcError::Decode(e.to_string()))?;
     if used != bytes.len() {
         return Err(GrpcError::Decode(format!("{} bytes left over", bytes.len() - used)));
     }

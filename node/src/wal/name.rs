@@ -51,7 +51,9 @@ impl FromStr for WalFileName {
         let kind = if let Some(tli) = s.strip_suffix(".history") {
             WalKind::History(TimelineId(hex8(tli).ok_or_else(bad)?))
         } else {
-            if s.len() < 24 || !s.is_char_boundary(24) {
+            // Hex digits only: a name from another host may hold any character, and the
+            // slices below are by byte.
+            if s.len() < 24 || !s.as_bytes()[..24].iter().all(u8::is_ascii_hexdigit) {
                 return Err(bad());
             }
             let (seg, rest) = s.split_at(24);
@@ -166,6 +168,14 @@ mod tests {
 
     fn n(s: &str) -> WalFileName {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_name_with_other_characters_is_refused_not_a_panic() {
+        // Found by the decoder fuzzing: a multi-byte character across byte 8.
+        for name in ["\u{fffd}\u{fffd}\u{fffd}M\u{fffd}\u{fffd}\u{fffd}(", "0000000é0000000000000001", "00000001000000000000000\u{e9}"] {
+            assert!(name.parse::<WalFileName>().is_err(), "{name}");
+        }
     }
 
     #[test]
