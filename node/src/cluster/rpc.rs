@@ -398,7 +398,76 @@ async fn forward(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::types::node_id;
+    use crate::cluster::types::{Member, node_id};
+
+    /// docs/security.md's table of who may forward what, read and checked against
+    /// [`authorize`] with one request of each kind, for the sender itself and for another.
+    #[test]
+    fn the_forward_table_in_docs_security_md_is_what_authorize_does() {
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/security.md")).unwrap();
+        let (me, other) = (node_id("n1"), node_id("n2"));
+        let member = Member { name: "n2".into(), site: "s".into(), addr: "h:1".into() };
+        // Each kind, as node `who` would ask it for itself.
+        let example = |kind: &str, who: NodeId| -> Option<ForwardRequest> {
+            let own = |cmd| ForwardRequest::Write(Request::Ownership { server: "pg".into(), cmd, report: None });
+            Some(match kind {
+                "Renew" => own(Command::Renew { node: who, epoch: 1 }),
+                "Release" => own(Command::Release { node: who, epoch: 1, to: None }),
+                "Assign" => own(Command::Assign { node: who, epoch: 2, renewals: 0 }),
+                "Site" => ForwardRequest::Write(Request::Site { node: who, site: "s".into() }),
+                "Server" => ForwardRequest::Write(Request::Server { name: "pg".into(), candidates: vec![] }),
+                "ForgetServer" => ForwardRequest::Write(Request::ForgetServer { name: "pg".into() }),
+                "Transfer" => ForwardRequest::Write(Request::Transfer { server: "pg".into(), to: who }),
+                "Revoke" => ForwardRequest::Write(Request::Revoke { id: "serial:1".into() }),
+                "Deleted" => ForwardRequest::Write(Request::Deleted {
+                    server: "pg".into(),
+                    backup: "20260101T000000".into(),
+                    node: who,
+                    epoch: 1,
+                    reason: String::new(),
+                }),
+                "AddNode" => ForwardRequest::AddNode { id: other, member: member.clone() },
+                "RemoveNode" => ForwardRequest::RemoveNode { id: other },
+                _ => return None,
+            })
+        };
+        let table = doc.split("| request | allowed from |").nth(1).expect("the Forward table");
+        let mut checked = std::collections::BTreeSet::new();
+        for row in table.lines().skip(2).take_while(|l| l.starts_with('|')) {
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            let (kinds, rule) = (cells[1], cells[2]);
+            for kind in kinds.split('`').skip(1).step_by(2) {
+                let Some(own) = example(kind, me) else { continue };
+                let (mine, theirs) = (authorize(me, &own), authorize(me, &example(kind, other).unwrap()));
+                if rule.starts_with("the node named in it, only") {
+                    assert!(mine.is_ok() && theirs.is_err(), "{kind}: {rule}");
+                } else if rule.starts_with("nobody") {
+                    assert!(mine.is_err() && theirs.is_err(), "{kind}: {rule}");
+                } else if rule.starts_with("any member") {
+                    assert!(mine.is_ok() && theirs.is_ok(), "{kind}: {rule}");
+                } else {
+                    panic!("a rule this test does not know: {rule}");
+                }
+                checked.insert(kind.to_string());
+            }
+        }
+        let all = [
+            "Renew",
+            "Release",
+            "Assign",
+            "Site",
+            "Server",
+            "ForgetServer",
+            "Transfer",
+            "Revoke",
+            "Deleted",
+            "AddNode",
+            "RemoveNode",
+        ];
+        for kind in all {
+            assert!(checked.contains(kind), "docs/security.md says nothing of {kind}");
+        }
+    }
 
     #[test]
     fn a_node_speaks_only_for_itself_and_never_assigns() {
