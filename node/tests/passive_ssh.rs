@@ -241,7 +241,10 @@ fn a_lying_primary_is_refused_and_nothing_is_kept() {
     wait_until(Duration::from_secs(60), "the copy to fail", || status_of(&pas.home, &id) == "FAILED").unwrap();
     let info = std::fs::read_to_string(pas.server_dir("pg").join("meta").join(format!("{id}-backup.info"))).unwrap();
     assert!(info.contains("sent a bad copy"), "{info}");
-    // Run by hand, the same.
+    // Run by hand, the same (once cron's copy, which wrote FAILED, has let its lock go).
+    let lock = pas.home.join(format!(".pg-{id}-sync-backup.lock"));
+    wait_until(Duration::from_secs(20), "cron's sync-backup to end", || barman::catalog::lock::holder(&lock).is_none())
+        .unwrap();
     let o = pas.barman(&["sync-backup", "pg", &id]);
     assert_ne!(o.code, 0);
     assert!(o.stderr.contains("sent a bad copy"), "{}{}", o.stdout, o.stderr);
