@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -139,6 +139,9 @@ struct Unit {
     name: String,
     src: String,
     dst: PathBuf,
+    /// `dst` as the tree's root and the confined name under it, which files are made by.
+    root: Arc<PathBuf>,
+    rel: RelPath,
     size: u64,
     mtime_ns: i64,
     mode: u32,
@@ -347,6 +350,7 @@ fn plan(
     let mut dirs = vec![(root.dst.clone(), 0o700)];
     let refused = |what: String| PullError::Refused { who: format!("the listing of {}", root.label), what };
     let mut seen = std::collections::HashSet::new();
+    let dst_root = Arc::new(root.dst.clone());
     for e in entries {
         // The PostgreSQL host names the files: each name plain and relative, once.
         let rel = RelPath::parse(&e.path).map_err(|n| refused(n.to_string()))?;
@@ -393,6 +397,8 @@ fn plan(
             name,
             src: format!("{}/{}", root.src.trim_end_matches('/'), e.path),
             dst,
+            root: dst_root.clone(),
+            rel,
             size: e.size,
             mtime_ns: e.mtime_ns,
             mode: ours(e.mode),
@@ -498,6 +504,8 @@ struct Assembled {
 /// Builds a file from the basis's blocks and received data, off the runtime's threads.
 struct Assembler {
     dst: PathBuf,
+    root: Arc<PathBuf>,
+    rel: RelPath,
     basis: Option<(PathBuf, Vec<BlockHash>, u64)>,
     link: bool,
     file: Option<File>,
@@ -513,16 +521,8 @@ struct Assembler {
 impl Assembler {
     fn out(&mut self) -> io::Result<&mut File> {
         if self.file.is_none() {
-            // Never through a link at the name (the directories above are all ours).
-            self.file = Some(
-                File::options()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .mode(0o600)
-                    .open(&self.dst)?,
-            );
+            // Beneath the tree's root, through no link at any component.
+            self.file = Some(crate::catalog::confine::create_file(&self.root, &self.rel)?);
         }
         self.file.as_mut().ok_or_else(|| io::Error::other("no output file"))
     }
@@ -680,6 +680,8 @@ async fn fetch(
     let wanted: Vec<BlockHash> = basis.as_ref().map(|(_, h, _)| h.clone()).unwrap_or_default();
     let a = Assembler {
         dst: unit.dst.clone(),
+        root: unit.root.clone(),
+        rel: unit.rel.clone(),
         basis,
         link,
         file: None,
