@@ -755,6 +755,9 @@ fn a_passive_cut_twenty_times_during_a_backup_copy_resends_only_what_it_lacked()
         .expect("the owner's backup");
     let theirs = c.homes[owner].join("pg").join("base").join(&id);
     let mine = c.homes[passive].join("pg").join("base").join(&id);
+    // What the passive holds: its published files, and the parts still arriving.
+    let parts = c.homes[passive].join("pg").join(".sync").join(format!("backup-{id}"));
+    let holds = || bytes_under(&mine) + bytes_under(&parts);
     let size = bytes_under(&theirs);
 
     let mut rng = cluster_tests::util::Rng::from_time();
@@ -765,7 +768,7 @@ fn a_passive_cut_twenty_times_during_a_backup_copy_resends_only_what_it_lacked()
     let (mut wastes, mut restart_cost) = (Vec::new(), 0u64);
     for cut in 0..20 {
         c.nodes[passive].restart().unwrap();
-        c.wait(Duration::from_secs(60), "the passive's copy moving again", |_| bytes_under(&mine) > held)
+        c.wait(Duration::from_secs(60), "the passive's copy moving again", |_| holds() > held)
             .unwrap_or_else(|e| panic!("cut {cut}: {e}\n{}", log_of(&c, passive)));
         std::thread::sleep(Duration::from_millis(50 + rng.below(400)));
         c.nodes[passive].kill().unwrap();
@@ -777,7 +780,7 @@ fn a_passive_cut_twenty_times_during_a_backup_copy_resends_only_what_it_lacked()
         }
         // The owner notices the closed connection at once; give its sender a moment.
         std::thread::sleep(Duration::from_millis(300));
-        let (s, h) = (sent_to(&c, owner, &name), bytes_under(&mine));
+        let (s, h) = (sent_to(&c, owner, &name), holds());
         wastes.push((s - sent).saturating_sub(h - held));
         restart_cost += held;
         (sent, held) = (s, h);

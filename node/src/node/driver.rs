@@ -22,6 +22,9 @@ pub trait Raft: Send + Sync + 'static {
     /// Proposes `req` (forwarded to the leader when this node is not it); the applied
     /// response, or why it could not be committed.
     fn propose(&self, req: Request) -> Proposal;
+    /// Proposes `req` only while this node leads (never forwarded): the leader's own
+    /// decisions, which no other node accepts from it through `Forward`.
+    fn propose_as_leader(&self, req: Request) -> Proposal;
     /// The current leader and term, as this node knows them.
     fn leader(&self) -> (Option<NodeId>, u64);
     /// Voters of the current membership, with their names.
@@ -481,7 +484,8 @@ impl<R: Raft> Driver<R> {
             let prev: Ownership = state.servers.get(&server).map(|r| r.ownership.clone()).unwrap_or_default();
             tracing::info!(node = %node, server = %server, epoch = prev.epoch + 1, "assigning the server: {cmd:?} (owner was {:?})", prev.owner);
             tokio::spawn(async move {
-                let _ = raft.propose(Request::Ownership { server, cmd, report: None }).await;
+                // Deposed meanwhile: the new leader decides for itself.
+                let _ = raft.propose_as_leader(Request::Ownership { server, cmd, report: None }).await;
             });
         }
     }

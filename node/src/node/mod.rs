@@ -75,6 +75,17 @@ impl driver::Raft for Handle {
         })
     }
 
+    fn propose_as_leader(&self, req: Request) -> Proposal {
+        let (raft, patience) = (self.raft.clone(), self.patience);
+        Box::pin(async move {
+            match tokio::time::timeout(patience, rpc::apply(&raft, ForwardRequest::Write(req))).await {
+                Ok(ForwardResponse::Written(r)) => Ok(r),
+                Ok(other) => Err(format!("{other:?}")),
+                Err(_) => Err("not committed in time".into()),
+            }
+        })
+    }
+
     fn leader(&self) -> (Option<NodeId>, u64) {
         let m = self.raft.metrics();
         let m = m.borrow();

@@ -173,7 +173,11 @@ mod tests {
     #[test]
     fn a_name_with_other_characters_is_refused_not_a_panic() {
         // Found by the decoder fuzzing: a multi-byte character across byte 8.
-        for name in ["\u{fffd}\u{fffd}\u{fffd}M\u{fffd}\u{fffd}\u{fffd}(", "0000000é0000000000000001", "00000001000000000000000\u{e9}"] {
+        for name in [
+            "\u{fffd}\u{fffd}\u{fffd}M\u{fffd}\u{fffd}\u{fffd}(",
+            "0000000é0000000000000001",
+            "00000001000000000000000\u{e9}",
+        ] {
             assert!(name.parse::<WalFileName>().is_err(), "{name}");
         }
     }
