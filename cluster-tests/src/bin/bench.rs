@@ -4,7 +4,9 @@
 //! base backups, `cp -a` and pgBackRest for recovery). Prints Markdown tables; see docs/benchmarks.md.
 //!
 //! Usage: `bench [--quick] [--out FILE] [--only get-wal,restore,archive,put-wal,stream,backup,recover,geo-sync,...]`; our
-//! release binaries are taken from the directory of this executable.
+//! release binaries are taken from the directory of this executable. `--only ab-wal --old-bin DIR
+//! --new-bin DIR [--old-label L] [--new-label L]` compares two builds of ours instead (see
+//! `scripts/bench-ab.sh`).
 
 /// When the run started, for the progress lines on stderr.
 static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
@@ -20,6 +22,8 @@ macro_rules! progress {
     };
 }
 
+#[path = "bench/ab_wal.rs"]
+mod ab_wal;
 #[path = "bench/archive.rs"]
 mod archive;
 #[path = "bench/backup.rs"]
@@ -114,6 +118,8 @@ pub struct Counts {
     /// Files of 128 MiB in the geo-sync benchmark's backup, and its runs.
     pub geo_sync_big_files: usize,
     pub geo_sync_reps: usize,
+    /// Calls of each build on each path in the A/B of two builds (`ab-wal`).
+    pub ab_calls: usize,
 }
 
 impl Counts {
@@ -151,6 +157,7 @@ impl Counts {
             cluster_steady_secs: 60,
             geo_sync_big_files: 8,
             geo_sync_reps: 3,
+            ab_calls: 20,
         }
     }
 
@@ -188,6 +195,7 @@ impl Counts {
             cluster_steady_secs: 10,
             geo_sync_big_files: 2,
             geo_sync_reps: 1,
+            ab_calls: 5,
         }
     }
 }
@@ -226,9 +234,14 @@ struct Args {
     quick: bool,
     out: Option<PathBuf>,
     only: Option<Vec<String>>,
+    /// The two builds of `ab-wal`: directories and labels.
+    old_bin: Option<PathBuf>,
+    new_bin: Option<PathBuf>,
+    old_label: Option<String>,
+    new_label: Option<String>,
 }
 
-const BENCHMARKS: [&str; 12] = [
+const BENCHMARKS: [&str; 13] = [
     "get-wal",
     "restore",
     "archive",
@@ -241,15 +254,21 @@ const BENCHMARKS: [&str; 12] = [
     "cluster",
     "cluster-idle",
     "geo-sync",
+    "ab-wal",
 ];
 
 fn parse_args() -> Result<Args> {
-    let mut a = Args { quick: false, out: None, only: None };
+    let mut a =
+        Args { quick: false, out: None, only: None, old_bin: None, new_bin: None, old_label: None, new_label: None };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--quick" => a.quick = true,
             "--out" => a.out = Some(it.next().context("--out needs a file name")?.into()),
+            "--old-bin" => a.old_bin = Some(it.next().context("--old-bin needs a directory")?.into()),
+            "--new-bin" => a.new_bin = Some(it.next().context("--new-bin needs a directory")?.into()),
+            "--old-label" => a.old_label = Some(it.next().context("--old-label needs a text")?),
+            "--new-label" => a.new_label = Some(it.next().context("--new-label needs a text")?),
             "--only" => {
                 let list: Vec<String> =
                     it.next().context("--only needs a list")?.split(',').map(|s| s.trim().to_string()).collect();
@@ -260,9 +279,11 @@ fn parse_args() -> Result<Args> {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: bench [--quick] [--out FILE] [--only {}]\n\
+                    "usage: bench [--quick] [--out FILE] [--only {}] [--old-bin DIR --new-bin DIR \
+                     [--old-label L] [--new-label L]]\n\
                      Benchmarks our release binaries (next to this executable) against cp, ssh, Barman 3.17, \
-                     pg_receivewal, pg_basebackup and pgBackRest.",
+                     pg_receivewal, pg_basebackup and pgBackRest; ab-wal compares the builds in --old-bin and \
+                     --new-bin.",
                     BENCHMARKS.join(",")
                 );
                 std::process::exit(0);
@@ -287,6 +308,12 @@ fn real_main() -> Result<()> {
     let load_at_start = loadavg();
     let counts = if args.quick { Counts::quick() } else { Counts::full() };
     let wanted = |b: &str| args.only.as_ref().is_none_or(|l| l.iter().any(|x| x == b));
+    // ab-wal runs only when named: it needs two builds.
+    let ab = if args.only.as_ref().is_some_and(|l| l.iter().any(|x| x == "ab-wal")) {
+        Some(ab_builds(&args)?)
+    } else {
+        None
+    };
 
     let exe = std::env::current_exe().context("locating this executable")?;
     let exe_dir = exe.parent().context("the directory of this executable")?;
@@ -308,10 +335,16 @@ fn real_main() -> Result<()> {
         wal_archive: bin.join("barman-wal-archive"),
         wal_restore: bin.join("barman-wal-restore"),
     };
-    let reference = Bins {
-        barman: reference::barman()?,
-        wal_archive: reference::barman_wal_archive()?,
-        wal_restore: reference::barman_wal_restore()?,
+    // The A/B of two builds alone needs no Barman 3.17: ours stands in for it, unused.
+    let ab_only = args.only.as_ref().is_some_and(|l| l.iter().all(|x| x == "ab-wal"));
+    let reference = if ab_only {
+        ours.clone()
+    } else {
+        Bins {
+            barman: reference::barman()?,
+            wal_archive: reference::barman_wal_archive()?,
+            wal_restore: reference::barman_wal_restore()?,
+        }
     };
 
     progress!("generating real WAL in {} ...", scratch.display());
@@ -369,6 +402,9 @@ fn real_main() -> Result<()> {
     if wanted("geo-sync") {
         tables.extend(geo_sync::run(&ctx)?);
     }
+    if let Some(builds) = &ab {
+        tables.extend(ab_wal::run(&ctx, builds)?);
+    }
     if wanted("cluster") {
         tables.extend(cluster::run(&ctx)?);
     } else if wanted("cluster-idle") {
@@ -387,6 +423,20 @@ fn real_main() -> Result<()> {
         fs::write(out, &text).with_context(|| format!("writing {}", out.display()))?;
     }
     Ok(())
+}
+
+/// The two builds `ab-wal` compares; the labels default to the directories.
+fn ab_builds(args: &Args) -> Result<ab_wal::AbBuilds> {
+    let (Some(old_dir), Some(new_dir)) = (&args.old_bin, &args.new_bin) else {
+        bail!("ab-wal needs --old-bin DIR and --new-bin DIR (the release directories of the two builds)");
+    };
+    let label = |l: &Option<String>, d: &Path| l.clone().unwrap_or_else(|| d.display().to_string());
+    Ok(ab_wal::AbBuilds {
+        old_dir: old_dir.clone(),
+        new_dir: new_dir.clone(),
+        old_label: label(&args.old_label, old_dir),
+        new_label: label(&args.new_label, new_dir),
+    })
 }
 
 /// The machine and the data, as a Markdown list.
@@ -419,7 +469,12 @@ fn header(ctx: &Ctx, quick: bool) -> String {
     let kernel = first_line(Command::new("uname").arg("-r"));
     let pg = first_line(Command::new(pg_bin("postgres")).arg("--version"));
     let ssh = first_line(Command::new("ssh").arg("-V"));
-    let barman = first_line(Command::new(&ctx.reference.barman).arg("--version"));
+    // With ab-wal alone ours stands in for the reference, which no table uses.
+    let barman = if ctx.reference.barman == ctx.ours.barman {
+        "Barman 3.17 not used".to_string()
+    } else {
+        format!("Barman {} (reference venv)", first_line(Command::new(&ctx.reference.barman).arg("--version")))
+    };
     let fs_line = filesystem_of(&ctx.scratch);
     let commit = Command::new("git")
         .arg("-C")
@@ -435,7 +490,7 @@ fn header(ctx: &Ctx, quick: bool) -> String {
         "## Results{}\n\n\
          - CPU: {model}, {cores} cores; memory {mem}; kernel {kernel}\n\
          - Disk: scratch directory {} on {fs_line}\n\
-         - {pg}; {ssh}; Barman {barman} (reference venv)\n\
+         - {pg}; {ssh}; {barman}\n\
          - Code measured: {commit}\n\
          - WAL: {} real 16 MiB segments ({} … {}) archived by PostgreSQL: {}\n\
          - User: {}\n",

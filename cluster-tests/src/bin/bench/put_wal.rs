@@ -180,7 +180,7 @@ pub fn run(ctx: &Ctx, servers: &Servers) -> Result<Vec<Table>> {
 }
 
 /// Stops the node it holds when dropped.
-struct NodeProcess(std::process::Child);
+pub struct NodeProcess(pub std::process::Child);
 
 impl Drop for NodeProcess {
     fn drop(&mut self) {
