@@ -23,56 +23,12 @@ use barman::transport::agent::{self, AgentConn, Entry, Kind, Reply};
 use barman::transport::grpc;
 use barman::wal::compression::Codecs;
 use barman::wal::header::Expected;
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::path::{Path, PathBuf};
 
-struct Counting;
-
-thread_local! {
-    static LIVE: Cell<isize> = const { Cell::new(0) };
-    static PEAK: Cell<isize> = const { Cell::new(0) };
-}
-
-fn count(delta: isize) {
-    let _ = LIVE.try_with(|live| {
-        let now = live.get() + delta;
-        live.set(now);
-        let _ = PEAK.try_with(|peak| peak.set(peak.get().max(now)));
-    });
-}
-
-// SAFETY: every call is passed on to the system allocator unchanged; only counted.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            count(layout.size() as isize);
-        }
-        p
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc_zeroed(layout) };
-        if !p.is_null() {
-            count(layout.size() as isize);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
-        count(-(layout.size() as isize));
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            count(new_size as isize - layout.size() as isize);
-        }
-        p
-    }
-}
+mod counting;
 
 #[global_allocator]
-static ALLOC: Counting = Counting;
+static ALLOC: counting::Counting = counting::Counting;
 
 const MIB: usize = 1 << 20;
 
@@ -168,10 +124,8 @@ fn fuzz(name: &str, seeds: &[Vec<u8>], cap: usize, decode: impl Fn(&[u8])) {
                 mutate(&mut rng, s)
             }
         };
-        let base = LIVE.with(Cell::get);
-        PEAK.with(|p| p.set(base));
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode(&input)));
-        let peak = (PEAK.with(Cell::get) - base).max(0) as usize;
+        let (outcome, peak) =
+            counting::peak_of(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode(&input))));
         worst = worst.max(peak);
         if outcome.is_err() || peak > cap {
             let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/fuzz-failures");
