@@ -4,18 +4,18 @@
 //! interleaved call by call, each build against its own server set up the same way: its own
 //! sshd (whose sessions find that build's `barman`), its own node, its own Barman homes.
 
-use std::fs::{self, File};
+use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use cluster_tests::ssh::Sshd;
-use cluster_tests::util::{free_port, install_binaries, unique_subdir, wait_until};
+use cluster_tests::util::{install_binaries, unique_subdir};
 
 use crate::fixture::{Home, SEGMENT_SIZE, ServerOptions, renamed_segment, synthetic_name, visible_files};
 use crate::measure::{Series, median, ms, sync_all};
-use crate::put_wal::NodeProcess;
+use crate::put_wal::{NodeProcess, start_node};
 use crate::report::{Table, fmt_ms, fmt_ratio, verdict};
 use crate::{Bins, Ctx};
 
@@ -279,37 +279,6 @@ fn side(
     let tls = work.join(format!("tls-{tag}"));
     let (port, node) = start_node(&node_home, &bins.barman, client_cert_barman, &tls)?;
     Ok(Side { label: label.to_string(), bins, sshd, cm, put_ssh, put_ssh_cm, get_ssh, node_home, port, tls, node })
-}
-
-/// A one-node cluster on 127.0.0.1 serving `home`: its CA and node certificate made by its own
-/// `barman`, a WAL client certificate for server `pg` made by `client_cert_barman` under that CA.
-fn start_node(home: &Home, barman: &Path, client_cert_barman: &Path, tls: &Path) -> Result<(u16, NodeProcess)> {
-    let cert = |exe: &Path, args: &[&str]| -> Result<()> {
-        let o = Command::new(exe).args(["cluster", "cert"]).args(args).output()?;
-        if !o.status.success() {
-            bail!("{} cluster cert {args:?}: {}", exe.display(), String::from_utf8_lossy(&o.stderr));
-        }
-        Ok(())
-    };
-    let t = tls.to_string_lossy().into_owned();
-    cert(barman, &["ca", "--dir", &t])?;
-    cert(barman, &["node", "n1", "--host", "127.0.0.1", "--ca-dir", &t, "--dir", &t])?;
-    cert(client_cert_barman, &["client", "bench", "--server", "pg", "--ca-dir", &t, "--dir", &t])?;
-    let port = free_port()?;
-    let text = fs::read_to_string(&home.config)?;
-    let node = format!(
-        "node_name = n1\nnode_listen = 127.0.0.1:{port}\ncluster_peers = n1=127.0.0.1:{port}\n\
-         cluster_ca_file = {t}/ca.crt\nnode_cert_file = {t}/n1.crt\nnode_key_file = {t}/n1.key\n\n[pg]"
-    );
-    fs::write(&home.config, text.replacen("\n[pg]", &format!("\n{node}"), 1))?;
-    let log = File::create(home.dir.join("node.log"))?;
-    let process = NodeProcess(
-        home.command(barman, &["node", "run"]).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).spawn()?,
-    );
-    wait_until(Duration::from_secs(30), "the node's cluster init", || {
-        home.command(barman, &["cluster", "init"]).output().is_ok_and(|o| o.status.success())
-    })?;
-    Ok((port, process))
 }
 
 fn tls_args(cmd: &mut Command, s: &Side) {

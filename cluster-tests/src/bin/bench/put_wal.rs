@@ -3,10 +3,11 @@
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use cluster_tests::util::unique_subdir;
+use cluster_tests::util::{free_port, unique_subdir, wait_until};
 
 use crate::fixture::{Home, ServerOptions, renamed_segment, visible_files};
 use crate::measure::{Series, sync_all};
@@ -198,35 +199,7 @@ fn over_grpc(ctx: &Ctx, sources: &[PathBuf], work: &Path) -> Result<Table> {
     let home = Home::create(&ctx.scratch, "put-grpc", &ctx.conninfo, ctx.wal.systemid, &ServerOptions::default())?;
     let tls = work.join("tls");
     let barman = &ctx.ours.barman;
-    let cert = |args: &[&str]| -> Result<()> {
-        let o = Command::new(barman).args(["cluster", "cert"]).args(args).output()?;
-        if !o.status.success() {
-            bail!("cluster cert {args:?}: {}", String::from_utf8_lossy(&o.stderr));
-        }
-        Ok(())
-    };
-    let t = tls.to_string_lossy().into_owned();
-    cert(&["ca", "--dir", &t])?;
-    cert(&["node", "n1", "--host", "127.0.0.1", "--ca-dir", &t, "--dir", &t])?;
-    cert(&["client", "bench", "--server", "pg", "--ca-dir", &t, "--dir", &t])?;
-    let port = cluster_tests::util::free_port()?;
-    let text = fs::read_to_string(&home.config)?;
-    let node = format!(
-        "node_name = n1\nnode_listen = 127.0.0.1:{port}\ncluster_peers = n1=127.0.0.1:{port}\n\
-         cluster_ca_file = {t}/ca.crt\nnode_cert_file = {t}/n1.crt\nnode_key_file = {t}/n1.key\n\n[pg]"
-    );
-    fs::write(&home.config, text.replacen("\n[pg]", &format!("\n{node}"), 1))?;
-    let log = File::create(home.dir.join("node.log"))?;
-    let _node = NodeProcess(
-        home.command(barman, &["node", "run"])
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?,
-    );
-    cluster_tests::util::wait_until(std::time::Duration::from_secs(30), "the node's cluster init", || {
-        home.command(barman, &["cluster", "init"]).output().is_ok_and(|o| o.status.success())
-    })?;
+    let (port, _node) = start_node(&home, barman, barman, &tls)?;
     let client = |src: &Path| -> Command {
         let mut cmd = Command::new(&ctx.ours.wal_archive);
         cmd.arg("--tls-ca-file")
@@ -360,4 +333,35 @@ fn breakdown(ctx: &Ctx, cm: &Path, sources: &[PathBuf], work: &Path, whole: f64,
     t.note(format!("Medians of {} calls each.", sources.len()));
     home.remove();
     Ok(t)
+}
+
+/// A one-node cluster on 127.0.0.1 serving `home`: its CA and node certificate made by its own
+/// `barman`, a WAL client certificate for server `pg` made by `client_cert_barman` under that CA.
+pub fn start_node(home: &Home, barman: &Path, client_cert_barman: &Path, tls: &Path) -> Result<(u16, NodeProcess)> {
+    let cert = |exe: &Path, args: &[&str]| -> Result<()> {
+        let o = Command::new(exe).args(["cluster", "cert"]).args(args).output()?;
+        if !o.status.success() {
+            bail!("{} cluster cert {args:?}: {}", exe.display(), String::from_utf8_lossy(&o.stderr));
+        }
+        Ok(())
+    };
+    let t = tls.to_string_lossy().into_owned();
+    cert(barman, &["ca", "--dir", &t])?;
+    cert(barman, &["node", "n1", "--host", "127.0.0.1", "--ca-dir", &t, "--dir", &t])?;
+    cert(client_cert_barman, &["client", "bench", "--server", "pg", "--ca-dir", &t, "--dir", &t])?;
+    let port = free_port()?;
+    let text = fs::read_to_string(&home.config)?;
+    let node = format!(
+        "node_name = n1\nnode_listen = 127.0.0.1:{port}\ncluster_peers = n1=127.0.0.1:{port}\n\
+         cluster_ca_file = {t}/ca.crt\nnode_cert_file = {t}/n1.crt\nnode_key_file = {t}/n1.key\n\n[pg]"
+    );
+    fs::write(&home.config, text.replacen("\n[pg]", &format!("\n{node}"), 1))?;
+    let log = File::create(home.dir.join("node.log"))?;
+    let process = NodeProcess(
+        home.command(barman, &["node", "run"]).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).spawn()?,
+    );
+    wait_until(Duration::from_secs(30), "the node's cluster init", || {
+        home.command(barman, &["cluster", "init"]).output().is_ok_and(|o| o.status.success())
+    })?;
+    Ok((port, process))
 }
