@@ -185,9 +185,12 @@ pub fn pull(
         for root in roots {
             let entries = list(&mut first, root).await?;
             let made = plan(root, entries, basis, &mut units)?;
-            tokio::task::spawn_blocking(move || made.into_iter().try_for_each(|(d, mode)| make_dir(&d, mode)))
-                .await
-                .map_err(|e| PullError::Stopped(e.to_string()))??;
+            let top = root.dst.clone();
+            tokio::task::spawn_blocking(move || {
+                made.into_iter().try_for_each(|(d, mode)| make_dir(&top, d.as_ref(), mode))
+            })
+            .await
+            .map_err(|e| PullError::Stopped(e.to_string()))??;
         }
         units.sort_by_key(|u| std::cmp::Reverse(u.size));
         let analysis_secs = started.elapsed().as_secs_f64();
@@ -346,8 +349,9 @@ fn plan(
     entries: Vec<Entry>,
     basis: Option<&Basis>,
     units: &mut Vec<Unit>,
-) -> Result<Vec<(PathBuf, u32)>, PullError> {
-    let mut dirs = vec![(root.dst.clone(), 0o700)];
+) -> Result<Vec<(Option<RelPath>, u32)>, PullError> {
+    // The tree's root (None), then its directories as listed.
+    let mut dirs = vec![(None, 0o700)];
     let refused = |what: String| PullError::Refused { who: format!("the listing of {}", root.label), what };
     let mut seen = std::collections::HashSet::new();
     let dst_root = Arc::new(root.dst.clone());
@@ -365,7 +369,7 @@ fn plan(
         let dst = rel.under(&root.dst);
         match e.kind {
             Kind::Dir => {
-                dirs.push((dst, ours(e.mode)));
+                dirs.push((Some(rel), ours(e.mode)));
                 continue;
             }
             Kind::File if root.exclude.contains(&e.path) => continue,
@@ -416,10 +420,21 @@ fn ours(mode: u32) -> u32 {
     mode & 0o750
 }
 
-fn make_dir(d: &Path, mode: u32) -> Result<(), PullError> {
-    fs::create_dir_all(d).map_err(write_err(d))?;
+/// The root of the tree (ours), or a listed directory beneath it, made through no link.
+fn make_dir(root: &Path, rel: Option<&RelPath>, mode: u32) -> Result<(), PullError> {
+    let d = match rel {
+        None => {
+            fs::create_dir_all(root).map_err(write_err(root))?;
+            root.to_path_buf()
+        }
+        Some(rel) => {
+            let d = rel.under(root);
+            crate::catalog::confine::create_dir(root, rel, 0o700).map_err(write_err(&d))?;
+            d
+        }
+    };
     // Owner access always: the backup must stay readable and removable.
-    fs::set_permissions(d, fs::Permissions::from_mode(mode | 0o700)).map_err(write_err(d))
+    fs::set_permissions(&d, fs::Permissions::from_mode(mode | 0o700)).map_err(write_err(&d))
 }
 
 /// One stream: units from the queue until it is empty.
